@@ -1,0 +1,136 @@
+// Package admin serves mtad's operator HTTP API: health, status and
+// Prometheus metrics. It reads the daemon's state through small interfaces the
+// daemon plugs in; it never changes queues or the spool behind the owner's back.
+//
+// Every error answer is JSON, {"error": "..."} with a fitting HTTP status, so
+// mtactl and scripts can rely on one shape.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// StatusFunc returns a JSON-encodable snapshot of the daemon's state.
+type StatusFunc func() any
+
+// Options configure the admin server.
+type Options struct {
+	Listen   string              // host:port; "" disables the server
+	Gatherer prometheus.Gatherer // metrics to expose on /metrics; nil = none
+	Status   StatusFunc          // /api/v1/status; nil = {}
+	Version  string              // reported by /api/v1/status
+	Logger   *zap.Logger
+}
+
+// Server is the admin HTTP server. Start it once, Shutdown it once.
+type Server struct {
+	opts  Options
+	ln    net.Listener
+	srv   *http.Server
+	wg    sync.WaitGroup
+	start time.Time
+}
+
+// New builds the server; it does not listen yet.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	s := &Server{opts: opts, start: time.Now()}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", s.get(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}))
+	mux.HandleFunc("/api/v1/status", s.get(s.status))
+	if opts.Gatherer != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+	})
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s
+}
+
+// Start listens on Options.Listen and serves in a goroutine that Shutdown
+// waits for.
+func (s *Server) Start() error {
+	if s.opts.Listen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.opts.Listen)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.opts.Logger.Error("admin server stopped", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// Addr is the address the server listens on, or nil before Start.
+func (s *Server) Addr() net.Addr {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Shutdown stops the server and waits for its goroutine.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.ln == nil {
+		return nil
+	}
+	err := s.srv.Shutdown(ctx)
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	var st any = struct{}{}
+	if s.opts.Status != nil {
+		st = s.opts.Status()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"version":        s.opts.Version,
+		"uptime_seconds": int64(time.Since(s.start).Seconds()),
+		"state":          st,
+	})
+}
+
+// get wraps a handler so that any method but GET/HEAD answers 405 in JSON.
+func (s *Server) get(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path)
+			return
+		}
+		h(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

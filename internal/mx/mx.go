@@ -1,0 +1,456 @@
+// Package mx owns finding where mail for a domain goes: the MX records in
+// preference order (equal preferences shuffled on every lookup), the
+// implicit MX of RFC 5321 §5.1 when a domain has no MX at all, null MX
+// (RFC 7505), the addresses of every MX host (A and AAAA), static routes
+// that send a domain to a configured smarthost, and a bounded TTL cache in
+// front of it all.
+//
+// Every failure is an *Error that wraps an *outcome.Error in the DNS phase,
+// so the scheduler decides retry or bounce without knowing this package; its
+// Kind tells the connection pool which CONN_ERR to report.
+//
+// It must never connect to a mail server, and never hand out an address
+// from public DNS that would reach this machine (loopback, unspecified)
+// unless told to (tests). It imports no mtad package but outcome.
+package mx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Route sends all mail for Domain (matched exactly, case-insensitively) to
+// Host, a "host:port" smarthost: an IP literal ("192.0.2.1:25",
+// "[2001:db8::1]:587") or a name resolved with A/AAAA on the same servers.
+// A route bypasses MX entirely, and its addresses are never filtered: the
+// operator asked for them, loopback included.
+type Route struct {
+	Domain string
+	Host   string
+}
+
+// Options configures a Resolver. The zero value reads /etc/resolv.conf and
+// uses the defaults noted on each field.
+type Options struct {
+	// Servers are the recursive DNS servers, "host:port", asked in order
+	// until one answers. Empty means those of /etc/resolv.conf.
+	Servers []string
+	// Timeout bounds each query to each server (default 5s); a truncated
+	// UDP answer's TCP retry gets its own.
+	Timeout time.Duration
+	// Port is the port of every MX connection (default 25).
+	Port int
+	// AllowLoopback keeps loopback, unspecified, multicast and link-local
+	// addresses found in DNS answers. Only tests set it.
+	AllowLoopback bool
+	// Routes are static smarthosts by domain; New rejects a malformed one
+	// or two for the same domain.
+	Routes []Route
+	// CacheSize bounds the number of domains cached (default 10000).
+	CacheSize int
+	// Now is the cache's clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Host is one mail exchanger, its addresses already resolved (IPv4 first,
+// then IPv6) and carrying the port to connect to.
+type Host struct {
+	Name  string // the MX target, or the domain itself for an implicit MX, or the route's host
+	Pref  uint16
+	Addrs []netip.AddrPort
+}
+
+// Resolver resolves domains to mail exchangers. It is safe for concurrent
+// use; concurrent lookups of one domain share one resolution. It starts no
+// goroutine that outlives a Lookup call, so it needs no Close.
+type Resolver struct {
+	servers       []string
+	timeout       time.Duration
+	port          uint16
+	allowLoopback bool
+	routes        map[string]route
+	now           func() time.Time
+	udp, tcp      *dns.Client
+
+	mu       sync.Mutex
+	cache    *lru
+	inflight map[string]*call
+
+	// onJoin, when set (tests only), is called when a Lookup joins a
+	// resolution already in flight.
+	onJoin func()
+}
+
+// call is one resolution in flight, shared by every Lookup of its domain.
+type call struct {
+	done chan struct{}
+	res  result
+	// leaderCancelled: the lookup that ran the resolution had its context
+	// end, so its failure says nothing about the domain.
+	leaderCancelled bool
+}
+
+const (
+	defaultTimeout   = 5 * time.Second
+	defaultCacheSize = 10000
+	// maxHosts bounds the MX hosts resolved per domain, after sorting by
+	// preference; a domain listing more gains nothing from the rest.
+	maxHosts = 16
+	// hostParallel bounds the MX hosts resolved at once (each asks A and
+	// AAAA concurrently, so twice as many queries are in flight).
+	hostParallel = 4
+)
+
+// New builds a Resolver. It fails when a route is malformed or duplicated,
+// an option is out of range, or no DNS server is configured or found in
+// /etc/resolv.conf.
+func New(opts Options) (*Resolver, error) {
+	r := &Resolver{
+		timeout:       opts.Timeout,
+		allowLoopback: opts.AllowLoopback,
+		routes:        make(map[string]route, len(opts.Routes)),
+		now:           opts.Now,
+		inflight:      make(map[string]*call),
+	}
+	if r.timeout < 0 {
+		return nil, fmt.Errorf("mx: timeout %v is negative", opts.Timeout)
+	}
+	if r.timeout == 0 {
+		r.timeout = defaultTimeout
+	}
+	switch {
+	case opts.Port == 0:
+		r.port = 25
+	case opts.Port < 0 || opts.Port > 65535:
+		return nil, fmt.Errorf("mx: port %d is not in 1-65535", opts.Port)
+	default:
+		r.port = uint16(opts.Port)
+	}
+	size := opts.CacheSize
+	if size < 0 {
+		return nil, fmt.Errorf("mx: cache size %d is negative", size)
+	}
+	if size == 0 {
+		size = defaultCacheSize
+	}
+	r.cache = newLRU(size)
+	if r.now == nil {
+		r.now = time.Now
+	}
+	for _, rt := range opts.Routes {
+		p, err := parseRoute(rt)
+		if err != nil {
+			return nil, fmt.Errorf("mx: %w", err)
+		}
+		if _, dup := r.routes[p.domain]; dup {
+			return nil, fmt.Errorf("mx: two routes for domain %s", p.domain)
+		}
+		r.routes[p.domain] = p
+	}
+	r.servers = slices.Clone(opts.Servers)
+	if len(r.servers) == 0 {
+		cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("mx: reading DNS servers: %w", err)
+		}
+		for _, s := range cfg.Servers {
+			r.servers = append(r.servers, net.JoinHostPort(s, cfg.Port))
+		}
+		if len(r.servers) == 0 {
+			return nil, errors.New("mx: /etc/resolv.conf names no DNS server")
+		}
+	}
+	for _, s := range r.servers {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return nil, fmt.Errorf("mx: DNS server %q: want host:port: %w", s, err)
+		}
+	}
+	r.udp = &dns.Client{Net: "udp", Timeout: r.timeout}
+	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout}
+	return r, nil
+}
+
+// Lookup returns the mail exchangers for domain, most preferred first, with
+// hosts of equal preference in a fresh random order on every call, so
+// connections spread over them. Hosts without a usable address are left
+// out, so every returned Host has at least one address. The slice is the
+// caller's to keep and change.
+//
+// Any error is an *Error (see Kind for what each means). A context that
+// ends gives KindTemp wrapping the context's error.
+func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
+	d, err := NormalizeDomain(domain)
+	if err != nil {
+		return nil, newError(KindBadDomain, domain, "bad domain syntax", err)
+	}
+	if rt, ok := r.routes[d]; ok && rt.addr.IsValid() {
+		return []Host{{Name: rt.addr.String(), Addrs: []netip.AddrPort{netip.AddrPortFrom(rt.addr, rt.port)}}}, nil
+	}
+	res := r.cached(ctx, d)
+	if res.err != nil {
+		return nil, res.err.clone()
+	}
+	hosts := make([]Host, len(res.hosts))
+	for i, h := range res.hosts {
+		hosts[i] = Host{Name: h.Name, Pref: h.Pref, Addrs: slices.Clone(h.Addrs)}
+	}
+	shuffleEqual(hosts)
+	return hosts, nil
+}
+
+// shuffleEqual shuffles each run of hosts with the same preference.
+func shuffleEqual(hosts []Host) {
+	for i := 0; i < len(hosts); {
+		j := i + 1
+		for j < len(hosts) && hosts[j].Pref == hosts[i].Pref {
+			j++
+		}
+		run := hosts[i:j]
+		rand.Shuffle(len(run), func(a, b int) { run[a], run[b] = run[b], run[a] })
+		i = j
+	}
+}
+
+// cached answers from the cache, or joins the resolution of d already in
+// flight, or runs it. A lookup that joined one whose leader's context
+// ended tries again (a bounded number of times) rather than reporting
+// someone else's cancellation.
+func (r *Resolver) cached(ctx context.Context, d string) result {
+	for range 3 {
+		r.mu.Lock()
+		if res, ok := r.cache.get(d, r.now()); ok {
+			r.mu.Unlock()
+			return res
+		}
+		if c, ok := r.inflight[d]; ok {
+			r.mu.Unlock()
+			if r.onJoin != nil {
+				r.onJoin()
+			}
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return result{err: newError(KindTemp, d, "DNS lookup interrupted", ctx.Err())}
+			}
+			if c.leaderCancelled && ctx.Err() == nil {
+				continue
+			}
+			return c.res
+		}
+		c := &call{done: make(chan struct{})}
+		r.inflight[d] = c
+		r.mu.Unlock()
+
+		c.res = r.resolve(ctx, d)
+		c.leaderCancelled = c.res.err != nil && ctx.Err() != nil
+
+		r.mu.Lock()
+		delete(r.inflight, d)
+		if c.res.cache {
+			r.cache.put(d, c.res, r.now())
+		}
+		r.mu.Unlock()
+		close(c.done)
+		return c.res
+	}
+	return r.resolve(ctx, d)
+}
+
+// resolve finds d's mail exchangers, asking the DNS.
+func (r *Resolver) resolve(ctx context.Context, d string) result {
+	if rt, ok := r.routes[d]; ok {
+		return r.resolveRoute(ctx, d, rt)
+	}
+	ans, err := r.lookupType(ctx, d, dns.TypeMX)
+	if err != nil {
+		return result{err: newError(KindTemp, d, "DNS lookup of MX failed", err)}
+	}
+	if ans.nx {
+		return negative(newError(KindNXDomain, d, "domain does not exist", nil), ans.ttl)
+	}
+	var mxs []*dns.MX
+	for _, rr := range ans.rrs {
+		if mx, ok := rr.(*dns.MX); ok {
+			mxs = append(mxs, mx)
+		}
+	}
+	if len(mxs) == 0 {
+		return r.resolveImplicit(ctx, d, ans.ttl)
+	}
+	// RFC 7505 null MX. A lone "." of any preference is taken as one too:
+	// it names nothing to connect to either way.
+	if len(mxs) == 1 && mxs[0].Mx == "." {
+		return result{
+			err:   newError(KindNullMX, d, "domain accepts no mail (null MX)", nil),
+			ttl:   clampTTL(ans.ttl, maxTTL),
+			cache: true,
+		}
+	}
+
+	// Keep each target once, at its best preference, dropping "." (a
+	// domain must not mix it with real MX records; if it does, the real
+	// ones are where the mail goes).
+	best := map[string]uint16{}
+	for _, mx := range mxs {
+		t := dns.CanonicalName(mx.Mx)
+		if t == "." {
+			continue
+		}
+		if p, ok := best[t]; !ok || mx.Preference < p {
+			best[t] = mx.Preference
+		}
+	}
+	hosts := make([]Host, 0, len(best))
+	targets := make(map[string]bool, len(best))
+	for t, p := range best {
+		hosts = append(hosts, Host{Name: strings.TrimSuffix(t, "."), Pref: p})
+		targets[t] = true
+	}
+	slices.SortFunc(hosts, func(a, b Host) int {
+		if a.Pref != b.Pref {
+			return int(a.Pref) - int(b.Pref)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	if len(hosts) > maxHosts {
+		hosts = hosts[:maxHosts]
+	}
+	g := buildGlue(ans.extra, targets)
+
+	found := make([]hostAddrs, len(hosts))
+	sem := make(chan struct{}, hostParallel)
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			found[i] = r.resolveHost(ctx, h.Name, g[h.Name+"."])
+		})
+	}
+	wg.Wait()
+
+	ttl := ans.ttl
+	var temps []error
+	filtered := false
+	out := hosts[:0]
+	for i, h := range hosts {
+		f := found[i]
+		if f.temp != nil {
+			temps = append(temps, f.temp)
+		}
+		ttl = min(ttl, f.ttl)
+		addrs, removed := r.usable(f.addrs)
+		filtered = filtered || removed
+		if len(addrs) == 0 {
+			continue
+		}
+		h.Addrs = addrs
+		out = append(out, h)
+	}
+	if len(out) == 0 {
+		switch {
+		case len(temps) > 0:
+			return result{err: newError(KindTemp, d, "DNS lookup of MX host addresses failed", errors.Join(temps...))}
+		case filtered:
+			return negative(newError(KindProhibitedIP, d, "MX hosts have only prohibited addresses (loopback, unspecified, multicast, link-local)", nil), ttl)
+		}
+		return negative(newError(KindNoAddress, d, "no MX host has an address", nil), ttl)
+	}
+	res := result{hosts: out, ttl: clampTTL(ttl, maxTTL), cache: true}
+	if len(temps) > 0 {
+		// Some hosts could not be resolved just now: use the others, but
+		// look again soon rather than leaving those out for the whole TTL.
+		res.ttl = minTTL
+	}
+	return res
+}
+
+// resolveImplicit handles a domain without MX records: RFC 5321 §5.1 says
+// to treat the domain itself as its only MX host, preference 0.
+func (r *Resolver) resolveImplicit(ctx context.Context, d string, mxTTL uint32) result {
+	f := r.resolveHost(ctx, d, nil)
+	addrs, removed := r.usable(f.addrs)
+	ttl := min(mxTTL, f.ttl)
+	switch {
+	case len(addrs) > 0:
+		res := result{hosts: []Host{{Name: d, Addrs: addrs}}, ttl: clampTTL(ttl, maxTTL), cache: true}
+		if f.temp != nil {
+			res.ttl = minTTL
+		}
+		return res
+	case f.temp != nil:
+		return result{err: newError(KindTemp, d, "DNS lookup of domain addresses failed", f.temp)}
+	case removed:
+		return negative(newError(KindProhibitedIP, d, "domain has no MX and only prohibited addresses (loopback, unspecified, multicast, link-local)", nil), ttl)
+	}
+	return negative(newError(KindNXDomain, d, "domain has no MX and no A/AAAA records", nil), ttl)
+}
+
+// resolveRoute resolves a static route's host name. Its failures are never
+// permanent: a name the operator configured that does not resolve is the
+// operator's to fix, not a reason to bounce the domain's mail.
+func (r *Resolver) resolveRoute(ctx context.Context, d string, rt route) result {
+	f := r.resolveHost(ctx, rt.name, nil)
+	if len(f.addrs) == 0 {
+		if f.temp != nil {
+			return result{err: newError(KindTemp, d, "DNS lookup of route host "+rt.name+" failed", f.temp)}
+		}
+		return negative(newError(KindNoAddress, d, "route host "+rt.name+" has no address", nil), f.ttl)
+	}
+	h := Host{Name: rt.name}
+	for _, a := range f.addrs {
+		h.Addrs = append(h.Addrs, netip.AddrPortFrom(a, rt.port))
+	}
+	res := result{hosts: []Host{h}, ttl: clampTTL(f.ttl, maxTTL), cache: true}
+	if f.temp != nil {
+		res.ttl = minTTL
+	}
+	return res
+}
+
+// usable drops prohibited addresses (unless allowed) and applies the port.
+func (r *Resolver) usable(addrs []netip.Addr) ([]netip.AddrPort, bool) {
+	out := make([]netip.AddrPort, 0, len(addrs))
+	removed := false
+	for _, a := range addrs {
+		if !r.allowLoopback && prohibited(a) {
+			removed = true
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(a, r.port))
+	}
+	return out, removed
+}
+
+// negative is a cacheable failure kept for its negative TTL.
+func negative(e *Error, ttl uint32) result {
+	return result{err: e, ttl: clampTTL(ttl, maxNegativeTTL), cache: true}
+}
+
+// String formats a Host for logs: "name pref [addr ...]".
+func (h Host) String() string {
+	var b strings.Builder
+	b.WriteString(h.Name)
+	b.WriteByte(' ')
+	b.WriteString(strconv.Itoa(int(h.Pref)))
+	b.WriteString(" [")
+	for i, a := range h.Addrs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(a.String())
+	}
+	b.WriteByte(']')
+	return b.String()
+}
