@@ -55,7 +55,8 @@ func (e *Error) Error() string {
 	default:
 		s = fmt.Sprintf("%s: %s", e.Phase, e.Message)
 	}
-	if e.Err != nil {
+	// Temp copies the cause into Message; don't print it twice.
+	if e.Err != nil && e.Err.Error() != e.Message {
 		s += ": " + e.Err.Error()
 	}
 	return s

@@ -21,7 +21,7 @@ func TestError(t *testing.T) {
 			"rcpt: 450 4.2.1 mailbox busy", true, 450},
 		{FromReply(PhaseDot, &smtp.SMTPError{Code: 554, Message: "no"}), "dot: 554 no", false, 554},
 		{Temp(PhaseConnect, smtp.EnhancedCode{4, 4, 1}, context.DeadlineExceeded),
-			"connect: context deadline exceeded: context deadline exceeded", true, 451},
+			"connect: context deadline exceeded", true, 451},
 		{Perm(PhaseDNS, smtp.EnhancedCode{5, 1, 10}, "null MX"), "dns: null MX", false, 554},
 	}
 	for _, c := range cases {
