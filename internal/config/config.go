@@ -1,0 +1,548 @@
+// Package config owns mtad's configuration: the typed Config struct, the
+// default of every key (Default, the one place defaults live), reading a YAML
+// file with viper, MTAD_* environment overrides, and validation whose errors
+// name the offending key and value.
+//
+// Keys are lower-case snake_case YAML paths ("inject.smtp.max_sessions").
+// Per-domain and per-binding settings are lists of objects ("- match:
+// example.com"), never maps keyed by a name, because viper splits map keys on
+// dots and a domain name is full of them.
+//
+// The environment overrides a key by its path upper-cased, dots turned into
+// underscores, and prefixed with MTAD_: MTAD_SPOOL_DIR sets spool.dir,
+// MTAD_INJECT_SMTP_LISTEN="127.0.0.1:2525,[::1]:2525" sets a list (comma
+// separated). Lists of objects (bindings, routes, domains, ...) and
+// hooks.settings can only be set in the file.
+//
+// Viper is not safe for concurrent use, so Load builds a fresh viper for each
+// call and returns a *Config that nobody modifies afterwards: a reload (SIGHUP)
+// is another Load whose result the caller swaps in atomically.
+//
+// This package must never import another mtad package, start goroutines, or
+// keep state between calls.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// Config is mtad's whole configuration. A *Config returned by Load or Default
+// must be treated as immutable: it may be shared between goroutines, and a
+// reload replaces it rather than changing it.
+type Config struct {
+	// Hostname is the name mtad gives itself: the default EHLO name, the
+	// greeting of the injection listener, the Reporting-MTA of bounces.
+	Hostname string `mapstructure:"hostname"`
+	Spool    Spool  `mapstructure:"spool"`
+	Log      Log    `mapstructure:"log"`
+	Inject   Inject `mapstructure:"inject"`
+	Admin    Admin  `mapstructure:"admin"`
+	// Bindings are the source addresses mail leaves from. Empty means one
+	// binding "default" with the system-chosen source address and EHLO =
+	// Hostname.
+	Bindings []Binding `mapstructure:"bindings"`
+	// BindingGroups name weighted sets of bindings. Without a group named
+	// "default", group "default" is every binding with weight 1.
+	BindingGroups []BindingGroup `mapstructure:"binding_groups"`
+	DNS           DNS            `mapstructure:"dns"`
+	// Routes send a domain's mail to a fixed host instead of its MX.
+	Routes   []Route  `mapstructure:"routes"`
+	Delivery Delivery `mapstructure:"delivery"`
+	// Domains hold per-domain policy; see DomainPolicy.
+	Domains []Domain `mapstructure:"domains"`
+	Hooks   Hooks    `mapstructure:"hooks"`
+
+	// domainIndex maps a lower-cased match to its index in Domains; Load
+	// builds it so DomainPolicy is a map lookup. Nil (a hand-built Config)
+	// falls back to a linear scan.
+	domainIndex map[string]int
+}
+
+// Spool configures the durable message store.
+type Spool struct {
+	// Dir is the directory holding the spool; created if missing.
+	Dir string `mapstructure:"dir"`
+}
+
+// Log configures the process log (internal/logging).
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug|info|warn|error
+	Format string `mapstructure:"format"` // json|console
+	File   string `mapstructure:"file"`   // "" = stdout
+}
+
+// Inject groups the injection listeners.
+type Inject struct {
+	SMTP SMTPInject `mapstructure:"smtp"`
+}
+
+// SMTPInject configures the SMTP injection listener.
+type SMTPInject struct {
+	// Listen is the list of host:port addresses to accept SMTP on. Empty
+	// means no SMTP listener.
+	Listen []string `mapstructure:"listen"`
+	// RelayNetworks are the CIDRs whose clients may relay without AUTH.
+	RelayNetworks  []string `mapstructure:"relay_networks"`
+	MaxMessageSize Size     `mapstructure:"max_message_size"`
+	MaxRecipients  int      `mapstructure:"max_recipients"`
+	MaxSessions    int      `mapstructure:"max_sessions"`
+	// TLSCert and TLSKey are PEM files; both or neither. With them the
+	// listener offers STARTTLS.
+	TLSCert string `mapstructure:"tls_cert"`
+	TLSKey  string `mapstructure:"tls_key"`
+	// AuthUsersFile is the file of users allowed to AUTH; "" = no AUTH.
+	AuthUsersFile string        `mapstructure:"auth_users_file"`
+	ReadTimeout   time.Duration `mapstructure:"read_timeout"`
+	WriteTimeout  time.Duration `mapstructure:"write_timeout"`
+	DataTimeout   time.Duration `mapstructure:"data_timeout"`
+	// AuthFailDelay is the pause after a failed AUTH; it grows for a
+	// client that keeps failing.
+	AuthFailDelay time.Duration `mapstructure:"auth_fail_delay"`
+	// ShutdownGrace is how long open sessions get to finish on shutdown.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+}
+
+// Admin configures the admin HTTP API and metrics.
+type Admin struct {
+	Listen string `mapstructure:"listen"` // host:port
+}
+
+// Binding is one source address with its EHLO name.
+type Binding struct {
+	Name string `mapstructure:"name"`
+	// Address is an IPv4 or IPv6 address on this host; "" lets the system
+	// choose the source address.
+	Address string `mapstructure:"address"`
+	// EHLO is the name said in EHLO from this binding; "" = Hostname.
+	EHLO string `mapstructure:"ehlo"`
+}
+
+// BindingGroup is a named, weighted set of bindings.
+type BindingGroup struct {
+	Name     string        `mapstructure:"name"`
+	Bindings []GroupMember `mapstructure:"bindings"`
+}
+
+// GroupMember is one binding of a group. Weight defaults to 1 when the key is
+// absent; an explicit weight must be at least 1.
+type GroupMember struct {
+	Name   string `mapstructure:"name"`
+	Weight int    `mapstructure:"weight"`
+}
+
+// DNS configures the resolver used for MX lookups.
+type DNS struct {
+	// Servers are host:port; empty = the servers of /etc/resolv.conf.
+	Servers []string      `mapstructure:"servers"`
+	Timeout time.Duration `mapstructure:"timeout"`
+	// CacheSize is the number of cached answers; 0 disables the cache.
+	CacheSize int `mapstructure:"cache_size"`
+}
+
+// Route sends mail for Domain to Host (host:port) instead of its MX hosts.
+type Route struct {
+	Domain string `mapstructure:"domain"`
+	Host   string `mapstructure:"host"`
+}
+
+// Delivery configures outbound delivery.
+type Delivery struct {
+	// Port is the remote SMTP port (25; a test or a smarthost may differ).
+	Port int `mapstructure:"port"`
+	// AllowLoopbackMX permits MX hosts that resolve to loopback addresses;
+	// off in production so a bad MX can't make mtad mail itself.
+	AllowLoopbackMX bool `mapstructure:"allow_loopback_mx"`
+	// MaxConnections is the global cap on open outbound connections.
+	MaxConnections int `mapstructure:"max_connections"`
+	// Reserve is the part of MaxConnections the default policy leaves to hooks.
+	Reserve          int           `mapstructure:"reserve"`
+	MaintainInterval time.Duration `mapstructure:"maintain_interval"`
+	// RetryInterval is the first retry delay; it grows up to MaxRetryInterval.
+	RetryInterval    time.Duration `mapstructure:"retry_interval"`
+	MaxRetryInterval time.Duration `mapstructure:"max_retry_interval"`
+	// MaxAge is how long a message is retried before it expires.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// IdleTimeout is how long a session with an empty queue waits for more
+	// work before it QUITs.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// TLS is "opportunistic" (STARTTLS when offered) or "disabled".
+	TLS string `mapstructure:"tls"`
+	// TLSFailureTTL is how long a host whose TLS handshake failed is
+	// contacted without STARTTLS.
+	TLSFailureTTL time.Duration `mapstructure:"tls_failure_ttl"`
+	Timeouts      Timeouts      `mapstructure:"timeouts"`
+}
+
+// Timeouts are the per-phase deadlines of an outbound SMTP session.
+type Timeouts struct {
+	Connect   time.Duration `mapstructure:"connect"`
+	Greeting  time.Duration `mapstructure:"greeting"`
+	EHLO      time.Duration `mapstructure:"ehlo"`
+	STARTTLS  time.Duration `mapstructure:"starttls"`
+	Mail      time.Duration `mapstructure:"mail"`
+	Rcpt      time.Duration `mapstructure:"rcpt"`
+	DataInit  time.Duration `mapstructure:"data_init"`
+	DataBlock time.Duration `mapstructure:"data_block"`
+	DataTerm  time.Duration `mapstructure:"data_term"`
+	Quit      time.Duration `mapstructure:"quit"`
+}
+
+// Domain is one per-domain policy entry. A nil field is unset and inherits
+// from the "*" entry, then from the built-in defaults (see DomainPolicy).
+type Domain struct {
+	// Match is an exact domain name or "*" for every other domain.
+	Match                      string `mapstructure:"match"`
+	MaxConnections             *int   `mapstructure:"max_connections"`
+	MaxConnectionsPerBinding   *int   `mapstructure:"max_connections_per_binding"`
+	MaxDeliveriesPerConnection *int   `mapstructure:"max_deliveries_per_connection"`
+}
+
+// Hooks configures the hook plugins.
+type Hooks struct {
+	// Plugins are the plugins to load, in registration order.
+	Plugins []string `mapstructure:"plugins"`
+	// Settings maps a plugin name to its own settings. Each value must be a
+	// map; its content is checked by the plugin, not here. Viper lower-cases
+	// every key, so plugins must expect lower-case keys.
+	Settings map[string]any `mapstructure:"settings"`
+}
+
+// Built-in per-domain defaults, used when no "*" entry sets a field.
+const (
+	DefaultDomainMaxConnections             = 20
+	DefaultDomainMaxConnectionsPerBinding   = 0 // 0 = same as max_connections
+	DefaultDomainMaxDeliveriesPerConnection = 100
+)
+
+// Default returns the configuration with every key at its default. This is
+// the one place defaults are written; Load registers them with viper from
+// here, so a key missing from the file or the environment keeps this value.
+func Default() *Config {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return &Config{
+		Hostname: host,
+		Spool:    Spool{Dir: "./var/spool"},
+		Log:      Log{Level: "info", Format: "json", File: ""},
+		Inject: Inject{SMTP: SMTPInject{
+			Listen:         []string{"127.0.0.1:2525"},
+			RelayNetworks:  []string{"127.0.0.0/8", "::1/128"},
+			MaxMessageSize: 25 * MiB,
+			MaxRecipients:  1000,
+			MaxSessions:    500,
+			ReadTimeout:    60 * time.Second,
+			WriteTimeout:   60 * time.Second,
+			DataTimeout:    5 * time.Minute,
+			AuthFailDelay:  time.Second,
+			ShutdownGrace:  30 * time.Second,
+		}},
+		Admin: Admin{Listen: "127.0.0.1:8025"},
+		DNS:   DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
+		Delivery: Delivery{
+			Port:             25,
+			AllowLoopbackMX:  false,
+			MaxConnections:   1000,
+			Reserve:          50,
+			MaintainInterval: time.Second,
+			RetryInterval:    5 * time.Minute,
+			MaxRetryInterval: 4 * time.Hour,
+			MaxAge:           120 * time.Hour,
+			IdleTimeout:      5 * time.Second,
+			TLS:              "opportunistic",
+			TLSFailureTTL:    time.Hour,
+			Timeouts: Timeouts{
+				Connect:   30 * time.Second,
+				Greeting:  5 * time.Minute,
+				EHLO:      5 * time.Minute,
+				STARTTLS:  5 * time.Minute,
+				Mail:      5 * time.Minute,
+				Rcpt:      5 * time.Minute,
+				DataInit:  2 * time.Minute,
+				DataBlock: 3 * time.Minute,
+				DataTerm:  10 * time.Minute,
+				Quit:      time.Minute,
+			},
+		},
+		Hooks: Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
+	}
+}
+
+// Load reads the YAML file at path over the defaults, applies MTAD_*
+// environment overrides, and validates the result. path "" means defaults
+// plus environment only. Unknown keys are errors naming the key; so is every
+// invalid value (see Validate). Each call uses its own viper instance, so
+// Load may run concurrently with readers of an earlier *Config.
+func Load(path string) (*Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	v.SetEnvPrefix("MTAD")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	registerDefaults(v, "", reflect.ValueOf(*Default()))
+
+	where := "environment"
+	if path != "" {
+		where = path
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("config: read %s: %w", path, err)
+		}
+	}
+
+	var c Config
+	err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
+		memberWeightHook(),
+		stringToSliceHook(),
+		durationHook(),
+		sizeHook(),
+	)))
+	if err != nil {
+		return nil, decodeError(where, err)
+	}
+	c.normalize()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	c.buildIndex()
+	return &c, nil
+}
+
+// registerDefaults walks the default Config and gives viper every leaf key
+// with its default value. Registering each key matters twice over: viper only
+// consults the environment for keys it knows, and the decoder starts from a
+// zero Config, so an unregistered key would silently become zero.
+func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
+	t := val.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("mapstructure")
+		if !f.IsExported() || tag == "" || tag == "-" {
+			continue
+		}
+		key := tag
+		if prefix != "" {
+			key = prefix + "." + tag
+		}
+		fv := val.Field(i)
+		switch {
+		case fv.Kind() == reflect.Struct:
+			registerDefaults(v, key, fv)
+		case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.Struct,
+			fv.Kind() == reflect.Map:
+			// Lists of objects and free-form maps default to empty and
+			// are only set from the file; a nil default keeps viper from
+			// treating them as nested keys.
+		default:
+			v.SetDefault(key, fv.Interface())
+		}
+	}
+}
+
+// normalize gives every absent or empty list one representation: plain
+// lists are empty and non-nil, lists of objects are nil.
+func (c *Config) normalize() {
+	if c.Inject.SMTP.Listen == nil {
+		c.Inject.SMTP.Listen = []string{}
+	}
+	if c.Inject.SMTP.RelayNetworks == nil {
+		c.Inject.SMTP.RelayNetworks = []string{}
+	}
+	if c.DNS.Servers == nil {
+		c.DNS.Servers = []string{}
+	}
+	if c.Hooks.Plugins == nil {
+		c.Hooks.Plugins = []string{}
+	}
+	if c.Hooks.Settings == nil {
+		c.Hooks.Settings = map[string]any{}
+	}
+	// An empty list in the file and an absent one mean the same: nil.
+	if len(c.Bindings) == 0 {
+		c.Bindings = nil
+	}
+	if len(c.BindingGroups) == 0 {
+		c.BindingGroups = nil
+	}
+	if len(c.Routes) == 0 {
+		c.Routes = nil
+	}
+	if len(c.Domains) == 0 {
+		c.Domains = nil
+	}
+	// Domain names compare case-insensitively and may be written with the
+	// root's trailing dot; consumers get one spelling.
+	for i := range c.Routes {
+		c.Routes[i].Domain = strings.TrimSuffix(strings.ToLower(c.Routes[i].Domain), ".")
+	}
+	for i := range c.Domains {
+		c.Domains[i].Match = strings.TrimSuffix(strings.ToLower(c.Domains[i].Match), ".")
+	}
+}
+
+// decodeError rewrites mapstructure's errors into one line per problem, each
+// naming the full key: "config: f.yaml: unknown key inject.smtp.max_sesions".
+func decodeError(where string, err error) error {
+	var lines []error
+	var walk func(error)
+	walk = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, inner := range j.Unwrap() {
+				walk(inner)
+			}
+			return
+		}
+		de, ok := e.(*mapstructure.DecodeError)
+		if !ok {
+			// mapstructure wraps its joined errors in one fmt.Errorf
+			// ("decoding failed due to ..."): look through it.
+			if inner := errors.Unwrap(e); inner != nil {
+				walk(inner)
+				return
+			}
+		}
+		if ok {
+			inner := de.Unwrap()
+			if _, ok := inner.(interface{ Unwrap() []error }); ok {
+				walk(inner)
+				return
+			}
+			if keys, ok := strings.CutPrefix(inner.Error(), "has invalid keys: "); ok {
+				for _, k := range strings.Split(keys, ", ") {
+					if de.Name() != "" {
+						k = de.Name() + "." + k
+					}
+					lines = append(lines, fmt.Errorf("config: %s: unknown key %s", where, k))
+				}
+				return
+			}
+			var pe *mapstructure.ParseError
+			var ue *mapstructure.UnconvertibleTypeError
+			switch {
+			case errors.As(inner, &pe):
+				lines = append(lines, fmt.Errorf("config: %s: %s: %s is not a valid %s", where, de.Name(), quote(pe.Value), pe.Expected.Type()))
+			case errors.As(inner, &ue):
+				lines = append(lines, fmt.Errorf("config: %s: %s: %s is not a valid %s", where, de.Name(), quote(ue.Value), ue.Expected.Type()))
+			default:
+				lines = append(lines, fmt.Errorf("config: %s: %s: %w", where, de.Name(), inner))
+			}
+			return
+		}
+		lines = append(lines, fmt.Errorf("config: %s: %w", where, e))
+	}
+	walk(err)
+	if len(lines) == 0 {
+		return fmt.Errorf("config: %s: %w", where, err)
+	}
+	return errors.Join(lines...)
+}
+
+// stringToSliceHook splits a string (from the environment) into a list at
+// commas, trimming blanks, so MTAD_DNS_SERVERS="a:53, b:53" is two servers.
+func stringToSliceHook() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to.Kind() != reflect.Slice {
+			return data, nil
+		}
+		out := []string{}
+		for _, s := range strings.Split(data.(string), ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		return out, nil
+	}
+}
+
+// memberWeightHook gives a group member without a weight key the weight 1,
+// while an explicit weight (even 0) is kept for Validate to judge.
+func memberWeightHook() mapstructure.DecodeHookFuncType {
+	memberType := reflect.TypeFor[GroupMember]()
+	return func(from, to reflect.Type, data any) (any, error) {
+		if to != memberType {
+			return data, nil
+		}
+		m, ok := data.(map[string]any)
+		if !ok {
+			return data, nil
+		}
+		if _, set := m["weight"]; set {
+			return data, nil
+		}
+		out := make(map[string]any, len(m)+1)
+		for k, v := range m {
+			out[k] = v
+		}
+		out["weight"] = 1
+		return out, nil
+	}
+}
+
+// sizeHook decodes a Size from a byte count or a string such as "25MiB".
+func sizeHook() mapstructure.DecodeHookFuncType {
+	sizeType := reflect.TypeFor[Size]()
+	return func(from, to reflect.Type, data any) (any, error) {
+		if to != sizeType {
+			return data, nil
+		}
+		switch from.Kind() {
+		case reflect.String:
+			return ParseSize(data.(string))
+		case reflect.Float32, reflect.Float64:
+			f := reflect.ValueOf(data).Float()
+			if f != float64(int64(f)) {
+				return nil, fmt.Errorf("%v is not a whole number of bytes", data)
+			}
+			return Size(int64(f)), nil
+		}
+		return data, nil
+	}
+}
+
+// quote renders a bad value for an error message: strings quoted, the rest
+// as Go prints them.
+func quote(v any) string {
+	if s, ok := v.(string); ok {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+// durationHook decodes a time.Duration from a Go duration string, naming the
+// bad value on failure (mapstructure's own hook drops it).
+func durationHook() mapstructure.DecodeHookFuncType {
+	durType := reflect.TypeFor[time.Duration]()
+	return func(from, to reflect.Type, data any) (any, error) {
+		if to != durType || from == durType {
+			return data, nil
+		}
+		switch from.Kind() {
+		case reflect.String:
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+			reflect.Float32, reflect.Float64:
+			// A bare number would silently mean nanoseconds.
+			if reflect.ValueOf(data).IsZero() {
+				return time.Duration(0), nil
+			}
+			return nil, fmt.Errorf("%v needs a unit (write e.g. \"30s\", \"5m\", \"120h\")", data)
+		default:
+			return data, nil
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(data.(string)))
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a duration (write e.g. \"30s\", \"5m\", \"120h\")", data)
+		}
+		return d, nil
+	}
+}

@@ -1,0 +1,214 @@
+package logging
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Event is the value of a record's "event" field.
+type Event string
+
+// The events of the delivery log. The delivery events (delivered ...
+// cancelled) are the Delivery record's; a recipient ends in exactly one of
+// delivered, bounced, expired or cancelled.
+const (
+	EventReceived       Event = "received"
+	EventRejected       Event = "rejected"
+	EventDelivered      Event = "delivered"
+	EventDeferred       Event = "deferred"
+	EventBounced        Event = "bounced"
+	EventExpired        Event = "expired"
+	EventCancelled      Event = "cancelled"
+	EventConnection     Event = "connection"
+	EventSpoolRecovered Event = "spool_recovered"
+)
+
+// write logs one record at level if the logger is enabled for it; the fields
+// are only built when it is.
+func write(l *zap.Logger, level zapcore.Level, ev Event, fields func() []zap.Field) {
+	if ce := l.Check(level, string(ev)); ce != nil {
+		ce.Write(fields()...)
+	}
+}
+
+// Received records a message accepted and made durable by injection.
+type Received struct {
+	QueueID    string
+	MessageID  string
+	Sender     string
+	Recipients []string
+	Size       int64
+	ClientIP   string
+	AuthUser   string
+}
+
+// Fields returns the record's fields, "event" first.
+func (r Received) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventReceived)),
+		zap.String("queue_id", r.QueueID),
+		zap.String("message_id", r.MessageID),
+		zap.String("sender", r.Sender),
+		zap.Strings("recipients", r.Recipients),
+		zap.Int64("size", r.Size),
+		zap.String("client_ip", r.ClientIP),
+		zap.String("auth_user", r.AuthUser),
+	}
+}
+
+// Log writes the record as one info entry.
+func (r Received) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventReceived, r.Fields) }
+
+// Rejected records a command refused by injection with a 4xx/5xx reply.
+type Rejected struct {
+	ClientIP string
+	Command  string // the verb: MAIL, RCPT, DATA, AUTH, ...
+	Code     int
+	Enhanced string
+	Reply    string // logged as "response"
+}
+
+// Fields returns the record's fields, "event" first.
+func (r Rejected) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventRejected)),
+		zap.String("client_ip", r.ClientIP),
+		zap.String("command", r.Command),
+		zap.Int("code", r.Code),
+		zap.String("enhanced_code", r.Enhanced),
+		zap.String("response", r.Reply),
+	}
+}
+
+// Log writes the record as one info entry.
+func (r Rejected) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventRejected, r.Fields) }
+
+// Delivery records the result of one attempt for one recipient. Event must
+// be one of EventDelivered, EventDeferred, EventBounced, EventExpired or
+// EventCancelled; the constructors below set it.
+type Delivery struct {
+	Event     Event
+	QueueID   string
+	Recipient string
+	Domain    string
+	Binding   string
+	MX        string
+	RemoteIP  string
+	// Phase is the step that produced the result (an outcome.Phase as a
+	// string): "connect", "rcpt", "data", ...; "" when not applicable.
+	Phase    string
+	Code     int
+	Enhanced string
+	Response string
+	Attempt  int
+	// Delay is the time since the message was received.
+	Delay time.Duration
+	// NextAttempt is when a deferred recipient is tried again; logged only
+	// when non-zero.
+	NextAttempt time.Time
+}
+
+// Delivered returns d as a "delivered" record.
+func Delivered(d Delivery) Delivery { d.Event = EventDelivered; return d }
+
+// Deferred returns d as a "deferred" record.
+func Deferred(d Delivery) Delivery { d.Event = EventDeferred; return d }
+
+// Bounced returns d as a "bounced" record.
+func Bounced(d Delivery) Delivery { d.Event = EventBounced; return d }
+
+// Expired returns d as an "expired" record.
+func Expired(d Delivery) Delivery { d.Event = EventExpired; return d }
+
+// Cancelled returns d as a "cancelled" record.
+func Cancelled(d Delivery) Delivery { d.Event = EventCancelled; return d }
+
+// Fields returns the record's fields, "event" first.
+func (d Delivery) Fields() []zap.Field {
+	f := make([]zap.Field, 0, 15)
+	f = append(f,
+		zap.String("event", string(d.Event)),
+		zap.String("queue_id", d.QueueID),
+		zap.String("recipient", d.Recipient),
+		zap.String("domain", d.Domain),
+		zap.String("binding", d.Binding),
+		zap.String("mx", d.MX),
+		zap.String("remote_ip", d.RemoteIP),
+		zap.String("phase", d.Phase),
+		zap.Int("code", d.Code),
+		zap.String("enhanced_code", d.Enhanced),
+		zap.String("response", d.Response),
+		zap.Int("attempt", d.Attempt),
+		zap.Duration("delay", d.Delay),
+	)
+	if !d.NextAttempt.IsZero() {
+		f = append(f, zap.Time("next_attempt", d.NextAttempt))
+	}
+	return f
+}
+
+// Log writes the record as one info entry. An empty Event is logged as
+// "delivery" rather than dropped, so a caller's mistake stays visible.
+func (d Delivery) Log(l *zap.Logger) {
+	if d.Event == "" {
+		d.Event = "delivery"
+	}
+	write(l, zapcore.InfoLevel, d.Event, d.Fields)
+}
+
+// Connection records one outbound connection attempt: FD is the file
+// descriptor (≥ 0) on success or the negative CONN_ERR code, ConnErr the
+// error text ("" on success).
+type Connection struct {
+	Domain   string
+	Binding  string
+	MX       string
+	RemoteIP string
+	FD       int
+	ConnErr  string
+}
+
+// Fields returns the record's fields, "event" first.
+func (c Connection) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventConnection)),
+		zap.String("domain", c.Domain),
+		zap.String("binding", c.Binding),
+		zap.String("mx", c.MX),
+		zap.String("remote_ip", c.RemoteIP),
+		zap.Int("fd", c.FD),
+		zap.String("conn_err", c.ConnErr),
+	}
+}
+
+// Log writes the record as one info entry.
+func (c Connection) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventConnection, c.Fields) }
+
+// SpoolRecovered records what the spool scan found at start.
+type SpoolRecovered struct {
+	Messages    int
+	Recipients  int // logged as "recipient_count"
+	Quarantined int
+}
+
+// Fields returns the record's fields, "event" first.
+func (s SpoolRecovered) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventSpoolRecovered)),
+		zap.Int("messages", s.Messages),
+		zap.Int("recipient_count", s.Recipients),
+		zap.Int("quarantined", s.Quarantined),
+	}
+}
+
+// Log writes the record as one entry: info, or warn when entries were
+// quarantined, since those need an operator's look.
+func (s SpoolRecovered) Log(l *zap.Logger) {
+	level := zapcore.InfoLevel
+	if s.Quarantined > 0 {
+		level = zapcore.WarnLevel
+	}
+	write(l, level, EventSpoolRecovered, s.Fields)
+}
