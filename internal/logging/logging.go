@@ -49,11 +49,12 @@
 //	fd              int       connection                    the connection's file descriptor (≥ 0) or a negative CONN_ERR code
 //	conn_err        string    connection                    what went wrong; "" on success
 //	messages        int       spool_recovered               messages found in the spool at start
-//	recipient_count int       spool_recovered               undelivered recipients among them
+//	recipients      int       spool_recovered               undelivered recipients among them
 //	quarantined     int       spool_recovered               unreadable entries set aside
 //
-// recipient_count is not called "recipients" because that key is a list of
-// strings in received records, and one key with two types breaks log indexers.
+// In spool_recovered, recipients is a count, where in received it is a list:
+// the issue that defined the record fixed that name. A log indexer that types
+// fields by name should key them by (event, field).
 package logging
 
 import (

@@ -125,7 +125,7 @@ func TestRecordsAsJSON(t *testing.T) {
 				"remote_ip": "127.0.0.9", "fd": -3.0, "conn_err": "connection refused",
 			}},
 		{"spool_recovered", SpoolRecovered{Messages: 3, Recipients: 5, Quarantined: 0}.Log,
-			map[string]any{"event": "spool_recovered", "messages": 3.0, "recipient_count": 5.0, "quarantined": 0.0}},
+			map[string]any{"event": "spool_recovered", "messages": 3.0, "recipients": 5.0, "quarantined": 0.0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -189,7 +189,7 @@ func (c Connection) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventConnec
 // SpoolRecovered records what the spool scan found at start.
 type SpoolRecovered struct {
 	Messages    int
-	Recipients  int // logged as "recipient_count"
+	Recipients  int // undelivered recipients; logged as "recipients"
 	Quarantined int
 }
 
@@ -198,7 +198,7 @@ func (s SpoolRecovered) Fields() []zap.Field {
 	return []zap.Field{
 		zap.String("event", string(EventSpoolRecovered)),
 		zap.Int("messages", s.Messages),
-		zap.Int("recipient_count", s.Recipients),
+		zap.Int("recipients", s.Recipients),
 		zap.Int("quarantined", s.Quarantined),
 	}
 }
