@@ -1,0 +1,301 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
+)
+
+// op is one write: a set of key to the concatenation of val, a delete of key,
+// or (end != nil) a range delete of [key, end).
+type op struct {
+	key []byte
+	end []byte
+	val [][]byte
+	del bool
+}
+
+func (o *op) size() int {
+	n := len(o.key) + len(o.end) + 16
+	for _, v := range o.val {
+		n += len(v)
+	}
+	return n
+}
+
+// commitReq is one caller's writes, applied atomically (they always land in
+// the same batch).
+type commitReq struct {
+	ops  []op
+	size int
+	put  bool // adds a message: refused when the disk is low on space
+	done chan error
+}
+
+// commit hands ops to the committer and waits until they are durable or have
+// failed.
+func (s *Spool) commit(ops []op, put bool) error {
+	r := &commitReq{ops: ops, put: put, done: make(chan error, 1)}
+	for i := range ops {
+		r.size += ops[i].size()
+	}
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		return ErrClosed
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.stopped:
+		// The committer answers every request it took before it stopped;
+		// one still in the queue was never written.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// run is the committer: it takes a request, adds whatever else is already
+// waiting (up to MaxGroupBytes), writes all of it in one batch with one
+// fsync, and answers everyone. Exactly one commit is in flight at any time,
+// which is what keeps a WAL failure from reaching pebble's panicking paths
+// (see the package comment).
+func (s *Spool) run() {
+	defer s.wg.Done()
+	defer close(s.stopped)
+	group := make([]*commitReq, 0, 256)
+	for {
+		var first *commitReq
+		select {
+		case first = <-s.reqs:
+		case <-s.quit:
+			return
+		}
+		group = append(group[:0], first)
+		size := first.size
+	gather:
+		for size < s.opts.MaxGroupBytes {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+				size += r.size
+			default:
+				break gather
+			}
+		}
+		group, size = s.refuseOnLowSpace(group, size)
+		if len(group) > 0 {
+			err := s.commitGroup(group, size)
+			for _, r := range group {
+				r.done <- err
+			}
+		}
+		clear(group[:cap(group)])
+	}
+}
+
+// refuseOnLowSpace answers the group's Puts with ErrNoSpace when the file
+// system has less than MinFreeBytes available, and returns the rest. Pebble
+// dies (an unrecoverable "unlock of unlocked mutex") if a WAL write fails
+// while it rotates the WAL, so the spool stops taking new mail before the
+// disk is actually full, while deliveries (updates, deletes) go on and free
+// space.
+func (s *Spool) refuseOnLowSpace(group []*commitReq, size int) ([]*commitReq, int) {
+	if s.opts.MinFreeBytes < 0 || !slices.ContainsFunc(group, func(r *commitReq) bool { return r.put }) {
+		return group, size
+	}
+	free, ok := s.freeBytes()
+	if !ok || free >= uint64(s.opts.MinFreeBytes) {
+		return group, size
+	}
+	err := fmt.Errorf("%w: %d bytes free in %s, below the %d kept in reserve: %w",
+		ErrNoSpace, free, s.dbDir, s.opts.MinFreeBytes, syscall.ENOSPC)
+	kept := group[:0]
+	for _, r := range group {
+		if r.put {
+			r.done <- err
+			size -= r.size
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept, size
+}
+
+// freeBytes reports the space available to the spool; ok is false when the
+// file system cannot say.
+func (s *Spool) freeBytes() (uint64, bool) {
+	u, err := s.opts.FS.GetDiskUsage(s.dbDir)
+	if err != nil {
+		if !s.diskUsageWarned {
+			s.diskUsageWarned = true
+			s.log.Warn("spool cannot read free disk space; low-space guard off", zap.Error(err))
+		}
+		return 0, false
+	}
+	return u.AvailBytes, true
+}
+
+// commitGroup writes the group's ops in one synced batch.
+func (s *Spool) commitGroup(group []*commitReq, size int) error {
+	if s.broken != nil && !s.tryReopen() {
+		return s.unavailable()
+	}
+	db := s.db
+	b := db.NewBatchWithSize(size)
+	for _, r := range group {
+		for i := range r.ops {
+			if err := addOp(b, &r.ops[i]); err != nil {
+				_ = b.Close()
+				return fmt.Errorf("build batch: %w", err)
+			}
+		}
+	}
+	if err := s.apply(db, b); err != nil {
+		// The batch is not closed: pebble may still hold pointers into it.
+		s.broken = err
+		s.lastReopen = time.Now()
+		s.log.Error("spool write failed; refusing writes until the store is reopened",
+			zap.Error(err), zap.Bool("no_space", errors.Is(err, ErrNoSpace)), zap.Int("group", len(group)))
+		return err
+	}
+	_ = b.Close()
+	return nil
+}
+
+func addOp(b *pebble.Batch, o *op) error {
+	switch {
+	case o.end != nil:
+		return b.DeleteRange(o.key, o.end, nil)
+	case o.del:
+		return b.Delete(o.key, nil)
+	}
+	n := 0
+	for _, v := range o.val {
+		n += len(v)
+	}
+	d := b.SetDeferred(len(o.key), n)
+	copy(d.Key, o.key)
+	off := 0
+	for _, v := range o.val {
+		off += copy(d.Value[off:], v)
+	}
+	return d.Finish()
+}
+
+// apply commits b with a synced WAL write and reports any failure as an
+// error: a returned error, an error pebble passed to Fatalf, or a panic.
+func (s *Spool) apply(db *pebble.DB, b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			// Pebble panics with its commit lock held (a WAL rotation that
+			// failed): the database can neither take writes nor be closed.
+			s.poisoned.Store(true)
+			perr, ok := r.(error)
+			if !ok {
+				perr = fmt.Errorf("%v", r)
+			}
+			err = classify(fmt.Errorf("pebble panicked during commit (store unusable until restart): %w", perr))
+		}
+	}()
+	// A stale Fatalf from a background job (a failed flush's MANIFEST write)
+	// also means the store must be reopened.
+	if ferr := s.takeFatal(); ferr != nil {
+		return classify(ferr)
+	}
+	// ApplyNoSyncWait returns the WAL sync error from SyncWait as a value;
+	// Apply would hand it to Logger.Fatalf and return nil.
+	if err := db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+		return classify(err)
+	}
+	if ferr := s.takeFatal(); ferr != nil {
+		// An error before the record reached the WAL goes to Fatalf; the
+		// sync it would wait for was never queued, so SyncWait would hang.
+		return classify(ferr)
+	}
+	if err := b.SyncWait(); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// closeDB closes db, turning a panic (pebble's answer to some misuse) into
+// an error.
+func closeDB(db *pebble.DB) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("pebble close panicked: %v", r)
+		}
+	}()
+	return db.Close()
+}
+
+// classify joins ErrNoSpace to a disk-full error.
+func classify(err error) error {
+	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+// unavailable is the error for writes refused while the store is broken.
+func (s *Spool) unavailable() error {
+	return fmt.Errorf("%w (%w)", ErrUnavailable, s.broken)
+}
+
+// tryReopen closes and reopens pebble after a write failure, at most once per
+// ReopenInterval, and reports whether the store takes writes again. Pebble
+// replays its WAL on open, so every write that was synced before the failure
+// is there. It never waits for readers: if one holds the store it tries again
+// at a later write.
+func (s *Spool) tryReopen() bool {
+	if s.poisoned.Load() {
+		return false
+	}
+	if s.opts.ReopenInterval > 0 && time.Since(s.lastReopen) < s.opts.ReopenInterval {
+		return false
+	}
+	if errors.Is(s.broken, ErrNoSpace) && s.opts.MinFreeBytes >= 0 {
+		// Reopening replays the WAL; not worth it before space is back.
+		if free, ok := s.freeBytes(); ok && free < uint64(s.opts.MinFreeBytes) {
+			return false
+		}
+	}
+	if !s.mu.TryLock() {
+		return false
+	}
+	defer s.mu.Unlock()
+	s.lastReopen = time.Now()
+	if s.db != nil {
+		if err := closeDB(s.db); err != nil {
+			s.log.Warn("spool close after write failure", zap.Error(err))
+		}
+		s.db = nil
+	}
+	s.takeFatal() // whatever the old instance reported is moot now
+	db, err := s.openDB(false)
+	if err != nil {
+		s.log.Error("spool reopen failed; writes still refused", zap.Error(err))
+		s.broken = classify(fmt.Errorf("reopen: %w", err))
+		// Open it read-only (it writes nothing) so reads go on meanwhile.
+		if ro, rerr := s.openDB(true); rerr == nil {
+			s.db = ro
+		} else {
+			s.log.Error("spool read-only reopen failed; reads fail too", zap.Error(rerr))
+		}
+		return false
+	}
+	s.db = db
+	s.log.Info("spool reopened after write failure; writes resume", zap.NamedError("cause", s.broken))
+	s.broken = nil
+	return true
+}

@@ -1,0 +1,214 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
+)
+
+// RecoverStats counts what Recover found.
+type RecoverStats struct {
+	Messages    int // messages handed to fn (with at least one pending recipient)
+	Recipients  int // pending recipients among them
+	Quarantined int // messages moved to quarantine as corrupt
+	Finished    int // messages with no pending recipient, deleted
+}
+
+// recoverFlushOps bounds the deletes and quarantine moves Recover buffers
+// before committing them.
+const recoverFlushOps = 4096
+
+// Recover scans every message in id order (so in order of acceptance). It
+// calls fn for each message with at least one Pending recipient, deletes
+// messages with none, and moves a message whose records are corrupt (bad
+// checksum, unknown version, undecodable, missing body or recipient) to the
+// quarantine keyspace with a warning, going on with the next. An error from
+// fn stops the scan and is returned. Recover is meant to run once after Open,
+// before new mail is accepted; fn must not call Update or Delete for ids it
+// has not yet been handed.
+func (s *Spool) Recover(fn func(m *Message) error) (RecoverStats, error) {
+	var st RecoverStats
+	err := s.withDB(func(db *pebble.DB) error { return s.recover(db, fn, &st) })
+	if err != nil {
+		return st, fmt.Errorf("spool recover: %w", err)
+	}
+	return st, nil
+}
+
+func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverStats) (err error) {
+	// Three iterators walk meta, recipient and body keys in step: all three
+	// keyspaces are sorted by id, so each only moves forward.
+	var iters []*pebble.Iterator
+	newIter := func(prefix string) (*pebble.Iterator, error) {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefix), UpperBound: prefixEnd(prefix)})
+		if err == nil {
+			iters = append(iters, it)
+		}
+		return it, err
+	}
+	defer func() {
+		for _, it := range iters {
+			err = errors.Join(err, it.Close())
+		}
+	}()
+	mit, err := newIter(prefixMeta)
+	if err != nil {
+		return err
+	}
+	rit, err := newIter(prefixRcpt)
+	if err != nil {
+		return err
+	}
+	bit, err := newIter(prefixBody)
+	if err != nil {
+		return err
+	}
+
+	var pending []op
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		err := s.commit(pending, false)
+		pending = nil
+		return err
+	}
+	for ok := mit.First(); ok; ok = mit.Next() {
+		id := string(mit.Key()[len(prefixMeta):])
+		m, cerr := checkMessage(mit, rit, bit, id)
+		switch {
+		case cerr != nil && !errors.Is(cerr, ErrCorrupt):
+			return fmt.Errorf("read %s: %w", id, cerr)
+		case cerr != nil:
+			ops, qerr := quarantineOps(db, id)
+			if qerr != nil {
+				return fmt.Errorf("quarantine %s: %w", id, qerr)
+			}
+			s.log.Warn("spool: corrupt message moved to quarantine", zap.String("id", id), zap.Error(cerr))
+			pending = append(pending, ops...)
+			st.Quarantined++
+		default:
+			np := 0
+			for _, r := range m.Recipients {
+				if r.State == Pending {
+					np++
+				}
+			}
+			if np == 0 {
+				pending = append(pending, deleteOps(id, len(m.Recipients))...)
+				st.Finished++
+				break
+			}
+			st.Messages++
+			st.Recipients += np
+			if err := fn(m); err != nil {
+				return errors.Join(err, flush())
+			}
+		}
+		if len(pending) >= recoverFlushOps {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := mit.Error(); err != nil {
+		return errors.Join(err, flush())
+	}
+	return flush()
+}
+
+// checkMessage decodes the message at mit and checks that its recipients
+// (from rit) and body (from bit) are all there and sound.
+func checkMessage(mit, rit, bit *pebble.Iterator, id string) (*Message, error) {
+	if validID(id) != nil {
+		return nil, fmt.Errorf("%w: bad id in key %q", ErrCorrupt, mit.Key())
+	}
+	v, err := mit.ValueAndErr()
+	if err != nil {
+		return nil, err
+	}
+	m, n, err := decodeMeta(v)
+	if err != nil {
+		return nil, err
+	}
+	m.ID = id
+	m.Recipients, err = readRecipients(rit, rcptPrefix(id), n)
+	if err != nil {
+		return nil, err
+	}
+	bk := bodyKey(id)
+	if !bit.SeekGE(bk) || !bytes.Equal(bit.Key(), bk) {
+		if err := bit.Error(); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: body missing", ErrCorrupt)
+	}
+	bv, err := bit.ValueAndErr()
+	if err != nil {
+		return nil, err
+	}
+	body, err := decodeBody(bv)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) != m.Size {
+		return nil, fmt.Errorf("%w: body is %d bytes, meta says %d", ErrCorrupt, len(body), m.Size)
+	}
+	return m, nil
+}
+
+// quarantineOps moves every record of id under q/, keeping key and value as
+// they were, for an operator to look at.
+func quarantineOps(db *pebble.DB, id string) ([]op, error) {
+	var ops []op
+	move := func(k, v []byte) {
+		ops = append(ops,
+			op{key: append([]byte(prefixQuarantine), k...), val: [][]byte{bytes.Clone(v)}},
+			op{key: bytes.Clone(k), del: true})
+	}
+	for _, k := range [][]byte{metaKey(id), bodyKey(id)} {
+		v, found, err := getCopy(db, k)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			move(k, v)
+		}
+	}
+	p := rcptPrefix(id)
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
+	if err != nil {
+		return nil, err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, verr := it.ValueAndErr()
+		if verr != nil {
+			return nil, errors.Join(verr, it.Close())
+		}
+		move(it.Key(), v)
+	}
+	return ops, errors.Join(it.Error(), it.Close())
+}
+
+// Quarantined returns the ids of the messages in quarantine, in id order.
+func (s *Spool) Quarantined() ([]string, error) {
+	var ids []string
+	err := s.withDB(func(db *pebble.DB) error {
+		qm := prefixQuarantine + prefixMeta
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(qm), UpperBound: prefixEnd(qm)})
+		if err != nil {
+			return err
+		}
+		for ok := it.First(); ok; ok = it.Next() {
+			ids = append(ids, string(it.Key()[len(qm):]))
+		}
+		return errors.Join(it.Error(), it.Close())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool quarantined: %w", err)
+	}
+	return ids, nil
+}
