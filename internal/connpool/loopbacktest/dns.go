@@ -1,0 +1,113 @@
+// Package loopbacktest gives the connpool and scheduler tests a real remote
+// side on loopback: a DNS server (miekg/dns on 127.0.0.1:0) serving the
+// records a test adds, and go-smtp sink servers on several 127.0.0.x
+// addresses sharing one port, which record what they receive and how many
+// sessions they held at once. It is for tests only and must never be
+// imported by production code.
+package loopbacktest
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// DNS is a DNS server on 127.0.0.1 (UDP and TCP, same port) answering from
+// the records added with Add; a name without records of the asked type gets
+// NOERROR with no answers when it has any record, NXDOMAIN otherwise.
+type DNS struct {
+	// Addr is "127.0.0.1:port", for mx.Options.Servers.
+	Addr string
+
+	mu      sync.Mutex
+	records map[string][]dns.RR // by lower-case FQDN
+	rcodes  map[string]int      // forced response codes by lower-case FQDN
+}
+
+// StartDNS starts a server that stops when the test ends.
+func StartDNS(t testing.TB) *DNS {
+	t.Helper()
+	z := &DNS{records: make(map[string][]dns.RR), rcodes: make(map[string]int)}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("dns listen udp: %v", err)
+	}
+	z.Addr = pc.LocalAddr().String()
+	ln, err := net.Listen("tcp", z.Addr)
+	if err != nil {
+		pc.Close()
+		t.Fatalf("dns listen tcp %s: %v", z.Addr, err)
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: z}
+	tcp := &dns.Server{Listener: ln, Handler: z}
+	var wg sync.WaitGroup
+	for _, s := range []*dns.Server{udp, tcp} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.ActivateAndServe()
+		}()
+		<-started
+	}
+	t.Cleanup(func() {
+		_ = udp.Shutdown()
+		_ = tcp.Shutdown()
+		wg.Wait()
+	})
+	return z
+}
+
+// Add adds records in zone-file syntax ("example.com. 60 IN MX 10 mx.example.com.").
+func (z *DNS) Add(t testing.TB, records ...string) {
+	t.Helper()
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, s := range records {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatalf("dns record %q: %v", s, err)
+		}
+		name := strings.ToLower(rr.Header().Name)
+		z.records[name] = append(z.records[name], rr)
+	}
+}
+
+// SetRcode makes every query for name (an FQDN) answer with rcode, e.g.
+// dns.RcodeServerFailure.
+func (z *DNS) SetRcode(name string, rcode int) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.rcodes[strings.ToLower(name)] = rcode
+}
+
+// ServeDNS answers one query from the records.
+func (z *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	resp.Authoritative = true
+	if len(req.Question) == 1 {
+		q := req.Question[0]
+		z.mu.Lock()
+		rcode, forced := z.rcodes[strings.ToLower(q.Name)]
+		rrs, known := z.records[strings.ToLower(q.Name)]
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == q.Qtype {
+				resp.Answer = append(resp.Answer, dns.Copy(rr))
+			}
+		}
+		z.mu.Unlock()
+		switch {
+		case forced:
+			resp.Rcode = rcode
+			resp.Answer = nil
+		case !known:
+			resp.Rcode = dns.RcodeNameError
+		}
+	}
+	_ = w.WriteMsg(resp)
+}

@@ -1,0 +1,439 @@
+package connpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/mx"
+	"github.com/mtad/mtad/internal/outcome"
+	"github.com/mtad/mtad/internal/queue"
+	"github.com/mtad/mtad/internal/smtpclient"
+)
+
+// session is one connection's goroutine and state.
+type session struct {
+	pool   *Pool
+	pair   *queue.Pair
+	policy Policy
+	wake   chan struct{} // capacity 1; Wake sends when it takes us off the idle list
+
+	src source
+	at  Attempt
+
+	mu     sync.Mutex
+	conn   net.Conn // the raw connection, for a forced Close
+	forced bool
+
+	result hooks.SessionResult
+}
+
+// source is a binding as the pool uses it.
+type source struct {
+	name string
+	addr netip.Addr // invalid: let the system choose
+	ehlo string
+}
+
+func (s *session) run() {
+	p := s.pool
+	defer p.wg.Done()
+	defer func() {
+		p.mu.Lock()
+		delete(p.live, s)
+		p.mu.Unlock()
+		p.total.Add(-1)
+	}()
+	dr := s.pair.Domain()
+	c, err := s.connect(p.ctx)
+	if err != nil {
+		s.pair.ConnectFailed()
+		if p.ctx.Err() == nil {
+			// At shutdown the pair's deliveries stay where they are: the
+			// spool still holds them, and no attempt was made.
+			p.opts.Outcomes.ConnectFailed(s.pair, s.at, err)
+		}
+		return
+	}
+	s.pair.Connected()
+	defer s.pair.Closed()
+	s.serve(c)
+	_ = c.Quit()
+	p.opts.Hooks.PostSessionSMTP.Call(dr, s.pair.Slot(), p.now(), s.result)
+}
+
+// serve sends deliveries from the pair's queue until it is empty and no
+// work arrives within the idle timeout, the per-connection limit is
+// reached, the connection breaks, or the pool closes.
+func (s *session) serve(c *smtpclient.Client) {
+	p := s.pool
+	sent := 0
+	for p.ctx.Err() == nil {
+		if max := s.policy.MaxDeliveriesPerConnection; max > 0 && sent >= max {
+			return
+		}
+		d := s.pair.Pop()
+		if d == nil {
+			if !s.idle() {
+				return
+			}
+			continue
+		}
+		sent++
+		if !s.deliver(c, d) {
+			return
+		}
+	}
+}
+
+// deliver runs one transaction for d and reports it; false means the
+// connection is unusable.
+func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
+	p := s.pool
+	if d.Expires != 0 && p.now().UnixNano() >= d.Expires {
+		p.opts.Outcomes.Result(d, s.at, nil, ErrExpired)
+		return true
+	}
+	body, err := p.opts.Bodies.Body(d.MsgID)
+	if err != nil {
+		p.opts.Outcomes.Result(d, s.at, nil, &outcome.Error{Phase: outcome.PhaseQueue,
+			Enhanced: smtp.EnhancedCode{4, 3, 0}, Temporary: true,
+			Message: "reading the message body", Err: fmt.Errorf("connpool: body of %s: %w", d.MsgID, err)})
+		return true
+	}
+	env := smtpclient.Envelope{From: d.Sender, To: make([]string, len(d.Rcpts)), Size: d.Size}
+	env.UTF8 = !isASCII(d.Sender)
+	for i, r := range d.Rcpts {
+		env.To[i] = r.Addr
+		env.UTF8 = env.UTF8 || !isASCII(r.Addr)
+	}
+	// The delivery does not carry BODY=8BITMIME from injection, so look:
+	// the body is in memory anyway and the scan is cheap beside the send.
+	env.EightBit = !isASCIIBytes(body)
+	s.at.TLS = c.TLS()
+	res, err := c.Send(env, body)
+	s.count(res, err, len(d.Rcpts))
+	p.opts.Outcomes.Result(d, s.at, res, err)
+	return err == nil
+}
+
+// count adds a transaction to the session's result for PostSessionSMTP.
+func (s *session) count(res *smtpclient.Result, err error, n int) {
+	r := &s.result
+	if err != nil {
+		r.Deferred += n
+		if e := outcome.As(err); e != nil && e.Code != 0 {
+			r.LastCode = e.Code
+			r.Code421 = r.Code421 || e.Code == 421
+		}
+		return
+	}
+	for _, e := range res.Rcpt {
+		if e == nil {
+			e = res.Data
+		}
+		switch {
+		case e == nil:
+			r.Delivered++
+		case e.Temporary:
+			r.Deferred++
+		default:
+			r.Failed++
+		}
+		if e != nil && e.Code != 0 {
+			r.LastCode = e.Code
+			r.Code421 = r.Code421 || e.Code == 421
+		}
+	}
+	if res.Data == nil {
+		r.LastCode = 250
+	}
+}
+
+// idle waits for Wake, the idle timeout or the pool's end; true means go
+// look at the queue again.
+func (s *session) idle() bool {
+	p := s.pool
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return false
+	}
+	p.idle[s.pair] = append(p.idle[s.pair], s)
+	p.mu.Unlock()
+	// Work pushed between our Pop and joining the idle list found no idle
+	// session to wake; look once more now that Wake can find us.
+	if s.pair.Len() > 0 {
+		if !s.leaveIdle() {
+			<-s.wake
+		}
+		return true
+	}
+	t := time.NewTimer(p.opts.IdleTimeout)
+	defer t.Stop()
+	select {
+	case <-s.wake:
+		return true
+	case <-t.C:
+	case <-p.ctx.Done():
+	}
+	// Wake may have taken us off the list at the same moment: then its
+	// work is ours, unless the pool is closing.
+	if !s.leaveIdle() {
+		<-s.wake
+		return p.ctx.Err() == nil
+	}
+	// Work pushed while the timer fired found us neither idle nor counted
+	// out of the pair's goal; take it rather than leave it for a tick.
+	return p.ctx.Err() == nil && s.pair.Len() > 0
+}
+
+// leaveIdle takes s off its pair's idle list and reports whether it was
+// still there (false: Wake took it off and sent on s.wake).
+func (s *session) leaveIdle() bool {
+	p := s.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, w := range p.idle[s.pair] {
+		if w == s {
+			p.removeIdleLocked(s.pair, i)
+			return true
+		}
+	}
+	return false
+}
+
+// forceClose closes the connection under a session that did not end in
+// time; p.mu is held.
+func (s *session) forceClose() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forced = true
+	if s.conn != nil {
+		s.conn.Close()
+	}
+}
+
+func (s *session) setConn(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.forced {
+		return false
+	}
+	s.conn = c
+	return true
+}
+
+// connect resolves the pair's domain and tries its MX hosts in order and
+// each of their addresses, until an SMTP session is up (greeting, EHLO,
+// STARTTLS when offered). It fires post_initiate_connection_smtp after
+// every attempt and logs a connection record for it.
+func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
+	p := s.pool
+	dr := s.pair.Domain()
+	src, err := p.source(s.pair.Slot())
+	s.src, s.at.Binding = src, src.name
+	if err != nil {
+		s.report("", netip.AddrPort{}, int(hooks.ConnErrBind), err)
+		return nil, outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 0}, err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, p.opts.LookupTimeout)
+	hosts, err := p.opts.Resolver.Lookup(lctx, dr.Name)
+	cancel()
+	if err != nil {
+		s.report("", netip.AddrPort{}, int(connErrFromMX(err, ctx)), err)
+		if !isPermanentDNS(err) {
+			err = asTemporary(err)
+		}
+		return nil, err
+	}
+	var last error
+	tried := 0
+	for _, h := range hosts {
+		for _, a := range h.Addrs {
+			if ctx.Err() != nil {
+				return nil, asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
+			}
+			if src.addr.IsValid() && src.addr.Unmap().Is4() != a.Addr().Unmap().Is4() {
+				continue // a v4 binding cannot reach a v6 address, and the reverse
+			}
+			tried++
+			c, err := s.attempt(ctx, h.Name, a, p.opts.DisableTLS || p.tls.Skip(h.Name))
+			if err == nil {
+				return c, nil
+			}
+			if isTLSFailure(err) {
+				// Opportunistic TLS: any clear text beats no delivery.
+				p.tls.Failed(h.Name)
+				c, err = s.attempt(ctx, h.Name, a, true)
+				if err == nil {
+					return c, nil
+				}
+			}
+			last = err
+		}
+	}
+	if tried == 0 {
+		err := fmt.Errorf("connpool: no address of %s's MX hosts matches binding %s's address family", dr.Name, src.name)
+		s.report("", netip.AddrPort{}, int(hooks.ConnErrNoMXReachable), err)
+		return nil, outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 4}, err)
+	}
+	return nil, asTemporary(fmt.Errorf("connpool: every MX of %s failed, last: %w", dr.Name, last))
+}
+
+// attempt dials one address and starts SMTP on it.
+func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, noTLS bool) (*smtpclient.Client, error) {
+	p := s.pool
+	s.at.MX, s.at.RemoteIP = host, a.Addr().String()
+	fd := -1
+	d := net.Dialer{
+		Timeout: p.opts.ConnectTimeout,
+		Control: func(network, address string, rc syscall.RawConn) error {
+			if err := rc.Control(func(s uintptr) { fd = int(s) }); err != nil {
+				return err
+			}
+			if p.opts.Control != nil {
+				return p.opts.Control(network, address, rc)
+			}
+			return nil
+		},
+	}
+	if s.src.addr.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: s.src.addr.AsSlice()}
+	}
+	conn, err := d.DialContext(ctx, "tcp", a.String())
+	if err != nil {
+		err = outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1},
+			fmt.Errorf("connect to %s [%s] from %s: %w", host, a, s.src.name, err))
+		s.report(host, a, int(hooks.ConnErrFromDial(err)), err)
+		return nil, err
+	}
+	if !s.setConn(conn) {
+		conn.Close()
+		err := outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 2}, errors.New("connpool: closing"))
+		s.report(host, a, int(hooks.ConnErrCanceled), err)
+		return nil, err
+	}
+	c, err := smtpclient.New(conn, smtpclient.Options{
+		LocalName:  s.src.ehlo,
+		ServerName: host,
+		DisableTLS: noTLS,
+		Timeouts:   p.opts.Timeouts,
+	})
+	if err != nil {
+		code := hooks.ConnErrGreeting
+		if isTLSFailure(err) {
+			code = hooks.ConnErrTLS
+		} else if e := outcome.As(err); e == nil || e.Code == 0 {
+			code = hooks.ConnErrFromDial(err) // I/O error or timeout before any reply
+		}
+		s.report(host, a, int(code), err)
+		return nil, err
+	}
+	s.report(host, a, fd, nil)
+	return c, nil
+}
+
+// report fires post_initiate_connection_smtp and logs the attempt.
+func (s *session) report(host string, a netip.AddrPort, fd int, err error) {
+	p := s.pool
+	dr := s.pair.Domain()
+	p.opts.Hooks.PostInitiateConnectionSMTP.Call(dr, s.pair.Slot(), p.now(), fd)
+	rec := logging.Connection{Domain: dr.Name, Binding: s.src.name, MX: host, FD: fd}
+	if a.IsValid() {
+		rec.RemoteIP = a.Addr().String()
+	}
+	if err != nil {
+		rec.ConnErr = hooks.ConnErr(fd).String() + ": " + err.Error()
+	}
+	rec.Log(p.log)
+}
+
+// connErrFromMX maps an MX lookup failure to its CONN_ERR.
+func connErrFromMX(err error, ctx context.Context) hooks.ConnErr {
+	switch mx.KindOf(err) {
+	case mx.KindNullMX:
+		return hooks.ConnErrNullMX
+	case mx.KindNXDomain, mx.KindBadDomain:
+		return hooks.ConnErrNXDomain
+	case mx.KindNoAddress:
+		return hooks.ConnErrNoMXReachable
+	case mx.KindProhibitedIP:
+		return hooks.ConnErrProhibitedIP
+	}
+	if ctx.Err() != nil {
+		return hooks.ConnErrCanceled
+	}
+	return hooks.ConnErrMXLookup
+}
+
+// isPermanentDNS reports whether err is a DNS answer that will not change
+// on retry: the domain's mail bounces without a connection.
+func isPermanentDNS(err error) bool {
+	k := mx.KindOf(err)
+	return k != 0 && !k.Temporary()
+}
+
+// IsPermanentDNS reports whether a ConnectFailed error is a permanent DNS
+// answer (NXDOMAIN, null MX, prohibited MX address, bad domain name).
+func IsPermanentDNS(err error) bool { return isPermanentDNS(err) }
+
+func isTLSFailure(err error) bool {
+	e := outcome.As(err)
+	return e != nil && e.Phase == outcome.PhaseTLS && e.Code == 0
+}
+
+// asTemporary makes a connection failure temporary: whatever one MX said at
+// its greeting, or however the network failed, it is no verdict on the
+// recipients (Postfix too skips a 5xx greeting and defers).
+func asTemporary(err error) error {
+	e := outcome.As(err)
+	if e == nil {
+		return outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
+	}
+	if e.Temporary {
+		return err
+	}
+	c := *e
+	c.Temporary = true
+	return &wrapped{msg: err.Error(), e: &c, orig: err}
+}
+
+// wrapped keeps the original error's text and chain while its outcome is
+// the temporary copy.
+type wrapped struct {
+	msg  string
+	e    *outcome.Error
+	orig error
+}
+
+func (w *wrapped) Error() string   { return w.msg }
+func (w *wrapped) Unwrap() []error { return []error{w.e, w.orig} }
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCIIBytes(b []byte) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}

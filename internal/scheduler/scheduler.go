@@ -1,0 +1,743 @@
+// Package scheduler owns what happens to a message after it is spooled:
+// splitting it into deliveries (one per recipient domain), choosing their
+// binding, queueing them (active or delayed), the maintenance tick that
+// decides through the __mail_queue_maintain hook chain how many connections
+// each domain/binding pair gets, and every outcome: delivered, deferred
+// with exponential backoff and jitter, bounced, expired — each written to
+// the spool before it is logged, and one RFC 3464 DSN per finished message
+// that had failures.
+//
+// # Design
+//
+// The scheduler keeps a small record per message in memory (sender, the
+// number of recipients still pending, and the failures a DSN will report)
+// and nothing else: deliveries live in the queue package, bodies on disk.
+// Outcomes arrive from connection pool sessions concurrently; a message's
+// record has its own lock, which serialises that message's spool updates
+// (the spool requires it) and makes "the last pending recipient became
+// final" happen exactly once. The DSN is spooled before that last update
+// deletes the message, so a crash between them duplicates a DSN at worst
+// and never loses one.
+//
+// Time comes from a Clock so tests drive retries and expiry without
+// sleeping: Tick(now) is the whole maintenance step, and Start only calls
+// it from a ticker.
+//
+// It must never read a body except to quote its headers in a DSN, never
+// hold a delivery anywhere but in a queue or a session, and never log an
+// outcome before the spool has it.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/connpool"
+	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/outcome"
+	"github.com/mtad/mtad/internal/queue"
+	"github.com/mtad/mtad/internal/smtpclient"
+	"github.com/mtad/mtad/internal/spool"
+)
+
+// Clock is the scheduler's source of time.
+type Clock interface {
+	Now() time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Spool is what the scheduler needs of the message store; *spool.Spool is
+// one.
+type Spool interface {
+	Put(m *spool.Message, body []byte) error
+	Body(id string) ([]byte, error)
+	Update(id string, rcpts map[int]spool.Recipient, done bool) error
+}
+
+// Options configure a Scheduler.
+type Options struct {
+	Spool    Spool         // required
+	Queues   *queue.Queues // required
+	Bindings *binding.Set  // required
+	// Hooks is the registry whose chains run; nil makes an empty one. The
+	// scheduler sets the MailQueueMaintain default to
+	// hooks.DefaultMaintain(pool).
+	Hooks *hooks.Registry
+	// Pool configures the connection pool the scheduler owns. Its
+	// Outcomes, Bodies (when nil), Hooks, Bindings (when nil), Now and
+	// Logger (when nil) are filled in here.
+	Pool connpool.Options
+	// Hostname is the Reporting-MTA of DSNs and their MAILER-DAEMON domain.
+	Hostname string
+
+	MaintainInterval time.Duration // tick period (default 1s)
+	RetryInterval    time.Duration // first retry delay (default 5m)
+	MaxRetryInterval time.Duration // cap on the retry delay (default 4h)
+	MaxAge           time.Duration // a message expires this long after it was received (default 120h)
+	// Reserve is passed to the maintain chain: slots under the global cap
+	// the default action leaves to hooks.
+	Reserve int
+	// Jitter is the spread of the retry delay, ±fraction (default 0.15).
+	Jitter float64
+	// Rand returns a uniform draw in [0,1) for the jitter; nil is
+	// math/rand/v2's.
+	Rand func() float64
+
+	Clock  Clock       // nil is the system clock
+	Logger *zap.Logger // delivery log; nil discards
+}
+
+// Scheduler is the delivery engine: queues, ticker, outcomes, bounces.
+type Scheduler struct {
+	opts  Options
+	q     *queue.Queues
+	pool  *connpool.Pool
+	hooks *hooks.Registry
+	clock Clock
+	log   *zap.Logger
+
+	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
+
+	mu   sync.Mutex
+	msgs map[string]*msgState
+
+	tickMu  sync.Mutex // Tick's buffers; one Tick at a time
+	dueBuf  []*queue.Delivery
+	pairBuf []*queue.Pair
+
+	stop      chan struct{}
+	done      chan struct{}
+	started   bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// msgState is what the scheduler remembers of a message while any of its
+// recipients is pending.
+type msgState struct {
+	mu       sync.Mutex
+	pending  int
+	finished bool
+	sender   string
+	group    string
+	binding  string
+	arrival  time.Time
+	failed   []failure                 // bounced and expired recipients, for the DSN
+	last     map[string]*outcome.Error // last temporary failure per domain, for an expiry's DSN
+	lastMX   map[string]string
+}
+
+// New builds a scheduler and its connection pool.
+func New(opts Options) (*Scheduler, error) {
+	switch {
+	case opts.Spool == nil:
+		return nil, errors.New("scheduler: Options.Spool is required")
+	case opts.Queues == nil:
+		return nil, errors.New("scheduler: Options.Queues is required")
+	case opts.Bindings == nil:
+		return nil, errors.New("scheduler: Options.Bindings is required")
+	case opts.Reserve < 0:
+		return nil, fmt.Errorf("scheduler: Reserve %d is negative", opts.Reserve)
+	}
+	if opts.MaintainInterval <= 0 {
+		opts.MaintainInterval = time.Second
+	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = 5 * time.Minute
+	}
+	if opts.MaxRetryInterval <= 0 {
+		opts.MaxRetryInterval = 4 * time.Hour
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = 120 * time.Hour
+	}
+	if opts.Jitter <= 0 || opts.Jitter >= 1 {
+		opts.Jitter = 0.15
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Float64
+	}
+	if opts.Clock == nil {
+		opts.Clock = systemClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Hooks == nil {
+		opts.Hooks = hooks.NewRegistry()
+	}
+	if opts.Hostname == "" {
+		opts.Hostname = "localhost"
+	}
+	s := &Scheduler{
+		opts:  opts,
+		q:     opts.Queues,
+		hooks: opts.Hooks,
+		clock: opts.Clock,
+		log:   opts.Logger,
+		msgs:  make(map[string]*msgState),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	po := opts.Pool
+	po.Outcomes = s
+	po.Hooks = opts.Hooks
+	po.Now = opts.Clock.Now
+	if po.Bodies == nil {
+		po.Bodies = opts.Spool
+	}
+	if po.Bindings == nil {
+		po.Bindings = opts.Bindings
+	}
+	if po.Logger == nil {
+		po.Logger = opts.Logger
+	}
+	pool, err := connpool.New(po)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	s.pool = pool
+	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(pool))
+	return s, nil
+}
+
+// Pool returns the connection pool, for metrics and for hooks that open
+// connections themselves.
+func (s *Scheduler) Pool() *connpool.Pool { return s.pool }
+
+// Pending reports how many messages have recipients still pending.
+func (s *Scheduler) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.msgs)
+}
+
+// Start runs Tick every MaintainInterval until Close. Call it once,
+// before Close.
+func (s *Scheduler) Start() {
+	s.started = true
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(s.opts.MaintainInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				s.Tick(s.clock.Now())
+			}
+		}
+	}()
+}
+
+// Close stops the ticker and closes the pool: sessions finish their
+// current transaction, bounded by ctx. Undelivered mail stays in the
+// spool for the next start. Calls after the first return its result.
+func (s *Scheduler) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if s.started {
+			<-s.done
+		}
+		s.closeErr = s.pool.Close(ctx)
+	})
+	return s.closeErr
+}
+
+// Submit queues a spooled message's pending recipients: one delivery per
+// recipient domain, on a binding picked from the message's group (or its
+// named binding), in the active queue — waking the pair at once — or in
+// the delayed queue when a recipient's next attempt is in the future.
+// Recipients already final count for the message's DSN (recovery). It is
+// called by injection after the 250 and for each message Recover finds;
+// it fails only for a message already submitted.
+func (s *Scheduler) Submit(m *spool.Message) error {
+	now := s.clock.Now()
+	st := &msgState{sender: m.Sender, group: m.Group, binding: m.Binding, arrival: m.Received}
+	type group struct {
+		d    *queue.Delivery
+		next time.Time
+		last *outcome.Error
+		mx   string
+	}
+	var groups []*group
+	byDomain := map[string]*group{}
+	b := s.pick(m)
+	expires := m.Received.Add(s.opts.MaxAge).UnixNano()
+	for i, r := range m.Recipients {
+		switch r.State {
+		case spool.Bounced, spool.Expired:
+			st.failed = append(st.failed, failure{Addr: r.Addr, Expired: r.State == spool.Expired,
+				Code: r.LastCode, Enhanced: r.LastEnh, Text: r.LastText, MX: r.LastMX, At: r.UpdatedAt})
+			continue
+		case spool.Pending:
+		default:
+			continue
+		}
+		st.pending++
+		dom := domainOf(r.Addr)
+		g := byDomain[dom]
+		if g == nil {
+			g = &group{d: &queue.Delivery{
+				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
+				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
+			}}
+			byDomain[dom] = g
+			groups = append(groups, g)
+		}
+		g.d.Rcpts = append(g.d.Rcpts, queue.Rcpt{Idx: int32(i), Addr: r.Addr})
+		g.d.Attempts = max(g.d.Attempts, int32(r.Attempts))
+		if r.NextAttempt.After(g.next) {
+			g.next = r.NextAttempt
+		}
+		if r.LastCode != 0 || r.LastText != "" {
+			g.last = &outcome.Error{Code: r.LastCode, Enhanced: parseEnhanced(r.LastEnh), Message: r.LastText, Temporary: true}
+			g.mx = r.LastMX
+		}
+	}
+	s.mu.Lock()
+	if _, dup := s.msgs[m.ID]; dup {
+		s.mu.Unlock()
+		return fmt.Errorf("scheduler: submit %s: already queued", m.ID)
+	}
+	s.msgs[m.ID] = st
+	s.mu.Unlock()
+
+	if st.pending == 0 {
+		// Every recipient final but the message not deleted: finish it.
+		s.finishOnly(m.ID, st, now)
+		return nil
+	}
+	for _, g := range groups {
+		if g.last != nil {
+			st.mu.Lock()
+			if st.last == nil {
+				st.last, st.lastMX = map[string]*outcome.Error{}, map[string]string{}
+			}
+			st.last[g.d.Domain], st.lastMX[g.d.Domain] = g.last, g.mx
+			st.mu.Unlock()
+		}
+	}
+	for _, g := range groups {
+		d := g.d
+		switch {
+		case d.Domain == "":
+			s.settleAll(d, connpool.Attempt{}, badAddress, now)
+		case now.UnixNano() >= d.Expires:
+			s.settleAll(d, connpool.Attempt{}, connpool.ErrExpired, now)
+		case g.next.After(now):
+			s.q.Delay(d, g.next)
+		default:
+			s.wake(s.q.Push(d), now)
+		}
+	}
+	return nil
+}
+
+var badAddress = &outcome.Error{Phase: outcome.PhaseQueue, Enhanced: smtp.EnhancedCode{5, 1, 3},
+	Message: "recipient address has no domain"}
+
+// pick chooses the message's binding, falling back to the default group
+// when the requested one is unknown or unusable (the message was accepted:
+// it must go somewhere).
+func (s *Scheduler) pick(m *spool.Message) *binding.Binding {
+	b, err := s.opts.Bindings.Pick(m.Group, m.Binding)
+	if err == nil {
+		return b
+	}
+	b2, err2 := s.opts.Bindings.Pick("", "")
+	if err2 != nil {
+		b2 = s.opts.Bindings.Get(0)
+	}
+	s.log.Warn("binding pick failed, using fallback", zap.String("queue_id", m.ID),
+		zap.String("group", m.Group), zap.String("binding", m.Binding), zap.Error(err),
+		zap.String("fallback", b2.Name))
+	return b2
+}
+
+// domainOf returns the lower-case domain of an address, "" when it has none.
+func domainOf(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSuffix(addr[i+1:], "."))
+}
+
+func parseEnhanced(s string) smtp.EnhancedCode {
+	var c smtp.EnhancedCode
+	if _, err := fmt.Sscanf(s, "%d.%d.%d", &c[0], &c[1], &c[2]); err != nil {
+		return smtp.EnhancedCode{}
+	}
+	return c
+}
+
+// wake gives new work on a pair to an idle session, or else runs the
+// pair's maintenance now: a message must not wait for the tick.
+func (s *Scheduler) wake(p *queue.Pair, now time.Time) {
+	if !s.pool.Wake(p) {
+		s.maintain(p, now)
+	}
+}
+
+// maintain computes the pair's goal and runs the maintain chain.
+func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
+	dr := p.Domain()
+	if dr.Suspended(now) {
+		return
+	}
+	pol := s.pool.Policy(dr.Name)
+	s.maintainMu.Lock()
+	defer s.maintainMu.Unlock()
+	goal := Goal(p.Len(), pol.MaxDeliveriesPerConnection,
+		p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
+		dr.Open()+dr.Connecting(), pol.MaxConnections)
+	s.hooks.MailQueueMaintain.Call(dr, p.Slot(), p, now, goal, s.opts.Reserve)
+}
+
+// dueBatch bounds the deliveries taken from the delayed queue per call.
+const dueBatch = 1024
+
+// Tick is one maintenance step at now: due delayed deliveries move to
+// their active queue (or expire), expired deliveries at the head of each
+// ready queue are expired, and every pair with work gets its maintain
+// chain. Its cost follows the deliveries due and the pairs ready, not the
+// size of the queues.
+func (s *Scheduler) Tick(now time.Time) {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	t := now.UnixNano()
+	for {
+		s.dueBuf = s.q.Due(now, dueBatch, s.dueBuf[:0])
+		for i, d := range s.dueBuf {
+			s.dueBuf[i] = nil
+			if t >= d.Expires {
+				s.settleAll(d, connpool.Attempt{}, connpool.ErrExpired, now)
+				continue
+			}
+			// An idle session of the pair takes it now; otherwise the
+			// ready walk below opens connections for it.
+			s.pool.Wake(s.q.Push(d))
+		}
+		if len(s.dueBuf) < dueBatch {
+			break
+		}
+	}
+	s.pairBuf = s.q.Ready(s.pairBuf)
+	for i, p := range s.pairBuf {
+		s.pairBuf[i] = nil
+		s.expireHead(p, t, now)
+		if p.Len() > 0 {
+			s.maintain(p, now)
+		}
+	}
+}
+
+// expireHead expires deliveries at the head of the pair's queue whose time
+// is up; the queue is in arrival order within a priority, so the oldest are
+// there. A session would expire them when popped, but a pair that cannot
+// connect would otherwise hold them past their age.
+func (s *Scheduler) expireHead(p *queue.Pair, t int64, now time.Time) {
+	for range dueBatch {
+		h := p.Peek()
+		if h == nil || t < h.Expires {
+			return
+		}
+		d := p.Pop()
+		if d == nil {
+			return
+		}
+		if t < d.Expires { // someone popped the old head first
+			s.q.Push(d)
+			return
+		}
+		s.settleAll(d, connpool.Attempt{}, connpool.ErrExpired, now)
+	}
+}
+
+// ConnectFailed implements connpool.Outcomes. A permanent DNS answer
+// bounces every delivery waiting on the pair; a temporary failure defers
+// them with backoff — unless another connection of the pair is open and
+// working through the queue.
+func (s *Scheduler) ConnectFailed(p *queue.Pair, at connpool.Attempt, err error) {
+	if !connpool.IsPermanentDNS(err) && p.Open() > 0 {
+		return
+	}
+	now := s.clock.Now()
+	for range p.Len() {
+		d := p.Pop()
+		if d == nil {
+			return
+		}
+		s.settleAll(d, at, err, now)
+	}
+}
+
+// Result implements connpool.Outcomes.
+func (s *Scheduler) Result(d *queue.Delivery, at connpool.Attempt, res *smtpclient.Result, err error) {
+	now := s.clock.Now()
+	if err != nil {
+		if errors.Is(err, spool.ErrNotFound) {
+			// The message left the spool (cancelled): nothing to do.
+			s.log.Warn("delivery of a message no longer spooled dropped",
+				zap.String("queue_id", d.MsgID), zap.String("domain", d.Domain))
+			s.forget(d.MsgID)
+			return
+		}
+		s.settleAll(d, at, err, now)
+		return
+	}
+	v := make([]*outcome.Error, len(d.Rcpts))
+	for i := range d.Rcpts {
+		if i < len(res.Rcpt) && res.Rcpt[i] != nil {
+			v[i] = res.Rcpt[i]
+		} else {
+			v[i] = res.Data
+		}
+	}
+	s.settle(d, at, v, res.DotReply, false, now)
+}
+
+// settleAll settles every recipient of d with the same error.
+func (s *Scheduler) settleAll(d *queue.Delivery, at connpool.Attempt, err error, now time.Time) {
+	e := outcome.As(err)
+	if e == nil {
+		e = outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
+	}
+	v := make([]*outcome.Error, len(d.Rcpts))
+	for i := range v {
+		v[i] = e
+	}
+	s.settle(d, at, v, "", e == connpool.ErrExpired || e == badAddress, now)
+}
+
+func (s *Scheduler) forget(id string) {
+	s.mu.Lock()
+	delete(s.msgs, id)
+	s.mu.Unlock()
+}
+
+type verdict int
+
+const (
+	vDelivered verdict = iota
+	vDeferred
+	vBounced
+	vExpired
+)
+
+// settle records the outcome of one attempt (or of a decision made
+// without one, noAttempt) for each recipient of d: v[i] nil is delivered.
+// Spool first, log second, requeue last.
+func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.Error, dotReply string, noAttempt bool, now time.Time) {
+	s.mu.Lock()
+	st := s.msgs[d.MsgID]
+	s.mu.Unlock()
+	if st == nil {
+		s.log.Error("outcome for a message the scheduler does not know", zap.String("queue_id", d.MsgID))
+		return
+	}
+	attempt := int(d.Attempts)
+	if !noAttempt {
+		attempt++
+	}
+	expired := now.UnixNano() >= d.Expires
+	next := now.Add(Backoff(s.opts.RetryInterval, s.opts.MaxRetryInterval, max(attempt, 1), s.opts.Jitter, s.opts.Rand()))
+	if exp := time.Unix(0, d.Expires); next.After(exp) {
+		next = exp // retrying after expiry is pointless; expire on time instead
+	}
+
+	verdicts := make([]verdict, len(d.Rcpts))
+	updates := make(map[int]spool.Recipient, len(d.Rcpts))
+	var deferred []queue.Rcpt
+	finals := 0
+	st.mu.Lock()
+	for i, r := range d.Rcpts {
+		e := v[i]
+		rec := spool.Recipient{Addr: r.Addr, Attempts: attempt, LastMX: at.MX, UpdatedAt: now}
+		switch {
+		case e == nil:
+			verdicts[i] = vDelivered
+			rec.State, rec.LastCode, rec.LastText = spool.Delivered, 250, dotReply
+		case e == connpool.ErrExpired || (e.Temporary && expired):
+			verdicts[i] = vExpired
+			rec.State = spool.Expired
+		case e.Temporary:
+			verdicts[i] = vDeferred
+			rec.State, rec.NextAttempt = spool.Pending, next
+			deferred = append(deferred, r)
+		default:
+			verdicts[i] = vBounced
+			rec.State = spool.Bounced
+		}
+		if e != nil {
+			last := e
+			if e == connpool.ErrExpired && st.last[d.Domain] != nil {
+				// Report why it kept failing, not just that time ran out.
+				last = st.last[d.Domain]
+				if rec.LastMX == "" {
+					rec.LastMX = st.lastMX[d.Domain]
+				}
+			}
+			rec.LastCode, rec.LastEnh, rec.LastText = last.Code, outcome.EnhancedString(last.Enhanced), errText(last)
+		}
+		if verdicts[i] == vBounced || verdicts[i] == vExpired {
+			st.failed = append(st.failed, failure{Addr: r.Addr, Expired: verdicts[i] == vExpired,
+				Code: rec.LastCode, Enhanced: rec.LastEnh, Text: rec.LastText, MX: rec.LastMX, At: now})
+		}
+		if verdicts[i] != vDeferred {
+			finals++
+		}
+		updates[int(r.Idx)] = rec
+	}
+	if len(deferred) > 0 {
+		if st.last == nil {
+			st.last, st.lastMX = map[string]*outcome.Error{}, map[string]string{}
+		}
+		for i := range v {
+			if verdicts[i] == vDeferred {
+				st.last[d.Domain], st.lastMX[d.Domain] = v[i], at.MX
+				break
+			}
+		}
+	}
+	st.pending -= finals
+	var dsnMsg *spool.Message
+	var err error
+	if st.pending <= 0 && !st.finished {
+		st.finished = true
+		dsnMsg = s.putDSN(d.MsgID, st, now)
+		err = s.opts.Spool.Update(d.MsgID, nil, true)
+	} else {
+		err = s.opts.Spool.Update(d.MsgID, updates, false)
+	}
+	finished := st.finished
+	st.mu.Unlock()
+	if err != nil {
+		// The outcome holds in memory; after a crash the spool's older
+		// state is retried (at least once, never lost).
+		s.log.Error("spool update failed", zap.String("queue_id", d.MsgID), zap.Error(err))
+	}
+	if finished {
+		s.forget(d.MsgID)
+	}
+
+	// Read everything the log needs from d before it is queued again (and
+	// may be popped by another goroutine). The next attempt is minutes
+	// away, so the deferred record still comes first in the log.
+	rcpts, domain, arrival, msgID, slot := d.Rcpts, d.Domain, d.Arrival, d.MsgID, int(d.Slot)
+	if len(deferred) > 0 && !finished {
+		d2 := d
+		if len(deferred) < len(d.Rcpts) {
+			d2 = &queue.Delivery{MsgID: d.MsgID, Domain: d.Domain, Sender: d.Sender, Arrival: d.Arrival,
+				Expires: d.Expires, Size: d.Size, Priority: d.Priority, Slot: d.Slot}
+		}
+		d2.Rcpts = deferred
+		d2.Attempts = int32(attempt)
+		s.q.Delay(d2, next)
+	}
+
+	binding := at.Binding
+	if binding == "" {
+		if b := s.opts.Bindings.Get(slot); b != nil {
+			binding = b.Name
+		}
+	}
+	for i, r := range rcpts {
+		rec := updates[int(r.Idx)]
+		lr := logging.Delivery{
+			QueueID: msgID, Recipient: r.Addr, Domain: domain, Binding: binding,
+			MX: rec.LastMX, RemoteIP: at.RemoteIP, Code: rec.LastCode, Enhanced: rec.LastEnh,
+			Response: rec.LastText, Attempt: attempt, Delay: now.Sub(time.Unix(0, arrival)),
+		}
+		if e := v[i]; e != nil {
+			lr.Phase = string(e.Phase)
+		}
+		switch verdicts[i] {
+		case vDelivered:
+			logging.Delivered(lr).Log(s.log)
+		case vDeferred:
+			lr.NextAttempt = next
+			logging.Deferred(lr).Log(s.log)
+		case vBounced:
+			logging.Bounced(lr).Log(s.log)
+		case vExpired:
+			logging.Expired(lr).Log(s.log)
+		}
+	}
+
+	if dsnMsg != nil {
+		if err := s.Submit(dsnMsg); err != nil {
+			s.log.Error("submitting a DSN failed", zap.String("queue_id", dsnMsg.ID), zap.Error(err))
+		}
+	}
+}
+
+// errText is the reply text, or the local error's text when there was no
+// reply.
+func errText(e *outcome.Error) string {
+	if e.Code != 0 || e.Message != "" {
+		return e.Message
+	}
+	return e.Error()
+}
+
+// finishOnly deletes a submitted message whose recipients were all final
+// already (a crash between its last update and its deletion). Its DSN, if
+// it needed one, was spooled before that last update.
+func (s *Scheduler) finishOnly(id string, st *msgState, now time.Time) {
+	st.mu.Lock()
+	st.finished = true
+	err := s.opts.Spool.Update(id, nil, true)
+	st.mu.Unlock()
+	s.forget(id)
+	if err != nil {
+		s.log.Error("spool delete of a finished message failed", zap.String("queue_id", id), zap.Error(err))
+	}
+}
+
+// putDSN spools the DSN for a finished message with failures and returns
+// it for Submit; nil when none is due (no failure, null sender) or the
+// spool refused it (logged). st.mu is held.
+func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) *spool.Message {
+	if len(st.failed) == 0 || st.sender == "" {
+		return nil
+	}
+	var headers []byte
+	if body, err := s.opts.Spool.Body(id); err == nil {
+		headers = headerBlock(body)
+	} else {
+		s.log.Warn("DSN without the original headers", zap.String("queue_id", id), zap.Error(err))
+	}
+	raw := (&dsn{
+		ReportingMTA: s.opts.Hostname, QueueID: id, Sender: st.sender,
+		Arrival: st.arrival, Now: now, Failed: st.failed, Headers: headers,
+	}).build()
+	m := &spool.Message{
+		Sender:     "",
+		Recipients: []spool.Recipient{{Addr: st.sender}},
+		Received:   now,
+		Group:      st.group,
+		Binding:    st.binding,
+		DSNFor:     id,
+	}
+	if err := s.opts.Spool.Put(m, raw); err != nil {
+		s.log.Error("spooling a DSN failed; it is lost", zap.String("queue_id", id), zap.Error(err))
+		return nil
+	}
+	return m
+}
