@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/admin"
+	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/config"
+	"github.com/mtad/mtad/internal/connpool"
+	"github.com/mtad/mtad/internal/hooks"
+	_ "github.com/mtad/mtad/internal/hooks/accounting" // registers the "accounting" plugin
+	_ "github.com/mtad/mtad/internal/hooks/adaptive"   // registers the "adaptive" plugin
+	"github.com/mtad/mtad/internal/inject"
+	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/mx"
+	"github.com/mtad/mtad/internal/queue"
+	"github.com/mtad/mtad/internal/scheduler"
+	"github.com/mtad/mtad/internal/smtpclient"
+	"github.com/mtad/mtad/internal/spool"
+)
+
+// statics is what is built from a config without touching the spool or the
+// network: the parts --check-config verifies.
+type statics struct {
+	bindings  *binding.Set
+	tls       *tls.Config
+	users     map[string][]byte
+	relay     []netip.Prefix
+	hooks     *hooks.Registry
+	resolver  *mx.Resolver
+	metrics   *prometheus.Registry
+	pluginCfg map[string]map[string]any
+}
+
+func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
+	st := &statics{metrics: prometheus.NewRegistry()}
+	var err error
+
+	bcs := make([]binding.Config, len(cfg.Bindings))
+	for i, b := range cfg.Bindings {
+		bcs[i] = binding.Config{Name: b.Name, Address: b.Address, EHLO: b.EHLO}
+	}
+	gcs := make([]binding.GroupConfig, len(cfg.BindingGroups))
+	for i, g := range cfg.BindingGroups {
+		gcs[i].Name = g.Name
+		for _, m := range g.Bindings {
+			gcs[i].Members = append(gcs[i].Members, binding.Member{Name: m.Name, Weight: m.Weight})
+		}
+	}
+	if st.bindings, err = binding.New(bcs, gcs, cfg.Hostname, nil); err != nil {
+		return nil, fmt.Errorf("bindings: %w", err)
+	}
+
+	sc := cfg.Inject.SMTP
+	for i, n := range sc.RelayNetworks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("config: inject.smtp.relay_networks[%d]: %w", i, err)
+		}
+		st.relay = append(st.relay, p.Masked())
+	}
+	if sc.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(sc.TLSCert, sc.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("config: inject.smtp.tls_cert/tls_key: %w", err)
+		}
+		st.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if sc.AuthUsersFile != "" {
+		if st.users, err = inject.LoadUsers(sc.AuthUsersFile); err != nil {
+			return nil, fmt.Errorf("config: inject.smtp.auth_users_file: %w", err)
+		}
+	}
+
+	routes := make([]mx.Route, len(cfg.Routes))
+	for i, r := range cfg.Routes {
+		routes[i] = mx.Route{Domain: r.Domain, Host: r.Host}
+	}
+	st.resolver, err = mx.New(mx.Options{
+		Servers:       cfg.DNS.Servers,
+		Timeout:       cfg.DNS.Timeout,
+		Port:          cfg.Delivery.Port,
+		AllowLoopback: cfg.Delivery.AllowLoopbackMX,
+		Routes:        routes,
+		CacheSize:     cfg.DNS.CacheSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dns/routes: %w", err)
+	}
+
+	st.pluginCfg = make(map[string]map[string]any, len(cfg.Hooks.Settings))
+	for name, v := range cfg.Hooks.Settings {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("config: hooks.settings.%s: must be a map of settings, not %T", name, v)
+		}
+		if !contains(cfg.Hooks.Plugins, name) {
+			return nil, fmt.Errorf("config: hooks.settings.%s: plugin %q is not in hooks.plugins", name, name)
+		}
+		st.pluginCfg[name] = m
+	}
+	st.hooks = hooks.NewRegistry()
+	if err := hooks.Enable(st.hooks, cfg.Hooks.Plugins, st.pluginCfg, hooks.PluginConfig{
+		Logger:  log,
+		Metrics: st.metrics,
+		Now:     time.Now,
+	}); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func checkConfig(cfg *config.Config) error {
+	_, err := buildStatics(cfg, zap.NewNop())
+	return err
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// handoff adapts the scheduler to the injection listener's Handoff: a
+// message the scheduler refuses (only a duplicate id can be) stays in the
+// spool and is found again at the next start.
+type handoff struct {
+	s   *scheduler.Scheduler
+	log *zap.Logger
+}
+
+func (h handoff) Submit(m *spool.Message) {
+	if err := h.s.Submit(m); err != nil {
+		h.log.Error("scheduler refused a spooled message", zap.String("queue_id", m.ID), zap.Error(err))
+	}
+}
+
+// runDaemon runs mtad until SIGTERM/SIGINT. Start order: spool, engine,
+// recovery, injection, admin; stop order is the reverse, so nothing is
+// accepted that can't be stored and the spool closes last.
+func runDaemon(cfgPath string, cfg *config.Config) (err error) {
+	log, closeLog, err := logging.Open(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File})
+	if err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	defer func() { _ = log.Sync(); _ = closeLog() }()
+	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
+
+	st, err := buildStatics(cfg, log)
+	if err != nil {
+		return err
+	}
+	st.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	sp, err := spool.Open(cfg.Spool.Dir, spool.Options{Logger: log.Named("spool")})
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	defer func() {
+		if cerr := sp.Close(); cerr != nil {
+			log.Error("closing the spool", zap.Error(cerr))
+			err = errors.Join(err, cerr)
+		}
+	}()
+
+	// The current config, swapped whole on SIGHUP; readers (the per-domain
+	// policy) load it per call.
+	var cur atomic.Pointer[config.Config]
+	cur.Store(cfg)
+	d := cfg.Delivery
+	qs := queue.New()
+	sched, err := scheduler.New(scheduler.Options{
+		Spool:    sp,
+		Queues:   qs,
+		Bindings: st.bindings,
+		Hooks:    st.hooks,
+		Hostname: cfg.Hostname,
+		Pool: connpool.Options{
+			MaxConnections: d.MaxConnections,
+			Resolver:       st.resolver,
+			Policy: func(domain string) connpool.Policy {
+				p := cur.Load().DomainPolicy(domain)
+				return connpool.Policy{
+					MaxConnections:             p.MaxConnections,
+					MaxConnectionsPerBinding:   p.MaxConnectionsPerBinding,
+					MaxDeliveriesPerConnection: p.MaxDeliveriesPerConnection,
+				}
+			},
+			IdleTimeout:    d.IdleTimeout,
+			ConnectTimeout: d.Timeouts.Connect,
+			LookupTimeout:  cfg.DNS.Timeout,
+			Timeouts: smtpclient.Timeouts{
+				Greeting: d.Timeouts.Greeting, EHLO: d.Timeouts.EHLO, StartTLS: d.Timeouts.STARTTLS,
+				Mail: d.Timeouts.Mail, Rcpt: d.Timeouts.Rcpt, DataInit: d.Timeouts.DataInit,
+				DataBlock: d.Timeouts.DataBlock, DataTerm: d.Timeouts.DataTerm, Quit: d.Timeouts.Quit,
+			},
+			DisableTLS:    d.TLS == "disabled",
+			TLSFailureTTL: d.TLSFailureTTL,
+			Logger:        log,
+		},
+		MaintainInterval: d.MaintainInterval,
+		RetryInterval:    d.RetryInterval,
+		MaxRetryInterval: d.MaxRetryInterval,
+		MaxAge:           d.MaxAge,
+		Reserve:          d.Reserve,
+		Logger:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+
+	t0 := time.Now()
+	rs, err := sp.Recover(sched.Submit)
+	if err != nil {
+		_ = sched.Close(context.Background())
+		return fmt.Errorf("spool recovery: %w", err)
+	}
+	logging.SpoolRecovered{Messages: rs.Messages, Recipients: rs.Recipients, Quarantined: rs.Quarantined}.Log(log)
+	log.Info("spool recovery done", zap.Duration("took", time.Since(t0)), zap.Int("finished", rs.Finished))
+	sched.Start()
+	stopCtx := func(dur time.Duration) (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), dur)
+	}
+	defer func() {
+		ctx, cancel := stopCtx(cfg.Inject.SMTP.ShutdownGrace)
+		defer cancel()
+		if cerr := sched.Close(ctx); cerr != nil {
+			log.Warn("delivery engine stopped with deliveries cut short", zap.Error(cerr))
+		}
+	}()
+
+	sc := cfg.Inject.SMTP
+	var srv *inject.Server
+	if len(sc.Listen) > 0 {
+		srv, err = inject.New(inject.Options{
+			Listen:         sc.Listen,
+			RelayNetworks:  st.relay,
+			Hostname:       cfg.Hostname,
+			MaxMessageSize: int64(sc.MaxMessageSize),
+			MaxRecipients:  sc.MaxRecipients,
+			MaxSessions:    sc.MaxSessions,
+			TLSConfig:      st.tls,
+			AuthUsers:      st.users,
+			ReadTimeout:    sc.ReadTimeout,
+			WriteTimeout:   sc.WriteTimeout,
+			DataTimeout:    sc.DataTimeout,
+			AuthFailDelay:  sc.AuthFailDelay,
+			Logger:         log,
+		}, sp, st.bindings, handoff{sched, log})
+		if err != nil {
+			return fmt.Errorf("inject: %w", err)
+		}
+		if err := srv.Start(); err != nil {
+			return fmt.Errorf("inject: %w", err)
+		}
+		for _, a := range srv.Addrs() {
+			log.Info("listening for SMTP injection", zap.String("addr", a.String()))
+		}
+	}
+
+	adm := admin.New(admin.Options{
+		Listen:   cfg.Admin.Listen,
+		Gatherer: st.metrics,
+		Version:  version,
+		Logger:   log,
+		Status: func() any {
+			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
+		},
+	})
+	if err := adm.Start(); err != nil {
+		if srv != nil {
+			ctx, cancel := stopCtx(sc.ShutdownGrace)
+			_ = srv.Shutdown(ctx)
+			cancel()
+		}
+		return fmt.Errorf("admin: %w", err)
+	}
+	if a := adm.Addr(); a != nil {
+		log.Info("admin API listening", zap.String("addr", a.String()))
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	log.Info("ready")
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(cfgPath, &cur, log)
+			continue
+		}
+		log.Info("stopping", zap.String("signal", sig.String()))
+		break
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+
+	ctx, cancel := stopCtx(sc.ShutdownGrace)
+	defer cancel()
+	if srv != nil {
+		if err := srv.Shutdown(ctx); err != nil {
+			log.Warn("injection sessions cut at the shutdown deadline", zap.Error(err))
+		}
+	}
+	if err := adm.Shutdown(ctx); err != nil {
+		log.Warn("admin API shutdown", zap.Error(err))
+	}
+	log.Info("stopped accepting; draining delivery")
+	return nil
+}
+
+// reload re-reads the config on SIGHUP. A bad file is logged and the running
+// config kept. Per-domain policy takes effect at once; keys that shape what
+// is already built (listeners, spool, bindings, DNS) are reported as needing
+// a restart rather than half-applied.
+func reload(path string, cur *atomic.Pointer[config.Config], log *zap.Logger) {
+	next, err := config.Load(path)
+	if err != nil {
+		log.Error("reload refused: the running configuration is kept", zap.Error(err))
+		return
+	}
+	if err := checkConfig(next); err != nil {
+		log.Error("reload refused: the running configuration is kept", zap.Error(err))
+		return
+	}
+	old := cur.Load()
+	var restart []string
+	if fmt.Sprint(old.Inject) != fmt.Sprint(next.Inject) {
+		restart = append(restart, "inject")
+	}
+	if old.Spool != next.Spool {
+		restart = append(restart, "spool")
+	}
+	if fmt.Sprint(old.Bindings, old.BindingGroups) != fmt.Sprint(next.Bindings, next.BindingGroups) {
+		restart = append(restart, "bindings")
+	}
+	if fmt.Sprint(old.DNS, old.Routes, old.Delivery, old.Hooks, old.Log, old.Admin, old.Hostname) !=
+		fmt.Sprint(next.DNS, next.Routes, next.Delivery, next.Hooks, next.Log, next.Admin, next.Hostname) {
+		restart = append(restart, "dns/routes/delivery/hooks/log/admin/hostname")
+	}
+	sort.Strings(restart)
+	cur.Store(next)
+	log.Info("configuration reloaded: domains policy applied", zap.Strings("changed_needing_restart", restart))
+}
