@@ -113,6 +113,7 @@ type Scheduler struct {
 
 	mu   sync.Mutex
 	msgs map[string]*msgState
+	owed []string // finished messages whose DSN could not be spooled yet; retried each Tick
 
 	tickMu  sync.Mutex // Tick's buffers; one Tick at a time
 	dueBuf  []*queue.Delivery
@@ -420,6 +421,7 @@ const dueBatch = 1024
 func (s *Scheduler) Tick(now time.Time) {
 	s.tickMu.Lock()
 	defer s.tickMu.Unlock()
+	s.retryOwed(now)
 	t := now.UnixNano()
 	for {
 		s.dueBuf = s.q.Due(now, dueBatch, s.dueBuf[:0])
@@ -618,21 +620,20 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	st.pending -= finals
 	var dsnMsg *spool.Message
 	var err error
+	finished, done := false, false
 	if st.pending <= 0 && !st.finished {
-		st.finished = true
-		dsnMsg = s.putDSN(d.MsgID, st, now)
-		err = s.opts.Spool.Update(d.MsgID, nil, true)
+		st.finished, finished = true, true
+		dsnMsg, done, err = s.finish(d.MsgID, st, updates, now)
 	} else {
 		err = s.opts.Spool.Update(d.MsgID, updates, false)
 	}
-	finished := st.finished
 	st.mu.Unlock()
 	if err != nil {
 		// The outcome holds in memory; after a crash the spool's older
 		// state is retried (at least once, never lost).
 		s.log.Error("spool update failed", zap.String("queue_id", d.MsgID), zap.Error(err))
 	}
-	if finished {
+	if done {
 		s.forget(d.MsgID)
 	}
 
@@ -680,11 +681,7 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		}
 	}
 
-	if dsnMsg != nil {
-		if err := s.Submit(dsnMsg); err != nil {
-			s.log.Error("submitting a DSN failed", zap.String("queue_id", dsnMsg.ID), zap.Error(err))
-		}
-	}
+	s.submitDSN(dsnMsg)
 }
 
 // errText is the reply text, or the local error's text when there was no
@@ -702,20 +699,79 @@ func errText(e *outcome.Error) string {
 func (s *Scheduler) finishOnly(id string, st *msgState, now time.Time) {
 	st.mu.Lock()
 	st.finished = true
-	err := s.opts.Spool.Update(id, nil, true)
+	dsnMsg, done, err := s.finish(id, st, nil, now)
 	st.mu.Unlock()
-	s.forget(id)
+	if done {
+		s.forget(id)
+	}
 	if err != nil {
-		s.log.Error("spool delete of a finished message failed", zap.String("queue_id", id), zap.Error(err))
+		s.log.Error("spool update of a finished message failed", zap.String("queue_id", id), zap.Error(err))
+	}
+	s.submitDSN(dsnMsg)
+}
+
+// finish ends a message whose last recipient became final: it spools the
+// DSN it owes, then deletes the message. When the DSN can't be spooled (a
+// full disk), the message stays in the spool with its final states
+// (updates) and joins the owed list, which every Tick retries; a restart
+// finds it again too (spool.RecoverStats.Owed). So a bounce is reported
+// late, never lost. done says the message left the spool. st.mu is held.
+func (s *Scheduler) finish(id string, st *msgState, updates map[int]spool.Recipient, now time.Time) (dsnMsg *spool.Message, done bool, err error) {
+	dsnMsg, ok := s.putDSN(id, st, now)
+	if !ok {
+		if len(updates) > 0 {
+			err = s.opts.Spool.Update(id, updates, false)
+		}
+		s.mu.Lock()
+		s.owed = append(s.owed, id)
+		s.mu.Unlock()
+		return nil, false, err
+	}
+	return dsnMsg, true, s.opts.Spool.Update(id, nil, true)
+}
+
+// retryOwed tries again to spool the DSNs that could not be written when
+// their messages finished.
+func (s *Scheduler) retryOwed(now time.Time) {
+	s.mu.Lock()
+	ids := s.owed
+	s.owed = nil
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.mu.Lock()
+		st := s.msgs[id]
+		s.mu.Unlock()
+		if st == nil {
+			continue
+		}
+		st.mu.Lock()
+		dsnMsg, done, err := s.finish(id, st, nil, now)
+		st.mu.Unlock()
+		if err != nil {
+			s.log.Error("spool delete of a finished message failed", zap.String("queue_id", id), zap.Error(err))
+		}
+		if done {
+			s.forget(id)
+			s.submitDSN(dsnMsg)
+		}
+	}
+}
+
+func (s *Scheduler) submitDSN(m *spool.Message) {
+	if m == nil {
+		return
+	}
+	if err := s.Submit(m); err != nil {
+		s.log.Error("submitting a DSN failed", zap.String("queue_id", m.ID), zap.Error(err))
 	}
 }
 
 // putDSN spools the DSN for a finished message with failures and returns
-// it for Submit; nil when none is due (no failure, null sender) or the
-// spool refused it (logged). st.mu is held.
-func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) *spool.Message {
+// it for Submit; nil when none is due (no failure, null sender). ok is
+// false when one was due and the spool refused it (logged). st.mu is held.
+func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) (_ *spool.Message, ok bool) {
 	if len(st.failed) == 0 || st.sender == "" {
-		return nil
+		return nil, true
 	}
 	var headers []byte
 	if body, err := s.opts.Spool.Body(id); err == nil {
@@ -736,8 +792,8 @@ func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) *spool.Messag
 		DSNFor:     id,
 	}
 	if err := s.opts.Spool.Put(m, raw); err != nil {
-		s.log.Error("spooling a DSN failed; it is lost", zap.String("queue_id", id), zap.Error(err))
-		return nil
+		s.log.Error("spooling a DSN failed; the message is kept and the DSN retried", zap.String("queue_id", id), zap.Error(err))
+		return nil, false
 	}
-	return m
+	return m, true
 }

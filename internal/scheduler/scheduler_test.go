@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -381,5 +382,65 @@ func TestDuplicateSubmit(t *testing.T) {
 	}
 	if err := h.s.Submit(m); err == nil || !strings.Contains(err.Error(), "already") {
 		t.Errorf("duplicate Submit: %v", err)
+	}
+}
+
+// fullSpool is the real spool whose Put answers "no space" while full is
+// set, as a disk that filled up would; updates and deletes go through, as
+// the spool lets them on a full disk.
+type fullSpool struct {
+	*spool.Spool
+	full atomic.Bool
+}
+
+func (f *fullSpool) Put(m *spool.Message, body []byte) error {
+	if f.full.Load() {
+		return fmt.Errorf("spool put: %w", spool.ErrNoSpace)
+	}
+	return f.Spool.Put(m, body)
+}
+
+// TestDSNKeptWhenSpoolFull: a bounce whose DSN can't be spooled keeps the
+// message, with its final state, until the DSN can be written: a Tick
+// retries it, and then the DSN is delivered and the message leaves.
+func TestDSNKeptWhenSpoolFull(t *testing.T) {
+	t.Parallel()
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(29, 10), ip(29, 11)}, func(i int) loopbacktest.Config {
+		if i == 1 {
+			return loopbacktest.Config{}
+		}
+		return loopbacktest.Config{Rcpt: func(string) error { return loopbacktest.Reply(550, [3]int{5, 1, 1}, "no such user") }}
+	})
+	fs := &fullSpool{}
+	h := newHarness(t, port, func(o *Options) {
+		fs.Spool = o.Spool.(*spool.Spool)
+		o.Spool = fs
+	})
+	h.mxFor("dest.test", ip(29, 10))
+	h.mxFor("origin.test", ip(29, 11))
+	fs.full.Store(true)
+	m := h.inject("alice@origin.test", "nobody@dest.test")
+	if e := h.next(outcomeEvents...); e.name != "bounced" {
+		t.Fatalf("outcome %s %v", e.name, e.fields)
+	}
+	for range 2 { // the bounce, then a Tick that still can't spool the DSN
+		got, err := h.sp.Get(m.ID)
+		if err != nil {
+			t.Fatalf("message left the spool before its DSN was written: %v", err)
+		}
+		if got.Recipients[0].State != spool.Bounced || got.Recipients[0].LastCode != 550 {
+			t.Fatalf("kept recipient %+v, want bounced with 550", got.Recipients[0])
+		}
+		h.s.Tick(h.clock.Now())
+	}
+	fs.full.Store(false)
+	h.s.Tick(h.clock.Now())
+	h.gone(m.ID)
+	if e := h.next(outcomeEvents...); e.name != "delivered" || e.str("recipient") != "alice@origin.test" {
+		t.Fatalf("DSN outcome %s %v", e.name, e.fields)
+	}
+	p, err := parseDSN(sinks[1].WaitMessages(t, 1)[0].Data)
+	if err != nil || len(p.Recipients) != 1 || p.Recipients[0].Get("Final-Recipient") != "rfc822; nobody@dest.test" {
+		t.Fatalf("DSN %+v, %v", p, err)
 	}
 }

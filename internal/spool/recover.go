@@ -15,6 +15,12 @@ type RecoverStats struct {
 	Recipients  int // pending recipients among them
 	Quarantined int // messages moved to quarantine as corrupt
 	Finished    int // messages with no pending recipient, deleted
+	// Owed counts messages with no pending recipient that still owe their
+	// sender a DSN (a bounced or expired recipient, a non-null sender):
+	// they are handed to fn too, not deleted, because the bounce that
+	// finished them could not be written before the crash or the disk
+	// filled. The scheduler spools the DSN, then deletes them.
+	Owed int
 }
 
 // recoverFlushOps bounds the deletes and quarantine moves Recover buffers
@@ -22,8 +28,8 @@ type RecoverStats struct {
 const recoverFlushOps = 4096
 
 // Recover scans every message in id order (so in order of acceptance). It
-// calls fn for each message with at least one Pending recipient, deletes
-// messages with none, and moves a message whose records are corrupt (bad
+// calls fn for each message with at least one Pending recipient or that is
+// owed a DSN (see RecoverStats.Owed), deletes the other messages, and moves a message whose records are corrupt (bad
 // checksum, unknown version, undecodable, missing body or recipient) to the
 // quarantine keyspace with a warning, going on with the next. An error from
 // fn stops the scan and is returned. Recover is meant to run once after Open,
@@ -97,9 +103,16 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 					np++
 				}
 			}
-			if np == 0 {
+			if np == 0 && !owesDSN(m) {
 				pending = append(pending, deleteOps(id, len(m.Recipients))...)
 				st.Finished++
+				break
+			}
+			if np == 0 {
+				st.Owed++
+				if err := fn(m); err != nil {
+					return errors.Join(err, flush())
+				}
 				break
 			}
 			st.Messages++
@@ -211,4 +224,18 @@ func (s *Spool) Quarantined() ([]string, error) {
 		return nil, fmt.Errorf("spool quarantined: %w", err)
 	}
 	return ids, nil
+}
+
+// owesDSN reports whether a message whose recipients are all final still
+// owes its sender a delivery status notification.
+func owesDSN(m *Message) bool {
+	if m.Sender == "" {
+		return false
+	}
+	for _, r := range m.Recipients {
+		if r.State == Bounced || r.State == Expired {
+			return true
+		}
+	}
+	return false
 }

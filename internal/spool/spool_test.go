@@ -228,8 +228,16 @@ func TestRecoverPendingInIDOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		switch i % 4 {
-		case 0: // all final, but not marked done: Recover deletes it
-			if err := s.Update(m.ID, map[int]Recipient{0: {State: Delivered}, 1: {State: Bounced}}, false); err != nil {
+		case 0:
+			if i%8 == 0 { // all final with a bounce: owed a DSN, handed over
+				if err := s.Update(m.ID, map[int]Recipient{0: {State: Delivered}, 1: {State: Bounced}}, false); err != nil {
+					t.Fatal(err)
+				}
+				wantIDs = append(wantIDs, m.ID)
+				break
+			}
+			// all final, nothing to report, not marked done: Recover deletes it
+			if err := s.Update(m.ID, map[int]Recipient{0: {State: Delivered}, 1: {State: Cancelled}}, false); err != nil {
 				t.Fatal(err)
 			}
 			finished = append(finished, m.ID)
@@ -261,7 +269,7 @@ func TestRecoverPendingInIDOrder(t *testing.T) {
 	if !slices.Equal(got, wantIDs) {
 		t.Fatalf("Recover order\n got %v\nwant %v", got, wantIDs)
 	}
-	want := RecoverStats{Messages: 10, Recipients: 15, Finished: 5}
+	want := RecoverStats{Messages: 10, Recipients: 15, Finished: 2, Owed: 3}
 	if st != want {
 		t.Fatalf("stats %+v, want %+v", st, want)
 	}
@@ -270,9 +278,9 @@ func TestRecoverPendingInIDOrder(t *testing.T) {
 			t.Fatalf("finished message %s still has %d keys", id, n)
 		}
 	}
-	// A second scan finds the same pending messages and nothing to delete.
+	// A second scan finds the same pending and owed messages and nothing to delete.
 	st, err = s.Recover(func(*Message) error { return nil })
-	if err != nil || st != (RecoverStats{Messages: 10, Recipients: 15}) {
+	if err != nil || st != (RecoverStats{Messages: 10, Recipients: 15, Owed: 3}) {
 		t.Fatalf("second Recover: %+v, %v", st, err)
 	}
 }
