@@ -2,8 +2,10 @@ package inject
 
 import (
 	"bytes"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
@@ -99,4 +101,98 @@ func FuzzCheckAddress(f *testing.F) {
 			t.Fatalf("non-ASCII %q accepted without SMTPUTF8", canon)
 		}
 	})
+}
+
+// FuzzReceived: whatever HELO and whatever addresses checkAddress lets
+// through, the Received field is four CRLF lines of at most 998 octets,
+// folded with a TAB, ASCII unless SMTPUTF8, with balanced comments and
+// quoted strings, exactly one ';' outside them, and the date after it.
+func FuzzReceived(f *testing.F) {
+	f.Add("client.example", "app@example.com", "a@example.net", false, false, false, false)
+	f.Add("ev(il);\"x\ry", `"a(b)\\c;d"@example.com`, `"x) y;"@example.net`, true, true, false, false)
+	f.Add("[IPv6:::1]", "", "jos\u00e9@ex\u00e4mple.net", true, false, true, true)
+	date := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, helo, from, rcpt string, tls, auth, smtputf8, two bool) {
+		if from != "" {
+			c, e := checkAddress(from, smtputf8, senderAddr)
+			if e != nil {
+				c = "app@example.com"
+			}
+			from = c
+		}
+		rcpt, e := checkAddress(rcpt, smtputf8, recipientAddr)
+		if e != nil {
+			rcpt = "a@example.net"
+		}
+		rcpts := []string{rcpt}
+		if two {
+			rcpts = append(rcpts, "b@example.net")
+		}
+		ti := traceInfo{helo: helo, ip: netip.MustParseAddr("2001:db8::1"), host: "mx.test", tls: tls, auth: auth,
+			utf8: smtputf8, id: "ID1", from: from, rcpts: rcpts, date: date}
+		out := string(appendReceived(nil, ti))
+
+		if !utf8.ValidString(out) || !smtputf8 && !isASCII(out) {
+			t.Fatalf("bad encoding: %q", out)
+		}
+		lines := strings.Split(out, "\r\n")
+		if len(lines) != 5 || lines[4] != "" {
+			t.Fatalf("not four CRLF lines: %q", out)
+		}
+		lines = lines[:4]
+		for i, l := range lines {
+			if len(l) > 998 || strings.ContainsAny(l, "\r\n") || (i > 0) != strings.HasPrefix(l, "\t") {
+				t.Fatalf("bad line %d %q", i+1, l)
+			}
+		}
+		tok := strings.TrimPrefix(lines[0], "Received: from ")
+		tok, _, _ = strings.Cut(tok, " ")
+		if tok != traceToken(helo) || strings.Trim(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]?") != "" {
+			t.Fatalf("HELO %q written as %q", helo, tok)
+		}
+		if lines[1] != "\tby mx.test (mtad) with "+withProtocol(smtputf8, tls, auth)+" id ID1" {
+			t.Fatalf("by line %q", lines[1])
+		}
+		semi := topLevelSemicolons(t, strings.Join(lines, ""))
+		if len(semi) != 1 || !strings.HasSuffix(lines[2], ";") {
+			t.Fatalf("';' outside comments and quotes at %v: %q", semi, out)
+		}
+		if d, err := time.Parse(time.RFC1123Z, lines[3][1:]); err != nil || !d.Equal(date) {
+			t.Fatalf("date line %q: %v", lines[3], err)
+		}
+	})
+}
+
+// topLevelSemicolons scans an unfolded field value by RFC 5322 rules
+// (comments nest, quoted-pairs in comments and quoted strings) and returns
+// the offsets of the ';' outside comments and quoted strings. It fails the
+// test if a comment or quoted string is left open or closed unopened.
+func topLevelSemicolons(t *testing.T, v string) []int {
+	t.Helper()
+	var semi []int
+	depth, quoted := 0, false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case (depth > 0 || quoted) && c == '\\':
+			i++
+		case quoted:
+			quoted = c != '"'
+		case c == '(':
+			depth++
+		case c == ')':
+			if depth--; depth < 0 {
+				t.Fatalf("')' closes no comment at %d: %q", i, v)
+			}
+		case depth > 0:
+		case c == '"':
+			quoted = true
+		case c == ';':
+			semi = append(semi, i)
+		}
+	}
+	if depth != 0 || quoted {
+		t.Fatalf("unclosed comment or quoted string: %q", v)
+	}
+	return semi
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/mail"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -333,4 +334,77 @@ func makeTLS(t testing.TB) (*tls.Config, *tls.Config, string) {
 	server := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
 	client := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	return server, client, caFile
+}
+
+// wantTrace is what the Received field at the head of a stored body must
+// say. ip is written plain ("::1"); the helper adds "IPv6:".
+type wantTrace struct {
+	id, ip, helo, proto string
+	from                string // as written inside the envelope-from comment
+	rcpt                string // the "for" address; "" means no "for" clause
+}
+
+// splitReceived checks that body starts with the Received field startEnv's
+// server writes (hostname mx.test), saying exactly w, dated within the
+// hour, and readable by net/mail as one Received field whose date follows
+// the last ';'. It returns the rest of the body, as the client sent it
+// less the X-Binding fields.
+func splitReceived(t testing.TB, body []byte, w wantTrace) string {
+	t.Helper()
+	s := string(body)
+	if !strings.HasPrefix(s, "Received: ") {
+		t.Fatalf("stored body does not start with a Received field: %q", s)
+	}
+	// The field is its first line and the lines that start with WSP.
+	var lines []string
+	rest := s
+	for len(lines) == 0 || strings.HasPrefix(rest, "\t") || strings.HasPrefix(rest, " ") {
+		line, after, ok := strings.Cut(rest, "\r\n")
+		if !ok || strings.ContainsAny(line, "\r\n") {
+			t.Fatalf("Received field line not ended by CRLF: %q", s)
+		}
+		lines = append(lines, line)
+		rest = after
+	}
+	field := s[:len(s)-len(rest)]
+	ipLit := w.ip
+	if strings.Contains(ipLit, ":") {
+		ipLit = "IPv6:" + ipLit
+	}
+	forClause := ""
+	if w.rcpt != "" {
+		forClause = " for <" + w.rcpt + ">"
+	}
+	want := []string{
+		"Received: from " + w.helo + " (unknown [" + ipLit + "])",
+		"\tby mx.test (mtad) with " + w.proto + " id " + w.id,
+		"\t(envelope-from <" + w.from + ">)" + forClause + ";",
+	}
+	if len(lines) != 4 {
+		t.Fatalf("Received field has %d lines, want 4:\n%s", len(lines), field)
+	}
+	for i, l := range want {
+		if lines[i] != l {
+			t.Errorf("Received line %d:\n got %q\nwant %q", i+1, lines[i], l)
+		}
+	}
+	date := strings.TrimPrefix(lines[3], "\t")
+	d, err := time.Parse(time.RFC1123Z, date)
+	if err != nil || lines[3][0] != '\t' {
+		t.Errorf("Received date line %q: %v", lines[3], err)
+	} else if age := time.Since(d); age < -time.Hour || age > time.Hour {
+		t.Errorf("Received date %s is %v from now", date, age)
+	}
+	msg, err := mail.ReadMessage(strings.NewReader(field + "\r\n"))
+	if err != nil {
+		t.Fatalf("net/mail cannot read the Received field: %v\n%s", err, field)
+	}
+	if v := msg.Header["Received"]; len(v) != 1 {
+		t.Errorf("net/mail sees %d Received fields in %q", len(v), field)
+	} else if i := strings.LastIndexByte(v[0], ';'); i < 0 {
+		t.Errorf("Received value %q has no ';'", v[0])
+	} else if pd, err := mail.ParseDate(strings.TrimSpace(v[0][i+1:])); err != nil || !pd.Equal(d) {
+		t.Errorf("Received value %q: date after the last ';' is %v, %v", v[0], pd, err)
+	}
+	return rest
 }

@@ -7,7 +7,10 @@
 // spool syncs before returning), never relay for a client that is neither in
 // RelayNetworks nor authenticated, and never answer a local storage failure
 // with a 5xx. It does not deliver, schedule or pick bindings: it only checks
-// that a requested binding group or binding exists.
+// that a requested binding group or binding exists. Besides making every
+// line end in CRLF, it changes a message only by removing the
+// X-Binding-Group and X-Binding fields and putting a Received field (RFC
+// 5321 4.4) at its head.
 //
 // The protocol engine is github.com/emersion/go-smtp. A few replies come from
 // go-smtp itself, before any Session method runs, and so are not logged as
@@ -73,11 +76,17 @@ type Options struct {
 	Logger *zap.Logger
 }
 
-// Store is where accepted messages go. Put must assign m.ID and return only
-// once message and body are on stable storage; an error matching
-// spool.ErrNoSpace means the disk is full. It must not keep body after it
-// returns: the buffer is reused. *spool.Spool satisfies it.
+// Store is where accepted messages go. *spool.Spool satisfies it.
+//
+// NewID returns a fresh queue id, safe to call concurrently; the injector
+// takes one per DATA before the body arrives, because the id goes into the
+// Received field at the head of the body, so an id may go unused when the
+// message is refused. Put stores m under the m.ID it is given (assigning
+// one only if it is empty) and returns only once message and body are on
+// stable storage; an error matching spool.ErrNoSpace means the disk is
+// full. It must not keep body after it returns: the buffer is reused.
 type Store interface {
+	NewID() string
 	Put(m *spool.Message, body []byte) error
 }
 
@@ -103,6 +112,8 @@ type Server struct {
 	bindings Bindings // nil: any group/binding is accepted
 	handoff  Handoff  // nil: nobody is told
 	log      *zap.Logger
+	// traceHost is Hostname as written in Received fields.
+	traceHost string
 
 	smtp      *smtp.Server
 	dummyHash []byte // compared against for unknown users, so they take as long as known ones
@@ -144,14 +155,15 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		opts.Logger = zap.NewNop()
 	}
 	s := &Server{
-		opts:     opts,
-		store:    store,
-		bindings: bindings,
-		handoff:  handoff,
-		log:      opts.Logger,
-		fails:    newAuthFailures(opts.AuthFailDelay, time.Now),
-		closing:  make(chan struct{}),
-		conns:    make(map[*trackedConn]struct{}),
+		opts:      opts,
+		store:     store,
+		bindings:  bindings,
+		handoff:   handoff,
+		log:       opts.Logger,
+		traceHost: traceToken(strings.TrimSpace(opts.Hostname)),
+		fails:     newAuthFailures(opts.AuthFailDelay, time.Now),
+		closing:   make(chan struct{}),
+		conns:     make(map[*trackedConn]struct{}),
 	}
 	if len(opts.AuthUsers) > 0 {
 		// The dummy hash has the cost of a real one, so that "no such user"

@@ -51,7 +51,7 @@ func TestAcceptStoresMessage(t *testing.T) {
 	}
 	if m.Sender != "app@example.com" || m.ClientIP != relayIP || m.Helo != "client.test" ||
 		m.MessageID != "<m1@example.com>" || m.Group != "bulk" || m.Binding != "ip1" ||
-		m.Size != int64(len(want)) || !m.EightBit || m.SMTPUTF8 || m.AuthUser != "" {
+		!m.EightBit || m.SMTPUTF8 || m.AuthUser != "" {
 		t.Errorf("stored message = %+v", m)
 	}
 	if len(m.Recipients) != 2 || m.Recipients[0].Addr != "a@example.net" || m.Recipients[1].Addr != "b@example.org" ||
@@ -62,8 +62,13 @@ func TestAcceptStoresMessage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("spool body: %v", err)
 	}
-	if string(body) != want {
-		t.Errorf("stored body:\n got %q\nwant %q", body, want)
+	// Two recipients: the Received field names neither.
+	rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com"})
+	if rest != want {
+		t.Errorf("stored body after Received:\n got %q\nwant %q", rest, want)
+	}
+	if m.Size != int64(len(body)) {
+		t.Errorf("stored size %d, body is %d bytes", m.Size, len(body))
 	}
 	select {
 	case sub := <-e.subs:
@@ -73,7 +78,7 @@ func TestAcceptStoresMessage(t *testing.T) {
 	default:
 		t.Error("message not handed off")
 	}
-	if r := e.records("received", map[string]any{"queue_id": id, "message_id": "<m1@example.com>", "client_ip": relayIP, "size": len(want)}); len(r) != 1 {
+	if r := e.records("received", map[string]any{"queue_id": id, "message_id": "<m1@example.com>", "client_ip": relayIP, "size": len(body)}); len(r) != 1 {
 		t.Errorf("received records for %s: %v", id, e.logs.All())
 	}
 	if err := c.Quit(); err != nil {
@@ -115,8 +120,9 @@ func TestRawSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "Subject: raw\r\n\r\nline1\r\n.\r\nmore\r\n.dotted\r\nbare\r\ncr\r\n"; string(body) != want {
-		t.Errorf("stored body %q, want %q", body, want)
+	rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com"})
+	if want := "Subject: raw\r\n\r\nline1\r\n.\r\nmore\r\n.dotted\r\nbare\r\ncr\r\n"; rest != want {
+		t.Errorf("stored body %q, want %q", rest, want)
 	}
 }
 
@@ -344,6 +350,13 @@ func TestMalformedCommands(t *testing.T) {
 		m.Recipients[0].Addr != "jos\u00e9@ex\u00e4mple.net" || m.Recipients[1].Addr != `"john doe"@example.net` {
 		t.Errorf("stored %+v", m)
 	}
+	body, err := e.sp.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "UTF8SMTP"}); rest != "Subject: utf8\r\n\r\nhi\r\n" {
+		t.Errorf("stored body %q", rest)
+	}
 	if r := e.records("rejected", nil); len(r) != logged {
 		t.Errorf("%d rejected records, want %d: %v", len(r), logged, r)
 	}
@@ -444,8 +457,13 @@ func TestSpoolFailure(t *testing.T) {
 				t.Errorf("rejected records: %v", r)
 			}
 			failing.Store(false)
-			if body, err := e.sp.Body(before); err != nil || string(body) != "Subject: before\r\n\r\nkept\r\n" {
-				t.Errorf("earlier message after failure: %q, %v", body, err)
+			body, err := e.sp.Body(before)
+			if err != nil {
+				t.Fatalf("earlier message after failure: %v", err)
+			}
+			rest := splitReceived(t, body, wantTrace{id: before, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"})
+			if rest != "Subject: before\r\n\r\nkept\r\n" {
+				t.Errorf("earlier message after failure: %q", rest)
 			}
 		})
 	}
@@ -482,8 +500,10 @@ func TestShutdownDrains(t *testing.T) {
 	if !ok {
 		t.Fatalf("in-flight DATA during shutdown: %q", got)
 	}
-	if body, err := e.sp.Body(id); err != nil || string(body) != "Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n" {
-		t.Errorf("stored %q, %v", body, err)
+	if body, err := e.sp.Body(id); err != nil {
+		t.Errorf("stored body of %s: %v", id, err)
+	} else if rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"}); rest != "Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n" {
+		t.Errorf("stored %q", rest)
 	}
 	// Then that session is closed too, and Shutdown returns.
 	if b, err := io.ReadAll(busy.r); err != nil || len(b) != 0 {
@@ -625,9 +645,17 @@ s.quit()
 			if err != nil {
 				t.Fatalf("python %s: %v", mode, err)
 			}
-			body, _ := e.sp.Body(id)
-			if m.Helo != "py.test" || m.Group != "bulk" || string(body) != "Subject: from python\r\n\r\nhello\r\n" {
-				t.Errorf("python %s stored %+v body %q", mode, m, body)
+			body, err := e.sp.Body(id)
+			if err != nil {
+				t.Fatalf("python %s: body: %v", mode, err)
+			}
+			tr := wantTrace{id: id, ip: relayIP, helo: "py.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"}
+			if mode == "auth" {
+				tr.ip, tr.proto = outsideIP, "ESMTPSA"
+			}
+			rest := splitReceived(t, body, tr)
+			if m.Helo != "py.test" || m.Group != "bulk" || rest != "Subject: from python\r\n\r\nhello\r\n" {
+				t.Errorf("python %s stored %+v body %q", mode, m, rest)
 			}
 			if mode == "auth" && (m.AuthUser != testUser || m.ClientIP != outsideIP) {
 				t.Errorf("python auth stored user %q ip %q", m.AuthUser, m.ClientIP)
@@ -669,9 +697,14 @@ func TestBDAT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := e.sp.Body(id)
-	if m.Binding != "ip1" || string(body) != "Subject: chunks\r\n\r\nno final newline\r\n" {
-		t.Errorf("stored %+v body %q", m, body)
+	body, err := e.sp.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Received field does not count against the client's size limit.
+	rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"})
+	if m.Binding != "ip1" || rest != "Subject: chunks\r\n\r\nno final newline\r\n" {
+		t.Errorf("stored %+v body %q", m, rest)
 	}
 	rc.cmd("MAIL FROM:<app@example.com>")
 	rc.cmd("RCPT TO:<a@example.net>")
@@ -679,5 +712,102 @@ func TestBDAT(t *testing.T) {
 	rc.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(big), big))
 	if got := rc.reply(); !strings.HasPrefix(got, "552 5.3.4 ") {
 		t.Errorf("oversize BDAT: %q", got)
+	}
+}
+
+// TestReceivedProtocol: the "with" keyword of the Received field says TLS
+// (S), AUTH (A) and SMTPUTF8 (RFC 3848, RFC 6531 3.7.3), and "for" names
+// the recipient when there is only one.
+func TestReceivedProtocol(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	tests := []struct {
+		name     string
+		local    string
+		startTLS bool
+		auth     bool
+		utf8     bool
+		proto    string
+	}{
+		{"plain", relayIP, false, false, false, "ESMTP"},
+		{"auth on loopback", outsideIP, false, true, false, "ESMTPA"},
+		{"starttls", relayIP, true, false, false, "ESMTPS"},
+		{"starttls and auth", outsideIP, true, true, false, "ESMTPSA"},
+		{"smtputf8 starttls and auth", outsideIP, true, true, true, "UTF8SMTPSA"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := e.client(t, tt.local, tt.startTLS)
+			if tt.auth {
+				if err := c.Auth(sasl.NewPlainClient("", testUser, testPassword)); err != nil {
+					t.Fatalf("auth: %v", err)
+				}
+			}
+			rcpt, mo := "a@example.net", (*smtp.MailOptions)(nil)
+			if tt.utf8 {
+				rcpt, mo = "jos\u00e9@ex\u00e4mple.net", &smtp.MailOptions{UTF8: true}
+			}
+			const sent = "Subject: p\r\n\r\nbody\r\n"
+			id, err := send(c, "app@example.com", []string{rcpt}, sent, mo)
+			if err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			body, err := e.sp.Body(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rest := splitReceived(t, body, wantTrace{id: id, ip: tt.local, helo: "client.test", proto: tt.proto, from: "app@example.com", rcpt: rcpt})
+			if rest != sent {
+				t.Errorf("body after Received %q, want %q", rest, sent)
+			}
+		})
+	}
+}
+
+// TestReceivedHostileValues: go-smtp takes a HELO argument as anything up
+// to the first space (bare CR, NUL, parentheses, ';', quotes, non-ASCII),
+// and quoted local parts may hold comment and separator characters. None of
+// it may end a line of the Received field, end its comment early or supply
+// the ';' before the date.
+func TestReceivedHostileValues(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	rc := e.raw(t, relayIP)
+	if got := rc.cmd("EHLO ev(il);\"x\ry\x00z\u00e9\tBcc:(<>)\\ ignored"); !strings.HasPrefix(got, "250-") {
+		t.Fatalf("EHLO: %q", got)
+	}
+	for _, cmd := range []string{`MAIL FROM:<"a(b)\\c;d"@example.com>`, `RCPT TO:<"x) y;"@example.net>`} {
+		if got := rc.cmd(cmd); !strings.HasPrefix(got, "250 ") {
+			t.Fatalf("%s: %q", cmd, got)
+		}
+	}
+	rc.cmd("DATA")
+	got := rc.cmd("Subject: hostile\r\n\r\nbody\r\n.")
+	id, ok := strings.CutPrefix(got, "250 2.0.0 Ok: queued as ")
+	if !ok {
+		t.Fatalf("end of data: %q", got)
+	}
+	m, err := e.sp.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Helo != "ev(il);\"x\ry\x00z\u00e9\tBcc:(<>)\\" {
+		t.Errorf("stored HELO %q", m.Helo) // kept as sent; only the field is sanitised
+	}
+	body, err := e.sp.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest := splitReceived(t, body, wantTrace{
+		id:    id,
+		ip:    relayIP,
+		helo:  "ev?il???x?y?z???Bcc:?????",
+		proto: "ESMTP",
+		from:  `"a\(b\)\\\\c;d"@example.com`,
+		rcpt:  `"x) y;"@example.net`,
+	})
+	if rest != "Subject: hostile\r\n\r\nbody\r\n" {
+		t.Errorf("body after Received %q", rest)
 	}
 }

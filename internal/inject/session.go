@@ -45,6 +45,10 @@ type session struct {
 	conn *smtp.Conn
 	tc   *trackedConn
 	ip   netip.Addr
+	// tls is fixed for the session's life: go-smtp starts a new session
+	// after STARTTLS. Data reads it here, not from conn, because during
+	// BDAT it runs beside the connection goroutine.
+	tls bool
 
 	mu       sync.Mutex
 	authUser string
@@ -61,7 +65,8 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if !ok {
 		return nil, errors.New("inject: connection not accepted by this server")
 	}
-	return &session{srv: s, conn: c, tc: tc, ip: tc.ip}, nil
+	_, isTLS := c.TLSConnectionState()
+	return &session{srv: s, conn: c, tc: tc, ip: tc.ip, tls: isTLS}, nil
 }
 
 // reject logs the refusal and returns it for go-smtp to write.
@@ -175,8 +180,9 @@ func (ss *session) Logout() error {
 	return nil
 }
 
-// Data reads the body, checks the binding headers, stores the message and
-// answers with its queue id. Nothing is stored on any refusal.
+// Data reads the body, checks the binding headers, stores the message with
+// a Received field at its head and answers with its queue id. Nothing is
+// stored on any refusal.
 func (ss *session) Data(r io.Reader) error {
 	ss.mu.Lock()
 	from, helo, rcpts := ss.from, ss.helo, append([]string(nil), ss.rcpts...)
@@ -184,8 +190,27 @@ func (ss *session) Data(r io.Reader) error {
 	ss.mu.Unlock()
 	s := ss.srv
 
+	// Everything the Received field records is known before the body
+	// arrives (its date is when DATA began), so it is written into the
+	// buffer first and the body read in after it: the field is prepended
+	// without copying the body.
+	now := time.Now()
+	id := s.store.NewID()
 	buf := s.getBuf()
 	defer s.putBuf(buf)
+	buf.Write(appendReceived(buf.AvailableBuffer(), traceInfo{
+		helo:  helo,
+		ip:    ss.ip,
+		host:  s.traceHost,
+		tls:   ss.tls,
+		auth:  authUser != "",
+		utf8:  utf8,
+		id:    id,
+		from:  from,
+		rcpts: rcpts,
+		date:  now,
+	}))
+	traceLen := buf.Len()
 	if err := readBody(buf, &deadlineReader{r: r, conn: ss.conn.Conn(), d: s.opts.DataTimeout}, s.opts.MaxMessageSize); err != nil {
 		if errors.Is(err, errBodyTooBig) {
 			return ss.reject("DATA", errTooBig)
@@ -198,7 +223,8 @@ func (ss *session) Data(r io.Reader) error {
 		// a ReadTimeout; otherwise the body's deadline must not outlive it.
 		ss.conn.Conn().SetReadDeadline(time.Time{})
 	}
-	body := buf.Bytes()
+	all := buf.Bytes()
+	body := all[traceLen:] // the client's message
 
 	h, err := parseHeaders(body)
 	if err != nil {
@@ -212,12 +238,15 @@ func (ss *session) Data(r io.Reader) error {
 	if e := ss.checkBinding(h.group, h.binding); e != nil {
 		return ss.reject("DATA", e)
 	}
-	body = h.strip(body)
+	// strip works in place, so the stripped body still follows the
+	// Received field in all.
+	body = all[:traceLen+len(h.strip(body))]
 
 	m := &spool.Message{
+		ID:         id,
 		Sender:     from,
 		Recipients: make([]spool.Recipient, len(rcpts)),
-		Received:   time.Now(),
+		Received:   now,
 		ClientIP:   ipString(ss.ip),
 		Helo:       helo,
 		AuthUser:   authUser,

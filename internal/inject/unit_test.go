@@ -432,3 +432,75 @@ func TestSASLServers(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendReceived(t *testing.T) {
+	t.Parallel()
+	date := time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("", -7*3600))
+	const dateLine = "\tFri, 02 Jan 2026 03:04:05 -0700\r\n"
+	base := traceInfo{
+		helo: "client.example", ip: netip.MustParseAddr("192.0.2.1"), host: "mx.example",
+		id: "ID1", from: "app@example.com", rcpts: []string{"a@example.net"}, date: date,
+	}
+	tests := []struct {
+		name string
+		mod  func(*traceInfo)
+		want string
+	}{
+		{"one recipient", func(*traceInfo) {},
+			"Received: from client.example (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with ESMTP id ID1\r\n" +
+				"\t(envelope-from <app@example.com>) for <a@example.net>;\r\n" + dateLine},
+		{"two recipients, null sender, TLS", func(ti *traceInfo) {
+			ti.rcpts, ti.from, ti.tls = []string{"a@example.net", "b@example.net"}, "", true
+		},
+			"Received: from client.example (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with ESMTPS id ID1\r\n" +
+				"\t(envelope-from <>);\r\n" + dateLine},
+		{"IPv6, address literal HELO, AUTH", func(ti *traceInfo) {
+			ti.ip, ti.helo, ti.auth = netip.MustParseAddr("2001:db8::1"), "[IPv6:2001:db8::1]", true
+		},
+			"Received: from [IPv6:2001:db8::1] (unknown [IPv6:2001:db8::1])\r\n" +
+				"\tby mx.example (mtad) with ESMTPA id ID1\r\n" +
+				"\t(envelope-from <app@example.com>) for <a@example.net>;\r\n" + dateLine},
+		{"no address, no HELO", func(ti *traceInfo) { ti.ip, ti.helo = netip.Addr{}, "" },
+			"Received: from unknown (unknown)\r\n" +
+				"\tby mx.example (mtad) with ESMTP id ID1\r\n" +
+				"\t(envelope-from <app@example.com>) for <a@example.net>;\r\n" + dateLine},
+		{"hostile HELO cut to 255 octets", func(ti *traceInfo) {
+			ti.helo = "a\r\nb(c);d\"e f\x00\xff" + strings.Repeat("x", 300)
+		},
+			"Received: from a??b?c??d?e?f??" + strings.Repeat("x", 255-15) + " (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with ESMTP id ID1\r\n" +
+				"\t(envelope-from <app@example.com>) for <a@example.net>;\r\n" + dateLine},
+		{"comment characters escaped only in the comment", func(ti *traceInfo) {
+			ti.from, ti.rcpts[0] = `"a(b)\\c"@example.com`, `"x)y"@example.net`
+		},
+			"Received: from client.example (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with ESMTP id ID1\r\n" +
+				"\t(envelope-from <\"a\\(b\\)\\\\\\\\c\"@example.com>) for <\"x)y\"@example.net>;\r\n" + dateLine},
+		{"control and non-ASCII without SMTPUTF8 replaced", func(ti *traceInfo) {
+			ti.from, ti.rcpts[0] = "a\r\nb@example.com", "jos\u00e9@example.net"
+		},
+			"Received: from client.example (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with ESMTP id ID1\r\n" +
+				"\t(envelope-from <a??b@example.com>) for <jos?@example.net>;\r\n" + dateLine},
+		{"SMTPUTF8 keeps printable UTF-8 only", func(ti *traceInfo) {
+			ti.utf8, ti.tls, ti.auth = true, true, true
+			ti.from, ti.rcpts[0] = "jos\u00e9\u2028\u202e\x85@example.com", "\u00fc@ex\u00e4mple.net"
+		},
+			"Received: from client.example (unknown [192.0.2.1])\r\n" +
+				"\tby mx.example (mtad) with UTF8SMTPSA id ID1\r\n" +
+				"\t(envelope-from <jos\u00e9???@example.com>) for <\u00fc@ex\u00e4mple.net>;\r\n" + dateLine},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ti := base
+			ti.rcpts = append([]string(nil), base.rcpts...)
+			tt.mod(&ti)
+			if got := string(appendReceived([]byte("prefix"), ti)); got != "prefix"+tt.want {
+				t.Errorf("got\n%q\nwant\n%q", got, "prefix"+tt.want)
+			}
+		})
+	}
+}
