@@ -73,8 +73,10 @@ func (s *Server) refuseSession(c net.Conn) {
 	ip := remoteIP(c)
 	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	c.Write([]byte("421 4.3.2 " + replyTooManySessions + "\r\n"))
-	c.Close()
+	// Log before closing: once the client sees the close, the refusal is
+	// on record.
 	s.rejected(ip, "CONNECT", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: replyTooManySessions})
+	c.Close()
 }
 
 // trackedConn is one client connection. It knows whether its session is
