@@ -89,4 +89,14 @@ func TestEndpoints(t *testing.T) {
 	if !strings.Contains(string(body), "mtad_test_total 3") {
 		t.Errorf("metrics lack the counter:\n%s", body)
 	}
+
+	resp, err = http.Get(base + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "goroutine profile") {
+		t.Errorf("pprof goroutine profile: %d %.200s", resp.StatusCode, body)
+	}
 }
