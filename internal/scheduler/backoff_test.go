@@ -64,23 +64,22 @@ func TestBackoffSpreads(t *testing.T) {
 func TestGoal(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name                                                       string
-		backlog, perConn, pairOpen, pairMax, domainOpen, domainMax int
-		want                                                       int
+		name                                              string
+		backlog, pairOpen, pairMax, domainOpen, domainMax int
+		want                                              int
 	}{
-		{"empty", 0, 10, 0, 5, 0, 5, 0},
-		{"one", 1, 10, 0, 5, 0, 5, 1},
-		{"ceil", 11, 10, 0, 5, 0, 5, 2},
-		{"open count", 25, 10, 1, 5, 1, 5, 2},
-		{"pair cap", 100, 10, 0, 3, 0, 20, 3},
-		{"domain cap", 100, 10, 0, 20, 18, 20, 2},
-		{"domain full", 100, 10, 0, 20, 20, 20, 0},
-		{"over served", 5, 10, 3, 20, 3, 20, 0},
-		{"no per-conn limit", 1000, 0, 0, 20, 0, 20, 1},
-		{"no caps", 1000, 10, 0, 0, 0, 0, 100},
+		{"empty", 0, 0, 5, 0, 5, 0},
+		{"one", 1, 0, 5, 0, 5, 1},
+		{"one per delivery", 3, 0, 5, 0, 5, 3},
+		{"open count", 4, 1, 5, 1, 5, 3},
+		{"pair cap", 100, 0, 3, 0, 20, 3},
+		{"domain cap", 100, 0, 20, 18, 20, 2},
+		{"domain full", 100, 0, 20, 20, 20, 0},
+		{"over served", 2, 3, 20, 3, 20, 0},
+		{"no caps", 1000, 0, 0, 0, 0, 1000},
 	}
 	for _, tc := range tests {
-		if got := Goal(tc.backlog, tc.perConn, tc.pairOpen, tc.pairMax, tc.domainOpen, tc.domainMax); got != tc.want {
+		if got := Goal(tc.backlog, tc.pairOpen, tc.pairMax, tc.domainOpen, tc.domainMax); got != tc.want {
 			t.Errorf("%s: Goal = %d, want %d", tc.name, got, tc.want)
 		}
 	}

@@ -404,8 +404,7 @@ func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
 	pol := s.pool.Policy(dr.Name)
 	s.maintainMu.Lock()
 	defer s.maintainMu.Unlock()
-	goal := Goal(p.Len(), pol.MaxDeliveriesPerConnection,
-		p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
+	goal := Goal(p.Len(), p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
 		dr.Open()+dr.Connecting(), pol.MaxConnections)
 	s.hooks.MailQueueMaintain.Call(dr, p.Slot(), p, now, goal, s.opts.Reserve)
 }
