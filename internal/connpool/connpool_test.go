@@ -594,3 +594,51 @@ func TestExpiredNotSent(t *testing.T) {
 		t.Errorf("sink got %+v", m)
 	}
 }
+
+// TestReclaimIdleForStarvedPair: at the global cap, a pair with work takes
+// the slot of a session idling on another pair at once, instead of waiting
+// out that session's idle timeout.
+func TestReclaimIdleForStarvedPair(t *testing.T) {
+	t.Parallel()
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(17, 10), ip(17, 11)}, nil)
+	var h *harness
+	freed := make(chan *queue.Pair, 10)
+	h = newHarness(t, port, nil, nil, func(o *Options) {
+		o.MaxConnections = 2
+		o.IdleTimeout = waitLimit // only Wake, reclaim or Close end the idle wait
+		o.OnSlotFree = func(p *queue.Pair) {
+			freed <- p
+			h.pool.Open(p.Domain(), p.Slot(), 1)
+		}
+	})
+	h.dns.Add(t, "quiet.test. 60 IN MX 10 mx.quiet.test.", "mx.quiet.test. 60 IN A "+ip(17, 10))
+	h.dns.Add(t, "busy.test. 60 IN MX 10 mx.busy.test.", "mx.busy.test. 60 IN A "+ip(17, 11))
+	quiet := h.q.Domain("quiet.test")
+	h.push("quiet.test", 0, "a@quiet.test")
+	h.push("quiet.test", 0, "b@quiet.test")
+	if n := h.pool.Open(quiet, 0, 2); n != 2 {
+		t.Fatalf("opened %d quiet sessions, want 2", n)
+	}
+	delivered(t, h.result())
+	delivered(t, h.result())
+
+	busy := h.q.Domain("busy.test")
+	h.push("busy.test", 0, "c@busy.test")
+	if n := h.pool.Open(busy, 0, 1); n != 0 {
+		t.Fatalf("opened %d busy sessions over the global cap of 2", n)
+	}
+	r := h.result()
+	delivered(t, r)
+	if r.d.Domain != "busy.test" {
+		t.Fatalf("delivered %s, want busy.test", r.d.Domain)
+	}
+	if p := <-freed; p != busy.Pair(0) {
+		t.Errorf("freed slot went to %s/%d, want busy.test/0", p.Domain().Name, p.Slot())
+	}
+	if got := sinks[1].Connections(); got != 1 {
+		t.Errorf("busy sink saw %d connections, want 1", got)
+	}
+	if total := h.pool.Total(); total > 2 {
+		t.Errorf("total %d over the cap", total)
+	}
+}

@@ -139,6 +139,11 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives connection records; nil discards them.
 	Logger *zap.Logger
+	// OnSlotFree, when set, is called (from the exiting session's
+	// goroutine, no lock held) with a pair that the global cap turned away
+	// and that still has work, each time a session frees its slot; the
+	// scheduler runs that pair's maintenance so the slot is used at once.
+	OnSlotFree func(pair *queue.Pair)
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
 	// connect fail in a chosen way).
@@ -162,6 +167,9 @@ type Pool struct {
 	closed bool
 	idle   map[*queue.Pair][]*session // sessions waiting for work, per pair
 	live   map[*session]struct{}      // every running session, for a forced Close
+	// starved are pairs refused a connection at the global cap; each slot
+	// a session frees goes to one of them (Options.OnSlotFree).
+	starved map[*queue.Pair]struct{}
 }
 
 var _ hooks.Opener = (*Pool)(nil)
@@ -199,12 +207,13 @@ func New(opts Options) (*Pool, error) {
 		opts.TLSFailureTTL = time.Hour
 	}
 	p := &Pool{
-		opts: opts,
-		tls:  opts.TLSMemory,
-		log:  opts.Logger,
-		now:  opts.Now,
-		idle: make(map[*queue.Pair][]*session),
-		live: make(map[*session]struct{}),
+		opts:    opts,
+		tls:     opts.TLSMemory,
+		log:     opts.Logger,
+		now:     opts.Now,
+		idle:    make(map[*queue.Pair][]*session),
+		live:    make(map[*session]struct{}),
+		starved: make(map[*queue.Pair]struct{}),
 	}
 	if p.tls == nil {
 		p.tls = smtpclient.NewTLSMemory(opts.TLSFailureTTL, 10000, nil)
@@ -259,6 +268,7 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 	opened := 0
 	for opened < n {
 		if !p.takeGlobal() {
+			p.reclaim(pair, n-opened)
 			break
 		}
 		if !pair.TryConnect(pol.MaxConnectionsPerBinding, pol.MaxConnections) {
@@ -280,6 +290,50 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 		opened++
 	}
 	return opened
+}
+
+// reclaim is called when pair wants k more connections and the global cap
+// is reached: up to k sessions idling on other pairs are told to quit, and
+// pair is remembered as starved so the slots they free come to it. Without
+// this, sessions idling on quiet domains hold the cap for their idle timeout
+// while a busy domain's mail waits.
+func (p *Pool) reclaim(pair *queue.Pair, k int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.starved[pair] = struct{}{}
+	for other, waiters := range p.idle {
+		if other == pair {
+			continue
+		}
+		for len(waiters) > 0 && k > 0 {
+			w := waiters[len(waiters)-1]
+			p.removeIdleLocked(other, len(waiters)-1)
+			waiters = p.idle[other]
+			w.reclaimed.Store(true)
+			w.wake <- struct{}{} // capacity 1; w was on an idle list, so nothing is pending
+			k--
+		}
+		if k == 0 {
+			return
+		}
+	}
+}
+
+// takeStarved returns a starved pair that still has work, forgetting it, or
+// nil.
+func (p *Pool) takeStarved() *queue.Pair {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pair := range p.starved {
+		delete(p.starved, pair)
+		if pair.Len() > 0 {
+			return pair
+		}
+	}
+	return nil
 }
 
 // takeGlobal reserves one slot under the global cap.

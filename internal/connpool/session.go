@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -27,6 +28,9 @@ type session struct {
 	pair   *queue.Pair
 	policy Policy
 	wake   chan struct{} // capacity 1; Wake sends when it takes us off the idle list
+	// reclaimed is set before a send on wake that means "quit": another
+	// pair needs the slot.
+	reclaimed atomic.Bool
 
 	src source
 	at  Attempt
@@ -53,6 +57,13 @@ func (s *session) run() {
 		delete(p.live, s)
 		p.mu.Unlock()
 		p.total.Add(-1)
+		// The freed slot goes to a pair the global cap turned away, at
+		// once rather than at the next tick.
+		if p.opts.OnSlotFree != nil && p.ctx.Err() == nil {
+			if starved := p.takeStarved(); starved != nil {
+				p.opts.OnSlotFree(starved)
+			}
+		}
 	}()
 	dr := s.pair.Domain()
 	c, err := s.connect(p.ctx)
@@ -176,6 +187,7 @@ func (s *session) idle() bool {
 	if s.pair.Len() > 0 {
 		if !s.leaveIdle() {
 			<-s.wake
+			return !s.reclaimed.Load()
 		}
 		return true
 	}
@@ -183,15 +195,15 @@ func (s *session) idle() bool {
 	defer t.Stop()
 	select {
 	case <-s.wake:
-		return true
+		return !s.reclaimed.Load()
 	case <-t.C:
 	case <-p.ctx.Done():
 	}
-	// Wake may have taken us off the list at the same moment: then its
-	// work is ours, unless the pool is closing.
+	// Wake (or reclaim) may have taken us off the list at the same moment:
+	// then its work is ours, unless the pool is closing or wants the slot.
 	if !s.leaveIdle() {
 		<-s.wake
-		return p.ctx.Err() == nil
+		return p.ctx.Err() == nil && !s.reclaimed.Load()
 	}
 	// Work pushed while the timer fired found us neither idle nor counted
 	// out of the pair's goal; take it rather than leave it for a tick.

@@ -70,13 +70,14 @@ func TestGoal(t *testing.T) {
 	}{
 		{"empty", 0, 0, 5, 0, 5, 0},
 		{"one", 1, 0, 5, 0, 5, 1},
-		{"one per delivery", 3, 0, 5, 0, 5, 3},
-		{"open count", 4, 1, 5, 1, 5, 3},
+		{"a few share one", 8, 0, 5, 0, 5, 1},
+		{"ceil", 9, 0, 5, 0, 5, 2},
+		{"open count", 30, 1, 5, 1, 5, 3},
 		{"pair cap", 100, 0, 3, 0, 20, 3},
 		{"domain cap", 100, 0, 20, 18, 20, 2},
 		{"domain full", 100, 0, 20, 20, 20, 0},
-		{"over served", 2, 3, 20, 3, 20, 0},
-		{"no caps", 1000, 0, 0, 0, 0, 1000},
+		{"over served", 20, 3, 20, 3, 20, 0},
+		{"no caps", 1000, 0, 0, 0, 0, 125},
 	}
 	for _, tc := range tests {
 		if got := Goal(tc.backlog, tc.pairOpen, tc.pairMax, tc.domainOpen, tc.domainMax); got != tc.want {

@@ -195,6 +195,7 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	po := opts.Pool
 	po.Outcomes = s
+	po.OnSlotFree = func(p *queue.Pair) { s.maintain(p, s.clock.Now()) }
 	po.Hooks = opts.Hooks
 	po.Now = opts.Clock.Now
 	if po.Bodies == nil {
