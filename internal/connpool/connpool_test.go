@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
 
 	"github.com/mtad/mtad/internal/binding"
@@ -640,5 +641,36 @@ func TestReclaimIdleForStarvedPair(t *testing.T) {
 	}
 	if total := h.pool.Total(); total > 2 {
 		t.Errorf("total %d over the cap", total)
+	}
+}
+
+// TestEightBitPassedOn: BODY=8BITMIME goes to the next hop exactly when the
+// injecting client declared it.
+func TestEightBitPassedOn(t *testing.T) {
+	t.Parallel()
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(18, 10)}, nil)
+	h := newHarness(t, port, nil, nil, nil)
+	h.dns.Add(t, "eight.test. 60 IN MX 10 mx.eight.test.", "mx.eight.test. 60 IN A "+ip(18, 10))
+	for _, eight := range []bool{true, false} {
+		m := &spool.Message{Sender: "s@origin.test", Received: time.Now(), EightBit: eight,
+			Recipients: []spool.Recipient{{Addr: fmt.Sprintf("r%v@eight.test", eight)}}}
+		if err := h.sp.Put(m, []byte("Subject: caf\xc3\xa9\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		h.q.Push(&queue.Delivery{MsgID: m.ID, Domain: "eight.test", Sender: m.Sender, Arrival: m.Received.UnixNano(),
+			Expires: time.Now().Add(time.Hour).UnixNano(), Size: m.Size, EightBit: eight,
+			Rcpts: []queue.Rcpt{{Idx: 0, Addr: m.Recipients[0].Addr}}})
+	}
+	h.pool.Open(h.q.Domain("eight.test"), 0, 1)
+	delivered(t, h.result())
+	delivered(t, h.result())
+	for _, m := range sinks[0].WaitMessages(t, 2) {
+		want := smtp.BodyType("")
+		if m.To[0] == "rtrue@eight.test" {
+			want = smtp.Body8BitMIME
+		}
+		if m.Body != want {
+			t.Errorf("%s: BODY=%q, want %q", m.To[0], m.Body, want)
+		}
 	}
 }

@@ -123,14 +123,14 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 		return true
 	}
 	env := smtpclient.Envelope{From: d.Sender, To: make([]string, len(d.Rcpts)), Size: d.Size}
-	env.UTF8 = !isASCII(d.Sender)
+	// Pass on what the injecting client declared; a non-ASCII address needs
+	// SMTPUTF8 whatever was declared (a DSN to such a sender, say).
+	env.UTF8, env.EightBit = d.UTF8, d.EightBit
+	env.UTF8 = env.UTF8 || !isASCII(d.Sender)
 	for i, r := range d.Rcpts {
 		env.To[i] = r.Addr
 		env.UTF8 = env.UTF8 || !isASCII(r.Addr)
 	}
-	// The delivery does not carry BODY=8BITMIME from injection, so look:
-	// the body is in memory anyway and the scan is cheap beside the send.
-	env.EightBit = !isASCIIBytes(body)
 	s.at.TLS = c.TLS()
 	res, err := c.Send(env, body)
 	s.count(res, err, len(d.Rcpts))
@@ -435,15 +435,6 @@ func (w *wrapped) Unwrap() []error { return []error{w.e, w.orig} }
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}
-
-func isASCIIBytes(b []byte) bool {
-	for _, c := range b {
-		if c >= utf8.RuneSelf {
 			return false
 		}
 	}

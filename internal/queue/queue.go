@@ -88,6 +88,11 @@ type Delivery struct {
 	Slot     int32 // binding slot
 
 	queued uint32 // 1 while in a queue; atomic, catches double queueing
+
+	// The injecting client's declarations, passed on to the next hop:
+	// SMTPUTF8 and BODY=8BITMIME. They fit in the struct's padding.
+	UTF8     bool
+	EightBit bool
 }
 
 // Seq reports the order in which the delivery was first queued (0 before

@@ -297,6 +297,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 			g = &group{d: &queue.Delivery{
 				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
 				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
+				UTF8: m.SMTPUTF8, EightBit: m.EightBit,
 			}}
 			byDomain[dom] = g
 			groups = append(groups, g)
@@ -645,7 +646,7 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		d2 := d
 		if len(deferred) < len(d.Rcpts) {
 			d2 = &queue.Delivery{MsgID: d.MsgID, Domain: d.Domain, Sender: d.Sender, Arrival: d.Arrival,
-				Expires: d.Expires, Size: d.Size, Priority: d.Priority, Slot: d.Slot}
+				Expires: d.Expires, Size: d.Size, Priority: d.Priority, Slot: d.Slot, UTF8: d.UTF8, EightBit: d.EightBit}
 		}
 		d2.Rcpts = deferred
 		d2.Attempts = int32(attempt)
@@ -790,10 +791,21 @@ func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) (_ *spool.Mes
 		Group:      st.group,
 		Binding:    st.binding,
 		DSNFor:     id,
+		// The quoted headers may be 8-bit; say so to the next hop.
+		EightBit: !isASCII(raw),
 	}
 	if err := s.opts.Spool.Put(m, raw); err != nil {
 		s.log.Error("spooling a DSN failed; the message is kept and the DSN retried", zap.String("queue_id", id), zap.Error(err))
 		return nil, false
 	}
 	return m, true
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

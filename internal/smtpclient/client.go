@@ -605,22 +605,18 @@ func (c *Client) finishData(res *Result, body []byte, accepted int, dr reply) (*
 // readMail reads the MAIL reply: (nil, nil) accepted, (rejection, nil)
 // refused, (nil, err) connection unusable.
 func (c *Client) readMail() (*outcome.Error, error) {
-	r, err := c.readReply(outcome.PhaseMail, c.t.Mail, false)
-	if err != nil {
-		return nil, err
-	}
-	switch r.class() {
-	case 2:
-		return nil, nil
-	case 4, 5:
-		return outcome.FromReply(outcome.PhaseMail, r.smtpError()), nil
-	}
-	return nil, c.protocolError(outcome.PhaseMail, r)
+	return c.readAccept(outcome.PhaseMail, c.t.Mail)
 }
 
 // readRcpt is readMail for one RCPT.
 func (c *Client) readRcpt() (*outcome.Error, error) {
-	r, err := c.readReply(outcome.PhaseRcpt, c.t.Rcpt, false)
+	return c.readAccept(outcome.PhaseRcpt, c.t.Rcpt)
+}
+
+// readAccept reads a reply that accepts (2xx) or refuses (4xx/5xx) one
+// envelope command of the given phase.
+func (c *Client) readAccept(phase outcome.Phase, timeout time.Duration) (*outcome.Error, error) {
+	r, err := c.readReply(phase, timeout, false)
 	if err != nil {
 		return nil, err
 	}
@@ -628,9 +624,9 @@ func (c *Client) readRcpt() (*outcome.Error, error) {
 	case 2:
 		return nil, nil
 	case 4, 5:
-		return outcome.FromReply(outcome.PhaseRcpt, r.smtpError()), nil
+		return outcome.FromReply(phase, r.smtpError()), nil
 	}
-	return nil, c.protocolError(outcome.PhaseRcpt, r)
+	return nil, c.protocolError(phase, r)
 }
 
 // readRset reads an RSET reply; anything but 2xx leaves the session in an

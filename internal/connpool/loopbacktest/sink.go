@@ -24,6 +24,7 @@ import (
 // Message is one message a sink accepted.
 type Message struct {
 	From       string
+	Body       smtp.BodyType // MAIL FROM's BODY= parameter ("" if absent)
 	To         []string
 	Data       []byte
 	RemoteIP   string // source address of the connection
@@ -189,12 +190,19 @@ type session struct {
 	conn   *smtp.Conn
 	remote string
 	from   string
+	body   smtp.BodyType
 	to     []string
 	closed bool
 }
 
-func (ss *session) Reset()                                      { ss.from, ss.to = "", nil }
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error { ss.from = from; return nil }
+func (ss *session) Reset() { ss.from, ss.body, ss.to = "", "", nil }
+func (ss *session) Mail(from string, o *smtp.MailOptions) error {
+	ss.from = from
+	if o != nil {
+		ss.body = o.Body
+	}
+	return nil
+}
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if f := ss.sink.cfg.Rcpt; f != nil {
@@ -218,7 +226,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	_, isTLS := ss.conn.TLSConnectionState()
 	m := Message{
-		From: ss.from, To: append([]string(nil), ss.to...), Data: data,
+		From: ss.from, Body: ss.body, To: append([]string(nil), ss.to...), Data: data,
 		RemoteIP: ss.remote, EHLO: ss.conn.Hostname(), TLS: isTLS,
 		SinkAddr: ss.sink.Addr, ReceivedAt: time.Now(),
 	}
