@@ -119,6 +119,7 @@ type Server struct {
 	dummyHash []byte // compared against for unknown users, so they take as long as known ones
 	fails     *authFailures
 	bufs      sync.Pool // *bytes.Buffer for message bodies
+	chunks    sync.Pool // *[32 << 10]byte, scratch for reading bodies
 
 	// closing is closed when Shutdown starts; draining mirrors it for the
 	// hot path in trackedConn.Read.

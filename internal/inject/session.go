@@ -211,7 +211,10 @@ func (ss *session) Data(r io.Reader) error {
 		date:  now,
 	}))
 	traceLen := buf.Len()
-	if err := readBody(buf, &deadlineReader{r: r, conn: ss.conn.Conn(), d: s.opts.DataTimeout}, s.opts.MaxMessageSize); err != nil {
+	chunk := s.getChunk()
+	err := readBody(buf, &deadlineReader{r: r, conn: ss.conn.Conn(), d: s.opts.DataTimeout}, s.opts.MaxMessageSize, chunk[:])
+	s.chunks.Put(chunk)
+	if err != nil {
 		if errors.Is(err, errBodyTooBig) {
 			return ss.reject("DATA", errTooBig)
 		}
@@ -432,6 +435,14 @@ func (s *Server) getBuf() *bytes.Buffer {
 		return b
 	}
 	return new(bytes.Buffer)
+}
+
+// getChunk returns scratch space for reading a body.
+func (s *Server) getChunk() *[32 << 10]byte {
+	if c, ok := s.chunks.Get().(*[32 << 10]byte); ok {
+		return c
+	}
+	return new([32 << 10]byte)
 }
 
 func (s *Server) putBuf(b *bytes.Buffer) {

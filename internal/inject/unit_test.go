@@ -196,7 +196,7 @@ func TestReadBodyNormalizesLineEndings(t *testing.T) {
 				r = &oneByteReader{s: tt.in}
 			}
 			var buf bytes.Buffer
-			if err := readBody(&buf, r, 1<<20); err != nil {
+			if err := readBody(&buf, r, 1<<20, make([]byte, 512)); err != nil {
 				t.Fatalf("readBody(%q): %v", tt.in, err)
 			}
 			if buf.String() != tt.want {
@@ -205,7 +205,7 @@ func TestReadBodyNormalizesLineEndings(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	if err := readBody(&buf, strings.NewReader("0123456789"), 9); err != errBodyTooBig {
+	if err := readBody(&buf, strings.NewReader("0123456789"), 9, make([]byte, 512)); err != errBodyTooBig {
 		t.Errorf("readBody over max: err = %v, want errBodyTooBig", err)
 	}
 }
