@@ -163,6 +163,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 	defer func() { _ = log.Sync(); _ = closeLog() }()
 	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
+	gc, limit := applyRuntime(cfg.Runtime, os.Getenv)
+	log.Info("go runtime", zap.String("gc_percent", gc), zap.String("memory_limit", limit))
 
 	st, err := buildStatics(cfg, log)
 	if err != nil {
@@ -348,6 +350,9 @@ func reload(path string, cur *atomic.Pointer[config.Config], log *zap.Logger) {
 	}
 	if old.Spool != next.Spool {
 		restart = append(restart, "spool")
+	}
+	if old.Runtime != next.Runtime {
+		restart = append(restart, "runtime")
 	}
 	if fmt.Sprint(old.Bindings, old.BindingGroups) != fmt.Sprint(next.Bindings, next.BindingGroups) {
 		restart = append(restart, "bindings")

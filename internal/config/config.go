@@ -60,6 +60,7 @@ type Config struct {
 	// Domains hold per-domain policy; see DomainPolicy.
 	Domains []Domain `mapstructure:"domains"`
 	Hooks   Hooks    `mapstructure:"hooks"`
+	Runtime Runtime  `mapstructure:"runtime"`
 
 	// domainIndex maps a lower-cased match to its index in Domains; Load
 	// builds it so DomainPolicy is a map lookup. Nil (a hand-built Config)
@@ -109,6 +110,22 @@ type SMTPInject struct {
 	AuthFailDelay time.Duration `mapstructure:"auth_fail_delay"`
 	// ShutdownGrace is how long open sessions get to finish on shutdown.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+}
+
+// Runtime tunes the Go runtime the daemon runs on. It is read at start
+// only; a reload does not change it.
+type Runtime struct {
+	// GCPercent is the garbage collector's target (the GOGC value): the heap
+	// may grow this many percent over the live heap between collections.
+	// The daemon allocates per SMTP command and per message, so a higher
+	// value trades memory for CPU. -1 turns the collector off (never do
+	// that without MemoryLimit). The GOGC environment variable, when set,
+	// wins over this key.
+	GCPercent int `mapstructure:"gc_percent"`
+	// MemoryLimit is a soft limit on the process's memory (GOMEMLIMIT):
+	// near it the collector runs as often as it must, whatever GCPercent
+	// says. 0 = no limit. The GOMEMLIMIT environment variable wins.
+	MemoryLimit Size `mapstructure:"memory_limit"`
 }
 
 // Admin configures the admin HTTP API and metrics.
@@ -274,7 +291,8 @@ func Default() *Config {
 				Quit:      time.Minute,
 			},
 		},
-		Hooks: Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
+		Hooks:   Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
+		Runtime: Runtime{GCPercent: 400},
 	}
 }
 

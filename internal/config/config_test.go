@@ -189,6 +189,9 @@ hooks:
     throttle:
       rate: 10
       Per: 1s
+runtime:
+  gc_percent: 150
+  memory_limit: 3GiB
 `
 
 func TestFullRoundTrip(t *testing.T) {
@@ -242,6 +245,7 @@ func TestFullRoundTrip(t *testing.T) {
 			// viper lower-cases keys, as the Hooks doc says.
 			Settings: map[string]any{"throttle": map[string]any{"rate": 10, "per": "1s"}},
 		},
+		Runtime: Runtime{GCPercent: 150, MemoryLimit: 3 * GiB},
 	}
 	sameConfig(t, c, want)
 }
@@ -273,6 +277,9 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"read timeout", func(c *Config) { c.Inject.SMTP.ReadTimeout = 0 }, `config: inject.smtp.read_timeout: 0s must be positive`},
 		{"auth delay", func(c *Config) { c.Inject.SMTP.AuthFailDelay = -time.Second }, `config: inject.smtp.auth_fail_delay: -1s is negative`},
 		{"admin", func(c *Config) { c.Admin.Listen = "8025" }, `config: admin.listen: "8025"`},
+		{"gc percent", func(c *Config) { c.Runtime.GCPercent = -2 }, `config: runtime.gc_percent: -2 is below -1`},
+		{"gc off without limit", func(c *Config) { c.Runtime.GCPercent = -1 }, `config: runtime.gc_percent: -1 (collector off) needs runtime.memory_limit`},
+		{"memory limit", func(c *Config) { c.Runtime.MemoryLimit = -1 }, `config: runtime.memory_limit: -1 is negative`},
 		{"binding name", func(c *Config) { c.Bindings = []Binding{{Name: "a b"}} }, `config: bindings[0].name: "a b"`},
 		{"binding dup", func(c *Config) { c.Bindings = []Binding{{Name: "a"}, {Name: "a"}} }, `config: bindings[1].name: "a" is defined twice`},
 		{"binding addr", func(c *Config) { c.Bindings = []Binding{{Name: "a", Address: "127.0.0.300"}} }, `config: bindings[0].address: "127.0.0.300" is not an IPv4 or IPv6 address`},

@@ -45,6 +45,15 @@ func (c *Config) Validate() error {
 	v.oneOf("log.format", c.Log.Format, "json", "console")
 
 	c.validateInject(v)
+	if c.Runtime.GCPercent < -1 {
+		v.bad("runtime.gc_percent", "%d is below -1 (-1 turns the collector off)", c.Runtime.GCPercent)
+	}
+	if c.Runtime.GCPercent == -1 && c.Runtime.MemoryLimit == 0 {
+		v.bad("runtime.gc_percent", "-1 (collector off) needs runtime.memory_limit, or the heap grows without bound")
+	}
+	if c.Runtime.MemoryLimit < 0 {
+		v.bad("runtime.memory_limit", "%d is negative", c.Runtime.MemoryLimit)
+	}
 	v.hostPort("admin.listen", c.Admin.Listen, true)
 	c.validateBindings(v)
 
