@@ -2,9 +2,12 @@
 # bench/run.sh [quick|full] — mtad against Postfix against the ceiling, side by side.
 #
 #   quick  W1 with 5,000 messages                         (~1-2 min)
-#   full   W1 50,000 × 5 KB → 100 domains,
-#          W2 20,000 × 100 KB → 100 domains,
-#          W3 50,000 × 5 KB → 1 domain                    (<~20 min)
+#   full   W1  50,000 × 5 KB → 100 domains,
+#          W2  20,000 × 100 KB → 100 domains,
+#          W3  50,000 × 5 KB → 1 domain,
+#          W1H 20,000 × 5 KB → 100 domains paced at BENCH_HALF_RATE msgs/s
+#              ("W1 at half rate": the p99 latency target is set at half the
+#              peak rate)                                  (<~25 min)
 #
 # For each workload, three legs run one after the other on this machine:
 #   ceiling  smtp-source straight into the counting sink
@@ -20,19 +23,39 @@
 # be pointed at a DNS port, so a transport map sends each domain to its
 # address ([127.0.1.N+1]:port) and Postfix does no DNS at all.
 #
+# Unpaced (the default) every lane runs its smtp-source runs back to back: the
+# injection goes as fast as the MTA accepts. Paced (W1H, or any workload with
+# BENCH_RATE set) the total offered rate is R msgs/s: each lane runs chunks of
+# C = R/(2·lanes) messages, at least 1 and at most 10 (about half a second of
+# the lane's share), and before each chunk sleeps until it is due: lane k's
+# chunk is due at start + (S + k·C/lanes) / (R/lanes) seconds, S the messages
+# the lane's earlier chunks hold. The k·C/lanes term staggers the lanes over
+# one chunk period so that they don't all start their chunks at the same
+# instant. A lane that falls behind its schedule runs its chunks back to back
+# until it has caught up; a lane stops at the leg deadline (LEG_TIMEOUT after
+# the start of injection) like the unpaced ones. A leg whose schedule alone
+# (N/R seconds) does not fit in the deadline fails at once.
+#
 # Results: a table on stdout and in bench/out/results.md (see benchreport for
-# how each figure is measured); the small raw files in bench/out/last-run/.
+# how each figure is measured; a paced leg's offered rate is in the workload
+# list and the notes); the small raw files in bench/out/last-run/.
 # Exit status 1 when any leg failed (e.g. bin/mtad can't deliver yet).
 #
 # Only 127.0.0.0/8 is used. Every process started here is stopped on exit.
 # Environment knobs:
 #   BENCH_MTAS="ceiling postfix mtad"   legs to run, in this order
-#   BENCH_WORKLOADS="W1 W2 W3"          workloads of full mode to run
-#   BENCH_LEG_TIMEOUT=seconds           deadline of one leg's injection and delivery
+#   BENCH_WORKLOADS="W1 W2 W3 W1H"      workloads of full mode to run
+#   BENCH_RATE=msgs/s                   pace every workload of the run (W1H excepted) at
+#                                       this total injection rate (default empty: unpaced)
+#   BENCH_HALF_RATE=750                 W1H's rate in msgs/s: set it to half of the W1
+#                                       inj/s mtad reaches on the machine (750 is half of
+#                                       the ~1,500 msgs/s of the 2-CPU machine of BENCHMARKS.md)
+#   BENCH_LEG_TIMEOUT=seconds           deadline of one leg's injection, and then of its delivery
+#                                       (180 quick, 300 full)
 #   BENCH_STALL=seconds                 give up when delivery makes no progress this long
 #   BENCH_KEEP=1                        keep the temp dir (logs, spools) for a look
 #   BENCH_MTAD=path                     the mtad binary (default bin/mtad, built by make)
-#   BENCH_CONCURRENCY=20                smtp-source sessions
+#   BENCH_CONCURRENCY=20                smtp-source sessions (lanes)
 #   BENCH_CONNECTIONS=100               outbound connection cap (mtad delivery.max_connections,
 #                                       Postfix smtp process limit); per domain 50 for both
 set -uo pipefail
@@ -57,6 +80,15 @@ full) LEG_TIMEOUT=${BENCH_LEG_TIMEOUT:-300} ;;
 esac
 STALL=${BENCH_STALL:-60}
 MTAD=${BENCH_MTAD:-$ROOT/bin/mtad}
+RATE=${BENCH_RATE:-}            # empty: unpaced
+HALF_RATE=${BENCH_HALF_RATE:-750} # W1H
+PACE_MAX_CHUNK=10
+for v in RATE HALF_RATE; do
+	[[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || {
+		echo "BENCH_$v=${!v}: want a whole number of messages per second (> 0)" >&2
+		exit 2
+	}
+done
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -64,6 +96,13 @@ die() {
 	exit 1
 }
 now_ns() { date +%s%N; }
+
+WL=" ${BENCH_WORKLOADS:-W1 W2 W3 W1H} "
+if [[ $MODE == full ]]; then
+	for w in $WL; do
+		[[ $w == W1 || $w == W2 || $w == W3 || $w == W1H ]] || die "BENCH_WORKLOADS: unknown workload $w (W1 W2 W3 W1H)"
+	done
+fi
 
 # ---------------------------------------------------------------- processes
 # PIDS holds every background process started here that is still ours;
@@ -258,42 +297,82 @@ DNS_PORT=$(wait_line "$WORK/dns.port" "$DNS_PID" 10) || die "benchdns did not st
 log "DNS on 127.0.0.1:$DNS_PORT (udp+tcp)"
 
 # ---------------------------------------------------------------- injection
-# plan_lanes DIR N DOMAIN...: spread N messages evenly over the domains in
-# chunks of ≤ CHUNK, dealt round-robin to CONC lane files DIR/lane.K, each
+# pace_chunk RATE: the chunk size of a lane paced at RATE msgs/s in all, about
+# half a second of the lane's share, 1 to PACE_MAX_CHUNK messages.
+pace_chunk() {
+	local c=$(($1 / (2 * CONC)))
+	((c < 1)) && c=1
+	((c > PACE_MAX_CHUNK)) && c=$PACE_MAX_CHUNK
+	echo "$c"
+}
+
+# plan_lanes DIR N CHUNK DOMAIN...: spread N messages evenly over the domains
+# in chunks of ≤ CHUNK, dealt round-robin to CONC lane files DIR/lane.K, each
 # line "domain count tag".
 plan_lanes() {
-	local dir=$1 n=$2
-	shift 2
+	local dir=$1 n=$2 chunk=$3
+	shift 3
 	local ndom=$# per r d cnt k=0 lane
 	((n % ndom == 0)) || die "message count $n is not a multiple of $ndom domains"
 	per=$((n / ndom))
 	for ((lane = 0; lane < CONC; lane++)); do : >"$dir/lane.$lane"; done
-	for ((r = 0; r * CHUNK < per; r++)); do
+	for ((r = 0; r * chunk < per; r++)); do
 		for d in "$@"; do
-			cnt=$((per - r * CHUNK))
-			((cnt > CHUNK)) && cnt=$CHUNK
+			cnt=$((per - r * chunk))
+			((cnt > chunk)) && cnt=$chunk
 			echo "$d $cnt c$k" >>"$dir/lane.$((k % CONC))"
 			k=$((k + 1))
 		done
 	done
 }
 
-# inject DIR PORT SIZE: run the lanes planned in DIR against 127.0.0.1:PORT.
-# Sets INJ_START_NS, INJ_END_NS, INJ_FAILED (failed smtp-source runs).
+# The lane: a bash loop in its own process group (setsid), so a timeout can
+# stop it together with the smtp-source it is running. Arguments: lane file,
+# port, message size, failure file, then for pacing: RATE (0: unpaced), lane
+# number, lanes, chunk size, start and deadline in ns since the epoch.
+# Paced, it sleeps before each chunk until start + (sent·lanes + k·chunk)/RATE,
+# i.e. (sent + k·chunk/lanes) / (RATE/lanes) s: one clock read and at most
+# one sleep per chunk ($EPOCHREALTIME is a bash 5 builtin; date on bash 4).
+# It stops at the deadline instead of starting or waiting for a chunk past it.
+LANE_SCRIPT='
+	f=$1 port=$2 size=$3 failed=$4 rate=$5 k=$6 lanes=$7 chunk=$8 start=$9 deadline=${10}
+	sent=0
+	while read -r dom cnt tag; do
+		if ((rate > 0)); then
+			due=$((start + (sent * lanes + k * chunk) * 1000000000 / rate))
+			if [[ -n ${EPOCHREALTIME:-} ]]; then
+				now=${EPOCHREALTIME//[!0-9]/}000
+			else
+				now=$(date +%s%N)
+			fi
+			if ((due >= deadline || now >= deadline)); then
+				echo "lane $k: leg deadline reached after $sent messages of the paced schedule" >>"$failed"
+				break
+			fi
+			if ((due > now)); then
+				printf -v s "%d.%09d" $(((due - now) / 1000000000)) $(((due - now) % 1000000000))
+				sleep "$s"
+			fi
+			sent=$((sent + cnt))
+		fi
+		smtp-source -s 1 -m "$cnt" -N -l "$size" -f bench@src.bench -M inj.bench \
+			-t "$tag@$dom" "127.0.0.1:$port" >/dev/null 2>>"$f.err" ||
+			echo "$dom $cnt $tag" >>"$failed"
+	done <"$f"
+	date +%s%N >"$f.end"'
+
+# inject DIR PORT SIZE [RATE CHUNK]: run the lanes planned in DIR against
+# 127.0.0.1:PORT, paced at RATE msgs/s in all when RATE is given (CHUNK: the
+# plan's chunk size, for the lanes' stagger). Sets INJ_START_NS, INJ_END_NS,
+# INJ_FAILED (failed smtp-source runs, plus one per lane stopped by the
+# deadline).
 inject() {
-	local dir=$1 port=$2 size=$3 lane pids=() deadline p
+	local dir=$1 port=$2 size=$3 rate=${4:-0} chunk=${5:-0} lane pids=() deadline p
 	: >"$dir/inject.failed"
 	INJ_START_NS=$(now_ns)
 	for ((lane = 0; lane < CONC; lane++)); do
-		# setsid: each lane is its own process group, so a timeout can
-		# stop it together with the smtp-source it is running.
-		setsid bash -c '
-			while read -r dom cnt tag; do
-				smtp-source -s 1 -m "$cnt" -N -l "$3" -f bench@src.bench -M inj.bench \
-					-t "$tag@$dom" "127.0.0.1:$2" >/dev/null 2>>"$1.err" ||
-					echo "$dom $cnt $tag" >>"$4"
-			done <"$1"
-			date +%s%N >"$1.end"' lane "$dir/lane.$lane" "$port" "$size" "$dir/inject.failed" &
+		setsid bash -c "$LANE_SCRIPT" lane "$dir/lane.$lane" "$port" "$size" "$dir/inject.failed" \
+			"${rate:-0}" "$lane" "$CONC" "$chunk" "$INJ_START_NS" "$((INJ_START_NS + LEG_TIMEOUT * 1000000000))" &
 		pids+=($!)
 		PIDS+=($!)
 	done
@@ -316,7 +395,7 @@ inject() {
 	INJ_END_NS=${INJ_END_NS:-$(now_ns)}
 	INJ_FAILED=$(wc -l <"$dir/inject.failed")
 	if ((INJ_FAILED > 0)); then
-		INJ_ERR=$(cat "$dir"/lane.*.err 2>/dev/null | head -1)
+		INJ_ERR=$(cat "$dir"/lane.*.err "$dir/inject.failed" 2>/dev/null | head -1)
 	else
 		INJ_ERR=
 	fi
@@ -508,10 +587,11 @@ EOF
 LEG_NO=0
 FAILED_LEGS=0
 
-# run_leg WORKLOAD DESC MTA N SIZE DOMAIN...
+# run_leg WORKLOAD DESC MTA N SIZE RATE DOMAIN...: RATE empty for unpaced
+# injection, else the total msgs/s the lanes offer.
 run_leg() {
-	local w=$1 desc=$2 mta=$3 n=$4 size=$5
-	shift 5
+	local w=$1 desc=$2 mta=$3 n=$4 size=$5 rate=$6 chunk=$CHUNK
+	shift 6
 	LEG_NO=$((LEG_NO + 1))
 	local id
 	id=$(printf '%02d-%s-%s' "$LEG_NO" "$w" "$mta")
@@ -524,6 +604,12 @@ run_leg() {
 		echo "mta=$mta"
 		echo "n=$n"
 	} >"$leg"
+	if [[ -n $rate ]]; then
+		chunk=$(pace_chunk "$rate")
+		echo "rate=$rate" >>"$leg"
+		echo "pace_chunk=$chunk" >>"$leg"
+		log "   paced: $rate msgs/s offered, chunks of $chunk per lane, ~$((n / rate)) s of injection"
+	fi
 
 	local sink_pid mon_pid= status=ok reason= sinkport
 	MTA_PID= MTA_PORT= MTA_LOGS= MTA_ERR= MTA_ETC= MTA_KIND=$mta
@@ -536,6 +622,9 @@ run_leg() {
 	fi
 	echo "sink_stats=$d/sink.json" >>"$leg"
 
+	if [[ -n $rate ]] && ((n > rate * LEG_TIMEOUT)); then
+		status=failed reason="$n messages paced at $rate msgs/s take $((n / rate)) s, more than the ${LEG_TIMEOUT}s leg deadline (BENCH_LEG_TIMEOUT)"
+	fi
 	if [[ $status == ok ]]; then
 		case $mta in
 		ceiling) MTA_PORT=$sinkport ;;
@@ -554,8 +643,8 @@ run_leg() {
 	fi
 
 	if [[ $status == ok ]]; then
-		plan_lanes "$d" "$n" "$@"
-		inject "$d" "$MTA_PORT" "$size"
+		plan_lanes "$d" "$n" "$chunk" "$@"
+		inject "$d" "$MTA_PORT" "$size" "$rate" "$chunk"
 		log "   injected $n in $(((INJ_END_NS - INJ_START_NS) / 1000000)) ms ($INJ_FAILED failed smtp-source runs)"
 		{
 			echo "inj_start_ns=$INJ_START_NS"
@@ -594,11 +683,11 @@ run_leg() {
 	} >>"$leg"
 }
 
-# run_workload NAME DESC N SIZE DOMAIN...
+# run_workload NAME DESC N SIZE RATE DOMAIN...: RATE empty for unpaced.
 run_workload() {
 	local mta
 	for mta in $MTAS; do
-		run_leg "$1" "$2" "$mta" "$3" "$4" "${@:5}"
+		run_leg "$1" "$2" "$mta" "$3" "$4" "$5" "${@:6}"
 	done
 }
 
@@ -611,19 +700,22 @@ for ((i = 0; i < NDOMAINS; i++)); do DOMS+=("d$i.bench"); done
 	echo "- machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
 	echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- mtad: $(cd "$ROOT" && git describe --tags --always --dirty 2>/dev/null || echo unknown); Postfix $(dpkg-query -W -f '${Version}' postfix 2>/dev/null || echo unknown); $(go version | cut -d' ' -f3)"
-	echo "- injection: smtp-source, $CONC sessions, one message per connection, 1 recipient each"
+	pacing="unpaced (as fast as the MTA accepts)"
+	[[ -n $RATE ]] && pacing="paced at $RATE msgs/s in all (BENCH_RATE)"
+	[[ $MODE == full && $WL == *" W1H "* ]] && pacing="W1H paced at $HALF_RATE msgs/s in all (BENCH_HALF_RATE), other workloads $pacing"
+	echo "- injection: smtp-source, $CONC sessions, one message per connection, 1 recipient each; $pacing"
 	echo "- outbound caps: $CONNS connections in all, $PER_DOMAIN_CONNS per domain (mtad delivery.max_connections / domains[*].max_connections; Postfix smtp maxproc / destination concurrency)"
 } >"$WORK/meta.md"
 
 case $MODE in
 quick)
-	run_workload W1 "5,000 × 5 KB → 100 domains" 5000 5120 "${DOMS[@]}"
+	run_workload W1 "5,000 × 5 KB → 100 domains" 5000 5120 "$RATE" "${DOMS[@]}"
 	;;
 full)
-	WL=" ${BENCH_WORKLOADS:-W1 W2 W3} "
-	[[ $WL == *" W1 "* ]] && run_workload W1 "50,000 × 5 KB → 100 domains" 50000 5120 "${DOMS[@]}"
-	[[ $WL == *" W2 "* ]] && run_workload W2 "20,000 × 100 KB → 100 domains" 20000 102400 "${DOMS[@]}"
-	[[ $WL == *" W3 "* ]] && run_workload W3 "50,000 × 5 KB → 1 domain (hot.bench)" 50000 5120 hot.bench
+	[[ $WL == *" W1 "* ]] && run_workload W1 "50,000 × 5 KB → 100 domains" 50000 5120 "$RATE" "${DOMS[@]}"
+	[[ $WL == *" W2 "* ]] && run_workload W2 "20,000 × 100 KB → 100 domains" 20000 102400 "$RATE" "${DOMS[@]}"
+	[[ $WL == *" W3 "* ]] && run_workload W3 "50,000 × 5 KB → 1 domain (hot.bench)" 50000 5120 "$RATE" hot.bench
+	[[ $WL == *" W1H "* ]] && run_workload W1H "20,000 × 5 KB → 100 domains, W1 at half rate" 20000 5120 "$HALF_RATE" "${DOMS[@]}"
 	;;
 esac
 

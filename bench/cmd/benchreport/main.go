@@ -2,7 +2,9 @@
 // table: for each workload and MTA (ceiling, postfix, mtad) the injection
 // rate, delivered rate, reception→delivery latency p50/p99, peak memory and
 // CPU seconds per 1,000 messages, then mtad's ratios to Postfix and to the
-// ceiling. It reads the *.leg files run.sh writes (key=value lines naming the
+// ceiling. A leg whose injection was paced (rate=, msgs/s offered) shows its
+// offered rate next to the workload's name, in the list of workloads and in
+// the notes, so a latency is never read without the load it was measured at. It reads the *.leg files run.sh writes (key=value lines naming the
 // sink's stats, benchmon's result and the daemon's log), prints the table as
 // Markdown and, with -md, writes it with the run's description to a file.
 //
@@ -145,6 +147,7 @@ type row struct {
 	injRate, delRate    float64 // messages per second
 	p50, p99            float64 // seconds
 	memMB, cpuPer1k     float64
+	rate, paceChunk     int64 // offered msgs/s and chunk per lane of a paced injection; 0 unpaced
 	ok                  bool
 	notes               []string
 }
@@ -162,6 +165,20 @@ func compute(l leg) row {
 	}
 	if end > start && start > 0 {
 		r.injRate = float64(r.n) / (float64(end-start) / 1e9)
+	}
+	if r.rate = max(l.int("rate"), 0); r.rate > 0 {
+		r.paceChunk = max(l.int("pace_chunk"), 0)
+		note := fmt.Sprintf("paced injection: %d msgs/s offered", r.rate)
+		if r.paceChunk > 0 {
+			note += fmt.Sprintf(" (each lane in chunks of %d)", r.paceChunk)
+		}
+		if !math.IsNaN(r.injRate) {
+			note += fmt.Sprintf(", %s msgs/s reached", num(r.injRate, 0))
+			if r.injRate < 0.9*float64(r.rate) {
+				note += ": the injection fell behind its pace, the latencies are not at the offered rate"
+			}
+		}
+		r.notes = append(r.notes, note)
 	}
 	var st sinkStats
 	if l["sink_stats"] == "" && !r.ok {
@@ -310,7 +327,7 @@ func render(rows []row) string {
 			mta += " (FAILED)"
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d/%d | %s | %s | %s | %s | %s | %s |\n",
-			r.workload, mta, r.delivered, r.n, num(r.injRate, 0), num(r.delRate, 0), ms(r.p50), ms(r.p99), num(r.memMB, 1), num(r.cpuPer1k, 3))
+			r.label(), mta, r.delivered, r.n, num(r.injRate, 0), num(r.delRate, 0), ms(r.p50), ms(r.p99), num(r.memMB, 1), num(r.cpuPer1k, 3))
 	}
 	b.WriteString("\n")
 	b.WriteString(ratios(rows))
@@ -319,7 +336,11 @@ func render(rows []row) string {
 	for _, r := range rows {
 		if !seen[r.workload] {
 			seen[r.workload] = true
-			fmt.Fprintf(&b, "- %s: %s\n", r.workload, r.desc)
+			desc := r.desc
+			if r.rate > 0 {
+				desc += fmt.Sprintf(", paced at %d msgs/s offered", r.rate)
+			}
+			fmt.Fprintf(&b, "- %s: %s\n", r.workload, desc)
 		}
 	}
 	b.WriteString("\nNotes:\n\n")
@@ -329,6 +350,15 @@ func render(rows []row) string {
 		}
 	}
 	return b.String()
+}
+
+// label is the row's workload as the tables show it: its name, and for a
+// paced injection the offered rate.
+func (r row) label() string {
+	if r.rate > 0 {
+		return fmt.Sprintf("%s @ %d/s", r.workload, r.rate)
+	}
+	return r.workload
 }
 
 // ratios compares mtad with Postfix and with the ceiling, per workload, for
@@ -354,18 +384,19 @@ func ratios(rows []row) string {
 	wrote := false
 	for _, w := range order {
 		m := byKey[w+"/mtad"]
+		lw := m.label()
 		if !m.ok {
-			fmt.Fprintf(&b, "| %s | mtad failed | – | – | – | – | – | – |\n", w)
+			fmt.Fprintf(&b, "| %s | mtad failed | – | – | – | – | – | – |\n", lw)
 			wrote = true
 			continue
 		}
 		if p, ok := byKey[w+"/postfix"]; ok && p.ok {
-			fmt.Fprintf(&b, "| %s | mtad/Postfix | %s | %s | %s | %s | %s | %s |\n", w,
+			fmt.Fprintf(&b, "| %s | mtad/Postfix | %s | %s | %s | %s | %s | %s |\n", lw,
 				div(m.injRate, p.injRate), div(m.delRate, p.delRate), div(m.p50, p.p50), div(m.p99, p.p99), div(m.memMB, p.memMB), div(m.cpuPer1k, p.cpuPer1k))
 			wrote = true
 		}
 		if c, ok := byKey[w+"/ceiling"]; ok && c.ok {
-			fmt.Fprintf(&b, "| %s | mtad/ceiling | %s | %s | – | – | – | – |\n", w, div(m.injRate, c.injRate), div(m.delRate, c.delRate))
+			fmt.Fprintf(&b, "| %s | mtad/ceiling | %s | %s | – | – | – | – |\n", lw, div(m.injRate, c.injRate), div(m.delRate, c.delRate))
 			wrote = true
 		}
 	}
@@ -382,7 +413,12 @@ const method = `
 ## How each figure is measured
 
 - **inj/s**: messages ÷ wall time of the injection (20 concurrent smtp-source
-  sessions, one message per connection, one recipient per message).
+  sessions, one message per connection, one recipient per message). A
+  workload shown as "W1H @ 750/s" was paced: each session (lane) sent chunks
+  of a few messages on a schedule that offers that many messages per second
+  in all, so inj/s is the rate reached, close to the offered one unless the
+  MTA could not take it (the notes say so), and delivered/s can be no higher;
+  its p50/p99 are the latencies at that load.
 - **delivered/s**: messages the counting sink received ÷ (last arrival at the
   sink − first injection). For the ceiling smtp-source talks to the sink
   directly, so this is what injection alone can reach on this machine.

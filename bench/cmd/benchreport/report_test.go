@@ -163,9 +163,51 @@ func TestReport(t *testing.T) {
 		"| W2 | mtad failed |",
 		"W2 mtad: FAILED: bin/mtad missing",
 		"W1 postfix: log events: deferred 1",
+		"- W1: test\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	// Unpaced legs (no rate=) say nothing about pacing.
+	if strings.Contains(out, "paced") || strings.Contains(out, " @ ") {
+		t.Errorf("unpaced report mentions pacing:\n%s", out)
+	}
+}
+
+// TestReportPaced reads the legs of testdata/paced: a W1H run paced at 400
+// msgs/s, where the ceiling kept the pace and mtad fell behind it. The
+// offered rate must be in the table, the workload list and the notes.
+func TestReportPaced(t *testing.T) {
+	t.Parallel()
+	legs, err := readLegs(filepath.Join("testdata", "paced"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []row
+	for _, l := range legs {
+		rows = append(rows, compute(l))
+	}
+	if len(rows) != 2 || rows[0].rate != 400 || rows[0].paceChunk != 10 || rows[1].rate != 400 {
+		t.Fatalf("rows %+v, want two legs at rate 400, chunk 10", rows)
+	}
+	out := render(rows)
+	for _, want := range []string{
+		"| W1H @ 400/s | ceiling | 2000/2000 | 392 | 392 | – | – | – | – |",
+		"| W1H @ 400/s | mtad | 2000/2000 | 200 | 200 | 10.0 | 30.0 | 40.0 | 1.000 |",
+		"| W1H @ 400/s | mtad/ceiling | 0.51 | 0.51 |",
+		"- W1H: 20,000 × 5 KB → 100 domains, W1 at half rate, paced at 400 msgs/s offered\n",
+		"- W1H ceiling: paced injection: 400 msgs/s offered (each lane in chunks of 10), 392 msgs/s reached\n",
+		"- W1H mtad: paced injection: 400 msgs/s offered (each lane in chunks of 10), 200 msgs/s reached: the injection fell behind its pace",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	// A bad or negative rate= is no pacing.
+	for _, v := range []string{"", "x", "-5", "0"} {
+		if r := compute(leg{"workload": "W1", "mta": "ceiling", "n": "1", "status": "ok", "rate": v, "sink_stats": "none"}); r.rate != 0 || r.label() != "W1" {
+			t.Errorf("rate=%q: row rate %d label %q, want unpaced", v, r.rate, r.label())
 		}
 	}
 }
