@@ -34,13 +34,20 @@ type commitReq struct {
 	ops  []op
 	size int
 	put  bool // adds a message: refused when the disk is low on space
+	lazy bool // may be answered before its fsync (see Update)
 	done chan error
 }
 
 // commit hands ops to the committer and waits until they are durable or have
 // failed.
 func (s *Spool) commit(ops []op, put bool) error {
-	r := &commitReq{ops: ops, put: put, done: make(chan error, 1)}
+	return s.commitMode(ops, put, false)
+}
+
+// commitMode is commit, or with lazy, a commit answered once applied and
+// synced later by the committer (see Update).
+func (s *Spool) commitMode(ops []op, put, lazy bool) error {
+	r := &commitReq{ops: ops, put: put, lazy: lazy, done: make(chan error, 1)}
 	for i := range ops {
 		r.size += ops[i].size()
 	}
@@ -69,15 +76,36 @@ func (s *Spool) commit(ops []op, put bool) error {
 // fsync, and answers everyone. Exactly one commit is in flight at any time,
 // which is what keeps a WAL failure from reaching pebble's panicking paths
 // (see the package comment).
+//
+// A group of lazy requests only is written without a sync and answered at
+// once; the committer then owes a sync, which the next synced group pays
+// (the WAL is sequential, so its fsync covers every earlier write) or, if
+// none comes within FinishSyncDelay, an empty synced batch.
 func (s *Spool) run() {
 	defer s.wg.Done()
 	defer close(s.stopped)
 	group := make([]*commitReq, 0, 256)
+	owed := time.NewTimer(time.Hour)
+	owed.Stop()
+	var syncOwed bool
 	for {
 		var first *commitReq
+		var owedC <-chan time.Time
+		if syncOwed {
+			owedC = owed.C
+		}
 		select {
 		case first = <-s.reqs:
+		case <-owedC:
+			// A failure is already recorded (s.broken) for the next
+			// commit to report; the lazy writers were answered.
+			_ = s.commitGroup(nil, 0, true)
+			syncOwed = false
+			continue
 		case <-s.quit:
+			// Closing pebble flushes and syncs its WAL, so what is owed
+			// is paid by Close.
+			owed.Stop()
 			return
 		}
 		group = append(group[:0], first)
@@ -94,9 +122,20 @@ func (s *Spool) run() {
 		}
 		group, size = s.refuseOnLowSpace(group, size)
 		if len(group) > 0 {
-			err := s.commitGroup(group, size)
+			sync := slices.ContainsFunc(group, func(r *commitReq) bool { return !r.lazy })
+			err := s.commitGroup(group, size, sync)
 			for _, r := range group {
 				r.done <- err
+			}
+			switch {
+			case sync && err == nil:
+				if syncOwed {
+					syncOwed = false
+					owed.Stop()
+				}
+			case !sync && err == nil && !syncOwed:
+				syncOwed = true
+				owed.Reset(s.opts.FinishSyncDelay)
 			}
 		}
 		clear(group[:cap(group)])
@@ -145,8 +184,9 @@ func (s *Spool) freeBytes() (uint64, bool) {
 	return u.AvailBytes, true
 }
 
-// commitGroup writes the group's ops in one synced batch.
-func (s *Spool) commitGroup(group []*commitReq, size int) error {
+// commitGroup writes the group's ops in one batch, synced when sync is set;
+// an empty synced group makes everything written before it durable.
+func (s *Spool) commitGroup(group []*commitReq, size int, sync bool) error {
 	if s.broken != nil && !s.tryReopen() {
 		return s.unavailable()
 	}
@@ -160,7 +200,15 @@ func (s *Spool) commitGroup(group []*commitReq, size int) error {
 			}
 		}
 	}
-	if err := s.apply(db, b); err != nil {
+	if len(group) == 0 {
+		// An empty batch is not logged; a LogData record is, and its
+		// synced write syncs the WAL up to it.
+		if err := b.LogData(nil, nil); err != nil {
+			_ = b.Close()
+			return fmt.Errorf("build batch: %w", err)
+		}
+	}
+	if err := s.apply(db, b, sync); err != nil {
 		// The batch is not closed: pebble may still hold pointers into it.
 		s.broken = err
 		s.lastReopen = time.Now()
@@ -192,9 +240,10 @@ func addOp(b *pebble.Batch, o *op) error {
 	return d.Finish()
 }
 
-// apply commits b with a synced WAL write and reports any failure as an
-// error: a returned error, an error pebble passed to Fatalf, or a panic.
-func (s *Spool) apply(db *pebble.DB, b *pebble.Batch) (err error) {
+// apply commits b with a WAL write, synced when sync is set, and reports
+// any failure as an error: a returned error, an error pebble passed to
+// Fatalf, or a panic.
+func (s *Spool) apply(db *pebble.DB, b *pebble.Batch, sync bool) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			// Pebble panics with its commit lock held (a WAL rotation that
@@ -211,6 +260,18 @@ func (s *Spool) apply(db *pebble.DB, b *pebble.Batch) (err error) {
 	// also means the store must be reopened.
 	if ferr := s.takeFatal(); ferr != nil {
 		return classify(ferr)
+	}
+	if !sync {
+		// No sync to fail; an error writing the record comes back here or
+		// through Fatalf, and a write error behind it surfaces at the next
+		// sync.
+		if err := db.Apply(b, pebble.NoSync); err != nil {
+			return classify(err)
+		}
+		if ferr := s.takeFatal(); ferr != nil {
+			return classify(ferr)
+		}
+		return nil
 	}
 	// ApplyNoSyncWait returns the WAL sync error from SyncWait as a value;
 	// Apply would hand it to Logger.Fatalf and return nil.

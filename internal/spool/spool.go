@@ -106,6 +106,9 @@ type Options struct {
 	// ErrNoSpace (Update and Delete go on: they let deliveries free space).
 	// 0 means 2*MemTableSize + 64 MiB; negative turns the check off.
 	MinFreeBytes int64
+	// FinishSyncDelay bounds how long the deletion of a finished message
+	// (Update with done) may stay unsynced; 0 means 100ms. See Update.
+	FinishSyncDelay time.Duration
 }
 
 // Spool is an open message store. Its methods are safe for concurrent use.
@@ -155,6 +158,9 @@ func Open(dir string, opts Options) (*Spool, error) {
 	}
 	if opts.ReopenInterval == 0 {
 		opts.ReopenInterval = time.Second
+	}
+	if opts.FinishSyncDelay <= 0 {
+		opts.FinishSyncDelay = 100 * time.Millisecond
 	}
 	if opts.MaxGroupBytes == 0 {
 		opts.MaxGroupBytes = 4 << 20
@@ -547,9 +553,18 @@ func (s *Spool) recipientCount(id string) (int, error) {
 // then ignored). It returns an error wrapping ErrNotFound when the message is
 // not in the spool. The caller serialises updates of one message (the
 // scheduler owns it); Update and Delete of the same id must not race.
+//
+// The deletion of a finished message is the one write that does not wait
+// for its fsync: it returns once applied, and is synced with the next Put
+// or at most Options.FinishSyncDelay later. A crash inside that window
+// brings the message back with the recipient states it had before, and its
+// delivered recipients are sent again: the at-least-once window after a
+// remote 250 grows by at most that delay. In exchange a delivery never
+// waits on the disk, and a busy spool pays one fsync per group of new
+// messages, not one more for the deliveries between them.
 func (s *Spool) Update(id string, rcpts map[int]Recipient, done bool) error {
 	if done {
-		if err := s.delete(id); err != nil {
+		if err := s.delete(id, true); err != nil {
 			return fmt.Errorf("spool update %s: %w", id, err)
 		}
 		return nil
@@ -577,13 +592,15 @@ func (s *Spool) Update(id string, rcpts map[int]Recipient, done bool) error {
 // Delete durably removes everything stored for message id. It returns an
 // error wrapping ErrNotFound when there is no such message.
 func (s *Spool) Delete(id string) error {
-	if err := s.delete(id); err != nil {
+	if err := s.delete(id, false); err != nil {
 		return fmt.Errorf("spool delete %s: %w", id, err)
 	}
 	return nil
 }
 
-func (s *Spool) delete(id string) error {
+// delete removes message id; lazy lets the write return before its fsync
+// (see Update).
+func (s *Spool) delete(id string, lazy bool) error {
 	if err := validID(id); err != nil {
 		return err
 	}
@@ -591,13 +608,13 @@ func (s *Spool) delete(id string) error {
 	if errors.Is(err, ErrCorrupt) {
 		// Without a count, fall back to a range tombstone over the
 		// recipient keys; rare, so its read cost does not matter.
-		return s.commit([]op{{key: metaKey(id), del: true}, {key: bodyKey(id), del: true},
-			{key: rcptPrefix(id), end: prefixEnd(string(rcptPrefix(id))), del: true}}, false)
+		return s.commitMode([]op{{key: metaKey(id), del: true}, {key: bodyKey(id), del: true},
+			{key: rcptPrefix(id), end: prefixEnd(string(rcptPrefix(id))), del: true}}, false, lazy)
 	}
 	if err != nil {
 		return err
 	}
-	return s.commit(deleteOps(id, n), false)
+	return s.commitMode(deleteOps(id, n), false, lazy)
 }
 
 // deleteOps are the point deletes of a message with n recipients. Point

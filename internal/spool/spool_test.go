@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -576,4 +577,94 @@ func TestPowerLoss(t *testing.T) {
 	if !slices.IsSorted(order) {
 		t.Fatal("Recover not in id order")
 	}
+}
+
+// TestFinishedDeleteSyncedLater: the delete of a finished message returns
+// before its fsync; a power cut right after it brings the message back (the
+// at-least-once window Update documents), the next Put's fsync makes it
+// durable, and with no Put the committer syncs it by itself within
+// FinishSyncDelay. An operator's Delete is synced before it returns.
+func TestFinishedDeleteSyncedLater(t *testing.T) {
+	t.Parallel()
+	// recovered opens what a power cut left of the spool in dir (the clone
+	// fs) and lists its messages. The original spool still holds dir's lock,
+	// so the clone's store is moved to another directory first.
+	recovered := func(t *testing.T, dir string, fs *vfs.MemFS) map[string]bool {
+		t.Helper()
+		dir2 := t.TempDir()
+		if err := fs.MkdirAll(dir2, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := fs.Rename(filepath.Join(dir, "db"), filepath.Join(dir2, "db")); err != nil {
+			t.Fatal(err)
+		}
+		s := openTest(t, dir2, Options{FS: fs})
+		found := map[string]bool{}
+		if _, err := s.Recover(func(m *Message) error { found[m.ID] = true; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return found
+	}
+	put := func(t *testing.T, s *Spool, i int) string {
+		t.Helper()
+		m := testMessage(i, 1)
+		if err := s.Put(m, testBody(i, 500)); err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+
+	t.Run("next put syncs it", func(t *testing.T) {
+		t.Parallel()
+		dir, mem := t.TempDir(), vfs.NewCrashableMem()
+		s := openTest(t, dir, Options{FS: mem, FinishSyncDelay: time.Hour})
+		a := put(t, s, 1)
+		if err := s.Update(a, nil, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(a); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get after the delete: %v, want ErrNotFound", err)
+		}
+		if found := recovered(t, dir, mem.CrashClone(vfs.CrashCloneCfg{})); !found[a] {
+			t.Fatal("the unsynced delete survived a power cut: it was synced before Update returned")
+		}
+		b := put(t, s, 2)
+		found := recovered(t, dir, mem.CrashClone(vfs.CrashCloneCfg{}))
+		if found[a] || !found[b] {
+			t.Fatalf("after the next Put: found %v, want only %s", found, b)
+		}
+	})
+
+	t.Run("committer syncs it when idle", func(t *testing.T) {
+		t.Parallel()
+		dir, mem := t.TempDir(), vfs.NewCrashableMem()
+		s := openTest(t, dir, Options{FS: mem, FinishSyncDelay: 20 * time.Millisecond})
+		a := put(t, s, 1)
+		if err := s.Update(a, nil, true); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for recovered(t, dir, mem.CrashClone(vfs.CrashCloneCfg{}))[a] {
+			if time.Now().After(deadline) {
+				t.Fatal("the delete was not synced within 10 s with FinishSyncDelay 20ms")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
+	t.Run("operator delete is synced", func(t *testing.T) {
+		t.Parallel()
+		dir, mem := t.TempDir(), vfs.NewCrashableMem()
+		s := openTest(t, dir, Options{FS: mem, FinishSyncDelay: time.Hour})
+		a := put(t, s, 1)
+		if err := s.Delete(a); err != nil {
+			t.Fatal(err)
+		}
+		if recovered(t, dir, mem.CrashClone(vfs.CrashCloneCfg{}))[a] {
+			t.Fatal("Delete returned before its delete was synced")
+		}
+	})
 }
