@@ -22,7 +22,7 @@ func TestApplyRuntime(t *testing.T) {
 	if got := debug.SetGCPercent(100); got != 400 || gc != "400" {
 		t.Errorf("gc percent = %d (reported %q), want 400", got, gc)
 	}
-	if got := debug.SetMemoryLimit(-1); got != 2<<30 || limit != (2 * config.GiB).String() {
+	if got := debug.SetMemoryLimit(-1); got != 2<<30 || limit != (2*config.GiB).String() {
 		t.Errorf("memory limit = %d (reported %q), want %d", got, limit, 2<<30)
 	}
 

@@ -196,7 +196,11 @@ type Delivery struct {
 	// TLSFailureTTL is how long a host whose TLS handshake failed is
 	// contacted without STARTTLS.
 	TLSFailureTTL time.Duration `mapstructure:"tls_failure_ttl"`
-	Timeouts      Timeouts      `mapstructure:"timeouts"`
+	// Chunking sends a message with BDAT (RFC 3030) when the server offers
+	// CHUNKING and PIPELINING: MAIL, RCPT, BDAT and the body in one write,
+	// one round trip instead of DATA's two. false keeps to DATA.
+	Chunking bool     `mapstructure:"chunking"`
+	Timeouts Timeouts `mapstructure:"timeouts"`
 }
 
 // Timeouts are the per-phase deadlines of an outbound SMTP session.
@@ -278,6 +282,7 @@ func Default() *Config {
 			IdleTimeout:      5 * time.Second,
 			TLS:              "opportunistic",
 			TLSFailureTTL:    time.Hour,
+			Chunking:         true,
 			Timeouts: Timeouts{
 				Connect:   30 * time.Second,
 				Greeting:  5 * time.Minute,

@@ -166,6 +166,7 @@ delivery:
   idle_timeout: 1s
   tls: disabled
   tls_failure_ttl: 30m
+  chunking: false
   timeouts:
     connect: 1s
     greeting: 2s

@@ -131,6 +131,9 @@ type Options struct {
 	Timeouts smtpclient.Timeouts
 	// DisableTLS never tries STARTTLS (config delivery.tls: disabled).
 	DisableTLS bool
+	// DisableChunking keeps to DATA where BDAT is offered (config
+	// delivery.chunking: false).
+	DisableChunking bool
 	// TLSMemory remembers hosts whose handshake failed; nil makes one that
 	// forgets after TLSFailureTTL (default 1h).
 	TLSMemory     *smtpclient.TLSMemory

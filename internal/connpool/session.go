@@ -337,10 +337,11 @@ func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, no
 		return nil, err
 	}
 	c, err := smtpclient.New(conn, smtpclient.Options{
-		LocalName:  s.src.ehlo,
-		ServerName: host,
-		DisableTLS: noTLS,
-		Timeouts:   p.opts.Timeouts,
+		LocalName:       s.src.ehlo,
+		ServerName:      host,
+		DisableTLS:      noTLS,
+		DisableChunking: p.opts.DisableChunking,
+		Timeouts:        p.opts.Timeouts,
 	})
 	if err != nil {
 		code := hooks.ConnErrGreeting

@@ -313,3 +313,38 @@ func startRaw(t *testing.T, script func(c *rawConn) error) string {
 	})
 	return l.Addr().String()
 }
+
+// forBothTransfers runs f as two parallel subtests: the body sent with
+// BDAT (go-smtp's servers offer CHUNKING) and with DATA.
+func forBothTransfers(t *testing.T, f func(t *testing.T, chunked bool)) {
+	t.Helper()
+	for _, chunked := range []bool{true, false} {
+		name := "DATA"
+		if chunked {
+			name = "BDAT"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, chunked)
+		})
+	}
+}
+
+// dialogLog records a go-smtp server's Debug output (both directions of
+// every session), safe for its concurrent writers.
+type dialogLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (d *dialogLog) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.b.Write(p)
+}
+
+func (d *dialogLog) String() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.b.String()
+}

@@ -34,6 +34,7 @@ func main() {
 	statsPath := flag.String("stats", "", "file to keep the running stats in (JSON)")
 	recordsPath := flag.String("records", "", "file to write one line per message to on exit: arrival_unix_ns<TAB>queue_id")
 	transport := flag.String("postfix-transport", "", "write a Postfix transport map (texthash) routing each test domain to the sink")
+	chunking := flag.Bool("chunking", true, "offer CHUNKING (BDAT, RFC 3030) in the EHLO reply")
 	flag.Parse()
 
 	doms, err := topo.Domains(*ndomains)
@@ -53,6 +54,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	s.noChunking.Store(!*chunking)
 	if *transport != "" {
 		var b strings.Builder
 		for _, d := range doms {

@@ -174,3 +174,44 @@ func FuzzReadData(f *testing.F) {
 		}
 	})
 }
+
+// TestBDATSession: CHUNKING is offered; a message in two BDAT chunks, then
+// one whose MAIL, RCPT, BDAT LAST and body come in one write, are counted
+// with their sizes and Received ids; BDAT outside a transaction is refused
+// and its chunk skipped, so the session stays in step.
+func TestBDATSession(t *testing.T) {
+	t.Parallel()
+	s := startSink(t, "127.0.0.1")
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tp := textproto.NewConn(c)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.PrintfLine("EHLO client"); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := tp.ReadResponse(250); err != nil || !strings.Contains(msg, "CHUNKING") {
+		t.Fatalf("EHLO: %q, %v; want CHUNKING advertised", msg, err)
+	}
+	part1 := "Received: from x by mta with ESMTP id BBB222;\r\n\tdate\r\nSub"
+	part2 := "ject: hi\r\n\r\n.a line starting with a dot, not stuffed\r\n"
+	msg2 := "Received: from y by mta id CCC333\r\n\r\nbody\r\n"
+	fmt.Fprintf(c, "BDAT 5\r\nxxxxxMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT %d\r\n%sBDAT %d LAST\r\n%s", len(part1), part1, len(part2), part2)
+	fmt.Fprintf(c, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT %d LAST\r\n%sQUIT\r\n", len(msg2), msg2)
+	for _, code := range []int{503, 250, 250, 250, 250, 250, 250, 250, 221} {
+		if _, _, err := tp.ReadResponse(code); err != nil {
+			t.Fatalf("want %d: %v", code, err)
+		}
+	}
+	recs := s.records()
+	if len(recs) != 2 || recs[0].id != "BBB222" || recs[1].id != "CCC333" {
+		t.Fatalf("records %+v, want ids BBB222 then CCC333", recs)
+	}
+	if st := s.snapshot(); st.Count != 2 || st.Bytes != int64(len(part1)+len(part2)+len(msg2)) {
+		t.Fatalf("stats %+v, want 2 messages of %d bytes", st, len(part1)+len(part2)+len(msg2))
+	}
+}
