@@ -644,6 +644,55 @@ func TestReclaimIdleForStarvedPair(t *testing.T) {
 	}
 }
 
+// TestBusyPairYieldsAtCap: at the global cap, a pair with two busy sessions
+// gives one up to a pair that has none, instead of keeping both until its
+// backlog is gone; it goes on with the other.
+func TestBusyPairYieldsAtCap(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(18, 10), ip(18, 11)}, nil)
+	var h *harness
+	h = newHarness(t, port, nil, nil, func(o *Options) {
+		o.MaxConnections = 2
+		o.IdleTimeout = waitLimit // only Wake, reclaim, yielding or Close end a session early
+		o.OnSlotFree = func(p *queue.Pair) { h.pool.Open(p.Domain(), p.Slot(), 1) }
+	})
+	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(18, 10))
+	h.dns.Add(t, "late.test. 60 IN MX 10 mx.late.test.", "mx.late.test. 60 IN A "+ip(18, 11))
+	const backlog = 200
+	for i := 0; i < backlog; i++ {
+		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
+	}
+	hog, late := h.q.Domain("hog.test"), h.q.Domain("late.test")
+	if n := h.pool.Open(hog, 0, 2); n != 2 {
+		t.Fatalf("opened %d hog sessions, want 2", n)
+	}
+	delivered(t, h.result()) // hog's sessions are at work
+	h.push("late.test", 0, "x@late.test")
+	if n := h.pool.Open(late, 0, 1); n != 0 {
+		t.Fatalf("opened %d late sessions over the global cap of 2", n)
+	}
+	hogDone := 1
+	for {
+		r := h.result()
+		delivered(t, r)
+		if r.d.Domain == "late.test" {
+			break
+		}
+		hogDone++
+	}
+	if hogDone >= backlog {
+		t.Fatalf("late.test was served only after all %d hog deliveries", backlog)
+	}
+	for ; hogDone < backlog; hogDone++ {
+		if r := h.result(); r.d.Domain != "hog.test" {
+			t.Fatalf("unexpected delivery for %s", r.d.Domain)
+		}
+	}
+	if total := h.pool.Total(); total > 2 {
+		t.Errorf("total %d over the cap", total)
+	}
+}
+
 // TestEightBitPassedOn: BODY=8BITMIME goes to the next hop exactly when the
 // injecting client declared it.
 func TestEightBitPassedOn(t *testing.T) {

@@ -173,6 +173,11 @@ type Pool struct {
 	// starved are pairs refused a connection at the global cap; each slot
 	// a session frees goes to one of them (Options.OnSlotFree).
 	starved map[*queue.Pair]struct{}
+	// nstarved is len(starved), read without mu on every delivery.
+	nstarved atomic.Int32
+	// yielding counts, per pair, the sessions that are ending to give
+	// their slot to a starved pair (see yieldTo).
+	yielding map[*queue.Pair]int
 }
 
 var _ hooks.Opener = (*Pool)(nil)
@@ -210,13 +215,14 @@ func New(opts Options) (*Pool, error) {
 		opts.TLSFailureTTL = time.Hour
 	}
 	p := &Pool{
-		opts:    opts,
-		tls:     opts.TLSMemory,
-		log:     opts.Logger,
-		now:     opts.Now,
-		idle:    make(map[*queue.Pair][]*session),
-		live:    make(map[*session]struct{}),
-		starved: make(map[*queue.Pair]struct{}),
+		opts:     opts,
+		tls:      opts.TLSMemory,
+		log:      opts.Logger,
+		now:      opts.Now,
+		idle:     make(map[*queue.Pair][]*session),
+		live:     make(map[*session]struct{}),
+		starved:  make(map[*queue.Pair]struct{}),
+		yielding: make(map[*queue.Pair]int),
 	}
 	if p.tls == nil {
 		p.tls = smtpclient.NewTLSMemory(opts.TLSFailureTTL, 10000, nil)
@@ -306,7 +312,10 @@ func (p *Pool) reclaim(pair *queue.Pair, k int) {
 	if p.closed {
 		return
 	}
-	p.starved[pair] = struct{}{}
+	if _, ok := p.starved[pair]; !ok {
+		p.starved[pair] = struct{}{}
+		p.nstarved.Add(1)
+	}
 	for other, waiters := range p.idle {
 		if other == pair {
 			continue
@@ -326,17 +335,75 @@ func (p *Pool) reclaim(pair *queue.Pair, k int) {
 }
 
 // takeStarved returns a starved pair that still has work, forgetting it, or
-// nil.
+// nil. A pair with no connection at all comes before one that wants more;
+// pairs without work are forgotten on the way.
 func (p *Pool) takeStarved() *queue.Pair {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var more *queue.Pair
 	for pair := range p.starved {
-		delete(p.starved, pair)
-		if pair.Len() > 0 {
+		switch {
+		case pair.Len() == 0:
+		case pair.Open()+pair.Connecting() == 0:
+			p.forgetStarvedLocked(pair)
 			return pair
+		case more == nil:
+			more = pair
+			continue
+		default:
+			continue
+		}
+		p.forgetStarvedLocked(pair)
+	}
+	if more != nil {
+		p.forgetStarvedLocked(more)
+	}
+	return more
+}
+
+func (p *Pool) forgetStarvedLocked(pair *queue.Pair) {
+	delete(p.starved, pair)
+	p.nstarved.Add(-1)
+}
+
+// yieldTo returns the starved pair a session of pair should end for and
+// give its slot to, or nil: when another pair with work was refused a
+// connection at the global cap, and pair can spare this session (it keeps
+// another one, or has no work left). So at the cap every pair with work
+// gets one connection before any gets a second, and a session does not
+// idle on a slot another pair is waiting for. The starved pair returned is
+// taken off the starved set, so one slot goes to it, and the session is
+// counted as yielding until doneYielding.
+func (p *Pool) yieldTo(pair *queue.Pair) *queue.Pair {
+	if p.nstarved.Load() == 0 {
+		return nil
+	}
+	hasWork := pair.Len() > 0
+	if hasWork && pair.Open() <= 1 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if hasWork && pair.Open()-p.yielding[pair] <= 1 {
+		return nil // the other sessions of the pair are leaving already
+	}
+	for other := range p.starved {
+		if other != pair && other.Len() > 0 {
+			p.forgetStarvedLocked(other)
+			p.yielding[pair]++
+			return other
 		}
 	}
 	return nil
+}
+
+// doneYielding ends the count yieldTo started for a session of pair.
+func (p *Pool) doneYielding(pair *queue.Pair) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.yielding[pair]--; p.yielding[pair] <= 0 {
+		delete(p.yielding, pair)
+	}
 }
 
 // takeGlobal reserves one slot under the global cap.

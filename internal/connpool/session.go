@@ -40,6 +40,8 @@ type session struct {
 	forced bool
 
 	result hooks.SessionResult
+	// yieldTo is the starved pair this session ended for (Pool.yieldTo).
+	yieldTo *queue.Pair
 }
 
 // source is a binding as the pool uses it.
@@ -59,8 +61,15 @@ func (s *session) run() {
 		p.total.Add(-1)
 		// The freed slot goes to a pair the global cap turned away, at
 		// once rather than at the next tick.
+		starved := s.yieldTo
+		if starved != nil {
+			p.doneYielding(s.pair)
+		}
 		if p.opts.OnSlotFree != nil && p.ctx.Err() == nil {
-			if starved := p.takeStarved(); starved != nil {
+			if starved == nil {
+				starved = p.takeStarved()
+			}
+			if starved != nil {
 				p.opts.OnSlotFree(starved)
 			}
 		}
@@ -91,6 +100,9 @@ func (s *session) serve(c *smtpclient.Client) {
 	sent := 0
 	for p.ctx.Err() == nil {
 		if max := s.policy.MaxDeliveriesPerConnection; max > 0 && sent >= max {
+			return
+		}
+		if s.yieldTo = p.yieldTo(s.pair); s.yieldTo != nil {
 			return
 		}
 		d := s.pair.Pop()
