@@ -47,9 +47,9 @@
 #   BENCH_WORKLOADS="W1 W2 W3 W1H"      workloads of full mode to run
 #   BENCH_RATE=msgs/s                   pace every workload of the run (W1H excepted) at
 #                                       this total injection rate (default empty: unpaced)
-#   BENCH_HALF_RATE=750                 W1H's rate in msgs/s: set it to half of the W1
-#                                       inj/s mtad reaches on the machine (750 is half of
-#                                       the ~1,500 msgs/s of the 2-CPU machine of BENCHMARKS.md)
+#   BENCH_HALF_RATE=950                 W1H's rate in msgs/s: set it to half of the W1
+#                                       inj/s mtad reaches on the machine (950 is half of
+#                                       the ~1,900 msgs/s of the 2-CPU machine of BENCHMARKS.md)
 #   BENCH_LEG_TIMEOUT=seconds           deadline of one leg's injection, and then of its delivery
 #                                       (180 quick, 300 full)
 #   BENCH_STALL=seconds                 give up when delivery makes no progress this long
@@ -81,7 +81,7 @@ esac
 STALL=${BENCH_STALL:-60}
 MTAD=${BENCH_MTAD:-$ROOT/bin/mtad}
 RATE=${BENCH_RATE:-}            # empty: unpaced
-HALF_RATE=${BENCH_HALF_RATE:-750} # W1H
+HALF_RATE=${BENCH_HALF_RATE:-950} # W1H
 PACE_MAX_CHUNK=10
 for v in RATE HALF_RATE; do
 	[[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || {
@@ -589,9 +589,28 @@ FAILED_LEGS=0
 
 # run_leg WORKLOAD DESC MTA N SIZE RATE DOMAIN...: RATE empty for unpaced
 # injection, else the total msgs/s the lanes offer.
+# settle: let the previous leg's aftermath pass before the next starts — its
+# dirty pages written back (sync) and the CPUs idle (≥ 90% over one second,
+# checked for at most 20 s) — so a leg does not pay for the one before it
+# (Postfix leaves tens of thousands of queue-file writes behind).
+settle() {
+	sync
+	local i a b c d e f g h t0 i0 t1 i1
+	for ((i = 0; i < 20; i++)); do
+		read -r _ a b c d e f g h _ </proc/stat
+		t0=$((a + b + c + d + e + f + g + h)) i0=$((d + e))
+		sleep 1
+		read -r _ a b c d e f g h _ </proc/stat
+		t1=$((a + b + c + d + e + f + g + h)) i1=$((d + e))
+		(((i1 - i0) * 10 >= (t1 - t0) * 9)) && return 0
+	done
+	log "   the machine did not go idle within 20 s; starting anyway"
+}
+
 run_leg() {
 	local w=$1 desc=$2 mta=$3 n=$4 size=$5 rate=$6 chunk=$CHUNK
 	shift 6
+	settle
 	LEG_NO=$((LEG_NO + 1))
 	local id
 	id=$(printf '%02d-%s-%s' "$LEG_NO" "$w" "$mta")
