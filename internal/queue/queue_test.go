@@ -65,8 +65,14 @@ func TestActiveOrder(t *testing.T) {
 			if p.Len() != len(tt.want) {
 				t.Fatalf("Len = %d, want %d", p.Len(), len(tt.want))
 			}
+			if h, n := p.Head(); h == nil || h.MsgID != tt.want[0] || n != len(tt.want) {
+				t.Fatalf("Head = %v, %d; want %s, %d", h, n, tt.want[0], len(tt.want))
+			}
 			if got := popAll(p); !slices.Equal(got, tt.want) {
 				t.Fatalf("pop order %v, want %v", got, tt.want)
+			}
+			if h, n := p.Head(); h != nil || n != 0 {
+				t.Fatalf("Head of the emptied queue = %v, %d", h, n)
 			}
 		})
 	}

@@ -399,6 +399,12 @@ func (s *Scheduler) wake(p *queue.Pair, now time.Time) {
 
 // maintain computes the pair's goal and runs the maintain chain.
 func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
+	s.maintainBacklog(p, p.Len(), now)
+}
+
+// maintainBacklog is maintain for a pair whose queue length the caller has
+// just read.
+func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	dr := p.Domain()
 	if dr.Suspended(now) {
 		return
@@ -406,7 +412,7 @@ func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
 	pol := s.pool.Policy(dr.Name)
 	s.maintainMu.Lock()
 	defer s.maintainMu.Unlock()
-	goal := Goal(p.Len(), p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
+	goal := Goal(backlog, p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
 		dr.Open()+dr.Connecting(), pol.MaxConnections)
 	s.hooks.MailQueueMaintain.Call(dr, p.Slot(), p, now, goal, s.opts.Reserve)
 }
@@ -443,9 +449,13 @@ func (s *Scheduler) Tick(now time.Time) {
 	s.pairBuf = s.q.Ready(s.pairBuf)
 	for i, p := range s.pairBuf {
 		s.pairBuf[i] = nil
-		s.expireHead(p, t, now)
-		if p.Len() > 0 {
-			s.maintain(p, now)
+		h, n := p.Head()
+		if h != nil && t >= h.Expires {
+			s.expireHead(p, t, now)
+			n = p.Len()
+		}
+		if n > 0 {
+			s.maintainBacklog(p, n, now)
 		}
 	}
 }
