@@ -36,7 +36,7 @@ test-short:
 # when missing), then the Go micro-benchmarks.
 bench: build
 	bash bench/run.sh full
-	$(GO) test -run '^$$' -bench 'Put5KB|Inject5KB|Send|EndToEnd' -timeout 30m ./internal/spool ./internal/inject ./internal/smtpclient ./internal/scheduler
+	$(GO) test -run '^$$' -bench 'Put5KB|Inject5KB|ReadBody|Send|EndToEnd' -timeout 30m ./internal/spool ./internal/inject ./internal/smtpclient ./internal/scheduler
 
 bench-quick: build
 	bash bench/run.sh quick
