@@ -107,7 +107,10 @@ type Options struct {
 	// 0 means 2*MemTableSize + 64 MiB; negative turns the check off.
 	MinFreeBytes int64
 	// FinishSyncDelay bounds how long the deletion of a finished message
-	// (Update with done) may stay unsynced; 0 means 100ms. See Update.
+	// (Update with done) may stay unsynced; 0 means 20ms. See Update.
+	// While mail is injected the next Put syncs it sooner; the delay only
+	// bounds the sync when deliveries go on alone, at ≤ 50 extra fsyncs a
+	// second.
 	FinishSyncDelay time.Duration
 }
 
@@ -160,7 +163,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 		opts.ReopenInterval = time.Second
 	}
 	if opts.FinishSyncDelay <= 0 {
-		opts.FinishSyncDelay = 100 * time.Millisecond
+		opts.FinishSyncDelay = 20 * time.Millisecond
 	}
 	if opts.MaxGroupBytes == 0 {
 		opts.MaxGroupBytes = 4 << 20
@@ -556,8 +559,10 @@ func (s *Spool) recipientCount(id string) (int, error) {
 //
 // The deletion of a finished message is the one write that does not wait
 // for its fsync: it returns once applied, and is synced with the next Put
-// or at most Options.FinishSyncDelay later. A crash inside that window
-// brings the message back with the recipient states it had before, and its
+// or at most Options.FinishSyncDelay later. It is not even written to the
+// WAL file before then (pebble keeps an unsynced record in its buffer), so
+// a crash of the process inside that window, not only a power cut, brings
+// the message back with the recipient states it had before, and its
 // delivered recipients are sent again: the at-least-once window after a
 // remote 250 grows by at most that delay. In exchange a delivery never
 // waits on the disk, and a busy spool pays one fsync per group of new

@@ -231,8 +231,10 @@ func TestDeliversManyDomainsExactlyOnce(t *testing.T) {
 
 // TestKillMidDeliveryRestart SIGKILLs the daemon when about half of the
 // deliveries have arrived and restarts it: every acked message arrives, and
-// a recipient is sent twice only if its delivery was in flight at the kill,
-// so there are at most as many duplicates as connections could be open.
+// a recipient is sent twice only if its first delivery was in flight at the
+// kill or had arrived within the spool's unsynced window before it (a
+// finished message's delete is synced within spool FinishSyncDelay, 20 ms;
+// see spool.Update), never one from earlier.
 func TestKillMidDeliveryRestart(t *testing.T) {
 	t.Parallel()
 	n := 5000
@@ -253,6 +255,7 @@ func TestKillMidDeliveryRestart(t *testing.T) {
 	defer func() { first.kill(); wg.Wait() }() // on a failed wait, end the clients too
 	total := len(b.msgs) + len(b.msgs)/100
 	b.ty.wait(t, 120*time.Second, "half the deliveries", func() bool { return b.ty.total >= total/2 })
+	killAt := time.Now()
 	d.kill()
 	wg.Wait()
 	b.ty.mu.Lock()
@@ -273,10 +276,18 @@ func TestKillMidDeliveryRestart(t *testing.T) {
 	}
 	extra, keys := b.ty.dups()
 	sort.Strings(keys)
-	t.Logf("duplicates after the kill: %d (bound %d): %v", extra, bulkMaxConns, keys[:min(len(keys), 10)])
-	if extra > bulkMaxConns {
-		t.Errorf("%d duplicate deliveries, more than the %d connections that could be in flight at the kill", extra, bulkMaxConns)
+	// The window: the 20 ms sync delay, plus the fsync, plus how late the
+	// sink's record and the kill can be on a loaded machine under -race.
+	const window = 20*time.Millisecond + time.Second
+	var oldest time.Duration
+	for _, k := range keys {
+		age := killAt.Sub(b.ty.firstArrival(k))
+		oldest = max(oldest, age)
+		if age > window {
+			t.Errorf("%s sent again after the kill, though its first delivery arrived %v before it (window %v)", k, age, window)
+		}
 	}
+	t.Logf("duplicates after the kill: %d, first delivered at most %v before the kill: %v", extra, oldest, keys[:min(len(keys), 10)])
 }
 
 // TestSIGTERMWhileInjecting: SIGTERM during injection lets transactions

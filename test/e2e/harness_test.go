@@ -480,12 +480,15 @@ func send(c *smtp.Client, m testMsg) (queueID, step string, err error) {
 // accepted. Its add is a loopbacktest.Config Data func.
 type tally struct {
 	mu     sync.Mutex
-	n      map[string]int // key: message id + " " + recipient
+	n      map[string]int       // key: message id + " " + recipient
+	first  map[string]time.Time // when each key first arrived
 	total  int
 	notify chan struct{} // closed and replaced on every add
 }
 
-func newTally() *tally { return &tally{n: map[string]int{}, notify: make(chan struct{})} }
+func newTally() *tally {
+	return &tally{n: map[string]int{}, first: map[string]time.Time{}, notify: make(chan struct{})}
+}
 
 func tallyKey(id, rcpt string) string { return id + " " + strings.ToLower(rcpt) }
 
@@ -493,8 +496,13 @@ func (ty *tally) add(_ string, to []string, data []byte) error {
 	id := messageID(data)
 	ty.mu.Lock()
 	defer ty.mu.Unlock()
+	now := time.Now()
 	for _, r := range to {
-		ty.n[tallyKey(id, r)]++
+		k := tallyKey(id, r)
+		if ty.n[k] == 0 {
+			ty.first[k] = now
+		}
+		ty.n[k]++
 		ty.total++
 	}
 	close(ty.notify)
@@ -558,4 +566,11 @@ func (ty *tally) dups() (int, []string) {
 		}
 	}
 	return ty.total - len(ty.n), keys
+}
+
+// firstArrival returns when key first arrived.
+func (ty *tally) firstArrival(key string) time.Time {
+	ty.mu.Lock()
+	defer ty.mu.Unlock()
+	return ty.first[key]
 }
