@@ -195,7 +195,6 @@ func startDNS(t testing.TB, z *zone) string {
 			l.Close()
 			continue
 		}
-		var servers []*dns.Server
 		for _, s := range []*dns.Server{{PacketConn: pc, Handler: z}, {Listener: l, Handler: z}} {
 			started := make(chan struct{})
 			s.NotifyStartedFunc = func() { close(started) }
@@ -206,7 +205,6 @@ func startDNS(t testing.TB, z *zone) string {
 			case err := <-done:
 				t.Fatalf("dns server: %v", err)
 			}
-			servers = append(servers, s)
 			t.Cleanup(func() {
 				if err := s.Shutdown(); err != nil {
 					t.Errorf("dns server shutdown: %v", err)

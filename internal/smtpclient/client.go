@@ -448,48 +448,14 @@ func (c *Client) Send(env Envelope, body []byte) (*Result, error) {
 func (c *Client) sendPipelined(env Envelope, body []byte, res *Result) (*Result, error) {
 	// RFC 2920 §3.1: RSET, MAIL, RCPT and DATA may all go in one group;
 	// DATA is the last command of a group.
-	rset := c.dirty
-	if rset {
-		c.writeCmd(c.t.Mail, "RSET", "", "")
-	}
-	c.writeMail(env)
-	for i, to := range env.To {
-		if res.Rcpt[i] == nil {
-			c.writeCmd(c.t.Mail, "RCPT TO:<", to, ">")
-		}
-	}
+	rset := c.writeEnvelope(env, res)
 	c.writeCmd(c.t.Mail, "DATA", "", "")
 	if err := c.flush(outcome.PhaseMail, "MAIL/RCPT/DATA"); err != nil {
 		return nil, err
 	}
-	if rset {
-		if err := c.readRset(); err != nil {
-			return nil, err
-		}
-	}
-	mailErr, err := c.readMail()
+	mailErr, accepted, err := c.readEnvelope(env, res, rset)
 	if err != nil {
 		return nil, err
-	}
-	accepted := 0
-	for i := range env.To {
-		if res.Rcpt[i] != nil {
-			continue // never sent
-		}
-		rerr, err := c.readRcpt()
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case mailErr != nil:
-			// Whatever a server says to RCPT after refusing MAIL, the
-			// MAIL reply is the reason.
-			res.Rcpt[i] = mailErr
-		case rerr != nil:
-			res.Rcpt[i] = rerr
-		default:
-			accepted++
-		}
 	}
 	dr, err := c.readReply(outcome.PhaseData, c.t.DataInit, false)
 	if err != nil {
@@ -513,55 +479,20 @@ func (c *Client) sendPipelined(env Envelope, body []byte, res *Result) (*Result,
 // for the 354, one for the end of data). The BDAT reply plays the part of
 // the reply after the end of data.
 func (c *Client) sendChunked(env Envelope, body []byte, res *Result) (*Result, error) {
-	rset := c.dirty
-	if rset {
-		c.writeCmd(c.t.Mail, "RSET", "", "")
-	}
-	c.writeMail(env)
-	sent := 0
-	for i, to := range env.To {
-		if res.Rcpt[i] == nil {
-			c.writeCmd(c.t.Mail, "RCPT TO:<", to, ">")
-			sent++
-		}
-	}
+	rset := c.writeEnvelope(env, res)
 	c.writeCmd(c.t.Mail, "BDAT ", strconv.Itoa(len(body)), " LAST")
 	c.dw.timeout = c.t.DataBlock
 	c.bw.Write(body)
 	if err := c.flush(outcome.PhaseData, "MAIL/RCPT/BDAT and the message"); err != nil {
 		return nil, err
 	}
-	// Whatever the replies, the server has consumed the chunk and the
-	// transaction is over only if BDAT succeeded; a reset before the next
-	// one is free, so a failure leaves the session marked dirty.
+	// The server consumes the chunk whatever its replies, but the
+	// transaction is over only once BDAT succeeded: until then the session
+	// stays dirty (a pipelined RSET before the next one costs nothing).
+	mailErr, accepted, err := c.readEnvelope(env, res, rset)
 	c.dirty = true
-	if rset {
-		if err := c.readRset(); err != nil {
-			return nil, err
-		}
-		c.dirty = true
-	}
-	mailErr, err := c.readMail()
 	if err != nil {
 		return nil, err
-	}
-	accepted := 0
-	for i := range env.To {
-		if res.Rcpt[i] != nil {
-			continue
-		}
-		rerr, err := c.readRcpt()
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case mailErr != nil:
-			res.Rcpt[i] = mailErr
-		case rerr != nil:
-			res.Rcpt[i] = rerr
-		default:
-			accepted++
-		}
 	}
 	r, err := c.readReply(outcome.PhaseDot, c.t.DataTerm, true)
 	if err != nil {
@@ -576,16 +507,62 @@ func (c *Client) sendChunked(env Envelope, body []byte, res *Result) (*Result, e
 		res.Data = noValidRecipients(res)
 		return res, nil
 	}
-	switch r.class() {
-	case 2:
+	if r.class() == 2 {
 		c.dirty = false
-		res.DotReply = r.text
-		return res, nil
-	case 4, 5:
-		res.Data = outcome.FromReply(outcome.PhaseDot, r.smtpError())
-		return res, nil
 	}
-	return nil, c.protocolError(outcome.PhaseDot, r)
+	return c.endOfData(res, r)
+}
+
+// writeEnvelope buffers the pipelined group's start: RSET when a
+// transaction may be open (rset reports it), MAIL, and RCPT for each
+// recipient not refused already.
+func (c *Client) writeEnvelope(env Envelope, res *Result) (rset bool) {
+	rset = c.dirty
+	if rset {
+		c.writeCmd(c.t.Mail, "RSET", "", "")
+	}
+	c.writeMail(env)
+	for i, to := range env.To {
+		if res.Rcpt[i] == nil {
+			c.writeCmd(c.t.Mail, "RCPT TO:<", to, ">")
+		}
+	}
+	return rset
+}
+
+// readEnvelope reads the replies to what writeEnvelope sent, recording
+// each refused recipient in res, and returns the MAIL refusal (nil when
+// accepted) and how many recipients were accepted.
+func (c *Client) readEnvelope(env Envelope, res *Result, rset bool) (mailErr *outcome.Error, accepted int, err error) {
+	if rset {
+		if err := c.readRset(); err != nil {
+			return nil, 0, err
+		}
+	}
+	mailErr, err = c.readMail()
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := range env.To {
+		if res.Rcpt[i] != nil {
+			continue // never sent
+		}
+		rerr, err := c.readRcpt()
+		if err != nil {
+			return nil, 0, err
+		}
+		switch {
+		case mailErr != nil:
+			// Whatever a server says to RCPT after refusing MAIL, the
+			// MAIL reply is the reason.
+			res.Rcpt[i] = mailErr
+		case rerr != nil:
+			res.Rcpt[i] = rerr
+		default:
+			accepted++
+		}
+	}
+	return mailErr, accepted, nil
 }
 
 // isCRLFText reports whether b can go out as a BDAT chunk unchanged: every
@@ -706,6 +683,12 @@ func (c *Client) finishData(res *Result, body []byte, accepted int, dr reply) (*
 	if err != nil {
 		return nil, err
 	}
+	return c.endOfData(res, r)
+}
+
+// endOfData records the reply that ends a transaction (after the end of
+// data, or to BDAT LAST): 2xx delivered, 4xx/5xx refused.
+func (c *Client) endOfData(res *Result, r reply) (*Result, error) {
 	switch r.class() {
 	case 2:
 		res.DotReply = r.text

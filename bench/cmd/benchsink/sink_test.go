@@ -25,17 +25,15 @@ func startSink(t *testing.T, addrs ...string) *sink {
 	return s
 }
 
-// TestPipelinedSession sends two whole transactions in one write, as a
-// pipelining client may, and expects every reply in order and both messages
-// counted with the ids from their Received headers.
-func TestPipelinedSession(t *testing.T) {
-	t.Parallel()
-	s := startSink(t, "127.0.0.1")
+// dialEHLO connects to the sink, reads its greeting and sends EHLO; the
+// caller reads the EHLO reply. The connection closes with the test.
+func dialEHLO(t *testing.T, s *sink) (net.Conn, *textproto.Conn) {
+	t.Helper()
 	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	tp := textproto.NewConn(c)
 	if _, _, err := tp.ReadResponse(220); err != nil {
 		t.Fatal(err)
@@ -43,6 +41,16 @@ func TestPipelinedSession(t *testing.T) {
 	if err := tp.PrintfLine("EHLO client"); err != nil {
 		t.Fatal(err)
 	}
+	return c, tp
+}
+
+// TestPipelinedSession sends two whole transactions in one write, as a
+// pipelining client may, and expects every reply in order and both messages
+// counted with the ids from their Received headers.
+func TestPipelinedSession(t *testing.T) {
+	t.Parallel()
+	s := startSink(t, "127.0.0.1")
+	c, tp := dialEHLO(t, s)
 	_, msg, err := tp.ReadResponse(250)
 	if err != nil || !strings.Contains(msg, "PIPELINING") {
 		t.Fatalf("EHLO: %q, %v; want PIPELINING advertised", msg, err)
@@ -182,18 +190,7 @@ func FuzzReadData(f *testing.F) {
 func TestBDATSession(t *testing.T) {
 	t.Parallel()
 	s := startSink(t, "127.0.0.1")
-	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	tp := textproto.NewConn(c)
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.PrintfLine("EHLO client"); err != nil {
-		t.Fatal(err)
-	}
+	c, tp := dialEHLO(t, s)
 	if _, msg, err := tp.ReadResponse(250); err != nil || !strings.Contains(msg, "CHUNKING") {
 		t.Fatalf("EHLO: %q, %v; want CHUNKING advertised", msg, err)
 	}

@@ -52,17 +52,16 @@ type Sink struct {
 
 	cfg Config
 
-	mu         sync.Mutex
-	msgs       []Message
-	sessions   int
-	highWater  int
-	ehlos      []string
-	remotes    []string
-	pipelined  int
-	notify     chan struct{} // closed and replaced on every change
-	server     *smtp.Server
-	serveDone  chan struct{}
-	tlsSession int
+	mu        sync.Mutex
+	msgs      []Message
+	sessions  int
+	highWater int
+	ehlos     []string
+	remotes   []string
+	pipelined int
+	notify    chan struct{} // closed and replaced on every change
+	server    *smtp.Server
+	serveDone chan struct{}
 }
 
 // StartSinks starts one sink per IP, all on the same port (the port of the
