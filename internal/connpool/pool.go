@@ -388,7 +388,12 @@ func (p *Pool) yieldTo(pair *queue.Pair) *queue.Pair {
 		return nil // the other sessions of the pair are leaving already
 	}
 	for other := range p.starved {
-		if other != pair && other.Len() > 0 {
+		switch {
+		case other.Len() == 0:
+			// Its work went elsewhere (another session, expiry): forget it
+			// here, so the set does not fill with pairs nobody waits on.
+			p.forgetStarvedLocked(other)
+		case other != pair:
 			p.forgetStarvedLocked(other)
 			p.yielding[pair]++
 			return other
