@@ -693,6 +693,52 @@ func TestBusyPairYieldsAtCap(t *testing.T) {
 	}
 }
 
+// TestFirstConnectionsFirst: while a pair with work and no connection waits
+// for a slot (refused at the global cap, or promised a freed slot), a pair
+// that has a connection gets no further one, even with a slot free; the
+// waiting pair gets the slot and leaves the starved set.
+func TestFirstConnectionsFirst(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(19, 10), ip(19, 11)}, nil)
+	h := newHarness(t, port, nil, nil, func(o *Options) {
+		o.MaxConnections = 3
+		o.IdleTimeout = waitLimit
+	})
+	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(19, 10))
+	h.dns.Add(t, "late.test. 60 IN MX 10 mx.late.test.", "mx.late.test. 60 IN A "+ip(19, 11))
+	for i := 0; i < 50; i++ {
+		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
+	}
+	hog, late := h.q.Domain("hog.test"), h.q.Domain("late.test")
+	if n := h.pool.Open(hog, 0, 1); n != 1 {
+		t.Fatalf("opened %d hog sessions, want 1", n)
+	}
+	h.push("late.test", 0, "x@late.test")
+	// late.test as Open at the cap leaves it: starved, with no connection.
+	h.pool.reclaim(late.Pair(0), 1)
+	if got := h.pool.takeStarved(); got != late.Pair(0) {
+		t.Fatalf("takeStarved = %v, want late.test's pair", got)
+	}
+	if !h.pool.zeroStarved(hog.Pair(0)) {
+		t.Fatal("late.test, promised the slot, no longer counts as waiting")
+	}
+	if n := h.pool.Open(hog, 0, 1); n != 0 {
+		t.Fatalf("hog.test got a second connection (%d) while late.test had none", n)
+	}
+	if n := h.pool.Open(late, 0, 1); n != 1 {
+		t.Fatalf("late.test got %d connections, want 1", n)
+	}
+	if h.pool.zeroStarved(hog.Pair(0)) {
+		t.Error("late.test still counts as starved with its connection")
+	}
+	if n := h.pool.Open(hog, 0, 1); n != 1 {
+		t.Errorf("hog.test's second connection refused (%d) with nobody waiting", n)
+	}
+	for i := 0; i < 51; i++ {
+		delivered(t, h.result())
+	}
+}
+
 // TestEightBitPassedOn: BODY=8BITMIME goes to the next hop exactly when the
 // injecting client declared it.
 func TestEightBitPassedOn(t *testing.T) {

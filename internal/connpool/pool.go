@@ -171,8 +171,11 @@ type Pool struct {
 	idle   map[*queue.Pair][]*session // sessions waiting for work, per pair
 	live   map[*session]struct{}      // every running session, for a forced Close
 	// starved are pairs refused a connection at the global cap; each slot
-	// a session frees goes to one of them (Options.OnSlotFree).
-	starved map[*queue.Pair]struct{}
+	// a session frees goes to one of them (Options.OnSlotFree). The value
+	// counts the slots promised to a pair that has no connection: it stays
+	// in the set until it has one, so that no other pair's extra connection
+	// takes the slot on its way (see pickStarvedLocked and Open).
+	starved map[*queue.Pair]int
 	// nstarved is len(starved), read without mu on every delivery.
 	nstarved atomic.Int32
 	// yielding counts, per pair, the sessions that are ending to give
@@ -221,7 +224,7 @@ func New(opts Options) (*Pool, error) {
 		now:      opts.Now,
 		idle:     make(map[*queue.Pair][]*session),
 		live:     make(map[*session]struct{}),
-		starved:  make(map[*queue.Pair]struct{}),
+		starved:  make(map[*queue.Pair]int),
 		yielding: make(map[*queue.Pair]int),
 	}
 	if p.tls == nil {
@@ -276,6 +279,11 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 	pol := p.opts.Policy(dr.Name)
 	opened := 0
 	for opened < n {
+		if pair.Open()+pair.Connecting() > 0 && p.zeroStarved(pair) {
+			// First connections first: a pair that has one leaves the
+			// slot to a starved pair that has none.
+			break
+		}
 		if !p.takeGlobal() {
 			p.reclaim(pair, n-opened)
 			break
@@ -293,6 +301,9 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 			break
 		}
 		p.live[s] = struct{}{}
+		if _, ok := p.starved[pair]; ok {
+			p.forgetStarvedLocked(pair) // it has its connection
+		}
 		p.wg.Add(1)
 		p.mu.Unlock()
 		go s.run()
@@ -313,7 +324,7 @@ func (p *Pool) reclaim(pair *queue.Pair, k int) {
 		return
 	}
 	if _, ok := p.starved[pair]; !ok {
-		p.starved[pair] = struct{}{}
+		p.starved[pair] = 0
 		p.nstarved.Add(1)
 	}
 	for other, waiters := range p.idle {
@@ -334,26 +345,39 @@ func (p *Pool) reclaim(pair *queue.Pair, k int) {
 	}
 }
 
-// takeStarved returns a starved pair that still has work, forgetting it, or
-// nil. A pair with no connection at all comes before one that wants more;
-// pairs without work are forgotten on the way.
+// takeStarved returns the starved pair a freed slot should go to, or nil
+// (see pickStarvedLocked).
 func (p *Pool) takeStarved() *queue.Pair {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var more *queue.Pair
-	for pair := range p.starved {
+	return p.pickStarvedLocked(nil)
+}
+
+// pickStarvedLocked chooses the starved pair, other than exclude, that the
+// next free slot goes to: one with work and no connection at all, the one
+// promised fewest slots first, or else one with work that wants another
+// connection. A pair with no connection stays in the set, one slot more
+// promised, until Open gives it its connection; the other kind leaves it.
+// Pairs whose work is gone (delivered by another session, expired) are
+// forgotten on the way. p.mu is held.
+func (p *Pool) pickStarvedLocked(exclude *queue.Pair) *queue.Pair {
+	var zero, more *queue.Pair
+	for other, promised := range p.starved {
 		switch {
-		case pair.Len() == 0:
-		case pair.Open()+pair.Connecting() == 0:
-			p.forgetStarvedLocked(pair)
-			return pair
+		case other.Len() == 0:
+			p.forgetStarvedLocked(other)
+		case other == exclude:
+		case other.Open()+other.Connecting() == 0:
+			if zero == nil || promised < p.starved[zero] {
+				zero = other
+			}
 		case more == nil:
-			more = pair
-			continue
-		default:
-			continue
+			more = other
 		}
-		p.forgetStarvedLocked(pair)
+	}
+	if zero != nil {
+		p.starved[zero]++
+		return zero
 	}
 	if more != nil {
 		p.forgetStarvedLocked(more)
@@ -371,9 +395,8 @@ func (p *Pool) forgetStarvedLocked(pair *queue.Pair) {
 // connection at the global cap, and pair can spare this session (it keeps
 // another one, or has no work left). So at the cap every pair with work
 // gets one connection before any gets a second, and a session does not
-// idle on a slot another pair is waiting for. The starved pair returned is
-// taken off the starved set, so one slot goes to it, and the session is
-// counted as yielding until doneYielding.
+// idle on a slot another pair is waiting for. The session is counted as
+// yielding until doneYielding.
 func (p *Pool) yieldTo(pair *queue.Pair) *queue.Pair {
 	if p.nstarved.Load() == 0 {
 		return nil
@@ -387,19 +410,31 @@ func (p *Pool) yieldTo(pair *queue.Pair) *queue.Pair {
 	if hasWork && pair.Open()-p.yielding[pair] <= 1 {
 		return nil // the other sessions of the pair are leaving already
 	}
+	other := p.pickStarvedLocked(pair)
+	if other != nil {
+		p.yielding[pair]++
+	}
+	return other
+}
+
+// zeroStarved reports whether a pair other than pair, with work and no
+// connection at all, was refused one at the global cap (or is on its way
+// to the slot promised to it).
+func (p *Pool) zeroStarved(pair *queue.Pair) bool {
+	if p.nstarved.Load() == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for other := range p.starved {
 		switch {
 		case other.Len() == 0:
-			// Its work went elsewhere (another session, expiry): forget it
-			// here, so the set does not fill with pairs nobody waits on.
 			p.forgetStarvedLocked(other)
-		case other != pair:
-			p.forgetStarvedLocked(other)
-			p.yielding[pair]++
-			return other
+		case other != pair && other.Open()+other.Connecting() == 0:
+			return true
 		}
 	}
-	return nil
+	return false
 }
 
 // doneYielding ends the count yieldTo started for a session of pair.
