@@ -739,6 +739,47 @@ func TestFirstConnectionsFirst(t *testing.T) {
 	}
 }
 
+// TestHeldPairLosesItsClaim: a starved pair handed a slot that its
+// maintenance does not use (here OnSlotFree opens nothing, as when a hook
+// holds the pair at zero) stops counting as starved, so it no longer keeps
+// other pairs from a second connection.
+func TestHeldPairLosesItsClaim(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(20, 10)}, nil)
+	h := newHarness(t, port, nil, nil, func(o *Options) {
+		o.MaxConnections = 2
+		o.IdleTimeout = waitLimit
+		o.OnSlotFree = func(*queue.Pair) {} // the pair is held: nothing opens
+	})
+	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(20, 10))
+	const backlog = 200
+	for i := 0; i < backlog; i++ {
+		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
+	}
+	hog, held := h.q.Domain("hog.test"), h.q.Domain("held.test")
+	if n := h.pool.Open(hog, 0, 2); n != 2 {
+		t.Fatalf("opened %d hog sessions, want 2", n)
+	}
+	h.push("held.test", 0, "x@held.test") // never delivered: the pair is held
+	h.pool.reclaim(held.Pair(0), 1)       // refused at the cap, as Open does
+	// One hog session yields its slot to held.test, which does not take it;
+	// from then on held.test must not count as starved.
+	done := 0
+	for h.pool.zeroStarved(hog.Pair(0)) {
+		if done == backlog {
+			t.Fatal("held.test still counts as starved after declining its slot")
+		}
+		delivered(t, h.result())
+		done++
+	}
+	if n := h.pool.Open(hog, 0, 1); n != 1 {
+		t.Fatalf("hog.test's second connection refused (%d) for a pair that does not want it", n)
+	}
+	for ; done < backlog; done++ {
+		delivered(t, h.result())
+	}
+}
+
 // TestEightBitPassedOn: BODY=8BITMIME goes to the next hop exactly when the
 // injecting client declared it.
 func TestEightBitPassedOn(t *testing.T) {

@@ -324,9 +324,10 @@ func (p *Pool) reclaim(pair *queue.Pair, k int) {
 		return
 	}
 	if _, ok := p.starved[pair]; !ok {
-		p.starved[pair] = 0
 		p.nstarved.Add(1)
 	}
+	// A fresh refusal: any slot promised before did not reach the pair.
+	p.starved[pair] = 0
 	for other, waiters := range p.idle {
 		if other == pair {
 			continue
@@ -435,6 +436,20 @@ func (p *Pool) zeroStarved(pair *queue.Pair) bool {
 		}
 	}
 	return false
+}
+
+// handedOff is called once the slot handed to pair (OnSlotFree) has been
+// offered: if pair still has no connection and was not refused again
+// meanwhile, its maintenance chose not to open one (a hook holding it at
+// zero, a suspended domain), so it stops counting as starved. Otherwise it
+// would hold every other pair to one connection, and draw their sessions'
+// slots, for as long as it keeps its work.
+func (p *Pool) handedOff(pair *queue.Pair) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if promised, ok := p.starved[pair]; ok && promised > 0 && pair.Open()+pair.Connecting() == 0 {
+		p.forgetStarvedLocked(pair)
+	}
 }
 
 // doneYielding ends the count yieldTo started for a session of pair.

@@ -71,6 +71,7 @@ func (s *session) run() {
 			}
 			if starved != nil {
 				p.opts.OnSlotFree(starved)
+				p.handedOff(starved)
 			}
 		}
 	}()
