@@ -18,11 +18,16 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -589,6 +594,81 @@ func TestInteropBDAT(t *testing.T) {
 	var msgs []sentMsg
 	for _, tc := range cases {
 		msgs = append(msgs, tc.m)
+	}
+	in.verify(t, msgs, 1)
+}
+
+// ---------------------------------------------------------------- Python
+
+// TestInteropPythonSmtplib: Python's smtplib (testdata/interop_smtplib.py)
+// sends, in one session with SMTP.sendmail, a message to several
+// recipients in two domains, one with the dot-leading lines and a line of
+// exactly 998 octets (smtplib does the dot-stuffing), an 8-bit body
+// (BODY=8BITMIME) and an SMTPUTF8 one.
+func TestInteropPythonSmtplib(t *testing.T) {
+	t.Parallel()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 not found (%v): run 'make deps' (as root it installs it with apt)", err)
+	}
+	in := startInterop(t)
+
+	multi := newMsg("py-multi@interop", "app@snd.interop",
+		[]string{"r1@a.interop", "r2@b.interop", "r3@a.interop", "r4@b.interop", "r5@a.interop"}, "", "One message, five recipients, two domains.\r\n")
+	tricky := newMsg("py-tricky@interop", "app@snd.interop", []string{"r6@a.interop", "r7@b.interop"}, "", trickyBody())
+	eight := newMsg("py-8bit@interop", "app@snd.interop", []string{"r8@a.interop"},
+		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n",
+		"Smörgåsbord, ½ €.\r\n.\r\n")
+	eight.eightBit = true
+	utf := newMsg("py-utf8@interop", "pÿthon@snd.interop", []string{"zoë@a.interop"},
+		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n",
+		"SMTPUTF8 from smtplib: Zoë.\r\n")
+	utf.eightBit, utf.utf8 = true, true
+	msgs := []sentMsg{multi, tricky, eight, utf}
+
+	dir := t.TempDir()
+	type specMsg struct {
+		From        string   `json:"from"`
+		To          []string `json:"to"`
+		File        string   `json:"file"`
+		MailOptions []string `json:"mail_options"`
+	}
+	var spec []specMsg
+	for i, m := range msgs {
+		f := filepath.Join(dir, fmt.Sprintf("msg%d.eml", i))
+		if err := os.WriteFile(f, m.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		opts := []string{}
+		if m.eightBit {
+			opts = append(opts, "BODY=8BITMIME")
+		}
+		if m.utf8 {
+			opts = append(opts, "SMTPUTF8")
+		}
+		spec = append(spec, specMsg{From: m.from, To: m.to, File: f, MailOptions: opts})
+	}
+	specPath := filepath.Join(dir, "spec.json")
+	js, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(specPath, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, err := net.SplitHostPort(in.d.smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	script := filepath.Join(moduleRoot, "test", "e2e", "testdata", "interop_smtplib.py")
+	out, err := exec.CommandContext(ctx, py, script, host, port, specPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("smtplib: %v\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "sent "); n != len(msgs) {
+		t.Fatalf("smtplib reports %d messages sent, want %d:\n%s", n, len(msgs), out)
 	}
 	in.verify(t, msgs, 1)
 }
