@@ -76,7 +76,7 @@ func startCaptureSink(t *testing.T) *captureSink {
 	srv.MaxMessageBytes = 64 << 20
 	srv.MaxRecipients = 1000
 	srv.ReadTimeout, srv.WriteTimeout = 30*time.Second, 30*time.Second
-	srv.ErrorLog = loopbacktestLogger{}
+	srv.ErrorLog = discardLog{}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -89,10 +89,11 @@ func startCaptureSink(t *testing.T) *captureSink {
 	return s
 }
 
-type loopbacktestLogger struct{}
+// discardLog drops go-smtp's server log: failures show in the checks.
+type discardLog struct{}
 
-func (loopbacktestLogger) Printf(string, ...any) {}
-func (loopbacktestLogger) Println(...any)        {}
+func (discardLog) Printf(string, ...any) {}
+func (discardLog) Println(...any)        {}
 
 type sinkSession struct {
 	sink *captureSink
