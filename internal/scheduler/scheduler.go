@@ -44,6 +44,7 @@ import (
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
@@ -275,6 +276,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		next time.Time
 		last *outcome.Error
 		mx   string
+		bad  *outcome.Error // the domain can never be routed
 	}
 	var groups []*group
 	byDomain := map[string]*group{}
@@ -291,7 +293,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 			continue
 		}
 		st.pending++
-		dom := domainOf(r.Addr)
+		dom, derr := domainOf(r.Addr)
 		g := byDomain[dom]
 		if g == nil {
 			g = &group{d: &queue.Delivery{
@@ -299,6 +301,9 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
 				UTF8: m.SMTPUTF8, EightBit: m.EightBit,
 			}}
+			if derr != nil {
+				g.bad = badDomain(derr)
+			}
 			byDomain[dom] = g
 			groups = append(groups, g)
 		}
@@ -340,6 +345,8 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		switch {
 		case d.Domain == "":
 			s.settleAll(d, connpool.Attempt{}, badAddress, now)
+		case g.bad != nil:
+			s.refuse(d, g.bad, now)
 		case now.UnixNano() >= d.Expires:
 			s.settleAll(d, connpool.Attempt{}, connpool.ErrExpired, now)
 		case g.next.After(now):
@@ -372,13 +379,39 @@ func (s *Scheduler) pick(m *spool.Message) *binding.Binding {
 	return b2
 }
 
-// domainOf returns the lower-case domain of an address, "" when it has none.
-func domainOf(addr string) string {
+// domainOf returns the key an address is routed and queued by: its domain
+// in mx.Canonical form (an IDN as its A-label, an address literal with its
+// brackets in one spelling), "" when it has none. A domain that can never
+// be routed gives an error and, as its key, the domain lower-cased (for the
+// log), which no routable domain's key can equal: a canonical key is its
+// own canonical form.
+func domainOf(addr string) (string, error) {
 	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
+	if i < 0 || i == len(addr)-1 {
+		return "", nil
 	}
-	return strings.ToLower(strings.TrimSuffix(addr[i+1:], "."))
+	d := addr[i+1:]
+	key, err := mx.Canonical(d)
+	if err != nil {
+		return strings.ToLower(d), err
+	}
+	return key, nil
+}
+
+// badDomain is the outcome for a recipient whose domain can never be
+// routed: permanent, decided here without a DNS query, so no attempt.
+func badDomain(err error) *outcome.Error {
+	return &outcome.Error{Phase: outcome.PhaseQueue, Enhanced: smtp.EnhancedCode{5, 1, 2},
+		Message: "bad destination domain: " + err.Error()}
+}
+
+// refuse settles every recipient of d with e, decided without an attempt.
+func (s *Scheduler) refuse(d *queue.Delivery, e *outcome.Error, now time.Time) {
+	v := make([]*outcome.Error, len(d.Rcpts))
+	for i := range v {
+		v[i] = e
+	}
+	s.settle(d, connpool.Attempt{}, v, "", true, now)
 }
 
 func parseEnhanced(s string) smtp.EnhancedCode {
