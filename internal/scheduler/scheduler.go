@@ -19,6 +19,11 @@
 // deletes the message, so a crash between them duplicates a DSN at worst
 // and never loses one.
 //
+// Injection hands a spooled message over with Intake, which only appends
+// to a bounded queue that the scheduler's intake goroutine drains into
+// Submit (intake.go): the 250 never waits on the maintenance lock, a hook
+// or a dial (DESIGN.md invariant 8).
+//
 // Time comes from a Clock so tests drive retries and expiry without
 // sleeping: Tick(now) is the whole maintenance step, and Start only calls
 // it from a ticker.
@@ -66,6 +71,8 @@ type Spool interface {
 	Put(m *spool.Message, body []byte) error
 	Body(id string) ([]byte, error)
 	Update(id string, rcpts map[int]spool.Recipient, done bool) error
+	// Get reads a message's metadata back (the intake's overflow).
+	Get(id string) (*spool.Message, error)
 }
 
 // Options configure a Scheduler.
@@ -91,6 +98,10 @@ type Options struct {
 	// Reserve is passed to the maintain chain: slots under the global cap
 	// the default action leaves to hooks.
 	Reserve int
+	// IntakeCapacity bounds the messages Intake holds before they are
+	// submitted (default DefaultIntakeCapacity); Busy turns true a
+	// sixteenth before it is reached.
+	IntakeCapacity int
 	// Jitter is the spread of the retry delay, ±fraction (default 0.15).
 	Jitter float64
 	// Rand returns a uniform draw in [0,1) for the jitter; nil is
@@ -111,6 +122,8 @@ type Scheduler struct {
 	log   *zap.Logger
 
 	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
+
+	in *intake // injection's hand-off (intake.go)
 
 	mu   sync.Mutex
 	msgs map[string]*msgState
@@ -191,6 +204,7 @@ func New(opts Options) (*Scheduler, error) {
 		clock: opts.Clock,
 		log:   opts.Logger,
 		msgs:  make(map[string]*msgState),
+		in:    newIntake(opts.IntakeCapacity),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -228,10 +242,11 @@ func (s *Scheduler) Pending() int {
 	return len(s.msgs)
 }
 
-// Start runs Tick every MaintainInterval until Close. Call it once,
-// before Close.
+// Start runs Tick every MaintainInterval, and the intake goroutine that
+// submits what Intake takes in, until Close. Call it once, before Close.
 func (s *Scheduler) Start() {
 	s.started = true
+	go s.runIntake()
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(s.opts.MaintainInterval)
@@ -247,14 +262,21 @@ func (s *Scheduler) Start() {
 	}()
 }
 
-// Close stops the ticker and closes the pool: sessions finish their
+// Close stops the intake, the ticker and the pool: sessions finish their
 // current transaction, bounded by ctx. Undelivered mail stays in the
-// spool for the next start. Calls after the first return its result.
+// spool for the next start, and so do messages still in the intake (they
+// were spooled before Intake saw them). Calls after the first return its
+// result.
 func (s *Scheduler) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		s.in.close()
 		close(s.stop)
 		if s.started {
 			<-s.done
+			<-s.in.done
+		}
+		if n := s.in.waiting.Load(); n > 0 {
+			s.log.Info("messages still in the intake stay spooled for the next start", zap.Int64("messages", n))
 		}
 		s.closeErr = s.pool.Close(ctx)
 	})
@@ -266,8 +288,10 @@ func (s *Scheduler) Close(ctx context.Context) error {
 // named binding), in the active queue — waking the pair at once — or in
 // the delayed queue when a recipient's next attempt is in the future.
 // Recipients already final count for the message's DSN (recovery). It is
-// called by injection after the 250 and for each message Recover finds;
-// it fails only for a message already submitted.
+// called for each message Recover finds, for DSNs, and by the intake
+// goroutine; it fails only for a message already submitted. It may take
+// the maintenance lock, run the maintain chain and dial, so injection
+// calls Intake instead.
 func (s *Scheduler) Submit(m *spool.Message) error {
 	now := s.clock.Now()
 	st := &msgState{sender: m.Sender, group: m.Group, binding: m.Binding, arrival: m.Received}
