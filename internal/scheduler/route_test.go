@@ -127,3 +127,29 @@ func TestAddressLiteralRefused(t *testing.T) {
 		t.Errorf("%d messages still tracked", h.s.Pending())
 	}
 }
+
+// FuzzDomainOf checks that a routable key is its own canonical form, so
+// two spellings of one destination share a queue, and that an unroutable
+// domain is reported with a key to log. (That key may be routable once
+// lower-cased — the fuzzer found "Ӏ", which IDNA refuses and whose lower
+// case it accepts — so Submit keeps unroutable groups apart by key.)
+func FuzzDomainOf(f *testing.F) {
+	for _, s := range []string{"u@bücher.example", "u@[IPv6:2001:DB8::1]", "u@Example.COM.", "nodomain", "u@", "u@[1.2.3.4", `"a@b"@x.test`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, addr string) {
+		key, err := domainOf(addr)
+		if err != nil {
+			if key == "" {
+				t.Fatalf("domainOf(%q): error %v with an empty key", addr, err)
+			}
+			return
+		}
+		if key == "" {
+			return
+		}
+		if c, err := mx.Canonical(key); err != nil || c != key {
+			t.Fatalf("domainOf(%q) = %q, whose canonical form is %q, %v", addr, key, c, err)
+		}
+	})
+}

@@ -318,7 +318,14 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		}
 		st.pending++
 		dom, derr := domainOf(r.Addr)
-		g := byDomain[dom]
+		gkey := dom
+		if derr != nil {
+			// Kept apart from routable keys by construction: the lower
+			// case of a name IDNA refuses can be one it accepts ("Ӏ",
+			// "ӏ"), and the log key is that lower case.
+			gkey = "\x00" + dom
+		}
+		g := byDomain[gkey]
 		if g == nil {
 			g = &group{d: &queue.Delivery{
 				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
@@ -328,7 +335,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 			if derr != nil {
 				g.bad = badDomain(derr)
 			}
-			byDomain[dom] = g
+			byDomain[gkey] = g
 			groups = append(groups, g)
 		}
 		g.d.Rcpts = append(g.d.Rcpts, queue.Rcpt{Idx: int32(i), Addr: r.Addr})
@@ -407,8 +414,7 @@ func (s *Scheduler) pick(m *spool.Message) *binding.Binding {
 // in mx.Canonical form (an IDN as its A-label, an address literal with its
 // brackets in one spelling), "" when it has none. A domain that can never
 // be routed gives an error and, as its key, the domain lower-cased (for the
-// log), which no routable domain's key can equal: a canonical key is its
-// own canonical form.
+// log).
 func domainOf(addr string) (string, error) {
 	i := strings.LastIndexByte(addr, '@')
 	if i < 0 || i == len(addr)-1 {
