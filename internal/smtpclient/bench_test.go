@@ -80,7 +80,7 @@ func BenchmarkSend(b *testing.B) {
 	b.SetBytes(int64(body.Len()))
 	b.ReportAllocs()
 	for b.Loop() {
-		res, err := c.Send(env, body.Bytes())
+		res, err := c.Send(env, Bytes(body.Bytes()))
 		if err != nil || res.Data != nil {
 			b.Fatalf("Send = %+v, %v", res, err)
 		}
