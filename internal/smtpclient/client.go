@@ -430,7 +430,7 @@ func (c *Client) tlsConfig() *tls.Config {
 // slice; with BDAT only when its lines all end in CRLF and it is at most
 // 1 MiB, as one BDAT LAST in the envelope's write. A streamed body is read
 // a piece at a time: by DATA through the dot-stuffing writer, by BDAT in
-// chunks of at most 128 KiB, line ends repaired to CRLF in both (see
+// chunks of 128 to 256 KiB, line ends repaired to CRLF in both (see
 // dotWriter and crlfAppender); at most 1 MiB of it goes in the envelope's
 // pipelined group, a larger one after the RCPT replies. A Produce body
 // always goes by DATA. The body is sent only if some recipient was

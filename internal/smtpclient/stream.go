@@ -50,8 +50,10 @@ func (b Body) Size() int64 { return b.size }
 // the other copy in memory while a spooled body is sent.
 const streamChunk = 64 << 10
 
-// bdatChunk is the largest BDAT chunk sent for a streamed body. Line end
-// repair can double what a read brings, so a chunk holds up to two reads.
+// bdatChunk is the size from which a BDAT chunk of a streamed body is sent
+// (the last one may be smaller). Line end repair can double what a read
+// brings, so the chunk buffer has room for one more read, doubled, past it:
+// no chunk is over bdatChunk+2*streamChunk (256 KiB).
 const bdatChunk = 2 * streamChunk
 
 // streamBufs are the buffers a Send streams through, shared by all
@@ -61,7 +63,7 @@ var streamBufs = sync.Pool{New: func() any { return new(streamBuf) }}
 
 type streamBuf struct {
 	in    [streamChunk]byte
-	chunk []byte // a BDAT chunk being filled, cap bdatChunk
+	chunk []byte // a BDAT chunk being filled, cap bdatChunk+2*streamChunk
 }
 
 // dotWriter writes SMTP DATA content as it comes, in any pieces: lines
@@ -301,9 +303,10 @@ func (c *Client) bodyError(err error) error {
 		Message: "reading the message body", Err: err})
 }
 
-// sendChunkedStream sends a streamed body with BDAT (RFC 3030): chunks of
-// at most bdatChunk bytes, each line end repaired to CRLF as it is copied
-// into the chunk, so every BDAT's count is exact whatever the body holds.
+// sendChunkedStream sends a streamed body with BDAT (RFC 3030) in chunks
+// of bdatChunk bytes or a little more (the last may be smaller), each line
+// end repaired to CRLF as it is copied into the chunk, so every BDAT's
+// count is exact whatever the body holds.
 //
 // A body of at most maxChunkedBody goes in the envelope's pipelined group,
 // its BDAT replies read after the envelope's: one round trip, as
@@ -341,7 +344,7 @@ func (c *Client) sendChunkedStream(env Envelope, body Body, res *Result) (*Resul
 	buf := streamBufs.Get().(*streamBuf)
 	defer streamBufs.Put(buf)
 	if buf.chunk == nil {
-		buf.chunk = make([]byte, 0, bdatChunk)
+		buf.chunk = make([]byte, 0, bdatChunk+2*streamChunk)
 	}
 	var (
 		pending int            // BDAT replies not read yet
@@ -350,7 +353,8 @@ func (c *Client) sendChunkedStream(env Envelope, body Body, res *Result) (*Resul
 		chunk   = buf.chunk[:0]
 	)
 	rerr := readAll(body.r, buf.in[:], func(p []byte) error {
-		if len(chunk)+2*len(p) > cap(chunk) {
+		if len(chunk) >= bdatChunk {
+			// More follows: this chunk is not the last.
 			if err := c.writeChunk(chunk, false, !eager); err != nil {
 				return err
 			}
