@@ -26,6 +26,11 @@
 // max_deliveries_per_connection. Every result goes to the Outcomes the pool
 // was given; the pool never decides a delivery's future itself.
 //
+// Bodies are streamed from the spool (Bodies.OpenBody) into the client and
+// closed when the transaction ends: a session holds a chunk of a body at a
+// time, never all of it. A body to a receiver without 8BITMIME goes through
+// Options.Convert7Bit when it is set.
+//
 // It must never hold a body longer than its transaction, never dial without
 // a slot, and never outlive Close: every session goroutine is owned by the
 // pool's context and WaitGroup.
@@ -84,8 +89,9 @@ type Bodies interface {
 // Convert7Bit converts a body to 7 bits for a receiver without 8BITMIME
 // (RFC 6152 §3): it writes the converted body to dst, reading the original
 // from open, which it may call more than once (one pass to find what needs
-// converting, one to convert); it closes what it opens. The spool can open
-// a body any number of times, so nothing is held whole.
+// converting, one to convert); it closes what it opens. A body that is
+// 7-bit already is written as it is. The spool can open a body any number
+// of times, so nothing is held whole.
 type Convert7Bit func(open func() (io.ReadCloser, error), dst io.Writer) error
 
 // Attempt says where a delivery was tried, for the delivery log.
@@ -159,9 +165,10 @@ type Options struct {
 	// and that still has work, each time a session frees its slot; the
 	// scheduler runs that pair's maintenance so the slot is used at once.
 	OnSlotFree func(pair *queue.Pair)
-	// Convert7Bit converts a body declared 8-bit (BODY=8BITMIME) for a
-	// receiver that does not offer 8BITMIME; the converted body goes by
-	// DATA. nil sends such a body unconverted, as mtad did before.
+	// Convert7Bit converts bodies for a receiver that does not offer
+	// 8BITMIME: every body to such a receiver goes through it (whether or
+	// not it was declared BODY=8BITMIME), by DATA. nil sends bodies
+	// unconverted, as mtad did before.
 	//
 	// TODO(issue 8): default to internal/conform's converter when it lands
 	// on main; until then nothing sets this outside tests.

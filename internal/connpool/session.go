@@ -140,9 +140,13 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	defer br.Close()
 	env := envelope(d)
 	body := smtpclient.Stream(br, br.Size())
-	if env.EightBit && !c.Offers("8BITMIME") && p.opts.Convert7Bit != nil {
+	if !c.Offers("8BITMIME") && p.opts.Convert7Bit != nil {
 		// RFC 6152 §3: an 8-bit body to a receiver without 8BITMIME is
 		// converted to 7 bits on the way, and goes without BODY=8BITMIME.
+		// Every body goes through the converter, not only those declared
+		// 8-bit: an injecting client may send 8-bit octets undeclared, and
+		// the converter's first pass finds them (a 7-bit body is copied).
+		// Such receivers are rare, and seldom offer CHUNKING anyway.
 		env.EightBit = false
 		env.Size = 0 // unknown until converted
 		body = smtpclient.Produce(func(w io.Writer) error {

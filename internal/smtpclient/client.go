@@ -503,11 +503,9 @@ func (c *Client) downgrade(env Envelope, res *Result) (Envelope, *outcome.Error)
 	switch {
 	case !ok:
 		return env, outcome.Perm(outcome.PhaseMail, enhBadSender, "invalid sender domain name")
-	case from == "":
-		if env.From != "" {
-			return env, &outcome.Error{Phase: outcome.PhaseMail, Code: 553, Enhanced: enhNoUTF8,
-				Message: "sender requires SMTPUTF8, not offered by " + c.peer()}
-		}
+	case from == "" && env.From != "":
+		return env, &outcome.Error{Phase: outcome.PhaseMail, Code: 553, Enhanced: enhNoUTF8,
+			Message: "sender requires SMTPUTF8, not offered by " + c.peer()}
 	}
 	out := env
 	out.From, out.UTF8 = from, false
