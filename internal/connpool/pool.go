@@ -26,6 +26,11 @@
 // max_deliveries_per_connection. Every result goes to the Outcomes the pool
 // was given; the pool never decides a delivery's future itself.
 //
+// Bodies are streamed from the spool (Bodies.OpenBody) into the client and
+// closed when the transaction ends: a session holds a chunk of a body at a
+// time, never all of it. A body to a receiver without 8BITMIME goes through
+// Options.Convert7Bit when it is set.
+//
 // It must never hold a body longer than its transaction, never dial without
 // a slot, and never outlive Close: every session goroutine is owned by the
 // pool's context and WaitGroup.
@@ -35,6 +40,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +54,7 @@ import (
 	"github.com/mtad/mtad/internal/outcome"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
+	"github.com/mtad/mtad/internal/spool"
 
 	"github.com/emersion/go-smtp"
 )
@@ -72,10 +79,20 @@ type Bindings interface {
 	Get(slot int) *binding.Binding
 }
 
-// Bodies reads a spooled message's body; *spool.Spool is one.
+// Bodies opens a spooled message's body as a stream, one spool chunk in
+// memory at a time; *spool.Spool is one. A session closes each body when
+// its transaction ends.
 type Bodies interface {
-	Body(id string) ([]byte, error)
+	OpenBody(id string) (*spool.BodyReader, error)
 }
+
+// Convert7Bit converts a body to 7 bits for a receiver without 8BITMIME
+// (RFC 6152 §3): it writes the converted body to dst, reading the original
+// from open, which it may call more than once (one pass to find what needs
+// converting, one to convert); it closes what it opens. A body that is
+// 7-bit already is written as it is. The spool can open a body any number
+// of times, so nothing is held whole.
+type Convert7Bit func(open func() (io.ReadCloser, error), dst io.Writer) error
 
 // Attempt says where a delivery was tried, for the delivery log.
 type Attempt struct {
@@ -83,6 +100,7 @@ type Attempt struct {
 	MX       string // MX host name, "" when none was reached
 	RemoteIP string // remote address, "" when none was reached
 	TLS      bool   // STARTTLS was in effect
+	DSN      bool   // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
 }
 
 // Outcomes receives what the pool's sessions did; the scheduler implements
@@ -147,6 +165,14 @@ type Options struct {
 	// and that still has work, each time a session frees its slot; the
 	// scheduler runs that pair's maintenance so the slot is used at once.
 	OnSlotFree func(pair *queue.Pair)
+	// Convert7Bit converts bodies for a receiver that does not offer
+	// 8BITMIME: every body to such a receiver goes through it (whether or
+	// not it was declared BODY=8BITMIME), by DATA. nil sends bodies
+	// unconverted, as mtad did before.
+	//
+	// TODO(issue 8): default to internal/conform's converter when it lands
+	// on main; until then nothing sets this outside tests.
+	Convert7Bit Convert7Bit
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
 	// connect fail in a chosen way).

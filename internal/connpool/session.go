@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/mtad/mtad/internal/outcome"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
+	"github.com/mtad/mtad/internal/spool"
 )
 
 // session is one connection's goroutine and state.
@@ -121,34 +123,101 @@ func (s *session) serve(c *smtpclient.Client) {
 }
 
 // deliver runs one transaction for d and reports it; false means the
-// connection is unusable.
+// connection is unusable. The body is streamed from the spool and closed
+// when the transaction ends, so a session holds no body between
+// transactions and at most a spool chunk during one.
 func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	p := s.pool
 	if d.Expires != 0 && p.now().UnixNano() >= d.Expires {
 		p.opts.Outcomes.Result(d, s.at, nil, ErrExpired)
 		return true
 	}
-	body, err := p.opts.Bodies.Body(d.MsgID)
+	br, err := p.opts.Bodies.OpenBody(d.MsgID)
 	if err != nil {
-		p.opts.Outcomes.Result(d, s.at, nil, &outcome.Error{Phase: outcome.PhaseQueue,
-			Enhanced: smtp.EnhancedCode{4, 3, 0}, Temporary: true,
-			Message: "reading the message body", Err: fmt.Errorf("connpool: body of %s: %w", d.MsgID, err)})
+		p.opts.Outcomes.Result(d, s.at, nil, bodyError(d.MsgID, err))
 		return true
 	}
-	env := smtpclient.Envelope{From: d.Sender, To: make([]string, len(d.Rcpts)), Size: d.Size}
-	// Pass on what the injecting client declared; a non-ASCII address needs
-	// SMTPUTF8 whatever was declared (a DSN to such a sender, say).
-	env.UTF8, env.EightBit = d.UTF8, d.EightBit
-	env.UTF8 = env.UTF8 || !isASCII(d.Sender)
-	for i, r := range d.Rcpts {
-		env.To[i] = r.Addr
-		env.UTF8 = env.UTF8 || !isASCII(r.Addr)
+	defer br.Close()
+	env := envelope(d)
+	body := smtpclient.Stream(br, br.Size())
+	if !c.Offers("8BITMIME") && p.opts.Convert7Bit != nil {
+		// RFC 6152 §3: an 8-bit body to a receiver without 8BITMIME is
+		// converted to 7 bits on the way, and goes without BODY=8BITMIME.
+		// Every body goes through the converter, not only those declared
+		// 8-bit: an injecting client may send 8-bit octets undeclared, and
+		// the converter's first pass finds them (a 7-bit body is copied).
+		// Such receivers are rare, and seldom offer CHUNKING anyway.
+		env.EightBit = false
+		env.Size = 0 // unknown until converted
+		body = smtpclient.Produce(func(w io.Writer) error {
+			return p.opts.Convert7Bit(func() (io.ReadCloser, error) {
+				return p.opts.Bodies.OpenBody(d.MsgID)
+			}, w)
+		})
 	}
 	s.at.TLS = c.TLS()
+	s.at.DSN = c.Offers("DSN")
 	res, err := c.Send(env, body)
 	s.count(res, err, len(d.Rcpts))
 	p.opts.Outcomes.Result(d, s.at, res, err)
 	return err == nil
+}
+
+// bodyError is the result of a body the spool could not open: local, and
+// temporary (the spool may recover; a corrupt body fails for good at expiry).
+func bodyError(id string, err error) *outcome.Error {
+	return &outcome.Error{Phase: outcome.PhaseQueue, Enhanced: smtp.EnhancedCode{4, 3, 0}, Temporary: true,
+		Message: "reading the message body", Err: fmt.Errorf("connpool: body of %s: %w", id, err)}
+}
+
+// envelope is d's envelope as the client sends it: what the injecting
+// client declared (SMTPUTF8, BODY=8BITMIME, the RFC 3461 parameters) passed
+// on. A non-ASCII address needs SMTPUTF8 whatever was declared (a DSN to
+// such a sender, say); the client downgrades what it can for a receiver
+// without it.
+func envelope(d *queue.Delivery) smtpclient.Envelope {
+	env := smtpclient.Envelope{From: d.Sender, To: make([]string, len(d.Rcpts)), Size: d.Size,
+		UTF8: d.UTF8 || !isASCII(d.Sender), EightBit: d.EightBit, EnvID: d.EnvID}
+	switch spool.Ret(d.Ret) {
+	case spool.RetFull:
+		env.Ret = "FULL"
+	case spool.RetHdrs:
+		env.Ret = "HDRS"
+	}
+	for i, r := range d.Rcpts {
+		env.To[i] = r.Addr
+		env.UTF8 = env.UTF8 || !isASCII(r.Addr)
+		if r.Notify != 0 || r.ORcpt != "" {
+			if env.DSN == nil {
+				env.DSN = make([]smtpclient.RcptDSN, len(d.Rcpts))
+			}
+			env.DSN[i] = smtpclient.RcptDSN{Notify: notifyString(spool.Notify(r.Notify)), ORcpt: r.ORcpt}
+		}
+	}
+	return env
+}
+
+// notifyString is n as NOTIFY's value on the wire; "" when not given.
+func notifyString(n spool.Notify) string {
+	if n == 0 {
+		return ""
+	}
+	if n&spool.NotifyNever != 0 {
+		return "NEVER"
+	}
+	var b []byte
+	for _, f := range []struct {
+		bit  spool.Notify
+		name string
+	}{{spool.NotifySuccess, "SUCCESS"}, {spool.NotifyFailure, "FAILURE"}, {spool.NotifyDelay, "DELAY"}} {
+		if n&f.bit != 0 {
+			if len(b) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, f.name...)
+		}
+	}
+	return string(b)
 }
 
 // count adds a transaction to the session's result for PostSessionSMTP.

@@ -70,6 +70,7 @@ func (systemClock) Now() time.Time { return time.Now() }
 type Spool interface {
 	Put(m *spool.Message, body []byte) error
 	Body(id string) ([]byte, error)
+	OpenBody(id string) (*spool.BodyReader, error) // for connpool.Bodies
 	Update(id string, rcpts map[int]spool.Recipient, done bool) error
 	// Get reads a message's metadata back (the intake's overflow).
 	Get(id string) (*spool.Message, error)

@@ -2,8 +2,11 @@
 // already-dialed connection to a mail exchanger. It owns the protocol from
 // the greeting to QUIT: EHLO with the binding's name (HELO when EHLO is
 // refused), opportunistic STARTTLS, pipelined MAIL/RCPT/DATA (RFC 2920) or
-// MAIL/RCPT/BDAT (RFC 3030), dot-stuffed bodies, per-phase deadlines (RFC 5321 §4.5.3.2) and a reply
-// per recipient, all expressed in internal/outcome's vocabulary.
+// MAIL/RCPT/BDAT (RFC 3030), dot-stuffed bodies streamed in bounded
+// pieces, RFC 3461 DSN parameters passed on, the downgrade of an SMTPUTF8
+// envelope for a server without it, per-phase deadlines (RFC 5321
+// §4.5.3.2) and a reply per recipient, all expressed in internal/outcome's
+// vocabulary.
 //
 // It must never dial, resolve names, retry, queue or decide what a reply
 // means for a message's future: connpool dials and hands it a net.Conn,
@@ -29,6 +32,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 
 	"github.com/mtad/mtad/internal/outcome"
 )
@@ -41,10 +45,11 @@ const writeBufSize = 16 << 10
 // written in chunks that each get Timeouts.DataBlock (RFC 5321 §4.5.3.2.5).
 const maxWriteChunk = 64 << 10
 
-// maxChunkedBody is the largest body sent with BDAT. A pipelined BDAT sends
-// the body before the server has said whether it takes any recipient, so a
-// refused transaction costs the whole body on the wire; above this size the
-// client waits for DATA's 354 instead.
+// maxChunkedBody is the largest body sent with BDAT in the same pipelined
+// group as MAIL and RCPT. Such a body goes out before the server has said
+// whether it takes any recipient, so a refused transaction costs the whole
+// body on the wire; above this size the client first waits for the
+// envelope's replies (DATA's 354, or the RCPT replies before BDAT chunks).
 const maxChunkedBody = 1 << 20
 
 // maxPath is the longest reverse- or forward-path we put on the wire;
@@ -57,6 +62,7 @@ var (
 	enhTLS           = smtp.EnhancedCode{4, 7, 0}
 	enhProtocol      = smtp.EnhancedCode{4, 5, 0}
 	enhNoUTF8        = smtp.EnhancedCode{5, 6, 7}
+	enhLocalRead     = smtp.EnhancedCode{4, 3, 0}
 	enhTooBig        = smtp.EnhancedCode{5, 3, 4}
 	enhBadSender     = smtp.EnhancedCode{5, 1, 7}
 	enhBadRcpt       = smtp.EnhancedCode{5, 1, 3}
@@ -141,6 +147,17 @@ type Envelope struct {
 	Size     int64    // body size in bytes, sent as SIZE= when advertised; 0 = unknown
 	UTF8     bool     // needs SMTPUTF8 (RFC 6531)
 	EightBit bool     // body is 8-bit MIME: BODY=8BITMIME when advertised
+
+	// RFC 3461 parameters, passed on only when the server offers DSN.
+	Ret   string    // RET: "FULL" or "HDRS"; "" = not given
+	EnvID string    // ENVID, decoded; sent as xtext; "" = not given
+	DSN   []RcptDSN // per To index; nil, or a zero entry, = not given
+}
+
+// RcptDSN is one recipient's RFC 3461 parameters.
+type RcptDSN struct {
+	Notify string // NOTIFY as on the wire: "NEVER", or some of "SUCCESS,FAILURE,DELAY"
+	ORcpt  string // ORCPT as "addr-type;address", decoded (e.g. "rfc822;a@b.example")
 }
 
 // Result is the remote side's answer to one transaction.
@@ -177,6 +194,7 @@ type Client struct {
 	sizeMax    int64
 	eightBit   bool
 	utf8       bool
+	dsn        bool
 
 	// dirty means a transaction may be open on the server (MAIL accepted,
 	// no end of data sent): the next transaction starts with RSET, which
@@ -268,7 +286,8 @@ func (c *Client) start() error {
 // the extensions.
 func (c *Client) hello() error {
 	c.ext = map[string]string{}
-	c.pipelining, c.size, c.sizeMax, c.eightBit, c.utf8 = false, false, 0, false, false
+	c.pipelining, c.size, c.sizeMax, c.eightBit, c.utf8, c.dsn = false, false, 0, false, false, false
+	c.chunking = false
 	c.writeCmd(c.t.EHLO, "EHLO ", c.opts.LocalName, "")
 	if err := c.flush(outcome.PhaseEHLO, "EHLO"); err != nil {
 		return err
@@ -316,6 +335,8 @@ func (c *Client) parseExtensions(lines []string) {
 			c.eightBit = true
 		case "SMTPUTF8":
 			c.utf8 = true
+		case "DSN":
+			c.dsn = true
 		case "SIZE":
 			c.size = true
 			// RFC 1870: "SIZE 0" or no number means no fixed limit.
@@ -390,22 +411,39 @@ func (c *Client) tlsConfig() *tls.Config {
 //
 // MAIL carries SIZE= when the server advertises SIZE, BODY=8BITMIME when
 // env.EightBit and 8BITMIME is advertised (8-bit bodies go out unmarked to
-// servers without it, as other MTAs do), and SMTPUTF8 when env.UTF8. When
-// env.UTF8 and the server lacks SMTPUTF8, or env.Size is over the server's
-// advertised SIZE, nothing is sent and every recipient fails permanently
-// (5.6.7, 5.3.4). Addresses with control characters fail permanently the
-// same way, without reaching the wire.
+// servers without it, as other MTAs do: converting them is the caller's,
+// who sees Offers("8BITMIME")), and SMTPUTF8 when env.UTF8. When the server
+// offers DSN, MAIL carries RET and ENVID and each RCPT its NOTIFY and ORCPT
+// (RFC 3461); otherwise they are left out.
 //
-// The body is sent dot-stuffed with line ends normalised to CRLF (see
-// writeBody). It is sent only if some recipient was accepted; otherwise the
-// transaction is reset and Result.Data says "no valid recipients".
+// When env.UTF8 and the server lacks SMTPUTF8, the envelope is downgraded
+// (RFC 6531 §3.2): domains go out as A-labels (IDNA Lookup profile) without
+// SMTPUTF8, a recipient whose local part is not ASCII fails alone,
+// permanently (553 5.6.7, phase rcpt), and a sender whose local part is not
+// ASCII fails the whole transaction (5.6.7). When env.Size is over the
+// server's advertised SIZE nothing is sent and every recipient fails
+// permanently (5.3.4). Addresses with control characters fail permanently
+// the same way, without reaching the wire.
+//
+// The body goes with BDAT when the server offers CHUNKING and PIPELINING,
+// else with DATA. A body in memory (Bytes) is written from the caller's
+// slice; with BDAT only when its lines all end in CRLF and it is at most
+// 1 MiB, as one BDAT LAST in the envelope's write. A streamed body is read
+// a piece at a time: by DATA through the dot-stuffing writer, by BDAT in
+// chunks of 128 to 256 KiB, line ends repaired to CRLF in both (see
+// dotWriter and crlfAppender); at most 1 MiB of it goes in the envelope's
+// pipelined group, a larger one after the RCPT replies. A Produce body
+// always goes by DATA. The body is sent only if some recipient was
+// accepted; otherwise the transaction is reset and Result.Data says "no
+// valid recipients".
 //
 // A non-nil error means the connection is unusable (I/O error, timeout,
-// malformed reply, a 421 anywhere): the Result is nil, every recipient
-// counts as a temporary failure, and the caller must Close the Client. The
-// error is an *outcome.Error whose Phase says where it happened; a 421 keeps
-// its code and text.
-func (c *Client) Send(env Envelope, body []byte) (*Result, error) {
+// malformed reply, a 421 anywhere, or a body that failed to read midway,
+// 4.3.0 in phase data): the Result is nil, every recipient counts as a
+// temporary failure, and the caller must Close the Client. The error is an
+// *outcome.Error whose Phase says where it happened; a 421 keeps its code
+// and text.
+func (c *Client) Send(env Envelope, body Body) (*Result, error) {
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -415,17 +453,23 @@ func (c *Client) Send(env Envelope, body []byte) (*Result, error) {
 		return res, nil
 	}
 	switch {
-	case env.UTF8 && !c.utf8:
-		return failAll(res, outcome.Perm(outcome.PhaseMail, enhNoUTF8,
-			"message needs SMTPUTF8, which "+c.peer()+" does not support")), nil
 	case c.sizeMax > 0 && env.Size > c.sizeMax:
 		return failAll(res, outcome.Perm(outcome.PhaseMail, enhTooBig,
 			"message size "+strconv.FormatInt(env.Size, 10)+" exceeds the remote limit of "+strconv.FormatInt(c.sizeMax, 10))), nil
 	case !validPath(env.From):
 		return failAll(res, outcome.Perm(outcome.PhaseMail, enhBadSender, "invalid sender address")), nil
 	}
+	if env.UTF8 && !c.utf8 {
+		var fail *outcome.Error
+		if env, fail = c.downgrade(env, res); fail != nil {
+			return failAll(res, fail), nil
+		}
+	}
 	valid := 0
 	for i, to := range env.To {
+		if res.Rcpt[i] != nil {
+			continue // refused by the downgrade
+		}
 		if to == "" || !validPath(to) {
 			res.Rcpt[i] = outcome.Perm(outcome.PhaseRcpt, enhBadRcpt, "invalid recipient address")
 			continue
@@ -436,8 +480,13 @@ func (c *Client) Send(env Envelope, body []byte) (*Result, error) {
 		res.Data = noValidRecipients(res)
 		return res, nil
 	}
-	if c.pipelining && c.chunking && len(body) <= maxChunkedBody && isCRLFText(body) {
-		return c.sendChunked(env, body, res)
+	if body.r == nil && body.produce == nil {
+		b := body.b
+		if c.pipelining && c.chunking && len(b) <= maxChunkedBody && isCRLFText(b) {
+			return c.sendChunked(env, b, res)
+		}
+	} else if body.r != nil && c.pipelining && c.chunking {
+		return c.sendChunkedStream(env, body, res)
 	}
 	if c.pipelining {
 		return c.sendPipelined(env, body, res)
@@ -445,7 +494,64 @@ func (c *Client) Send(env Envelope, body []byte) (*Result, error) {
 	return c.sendSerial(env, body, res)
 }
 
-func (c *Client) sendPipelined(env Envelope, body []byte, res *Result) (*Result, error) {
+// downgrade returns env as it can go to a server without SMTPUTF8: the
+// same addresses with their domains as A-labels, UTF8 off. A recipient that
+// cannot be converted gets its failure in res; a sender that cannot fails
+// the transaction (the returned error).
+func (c *Client) downgrade(env Envelope, res *Result) (Envelope, *outcome.Error) {
+	from, ok := asciiAddress(env.From)
+	switch {
+	case !ok:
+		return env, outcome.Perm(outcome.PhaseMail, enhBadSender, "invalid sender domain name")
+	case from == "" && env.From != "":
+		return env, &outcome.Error{Phase: outcome.PhaseMail, Code: 553, Enhanced: enhNoUTF8,
+			Message: "sender requires SMTPUTF8, not offered by " + c.peer()}
+	}
+	out := env
+	out.From, out.UTF8 = from, false
+	out.To = make([]string, len(env.To))
+	for i, to := range env.To {
+		a, ok := asciiAddress(to)
+		switch {
+		case !ok:
+			res.Rcpt[i] = outcome.Perm(outcome.PhaseRcpt, enhBadRcpt, "invalid recipient domain name")
+		case a == "" && to != "":
+			res.Rcpt[i] = &outcome.Error{Phase: outcome.PhaseRcpt, Code: 553, Enhanced: enhNoUTF8,
+				Message: "recipient requires SMTPUTF8, not offered by " + c.peer()}
+		}
+		out.To[i] = a
+	}
+	return out, nil
+}
+
+// asciiAddress converts addr's domain to A-labels. It returns "" when the
+// local part is not ASCII (no conversion exists for it), and ok false when
+// the domain is not a valid IDN.
+func asciiAddress(addr string) (ascii string, ok bool) {
+	if isASCII(addr) {
+		return addr, true
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || !isASCII(addr[:at]) {
+		return "", true
+	}
+	d, err := idna.Lookup.ToASCII(addr[at+1:])
+	if err != nil {
+		return "", false
+	}
+	return addr[:at+1] + d, true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Client) sendPipelined(env Envelope, body Body, res *Result) (*Result, error) {
 	// RFC 2920 §3.1: RSET, MAIL, RCPT and DATA may all go in one group;
 	// DATA is the last command of a group.
 	rset := c.writeEnvelope(env, res)
@@ -522,9 +628,9 @@ func (c *Client) writeEnvelope(env Envelope, res *Result) (rset bool) {
 		c.writeCmd(c.t.Mail, "RSET", "", "")
 	}
 	c.writeMail(env)
-	for i, to := range env.To {
+	for i := range env.To {
 		if res.Rcpt[i] == nil {
-			c.writeCmd(c.t.Mail, "RCPT TO:<", to, ">")
+			c.writeRcpt(env, i)
 		}
 	}
 	return rset
@@ -583,7 +689,7 @@ func isCRLFText(b []byte) bool {
 	return true
 }
 
-func (c *Client) sendSerial(env Envelope, body []byte, res *Result) (*Result, error) {
+func (c *Client) sendSerial(env Envelope, body Body, res *Result) (*Result, error) {
 	if c.dirty {
 		if err := c.Reset(); err != nil {
 			return nil, err
@@ -603,11 +709,12 @@ func (c *Client) sendSerial(env Envelope, body []byte, res *Result) (*Result, er
 	}
 	c.dirty = true
 	accepted := 0
-	for i, to := range env.To {
+	for i := range env.To {
 		if res.Rcpt[i] != nil {
 			continue
 		}
-		c.writeCmd(c.t.Rcpt, "RCPT TO:<", to, ">")
+		c.writeRcpt(env, i)
+		c.dw.timeout = c.t.Rcpt
 		if err := c.flush(outcome.PhaseRcpt, "RCPT"); err != nil {
 			return nil, err
 		}
@@ -640,7 +747,7 @@ func (c *Client) sendSerial(env Envelope, body []byte, res *Result) (*Result, er
 
 // finishData acts on the reply to DATA: sends the body after a 354 when
 // some recipient was accepted, and reads the final reply.
-func (c *Client) finishData(res *Result, body []byte, accepted int, dr reply) (*Result, error) {
+func (c *Client) finishData(res *Result, body Body, accepted int, dr reply) (*Result, error) {
 	if dr.code != 354 {
 		// MAIL was accepted (else the caller returned): the transaction
 		// stays open on the server until the next RSET.
@@ -674,7 +781,9 @@ func (c *Client) finishData(res *Result, body []byte, accepted int, dr reply) (*
 		return res, nil
 	}
 	c.dw.timeout = c.t.DataBlock
-	writeBody(c.bw, body)
+	if err := c.writeData(body); err != nil {
+		return nil, err
+	}
 	if err := c.flush(outcome.PhaseData, "message body"); err != nil {
 		return nil, err
 	}
@@ -757,6 +866,30 @@ func (c *Client) writeMail(env Envelope) {
 	}
 	if env.UTF8 && c.utf8 {
 		b = append(b, " SMTPUTF8"...)
+	}
+	if c.dsn {
+		if env.Ret == "FULL" || env.Ret == "HDRS" {
+			b = append(b, " RET="...)
+			b = append(b, env.Ret...)
+		}
+		if env.EnvID != "" && printableASCII(env.EnvID) && len(env.EnvID) <= maxEnvID {
+			b = append(b, " ENVID="...)
+			b = appendXtext(b, env.EnvID)
+		}
+	}
+	b = append(b, "\r\n"...)
+	c.bw.Write(b)
+	c.cmd = b
+}
+
+// writeRcpt buffers RCPT for env.To[i], with its DSN parameters when the
+// server offers DSN.
+func (c *Client) writeRcpt(env Envelope, i int) {
+	b := append(c.cmd[:0], "RCPT TO:<"...)
+	b = append(b, env.To[i]...)
+	b = append(b, '>')
+	if c.dsn && i < len(env.DSN) {
+		b = appendRcptDSN(b, env.DSN[i])
 	}
 	b = append(b, "\r\n"...)
 	c.bw.Write(b)
@@ -881,6 +1014,13 @@ func (c *Client) TLSConnectionState() (tls.ConnectionState, bool) {
 // upper-case keyword to its parameters ("SIZE" → "35882577"). Empty after
 // a HELO fallback.
 func (c *Client) Extensions() map[string]string { return maps.Clone(c.ext) }
+
+// Offers reports whether the last EHLO reply named the extension keyword
+// (upper case: "8BITMIME", "SMTPUTF8", "DSN"), without Extensions' copy.
+func (c *Client) Offers(keyword string) bool {
+	_, ok := c.ext[keyword]
+	return ok
+}
 
 // Greeting returns the text of the server's greeting (after "220 ").
 func (c *Client) Greeting() string { return c.greeting }

@@ -33,7 +33,7 @@ func TestEHLONameBeforeAndAfterSTARTTLS(t *testing.T) {
 	if !strings.Contains(c.Greeting(), "mx.test") {
 		t.Errorf("Greeting() = %q", c.Greeting())
 	}
-	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, []byte("Subject: x\r\n\r\nhi\r\n"))
+	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, Bytes([]byte("Subject: x\r\n\r\nhi\r\n")))
 	if err != nil || res.Data != nil {
 		t.Fatalf("Send = %+v, %v", res, err)
 	}
@@ -75,7 +75,7 @@ func TestSTARTTLSNotUsed(t *testing.T) {
 			if _, offered := c.Extensions()["STARTTLS"]; offered != tc.serverTLS {
 				t.Errorf("STARTTLS offered = %v, want %v", offered, tc.serverTLS)
 			}
-			if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, []byte("hi\r\n")); err != nil || res.Data != nil {
+			if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, Bytes([]byte("hi\r\n"))); err != nil || res.Data != nil {
 				t.Fatalf("Send = %+v, %v", res, err)
 			}
 			helos, _, msgs := be.snapshot()
@@ -126,7 +126,7 @@ func TestTLSHandshakeFailureThenClearText(t *testing.T) {
 	if c.TLS() {
 		t.Fatal("TLS() = true after DisableTLS")
 	}
-	if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, []byte("hi\r\n")); err != nil || res.Data != nil {
+	if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, Bytes([]byte("hi\r\n"))); err != nil || res.Data != nil {
 		t.Fatalf("Send = %+v, %v", res, err)
 	}
 	if _, _, msgs := be.snapshot(); len(msgs) != 1 {
@@ -144,7 +144,7 @@ func TestPerRecipientResults(t *testing.T) {
 		addr := startServer(t, be, nil)
 		c := newClient(t, addr, Options{DisableChunking: !chunked})
 		to := []string{"ok1@dst.test", "bad@dst.test", "later@dst.test", "ok2@dst.test"}
-		res, err := c.Send(Envelope{From: "a@src.test", To: to}, []byte("hello\r\n"))
+		res, err := c.Send(Envelope{From: "a@src.test", To: to}, Bytes([]byte("hello\r\n")))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +188,7 @@ func TestMailRejectedThenReuse(t *testing.T) {
 		}}
 		addr := startServer(t, be, nil)
 		c := newClient(t, addr, Options{DisableChunking: !chunked})
-		res, err := c.Send(Envelope{From: "spam@src.test", To: []string{"x@dst.test", "y@dst.test"}}, []byte("hi\r\n"))
+		res, err := c.Send(Envelope{From: "spam@src.test", To: []string{"x@dst.test", "y@dst.test"}}, Bytes([]byte("hi\r\n")))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +197,7 @@ func TestMailRejectedThenReuse(t *testing.T) {
 				t.Errorf("result %d = %+v, want the MAIL rejection", i, e)
 			}
 		}
-		res, err = c.Send(Envelope{From: "good@src.test", To: []string{"x@dst.test"}}, []byte("hi\r\n"))
+		res, err = c.Send(Envelope{From: "good@src.test", To: []string{"x@dst.test"}}, Bytes([]byte("hi\r\n")))
 		if err != nil || res.Data != nil || res.Rcpt[0] != nil {
 			t.Fatalf("second Send = %+v, %v", res, err)
 		}
@@ -213,7 +213,7 @@ func TestDataRejectedAfterDot(t *testing.T) {
 		be := &backend{dataErr: &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "content rejected"}}
 		addr := startServer(t, be, nil)
 		c := newClient(t, addr, Options{DisableChunking: !chunked})
-		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, []byte("bad\r\n"))
+		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, Bytes([]byte("bad\r\n")))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -249,7 +249,7 @@ func TestNoValidRecipients(t *testing.T) {
 			{[]string{"gone@dst.test"}, false},
 			{[]string{"gone@dst.test", "full@dst.test"}, true},
 		} {
-			res, err := c.Send(Envelope{From: "a@src.test", To: tc.to}, []byte("never sent\r\n"))
+			res, err := c.Send(Envelope{From: "a@src.test", To: tc.to}, Bytes([]byte("never sent\r\n")))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -262,7 +262,7 @@ func TestNoValidRecipients(t *testing.T) {
 				}
 			}
 		}
-		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"ok@dst.test"}}, []byte("sent\r\n"))
+		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"ok@dst.test"}}, Bytes([]byte("sent\r\n")))
 		if err != nil || res.Data != nil {
 			t.Fatalf("Send after failures = %+v, %v", res, err)
 		}
@@ -278,7 +278,7 @@ func TestDotStuffingRoundTrip(t *testing.T) {
 	addr := startServer(t, be, nil)
 	c := newClient(t, addr, Options{})
 	body := "Subject: dots\r\n\r\n.hidden\r\n..two\r\n.\r\nmiddle . dot\r\n. space\r\nlast line no CRLF"
-	if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, []byte(body)); err != nil || res.Data != nil {
+	if res, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, Bytes([]byte(body))); err != nil || res.Data != nil {
 		t.Fatalf("Send = %+v, %v", res, err)
 	}
 	_, _, msgs := be.snapshot()
@@ -294,7 +294,7 @@ func TestMailParameters(t *testing.T) {
 	c := newClient(t, addr, Options{})
 	body := []byte("Subject: caf\xc3\xa9\r\n\r\nt\xc3\xa9st\r\n")
 	env := Envelope{From: "ren\xc3\xa9@src.test", To: []string{"b@dst.test"}, Size: int64(len(body)), UTF8: true, EightBit: true}
-	if res, err := c.Send(env, body); err != nil || res.Data != nil {
+	if res, err := c.Send(env, Bytes(body)); err != nil || res.Data != nil {
 		t.Fatalf("Send = %+v, %v", res, err)
 	}
 	_, _, msgs := be.snapshot()
@@ -318,11 +318,11 @@ func TestAdvertisedLimits(t *testing.T) {
 		env  Envelope
 		enh  smtp.EnhancedCode
 	}{
-		{"utf8 not offered", Envelope{From: "a@src.test", To: []string{"b@dst.test", "c@dst.test"}, UTF8: true}, smtp.EnhancedCode{5, 6, 7}},
+		{"utf8 sender, not offered", Envelope{From: "ren\xc3\xa9@src.test", To: []string{"b@dst.test", "c@dst.test"}, UTF8: true}, smtp.EnhancedCode{5, 6, 7}},
 		{"over SIZE", Envelope{From: "a@src.test", To: []string{"b@dst.test"}, Size: 101}, smtp.EnhancedCode{5, 3, 4}},
 		{"bad sender", Envelope{From: "a@src.test>\r\nRSET", To: []string{"b@dst.test"}}, smtp.EnhancedCode{5, 1, 7}},
 	} {
-		res, err := c.Send(tc.env, []byte("x\r\n"))
+		res, err := c.Send(tc.env, Bytes([]byte("x\r\n")))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -344,7 +344,7 @@ func TestInvalidRecipientNotSent(t *testing.T) {
 	be := &backend{}
 	addr := startServer(t, be, nil)
 	c := newClient(t, addr, Options{})
-	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"ok@dst.test", "x@dst.test>\r\nRCPT TO:<evil@dst.test", ""}}, []byte("hi\r\n"))
+	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"ok@dst.test", "x@dst.test>\r\nRCPT TO:<evil@dst.test", ""}}, Bytes([]byte("hi\r\n")))
 	if err != nil || res.Data != nil || res.Rcpt[0] != nil {
 		t.Fatalf("Send = %+v, %v", res, err)
 	}
@@ -365,7 +365,7 @@ func TestReuseOneConnection(t *testing.T) {
 	c := newClient(t, addr, Options{})
 	for i := range 3 {
 		from := "s" + string(rune('0'+i)) + "@src.test"
-		res, err := c.Send(Envelope{From: from, To: []string{"b@dst.test"}}, []byte("msg\r\n"))
+		res, err := c.Send(Envelope{From: from, To: []string{"b@dst.test"}}, Bytes([]byte("msg\r\n")))
 		if err != nil || res.Data != nil {
 			t.Fatalf("Send %d = %+v, %v", i, res, err)
 		}
@@ -376,7 +376,7 @@ func TestReuseOneConnection(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatalf("Quit: %v", err)
 	}
-	if _, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, nil); !outcome.IsTemporary(err) {
+	if _, err := c.Send(Envelope{From: "a@src.test", To: []string{"b@dst.test"}}, Body{}); !outcome.IsTemporary(err) {
 		t.Errorf("Send after Quit = %v, want a temporary error", err)
 	}
 	helos, _, msgs := be.snapshot()
@@ -424,7 +424,7 @@ func TestTransferChoice(t *testing.T) {
 			addr := startServer(t, be, func(s *smtp.Server) { s.Debug = dlog; s.MaxMessageBytes = 4 << 20 })
 			c := newClient(t, addr, tc.opts)
 			for i := 0; i < 2; i++ { // twice: the session stays in step
-				res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, []byte(tc.body))
+				res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, Bytes([]byte(tc.body)))
 				if err != nil || res.Data != nil || res.Rcpt[0] != nil {
 					t.Fatalf("Send %d = %+v, %v", i, res, err)
 				}

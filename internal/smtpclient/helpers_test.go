@@ -65,11 +65,12 @@ type heloRec struct {
 }
 
 type msgRec struct {
-	from  string
-	opts  smtp.MailOptions
-	rcpts []string
-	data  string
-	tls   bool
+	from     string
+	opts     smtp.MailOptions
+	rcpts    []string
+	rcptOpts []smtp.RcptOptions
+	data     string
+	tls      bool
 }
 
 // backend records what a go-smtp server saw. The reject maps and dataErr
@@ -126,11 +127,16 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if e := s.b.rejectRcpt[to]; e != nil {
 		return e
 	}
 	s.cur.rcpts = append(s.cur.rcpts, to)
+	if opts != nil {
+		s.cur.rcptOpts = append(s.cur.rcptOpts, *opts)
+	} else {
+		s.cur.rcptOpts = append(s.cur.rcptOpts, smtp.RcptOptions{})
+	}
 	return nil
 }
 

@@ -59,7 +59,7 @@ func TestPipeliningSeenByServer(t *testing.T) {
 	})
 	c := newClient(t, addr, Options{})
 	body := "line1\nline2\n.dot\n" // 17 bytes
-	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test", "y@dst.test", "z@dst.test"}, Size: int64(len(body)), EightBit: true}, []byte(body))
+	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test", "y@dst.test", "z@dst.test"}, Size: int64(len(body)), EightBit: true}, Bytes([]byte(body)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestHELOFallbackAndSerialTransaction(t *testing.T) {
 	if len(c.Extensions()) != 0 {
 		t.Errorf("Extensions after HELO = %v", c.Extensions())
 	}
-	res, err := c.Send(Envelope{To: []string{"x@dst.test", "y@dst.test"}}, []byte("bounce"))
+	res, err := c.Send(Envelope{To: []string{"x@dst.test", "y@dst.test"}}, Bytes([]byte("bounce")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,14 +164,14 @@ func TestData354WithoutRecipients(t *testing.T) {
 		return c.send("250 ok")
 	})
 	c := newClient(t, addr, Options{})
-	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, []byte("secret body\r\n"))
+	res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, Bytes([]byte("secret body\r\n")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Data == nil || res.Rcpt[0] == nil || res.Rcpt[0].Code != 550 {
 		t.Fatalf("result %+v", res)
 	}
-	res, err = c.Send(Envelope{From: "a@src.test", To: []string{"y@dst.test"}}, []byte("body\r\n"))
+	res, err = c.Send(Envelope{From: "a@src.test", To: []string{"y@dst.test"}}, Bytes([]byte("body\r\n")))
 	if err != nil || res.Data != nil {
 		t.Fatalf("second Send = %+v, %v", res, err)
 	}
@@ -225,12 +225,12 @@ func Test421(t *testing.T) {
 			return c.untilEOF()
 		})
 		c := newClient(t, addr, Options{})
-		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test", "y@dst.test"}}, []byte("x"))
+		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test", "y@dst.test"}}, Bytes([]byte("x")))
 		e := outcome.As(err)
 		if res != nil || e == nil || e.Code != 421 || e.Phase != outcome.PhaseRcpt || !e.Temporary || e.Message != "shutting down" {
 			t.Fatalf("Send = %+v, %v; want a 421 error", res, err)
 		}
-		if _, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, nil); !outcome.IsTemporary(err) {
+		if _, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, Body{}); !outcome.IsTemporary(err) {
 			t.Errorf("Send after 421 = %v", err)
 		}
 		if err := c.Quit(); err != nil {
@@ -272,7 +272,7 @@ func TestTimeouts(t *testing.T) {
 			return c.untilEOF() // and never answer
 		})
 		c := newClient(t, addr, Options{Timeouts: Timeouts{DataTerm: short}})
-		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, []byte("x\r\n"))
+		res, err := c.Send(Envelope{From: "a@src.test", To: []string{"x@dst.test"}}, Bytes([]byte("x\r\n")))
 		e := outcome.As(err)
 		if res != nil || e == nil || e.Phase != outcome.PhaseDot || !e.Temporary || !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("Send = %+v, %v; want a timeout after the dot", res, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -32,6 +33,12 @@ type Message struct {
 	TLS        bool   // the session had done STARTTLS
 	SinkAddr   string // the sink that received it
 	ReceivedAt time.Time
+	Mail       smtp.MailOptions   // MAIL FROM's parameters
+	Rcpt       []smtp.RcptOptions // each accepted RCPT TO's parameters, as To
+	// Size and SHA256 are the body's length and digest; with
+	// Config.DigestOnly, Data is nil and these are all that is kept.
+	Size   int64
+	SHA256 [sha256.Size]byte
 }
 
 // Config sets a sink's behaviour. Every func is called from the sink's
@@ -43,8 +50,24 @@ type Config struct {
 	SMTPUTF8 bool
 	// Rcpt decides each RCPT TO; a non-nil error (an *smtp.SMTPError) refuses it.
 	Rcpt func(to string) error
-	// Data decides each message after its body was read.
+	// Data decides each message after its body was read (not called
+	// with DigestOnly).
 	Data func(from string, to []string, data []byte) error
+	// DSN offers the DSN extension (RFC 3461), so MAIL and RCPT take
+	// RET, ENVID, NOTIFY and ORCPT.
+	DSN bool
+	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
+	// No8BitMIME leaves 8BITMIME out of the EHLO reply, which go-smtp
+	// always offers: the line is dropped on its way to the client (so
+	// this works on sessions without TLS only).
+	No8BitMIME bool
+	// DigestOnly keeps each body's size and SHA-256, not the body, for
+	// tests of large messages.
+	DigestOnly bool
+	// ReadTimeout replaces the default 10s. go-smtp sets it once per
+	// command, so a whole DATA body must arrive within it.
+	ReadTimeout time.Duration
 }
 
 // Sink is a go-smtp server on one 127.0.0.x address.
@@ -120,6 +143,11 @@ func serve(t testing.TB, ip string, ln net.Listener, cfg Config) *Sink {
 	srv.WriteTimeout = 10 * time.Second
 	srv.MaxRecipients = 1000
 	srv.ErrorLog = discardLogger{}
+	if cfg.ReadTimeout > 0 {
+		srv.ReadTimeout = cfg.ReadTimeout
+	}
+	srv.EnableDSN = cfg.DSN
+	srv.EnableSMTPUTF8 = cfg.SMTPUTF8
 	s.server = srv
 	go func() {
 		defer close(s.serveDone)
@@ -158,6 +186,15 @@ type watchConn struct {
 	sink *Sink
 }
 
+// Write drops the EHLO reply's 8BITMIME line when the sink hides it;
+// go-smtp writes each reply line with a write of its own.
+func (c *watchConn) Write(p []byte) (int, error) {
+	if c.sink.cfg.No8BitMIME && string(p) == "250-8BITMIME\r\n" {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
 func (c *watchConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
@@ -193,35 +230,55 @@ type session struct {
 	remote string
 	from   string
 	body   smtp.BodyType
+	mail   smtp.MailOptions
 	to     []string
+	rcpt   []smtp.RcptOptions
 	closed bool
 }
 
-func (ss *session) Reset() { ss.from, ss.body, ss.to = "", "", nil }
+func (ss *session) Reset() {
+	ss.from, ss.body, ss.to, ss.rcpt, ss.mail = "", "", nil, nil, smtp.MailOptions{}
+}
+
 func (ss *session) Mail(from string, o *smtp.MailOptions) error {
 	ss.from = from
 	if o != nil {
 		ss.body = o.Body
+		ss.mail = *o
 	}
 	return nil
 }
 
-func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (ss *session) Rcpt(to string, o *smtp.RcptOptions) error {
 	if f := ss.sink.cfg.Rcpt; f != nil {
 		if err := f(to); err != nil {
 			return err
 		}
 	}
 	ss.to = append(ss.to, to)
+	if o == nil {
+		o = &smtp.RcptOptions{}
+	}
+	ss.rcpt = append(ss.rcpt, *o)
 	return nil
 }
 
 func (ss *session) Data(r io.Reader) error {
-	data, err := io.ReadAll(r)
+	h := sha256.New()
+	var data []byte
+	var size int64
+	var err error
+	if ss.sink.cfg.DigestOnly {
+		size, err = io.Copy(h, r)
+	} else {
+		data, err = io.ReadAll(r)
+		size = int64(len(data))
+		h.Write(data)
+	}
 	if err != nil {
 		return err
 	}
-	if f := ss.sink.cfg.Data; f != nil {
+	if f := ss.sink.cfg.Data; f != nil && !ss.sink.cfg.DigestOnly {
 		if err := f(ss.from, ss.to, data); err != nil {
 			return err
 		}
@@ -231,7 +288,9 @@ func (ss *session) Data(r io.Reader) error {
 		From: ss.from, Body: ss.body, To: append([]string(nil), ss.to...), Data: data,
 		RemoteIP: ss.remote, EHLO: ss.conn.Hostname(), TLS: isTLS,
 		SinkAddr: ss.sink.Addr, ReceivedAt: time.Now(),
+		Mail: ss.mail, Rcpt: append([]smtp.RcptOptions(nil), ss.rcpt...), Size: size,
 	}
+	h.Sum(m.SHA256[:0])
 	s := ss.sink
 	s.mu.Lock()
 	s.msgs = append(s.msgs, m)
