@@ -1,0 +1,360 @@
+package conform
+
+import (
+	"bufio"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"strings"
+)
+
+// action is what Rewrite does to a leaf body.
+type action uint8
+
+const (
+	actKeep    action = iota // copy as it is
+	actQP                    // encode as quoted-printable (a text/* part)
+	actBase64                // encode as base64 (any other part)
+	actWrapQP                // already quoted-printable: add soft line breaks, escape 8-bit octets
+	actWrapB64               // already base64: re-cut its lines at 76
+)
+
+// decide is the pure decision for one leaf: what its body needs under o,
+// given the plan bits Scan set for it.
+//
+// A part that is already quoted-printable or base64 but has lines over 998
+// octets (or raw 8-bit octets) is malformed; it is not decoded and encoded
+// again (its decoding is not well defined) but re-wrapped: a soft line break
+// or a base64 line break changes no decoder's output, so the content stays
+// what it was.
+func decide(e *entity, f uint8, o Options) (action, error) {
+	if e.kind != kindLeaf {
+		return actKeep, nil
+	}
+	long := f&fLong != 0
+	if !long && !(o.To7Bit && f&(f8bit|fNUL) != 0) {
+		return actKeep, nil
+	}
+	fail := ErrConversion
+	if long {
+		fail = ErrCannotConform
+	}
+	switch {
+	case e.cte == "quoted-printable":
+		return actWrapQP, nil
+	case e.cte == "base64":
+		return actWrapB64, nil
+	case !e.identity():
+		return actKeep, fmt.Errorf("conform: part %d: transfer encoding %q: %w", e.ord, e.cte, fail)
+	case strings.HasPrefix(e.mtype, "multipart/") || (strings.HasPrefix(e.mtype, "message/") && e.mtype != "message/global"):
+		// RFC 2045 §6.4: composite types take identity encodings only.
+		return actKeep, fmt.Errorf("conform: part %d: %s cannot be encoded: %w", e.ord, e.mtype, fail)
+	case e.text:
+		return actQP, nil
+	default:
+		return actBase64, nil
+	}
+}
+
+type rewriter struct {
+	bw   *bufio.Writer
+	last byte  // the last octet written, to end the output with a line end
+	n    int64 // octets written
+	rep  *Report
+	opts Options
+	res  Result
+
+	act   action
+	qp    *quotedprintable.Writer
+	b64   io.WriteCloser
+	wrap  lineWrap
+	col   int // actWrapQP: column on the output line
+	esc   int // actWrapQP: octets left of an =XX escape
+	fbuf  []byte
+	hbuf  []byte
+	pts   []int
+	wrote bool // a leaf being encoded has output
+}
+
+func newRewriter(dst io.Writer, rep *Report, o Options) *rewriter {
+	rw := &rewriter{bw: bufio.NewWriterSize(dst, 64<<10), rep: rep, opts: o}
+	rw.wrap.w = rw
+	rw.qp = quotedprintable.NewWriter(rw)
+	return rw
+}
+
+// Write is the rewriter's output; bufio keeps the first error and finish
+// reports it.
+func (rw *rewriter) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		rw.last = p[len(p)-1]
+		rw.n += int64(len(p))
+	}
+	return rw.bw.Write(p)
+}
+
+func (rw *rewriter) finish() error {
+	if rw.n > 0 && rw.last != '\n' { // SMTP ends the data with a line end anyway
+		rw.Write(crlf)
+	}
+	if err := rw.bw.Flush(); err != nil {
+		return fmt.Errorf("conform: write: %w", err)
+	}
+	return nil
+}
+
+func (rw *rewriter) header(e *entity, block, blank []byte) error {
+	if e.ord >= len(rw.rep.plan) {
+		return ErrChanged
+	}
+	f := rw.rep.plan[e.ord]
+	act, err := decide(e, f, rw.opts)
+	if err != nil {
+		return err
+	}
+	rw.act, rw.wrote = act, false
+	cte := ""
+	switch {
+	case act == actQP:
+		cte = "quoted-printable"
+		rw.res.Reencoded++
+		rw.qp = quotedprintable.NewWriter(rw)
+	case act == actBase64:
+		cte = "base64"
+		rw.res.Reencoded++
+		rw.wrap.col = 0
+		rw.b64 = base64.NewEncoder(base64.StdEncoding, &rw.wrap)
+	case act == actWrapQP:
+		rw.res.Rewrapped++
+	case act == actWrapB64:
+		rw.res.Rewrapped++
+		rw.wrap.col = 0
+	case rw.opts.To7Bit && e.kind != kindLeaf && (e.cte == "8bit" || e.cte == "binary"):
+		// Its children are 7-bit once converted (RFC 2045 §6.4).
+		cte = "7bit"
+		rw.res.Relabeled++
+	}
+	if cte == "" && f&(fHdrLong|fHdr8bit) == 0 {
+		rw.Write(block)
+		rw.Write(blank)
+		return nil
+	}
+	if rw.opts.asciiHeaders() && f&fHdr8bit != 0 {
+		if block, err = DowngradeHeader(block); err != nil {
+			return fmt.Errorf("conform: part %d: %w", e.ord, err)
+		}
+		rw.res.Headers++
+	}
+	out, placed, mimeVersion := rw.hbuf[:0], false, false
+	eachField(block, func(name, raw, _ []byte) {
+		if err != nil {
+			return
+		}
+		if asciiEqualFold(name, "mime-version") {
+			mimeVersion = true
+		}
+		if cte != "" && asciiEqualFold(name, "content-transfer-encoding") {
+			if !placed {
+				out = append(out, "Content-Transfer-Encoding: "+cte+"\r\n"...)
+				placed = true
+			}
+			return
+		}
+		var n int
+		out, n, err = writeField(out, raw, name, rw.pts)
+		rw.res.Folded += n
+	})
+	if err != nil {
+		return err
+	}
+	if cte != "" && !placed {
+		if len(out) > 0 && out[len(out)-1] != '\n' {
+			out = append(out, crlf...)
+		}
+		if e.ord == 0 && !mimeVersion {
+			out = append(out, "MIME-Version: 1.0\r\n"...)
+		}
+		out = append(out, "Content-Transfer-Encoding: "+cte+"\r\n"...)
+	}
+	if blank == nil && act != actKeep {
+		blank = crlf // an encoded body needs the blank line before it
+	}
+	rw.hbuf = out[:0]
+	rw.Write(out)
+	rw.Write(blank)
+	return nil
+}
+
+func (rw *rewriter) bodyText(e *entity, c []byte, start bool) error {
+	if len(c) > 0 {
+		rw.wrote = true
+	}
+	switch rw.act {
+	case actQP:
+		rw.qp.Binary = true // CR and LF inside content stay octets (=0D, =0A)
+		rw.qp.Write(c)
+	case actBase64:
+		rw.b64.Write(c)
+	case actWrapQP:
+		if start {
+			rw.col, rw.esc = 0, 0
+		}
+		rw.wrapQP(c)
+	case actWrapB64:
+		rw.fbuf = rw.fbuf[:0]
+		for _, b := range c {
+			if isB64(b) {
+				rw.fbuf = append(rw.fbuf, b)
+			}
+		}
+		rw.wrap.Write(rw.fbuf)
+	default:
+		rw.Write(c)
+	}
+	return nil
+}
+
+func (rw *rewriter) bodyEOL(e *entity, eol []byte) error {
+	switch rw.act {
+	case actQP:
+		// A CRLF is a hard line break; a bare LF is an octet of content.
+		rw.qp.Binary = len(eol) == 1
+		rw.qp.Write(eol)
+		rw.wrote = true
+	case actBase64:
+		rw.b64.Write(eol)
+		rw.wrote = true
+	case actWrapQP:
+		rw.Write(eol)
+		rw.col, rw.esc = 0, 0
+	case actWrapB64:
+		// line breaks are not base64 data; lineWrap makes its own
+	default:
+		rw.Write(eol)
+	}
+	return nil
+}
+
+// endLeaf closes the encoding. With delim, eol is the CRLF of the delimiter
+// that follows, not content: the encoded text ends and a CRLF is written for
+// the delimiter. Without, eol is the body's last line end and is content.
+func (rw *rewriter) endLeaf(e *entity, eol []byte, delim bool) error {
+	switch rw.act {
+	case actQP:
+		if !delim && eol != nil {
+			rw.bodyEOL(e, eol)
+		}
+		rw.qp.Close()
+		switch {
+		case delim:
+			rw.Write(crlf)
+		case rw.last != '\n':
+			rw.Write([]byte("=\r\n")) // a soft break: the content had no final line end
+		}
+	case actBase64:
+		if !delim && eol != nil {
+			rw.b64.Write(eol)
+		}
+		rw.b64.Close()
+		rw.Write(crlf)
+	case actWrapQP:
+		switch {
+		case eol != nil:
+			rw.Write(eol)
+		case rw.esc == 2: // ended in "=": already a soft break
+			rw.Write(crlf)
+		default:
+			rw.Write([]byte("=\r\n"))
+		}
+	case actWrapB64:
+		rw.Write(crlf)
+	default:
+		rw.Write(eol)
+	}
+	rw.act = actKeep
+	return nil
+}
+
+func (rw *rewriter) raw(p piece) error {
+	rw.Write(p.content)
+	rw.Write(p.eol)
+	return nil
+}
+
+const hexUpper = "0123456789ABCDEF"
+
+// check refuses, before any output, what Scan found that no rewrite fixes.
+func (r *Report) check(o Options) error {
+	switch {
+	case r.Unfoldable:
+		return fmt.Errorf("conform: header line over %d octets: %w", MaxLine, ErrUnfoldable)
+	case r.rawLong:
+		// A preamble or epilogue has no encoding to put a long line in.
+		return fmt.Errorf("conform: preamble, epilogue or boundary line over %d octets: %w", MaxLine, ErrCannotConform)
+	case o.To7Bit && r.raw8:
+		return fmt.Errorf("conform: 8-bit preamble, epilogue or boundary line: %w", ErrConversion)
+	}
+	return nil
+}
+
+// wrapQP copies quoted-printable text, inserting a soft line break before
+// the output line would pass 76 columns (never inside an =XX escape), and
+// escaping NUL and 8-bit octets when converting to 7 bits; a decoder reads
+// the same octets from the result as from the input.
+func (rw *rewriter) wrapQP(c []byte) {
+	for _, b := range c {
+		enc := rw.opts.To7Bit && (b >= 0x80 || b == 0)
+		if rw.esc > 0 {
+			rw.esc--
+		} else {
+			unit := 1
+			if b == '=' || enc {
+				unit = 3
+			}
+			if rw.col+unit > 75 {
+				rw.Write([]byte("=\r\n"))
+				rw.col = 0
+			}
+			if b == '=' {
+				rw.esc = 2
+			}
+		}
+		if enc {
+			rw.Write([]byte{'=', hexUpper[b>>4], hexUpper[b&15]})
+			rw.col += 3
+		} else {
+			rw.bw.WriteByte(b)
+			rw.last = b
+			rw.n++
+			rw.col++
+		}
+	}
+}
+
+func isB64(b byte) bool {
+	return b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '+' || b == '/' || b == '='
+}
+
+// lineWrap cuts base64 text into lines of 76 characters (RFC 2045 §6.8),
+// breaking before a character rather than after, so the text never ends in
+// an empty line.
+type lineWrap struct {
+	w   io.Writer
+	col int
+}
+
+func (l *lineWrap) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if l.col == 76 {
+			l.w.Write(crlf)
+			l.col = 0
+		}
+		k := min(76-l.col, len(p))
+		l.w.Write(p[:k])
+		l.col += k
+		p = p[k:]
+	}
+	return n, nil
+}
