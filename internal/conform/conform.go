@@ -117,8 +117,9 @@ type Result struct {
 
 // Rewrite scans the message from a first open(), and if it needs changes
 // under opts, streams a second open() to dst making them; otherwise it copies
-// the second open() to dst unchanged. Errors wrap an Err* value when the
-// content is the cause.
+// the second open() to dst unchanged (adding a final CRLF if there was none).
+// Errors wrap an Err* value when the content is the cause; dst may then hold
+// partial output, which the caller discards.
 func Rewrite(open Opener, dst io.Writer, opts Options) (Result, error) {
 	rep, err := scanOpen(open)
 	if err != nil {
@@ -132,6 +133,11 @@ func Rewrite(open Opener, dst io.Writer, opts Options) (Result, error) {
 	if !rep.NeedsRewrite(opts) {
 		if _, err := io.Copy(dst, src); err != nil {
 			return Result{}, fmt.Errorf("conform: copy: %w", err)
+		}
+		if rep.Unterminated { // as SMTP would end the data anyway
+			if _, err := dst.Write(crlf); err != nil {
+				return Result{}, fmt.Errorf("conform: copy: %w", err)
+			}
 		}
 		return Result{}, nil
 	}

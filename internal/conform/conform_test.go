@@ -212,10 +212,10 @@ func TestScanAndRewrite(t *testing.T) {
 			reenc: 1,
 		},
 		{
-			name: "8-bit text to QP for a receiver without 8BITMIME",
-			in:   "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + eight,
-			opts: Options{To7Bit: true},
-			want: []leaf{{ctype: "text/plain", cte: "quoted-printable", content: []byte(eight)}},
+			name:  "8-bit text to QP for a receiver without 8BITMIME",
+			in:    "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + eight,
+			opts:  Options{To7Bit: true},
+			want:  []leaf{{ctype: "text/plain", cte: "quoted-printable", content: []byte(eight)}},
 			reenc: 1,
 		},
 		{
@@ -504,7 +504,7 @@ func TestFoldPoints(t *testing.T) {
 		{"Subject: " + words(3000), true},
 		{"Subject: " + strings.Repeat("x", 990) + " " + strings.Repeat("y", 990), true},
 		{"Subject: " + strings.Repeat("x", 1000) + " y", false},
-		{"X: a" + strings.Repeat(" ", 2000) + "b", false}, // only one place to fold, too far
+		{"X: a" + strings.Repeat(" ", 2000) + "b", false},      // only one place to fold, too far
 		{"Subject" + strings.Repeat(" ", 1000) + ": x", false}, // never before the colon
 	}
 	for _, c := range cases {

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"mime/quotedprintable"
 	"strings"
 )
 
@@ -66,11 +65,12 @@ type rewriter struct {
 	res  Result
 
 	act   action
-	qp    *quotedprintable.Writer
+	qp    qpEnc
 	b64   io.WriteCloser
 	wrap  lineWrap
 	col   int // actWrapQP: column on the output line
 	esc   int // actWrapQP: octets left of an =XX escape
+	esc3  [3]byte
 	fbuf  []byte
 	hbuf  []byte
 	pts   []int
@@ -80,7 +80,7 @@ type rewriter struct {
 func newRewriter(dst io.Writer, rep *Report, o Options) *rewriter {
 	rw := &rewriter{bw: bufio.NewWriterSize(dst, 64<<10), rep: rep, opts: o}
 	rw.wrap.w = rw
-	rw.qp = quotedprintable.NewWriter(rw)
+	rw.qp.rw = rw
 	return rw
 }
 
@@ -119,7 +119,7 @@ func (rw *rewriter) header(e *entity, block, blank []byte) error {
 	case act == actQP:
 		cte = "quoted-printable"
 		rw.res.Reencoded++
-		rw.qp = quotedprintable.NewWriter(rw)
+		rw.qp.col, rw.qp.ws = 0, 0
 	case act == actBase64:
 		cte = "base64"
 		rw.res.Reencoded++
@@ -192,8 +192,7 @@ func (rw *rewriter) bodyText(e *entity, c []byte, start bool) error {
 	}
 	switch rw.act {
 	case actQP:
-		rw.qp.Binary = true // CR and LF inside content stay octets (=0D, =0A)
-		rw.qp.Write(c)
+		rw.qp.write(c)
 	case actBase64:
 		rw.b64.Write(c)
 	case actWrapQP:
@@ -219,8 +218,11 @@ func (rw *rewriter) bodyEOL(e *entity, eol []byte) error {
 	switch rw.act {
 	case actQP:
 		// A CRLF is a hard line break; a bare LF is an octet of content.
-		rw.qp.Binary = len(eol) == 1
-		rw.qp.Write(eol)
+		if len(eol) == 2 {
+			rw.qp.hardBreak()
+		} else {
+			rw.qp.write(eol)
+		}
 		rw.wrote = true
 	case actBase64:
 		rw.b64.Write(eol)
@@ -245,12 +247,12 @@ func (rw *rewriter) endLeaf(e *entity, eol []byte, delim bool) error {
 		if !delim && eol != nil {
 			rw.bodyEOL(e, eol)
 		}
-		rw.qp.Close()
+		rw.qp.flushWS(true)
 		switch {
 		case delim:
 			rw.Write(crlf)
 		case rw.last != '\n':
-			rw.Write([]byte("=\r\n")) // a soft break: the content had no final line end
+			rw.Write(softBreak) // a soft break: the content had no final line end
 		}
 	case actBase64:
 		if !delim && eol != nil {
@@ -265,7 +267,7 @@ func (rw *rewriter) endLeaf(e *entity, eol []byte, delim bool) error {
 		case rw.esc == 2: // ended in "=": already a soft break
 			rw.Write(crlf)
 		default:
-			rw.Write([]byte("=\r\n"))
+			rw.Write(softBreak)
 		}
 	case actWrapB64:
 		rw.Write(crlf)
@@ -284,6 +286,14 @@ func (rw *rewriter) raw(p piece) error {
 
 const hexUpper = "0123456789ABCDEF"
 
+var softBreak = []byte("=\r\n")
+
+// escape writes b as a quoted-printable =XX.
+func (rw *rewriter) escape(b byte) {
+	rw.esc3 = [3]byte{'=', hexUpper[b>>4], hexUpper[b&15]}
+	rw.Write(rw.esc3[:])
+}
+
 // check refuses, before any output, what Scan found that no rewrite fixes.
 func (r *Report) check(o Options) error {
 	switch {
@@ -293,7 +303,9 @@ func (r *Report) check(o Options) error {
 		// A preamble or epilogue has no encoding to put a long line in.
 		return fmt.Errorf("conform: preamble, epilogue or boundary line over %d octets: %w", MaxLine, ErrCannotConform)
 	case o.To7Bit && r.raw8:
-		return fmt.Errorf("conform: 8-bit preamble, epilogue or boundary line: %w", ErrConversion)
+		return fmt.Errorf("conform: 8-bit or NUL octet in a preamble, epilogue or boundary line: %w", ErrConversion)
+	case o.To7Bit && r.hdrNUL:
+		return fmt.Errorf("conform: NUL octet in a header: %w", ErrConversion)
 	}
 	return nil
 }
@@ -313,15 +325,17 @@ func (rw *rewriter) wrapQP(c []byte) {
 				unit = 3
 			}
 			if rw.col+unit > 75 {
-				rw.Write([]byte("=\r\n"))
+				rw.Write(softBreak)
 				rw.col = 0
+				// A line we start must not read as a boundary delimiter.
+				enc = enc || b == '-'
 			}
 			if b == '=' {
 				rw.esc = 2
 			}
 		}
 		if enc {
-			rw.Write([]byte{'=', hexUpper[b>>4], hexUpper[b&15]})
+			rw.escape(b)
 			rw.col += 3
 		} else {
 			rw.bw.WriteByte(b)
@@ -357,4 +371,77 @@ func (l *lineWrap) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// qpEnc encodes a text part as quoted-printable (RFC 2045 §6.7). It is ours
+// rather than mime/quotedprintable's Writer because an encoder inside a
+// multipart must not start a line with "--" (after a soft break the rest of
+// a long line could read as a boundary delimiter), and because a bare CR or
+// LF must stay an octet of content (=0D, =0A) while CRLF is a hard break.
+// Lines are at most 76 octets; a space or tab is held until the next octet
+// shows whether it ends a line, where it is encoded.
+type qpEnc struct {
+	rw  *rewriter
+	col int
+	ws  byte // a held space or tab, 0 for none
+}
+
+func (q *qpEnc) write(c []byte) {
+	for _, b := range c {
+		q.flushWS(false)
+		switch {
+		case b == ' ' || b == '\t':
+			q.ws = b
+		case b >= '!' && b <= '~' && b != '=':
+			q.literal(b)
+		default:
+			q.escape(b)
+		}
+	}
+}
+
+func (q *qpEnc) room(n int) {
+	if q.col+n > 75 {
+		q.rw.Write(softBreak)
+		q.col = 0
+	}
+}
+
+func (q *qpEnc) literal(b byte) {
+	q.room(1)
+	if q.col == 0 && b == '-' {
+		q.escape(b)
+		return
+	}
+	q.rw.bw.WriteByte(b)
+	q.rw.last = b
+	q.rw.n++
+	q.col++
+}
+
+func (q *qpEnc) escape(b byte) {
+	q.room(3)
+	q.rw.escape(b)
+	q.col += 3
+}
+
+// flushWS writes a held space or tab: encoded when a line end follows,
+// since decoders drop trailing whitespace.
+func (q *qpEnc) flushWS(atEOL bool) {
+	if q.ws == 0 {
+		return
+	}
+	b := q.ws
+	q.ws = 0
+	if atEOL {
+		q.escape(b)
+	} else {
+		q.literal(b)
+	}
+}
+
+func (q *qpEnc) hardBreak() {
+	q.flushWS(true)
+	q.rw.Write(crlf)
+	q.col = 0
 }

@@ -23,7 +23,8 @@ type Report struct {
 
 	plan    []uint8
 	rawLong bool // a long preamble, epilogue or boundary line: no encoding can fix it
-	raw8    bool // an 8-bit octet in one
+	raw8    bool // an 8-bit octet or a NUL in one
+	hdrNUL  bool // a NUL in a header block: no encoding can fix it
 	curLen  int
 	scratch []int
 }
@@ -68,7 +69,7 @@ func (r *Report) header(e *entity, block, blank []byte) error {
 	r.flag(e, 0)
 	r.Entities = len(r.plan)
 	if bytes.IndexByte(block, 0) >= 0 {
-		r.NUL = true
+		r.NUL, r.hdrNUL = true, true
 	}
 	if hasHigh(block) {
 		r.HeaderEightBit = true
@@ -150,7 +151,7 @@ func (r *Report) raw(p piece) error {
 		r.EightBit, r.raw8 = true, true
 	}
 	if bytes.IndexByte(p.content, 0) >= 0 {
-		r.NUL = true
+		r.NUL, r.raw8 = true, true
 	}
 	if bytes.IndexByte(p.content, '\r') >= 0 {
 		r.BareCR = true

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"strings"
+	"sync"
 )
 
 // bufSize is the read buffer; a line longer than this arrives in pieces, and
@@ -182,9 +183,19 @@ type walker struct {
 	pendEOL []byte // a leaf line end held until the next line is known
 }
 
+// readers recycles the 64 KiB read buffers: Scan runs on every injected
+// message, and a fresh buffer each time was most of its allocation.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+
 // walk reads a message and calls v for each piece of it, in order.
 func walk(r io.Reader, v visitor) error {
-	lr := &lineReader{br: bufio.NewReaderSize(r, bufSize)}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
+	lr := &lineReader{br: br}
 	w := &walker{v: v, cur: &entity{mtype: "text/plain", text: true}}
 	w.ords = 1
 	for {
