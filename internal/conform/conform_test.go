@@ -493,6 +493,11 @@ func TestDowngradeHeader(t *testing.T) {
 	if res.Headers != 1 || res.Reencoded != 1 {
 		t.Errorf("Result %+v: %q", res, outMsg)
 	}
+	// For a receiver with 8BITMIME but no SMTPUTF8 only the header changes.
+	outMsg, res = rewrite(t, msg, Options{ASCIIHeaders: true})
+	if res.Headers != 1 || res.Reencoded != 0 || !strings.HasSuffix(outMsg, "\r\n\r\nGrüße\r\n") || HeaderNonASCII([]byte(outMsg[:strings.Index(outMsg, "\r\n\r\n")])) {
+		t.Errorf("Result %+v: %q", res, outMsg)
+	}
 }
 
 func TestFoldPoints(t *testing.T) {
