@@ -231,7 +231,8 @@ func TestScanAndRewrite(t *testing.T) {
 				{ctype: "application/octet-stream", cte: "base64", content: []byte("\x00\xff\xfe")},
 			},
 			reenc: 1,
-			unchange: []string{"Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe\r\n--q\r\n",
+			unchange: []string{"Content-Transfer-Encoding: 7bit\r\n\r\n--q\r\n", // the container relabelled
+				"Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe\r\n--q\r\n",
 				"Content-Transfer-Encoding: base64\r\n\r\n" + attachWrapped + "--q\r\n"},
 		},
 		{

@@ -1,6 +1,7 @@
 package conform
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"errors"
@@ -70,6 +71,7 @@ func FuzzRewrite(f *testing.F) {
 	f.Add([]byte("Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"+strings.Repeat("=C3=A9--b ", 120)+"\r\n"), true)
 	f.Fuzz(func(t *testing.T, in []byte, to7 bool) {
 		o := Options{To7Bit: to7}
+		checkRewrapQP(t, in, o)
 		rep, err := Scan(bytes.NewReader(in))
 		var out bytes.Buffer
 		res, rerr := Rewrite(opener(in, nil), &out, o)
@@ -126,7 +128,7 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatal(err)
 		}
 		if len(a.leaves) != len(b.leaves) {
-			t.Fatalf("%d leaves became %d:\n%q\n%q", len(a.leaves), len(b.leaves), in, got)
+			t.Fatalf("%d leaves became %d:\n%q\n%q", len(a.leaves), len(b.leaves), trunc(in), trunc(got))
 		}
 		for i := range a.leaves {
 			if a.leaves[i].cte == "quoted-printable" {
@@ -142,11 +144,61 @@ func FuzzRewrite(f *testing.F) {
 			}
 			now, ok := b.leaves[i].decoded()
 			if !ok {
-				t.Fatalf("leaf %d (%s) does not decode any more:\n%q", i, b.leaves[i].cte, b.leaves[i].content)
+				t.Fatalf("leaf %d (%s) does not decode any more:\n%q", i, b.leaves[i].cte, trunc(b.leaves[i].content))
 			}
 			if !bytes.Equal(was, now) {
-				t.Fatalf("leaf %d decodes to\n%q\nwas\n%q", i, now, was)
+				t.Fatalf("leaf %d decodes to\n%q\nwas\n%q", i, trunc(now), trunc(was))
 			}
 		}
 	})
+}
+
+// checkRewrapQP: well-formed quoted-printable whose soft line breaks are
+// taken out (so its lines run long) is re-wrapped to text that decodes to
+// the same octets. The content is in repeated to make lines over 998.
+func checkRewrapQP(t *testing.T, in []byte, o Options) {
+	if len(in) == 0 {
+		return
+	}
+	content := bytes.Repeat(in, 3000/len(in)+1)[:3000]
+	var enc bytes.Buffer
+	qw := quotedprintable.NewWriter(&enc)
+	qw.Write(content)
+	qw.Close()
+	long := bytes.ReplaceAll(enc.Bytes(), softBreak, nil)
+	hdr := "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+	var out bytes.Buffer
+	res, err := Rewrite(opener(append([]byte(hdr), long...), nil), &out, o)
+	if err != nil {
+		t.Fatalf("re-wrapping quoted-printable: %v", err)
+	}
+	if !res.Changed {
+		return // no line was long: copied (and a final CRLF added)
+	}
+	got := out.Bytes()
+	if !bytes.HasPrefix(got, []byte(hdr)) {
+		t.Fatalf("header changed: %q", got)
+	}
+	for _, line := range bytes.Split(got, lf) {
+		if len(line) > 78 {
+			t.Fatalf("re-wrapped line of %d octets", len(line))
+		}
+	}
+	// bufio.NewReaderSize: quotedprintable's own 4 KiB buffer would refuse
+	// the long lines of the input.
+	want, err := io.ReadAll(quotedprintable.NewReader(bufio.NewReaderSize(bytes.NewReader(long), 1<<16)))
+	if err != nil {
+		t.Fatalf("decoding the input: %v", err)
+	}
+	now, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(got[len(hdr):])))
+	if err != nil {
+		t.Fatalf("decoding the output: %v", err)
+	}
+	if !bytes.Equal(now, want) {
+		i := 0
+		for i < len(now) && i < len(want) && now[i] == want[i] {
+			i++
+		}
+		t.Fatalf("re-wrapped quoted-printable decodes differently from octet %d: %q, was %q", i, trunc(now[i:]), trunc(want[i:]))
+	}
 }

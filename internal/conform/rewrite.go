@@ -64,17 +64,17 @@ type rewriter struct {
 	opts Options
 	res  Result
 
-	act   action
-	qp    qpEnc
-	b64   io.WriteCloser
-	wrap  lineWrap
-	col   int // actWrapQP: column on the output line
-	esc   int // actWrapQP: octets left of an =XX escape
-	esc3  [3]byte
-	fbuf  []byte
-	hbuf  []byte
-	pts   []int
-	wrote bool // a leaf being encoded has output
+	act  action
+	qp   qpEnc
+	b64  io.WriteCloser
+	wrap lineWrap
+	col  int // actWrapQP: column on the output line
+	esc  int // actWrapQP: octets left of an =XX escape
+	esc3 [3]byte
+	hold []byte // actWrapQP: spaces and tabs not yet known to be inside a line
+	fbuf []byte
+	hbuf []byte
+	pts  []int
 }
 
 func newRewriter(dst io.Writer, rep *Report, o Options) *rewriter {
@@ -113,7 +113,7 @@ func (rw *rewriter) header(e *entity, block, blank []byte) error {
 	if err != nil {
 		return err
 	}
-	rw.act, rw.wrote = act, false
+	rw.act = act
 	cte := ""
 	switch {
 	case act == actQP:
@@ -187,18 +187,12 @@ func (rw *rewriter) header(e *entity, block, blank []byte) error {
 }
 
 func (rw *rewriter) bodyText(e *entity, c []byte, start bool) error {
-	if len(c) > 0 {
-		rw.wrote = true
-	}
 	switch rw.act {
 	case actQP:
 		rw.qp.write(c)
 	case actBase64:
 		rw.b64.Write(c)
 	case actWrapQP:
-		if start {
-			rw.col, rw.esc = 0, 0
-		}
 		rw.wrapQP(c)
 	case actWrapB64:
 		rw.fbuf = rw.fbuf[:0]
@@ -223,13 +217,10 @@ func (rw *rewriter) bodyEOL(e *entity, eol []byte) error {
 		} else {
 			rw.qp.write(eol)
 		}
-		rw.wrote = true
 	case actBase64:
 		rw.b64.Write(eol)
-		rw.wrote = true
 	case actWrapQP:
-		rw.Write(eol)
-		rw.col, rw.esc = 0, 0
+		rw.qpLineEnd(eol)
 	case actWrapB64:
 		// line breaks are not base64 data; lineWrap makes its own
 	default:
@@ -261,14 +252,7 @@ func (rw *rewriter) endLeaf(e *entity, eol []byte, delim bool) error {
 		rw.b64.Close()
 		rw.Write(crlf)
 	case actWrapQP:
-		switch {
-		case eol != nil:
-			rw.Write(eol)
-		case rw.esc == 2: // ended in "=": already a soft break
-			rw.Write(crlf)
-		default:
-			rw.Write(softBreak)
-		}
+		rw.qpLineEnd(eol)
 	case actWrapB64:
 		rw.Write(crlf)
 	default:
@@ -310,39 +294,76 @@ func (r *Report) check(o Options) error {
 	return nil
 }
 
+// wsHoldMax bounds the whitespace wrapQP holds back. A longer run is
+// written as it comes; only if it then ends a line can a decoder's output
+// gain whitespace that the original's decoding dropped.
+const wsHoldMax = 1024
+
 // wrapQP copies quoted-printable text, inserting a soft line break before
 // the output line would pass 76 columns (never inside an =XX escape), and
-// escaping NUL and 8-bit octets when converting to 7 bits; a decoder reads
+// escaping NUL and 8-bit octets when converting to 7 bits. A run of spaces
+// and tabs is held until a non-blank octet follows it: at a line end it is
+// transport padding that decoders delete (RFC 2045 §6.7 (3)) and is dropped,
+// where a soft break inside it would have made it content. A decoder reads
 // the same octets from the result as from the input.
 func (rw *rewriter) wrapQP(c []byte) {
 	for _, b := range c {
-		enc := rw.opts.To7Bit && (b >= 0x80 || b == 0)
-		if rw.esc > 0 {
-			rw.esc--
-		} else {
-			unit := 1
-			if b == '=' || enc {
-				unit = 3
-			}
-			if rw.col+unit > 75 {
-				rw.Write(softBreak)
-				rw.col = 0
-				// A line we start must not read as a boundary delimiter.
-				enc = enc || b == '-'
-			}
-			if b == '=' {
-				rw.esc = 2
-			}
+		if rw.esc == 0 && (b == ' ' || b == '\t') && len(rw.hold) < wsHoldMax {
+			rw.hold = append(rw.hold, b)
+			continue
 		}
-		if enc {
-			rw.escape(b)
-			rw.col += 3
-		} else {
-			rw.bw.WriteByte(b)
-			rw.last = b
-			rw.n++
-			rw.col++
+		for _, w := range rw.hold {
+			rw.qpOut(w)
 		}
+		rw.hold = rw.hold[:0]
+		rw.qpOut(b)
+	}
+}
+
+// qpLineEnd ends a re-wrapped line: held whitespace is dropped and eol
+// written; at the end of the body without a line end, a soft break ends the
+// output line without adding content.
+func (rw *rewriter) qpLineEnd(eol []byte) {
+	rw.hold = rw.hold[:0]
+	switch {
+	case eol != nil:
+		rw.Write(eol)
+	case rw.last == '\n':
+	case rw.last == '=': // a dangling "=" already is a soft break
+		rw.Write(crlf)
+	default:
+		rw.Write(softBreak)
+	}
+	rw.col, rw.esc = 0, 0
+}
+
+func (rw *rewriter) qpOut(b byte) {
+	enc := rw.opts.To7Bit && (b >= 0x80 || b == 0)
+	if rw.esc > 0 {
+		rw.esc--
+	} else {
+		unit := 1
+		if b == '=' || enc {
+			unit = 3
+		}
+		if rw.col+unit > 75 {
+			rw.Write(softBreak)
+			rw.col = 0
+			// A line we start must not read as a boundary delimiter.
+			enc = enc || b == '-'
+		}
+		if b == '=' {
+			rw.esc = 2
+		}
+	}
+	if enc {
+		rw.escape(b)
+		rw.col += 3
+	} else {
+		rw.bw.WriteByte(b)
+		rw.last = b
+		rw.n++
+		rw.col++
 	}
 }
 

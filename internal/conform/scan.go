@@ -98,7 +98,7 @@ func (r *Report) header(e *entity, block, blank []byte) error {
 			}
 		}
 	}
-	if blank != nil && len(blank) == 1 {
+	if len(blank) == 1 {
 		r.BareLF = true
 	}
 	return nil
