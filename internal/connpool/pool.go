@@ -49,6 +49,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
@@ -93,6 +94,16 @@ type Bodies interface {
 // 7-bit already is written as it is. The spool can open a body any number
 // of times, so nothing is held whole.
 type Convert7Bit func(open func() (io.ReadCloser, error), dst io.Writer) error
+
+// To7Bit is the Convert7Bit of internal/conform: each part with 8-bit
+// octets re-encoded (quoted-printable for text, base64 otherwise), header
+// sections made ASCII with RFC 2047 encoded words. Content it cannot
+// convert is a *conform.Error, which the session reports as a permanent
+// failure of the delivery.
+func To7Bit(open func() (io.ReadCloser, error), dst io.Writer) error {
+	_, err := conform.Rewrite(open, dst, conform.Options{To7Bit: true})
+	return err
+}
 
 // Attempt says where a delivery was tried, for the delivery log.
 type Attempt struct {
@@ -167,11 +178,8 @@ type Options struct {
 	OnSlotFree func(pair *queue.Pair)
 	// Convert7Bit converts bodies for a receiver that does not offer
 	// 8BITMIME: every body to such a receiver goes through it (whether or
-	// not it was declared BODY=8BITMIME), by DATA. nil sends bodies
-	// unconverted, as mtad did before.
-	//
-	// TODO(issue 8): default to internal/conform's converter when it lands
-	// on main; until then nothing sets this outside tests.
+	// not it was declared BODY=8BITMIME), by DATA. nil means
+	// To7Bit, internal/conform's converter.
 	Convert7Bit Convert7Bit
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
@@ -230,6 +238,9 @@ func New(opts Options) (*Pool, error) {
 	}
 	if opts.Policy == nil {
 		opts.Policy = func(string) Policy { return Policy{} }
+	}
+	if opts.Convert7Bit == nil {
+		opts.Convert7Bit = To7Bit
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Second

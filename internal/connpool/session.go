@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
 	"github.com/mtad/mtad/internal/mx"
@@ -140,6 +141,7 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	defer br.Close()
 	env := envelope(d)
 	body := smtpclient.Stream(br, br.Size())
+	var convErr error // from Convert7Bit, set while Send runs
 	if !c.Offers("8BITMIME") && p.opts.Convert7Bit != nil {
 		// RFC 6152 §3: an 8-bit body to a receiver without 8BITMIME is
 		// converted to 7 bits on the way, and goes without BODY=8BITMIME.
@@ -150,14 +152,26 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 		env.EightBit = false
 		env.Size = 0 // unknown until converted
 		body = smtpclient.Produce(func(w io.Writer) error {
-			return p.opts.Convert7Bit(func() (io.ReadCloser, error) {
+			convErr = p.opts.Convert7Bit(func() (io.ReadCloser, error) {
 				return p.opts.Bodies.OpenBody(d.MsgID)
 			}, w)
+			return convErr
 		})
 	}
 	s.at.TLS = c.TLS()
 	s.at.DSN = c.Offers("DSN")
 	res, err := c.Send(env, body)
+	if ce := (*conform.Error)(nil); err != nil && errors.As(convErr, &ce) {
+		// The content cannot be made 7-bit: no retry will change that.
+		// The session is broken (the body stopped mid-DATA), but the
+		// delivery fails for good, not for this connection's sake.
+		res, err = nil, &outcome.Error{Phase: outcome.PhaseData, Enhanced: ce.Enhanced, Temporary: false,
+			Message: "the receiver does not offer 8BITMIME and the message cannot be converted to 7 bits: " + ce.Message,
+			Err: convErr}
+		s.count(res, err, len(d.Rcpts))
+		p.opts.Outcomes.Result(d, s.at, res, err)
+		return false
+	}
 	s.count(res, err, len(d.Rcpts))
 	p.opts.Outcomes.Result(d, s.at, res, err)
 	return err == nil

@@ -56,8 +56,6 @@ type Config struct {
 	// DSN offers the DSN extension (RFC 3461), so MAIL and RCPT take
 	// RET, ENVID, NOTIFY and ORCPT.
 	DSN bool
-	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
-	SMTPUTF8 bool
 	// No8BitMIME leaves 8BITMIME out of the EHLO reply, which go-smtp
 	// always offers: the line is dropped on its way to the client (so
 	// this works on sessions without TLS only).
@@ -147,7 +145,6 @@ func serve(t testing.TB, ip string, ln net.Listener, cfg Config) *Sink {
 		srv.ReadTimeout = cfg.ReadTimeout
 	}
 	srv.EnableDSN = cfg.DSN
-	srv.EnableSMTPUTF8 = cfg.SMTPUTF8
 	s.server = srv
 	go func() {
 		defer close(s.serveDone)
