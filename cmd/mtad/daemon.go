@@ -267,7 +267,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			DataTimeout:    sc.DataTimeout,
 			AuthFailDelay:  sc.AuthFailDelay,
 			Logger:         log,
-		}, sp, st.bindings, handoff{sched, log})
+		}, inject.SpoolStore(sp), st.bindings, handoff{sched, log})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)
 		}

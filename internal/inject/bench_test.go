@@ -1,7 +1,6 @@
 package inject
 
 import (
-	"bytes"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,7 +28,7 @@ func BenchmarkInject5KB(b *testing.B) {
 		ReadTimeout:    time.Minute,
 		WriteTimeout:   time.Minute,
 		Logger:         zap.NewNop(),
-	}, sp, nil, nil)
+	}, SpoolStore(sp), nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -92,19 +91,3 @@ func BenchmarkInject5KB(b *testing.B) {
 	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
 }
 
-// BenchmarkReadBody100KB is the body copy (line-ending normalization) of a
-// 100 KB message of 78-byte CRLF lines, the W2 benchmark's size.
-func BenchmarkReadBody100KB(b *testing.B) {
-	line := strings.Repeat("x", 76) + "\r\n"
-	body := strings.Repeat(line, 100<<10/len(line))
-	var buf bytes.Buffer
-	chunk := make([]byte, 32<<10)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		buf.Reset()
-		if err := readBody(&buf, strings.NewReader(body), 1<<20, chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
