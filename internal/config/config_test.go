@@ -216,6 +216,13 @@ func TestFullRoundTrip(t *testing.T) {
 			DataTimeout:    12 * time.Minute,
 			AuthFailDelay:  2 * time.Second,
 			ShutdownGrace:  3 * time.Second,
+			// Not in the file: the defaults.
+			TLSListen:          []string{},
+			MaxSessionsPerIP:   100,
+			MaxSessionTime:     time.Hour,
+			MaxCommands:        10000,
+			MaxReceivedHeaders: 50,
+			LongLines:          "convert",
 		}},
 		Admin: Admin{Listen: "127.0.0.1:9000"},
 		Bindings: []Binding{

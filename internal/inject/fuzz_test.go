@@ -196,4 +196,3 @@ func topLevelSemicolons(t *testing.T, v string) []int {
 	}
 	return semi
 }
-
