@@ -61,8 +61,10 @@ import (
 
 // Rcpt is one envelope recipient of a delivery.
 type Rcpt struct {
-	Idx  int32  // index into spool.Message.Recipients
-	Addr string // the recipient address as given
+	Idx    int32  // index into spool.Message.Recipients
+	Notify uint8  // the RFC 3461 NOTIFY set (a spool.Notify); 0 = not given
+	Addr   string // the recipient address as given
+	ORcpt  string // RFC 3461 ORCPT, "addr-type;address"; "" = not given
 }
 
 // Delivery is the part of a message bound for one recipient domain, queued
@@ -90,9 +92,12 @@ type Delivery struct {
 	queued uint32 // 1 while in a queue; atomic, catches double queueing
 
 	// The injecting client's declarations, passed on to the next hop:
-	// SMTPUTF8 and BODY=8BITMIME. They fit in the struct's padding.
+	// SMTPUTF8, BODY=8BITMIME and RFC 3461's RET (a spool.Ret). They fit
+	// in the struct's padding.
 	UTF8     bool
 	EightBit bool
+	Ret      uint8
+	EnvID    string // RFC 3461 ENVID, "" = not given
 }
 
 // Seq reports the order in which the delivery was first queued (0 before

@@ -297,12 +297,12 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 			g = &group{d: &queue.Delivery{
 				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
 				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
-				UTF8: m.SMTPUTF8, EightBit: m.EightBit,
+				UTF8: m.SMTPUTF8, EightBit: m.EightBit, Ret: uint8(m.Ret), EnvID: m.EnvID,
 			}}
 			byDomain[dom] = g
 			groups = append(groups, g)
 		}
-		g.d.Rcpts = append(g.d.Rcpts, queue.Rcpt{Idx: int32(i), Addr: r.Addr})
+		g.d.Rcpts = append(g.d.Rcpts, queue.Rcpt{Idx: int32(i), Addr: r.Addr, Notify: uint8(r.Notify), ORcpt: r.ORcpt})
 		g.d.Attempts = max(g.d.Attempts, int32(r.Attempts))
 		if r.NextAttempt.After(g.next) {
 			g.next = r.NextAttempt

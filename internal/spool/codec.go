@@ -18,8 +18,14 @@ import (
 // Payloads are hand-written binary: strings are uvarint length + bytes,
 // integers are (zigzag) varints, times are a presence byte followed by a
 // varint of Unix nanoseconds.
+//
+// Version 2 appends fields to the meta record (ENVID, RET, where the body
+// is) and the recipient record (NOTIFY, ORCPT, delay notified); version 1
+// records, written before those existed, are still read, with the new
+// fields zero. Body records keep version 1: their payload never changed.
 const (
-	recordVersion = 1
+	recordVersion = 2
+	bodyVersion   = 1
 	crcLen        = 4
 	minRecordLen  = 1 + crcLen
 )
@@ -65,8 +71,9 @@ func (e *encoder) finish() []byte {
 // decoder reads the fields written by encoder; the first failure sticks, so a
 // record is decoded field by field and checked once at the end.
 type decoder struct {
-	buf []byte
-	err error
+	buf     []byte
+	err     error
+	version byte
 }
 
 // openRecord checks version and checksum and returns a decoder over the payload.
@@ -74,14 +81,14 @@ func openRecord(kind string, rec []byte) *decoder {
 	if len(rec) < minRecordLen {
 		return &decoder{err: fmt.Errorf("%w: %s record of %d bytes is too short", ErrCorrupt, kind, len(rec))}
 	}
-	if rec[0] != recordVersion {
+	if rec[0] < 1 || rec[0] > recordVersion {
 		return &decoder{err: fmt.Errorf("%w: %s record has unknown version %d", ErrCorrupt, kind, rec[0])}
 	}
 	body, sum := rec[:len(rec)-crcLen], binary.LittleEndian.Uint32(rec[len(rec)-crcLen:])
 	if got := crc32.Checksum(body, castagnoli); got != sum {
 		return &decoder{err: fmt.Errorf("%w: %s record checksum %08x, want %08x", ErrCorrupt, kind, got, sum)}
 	}
-	return &decoder{buf: body[1:]}
+	return &decoder{buf: body[1:], version: rec[0]}
 }
 
 func (d *decoder) fail(what string) {
@@ -182,7 +189,7 @@ const (
 // (their own keys); the recipient count is stored so a reader can tell a
 // missing recipient record from a message that never had it.
 func encodeMeta(m *Message) []byte {
-	e := newEncoder(64 + len(m.Sender) + len(m.ClientIP) + len(m.Helo) + len(m.AuthUser) +
+	e := newEncoder(64 + len(m.EnvID) + len(m.bodyID) + len(m.Sender) + len(m.ClientIP) + len(m.Helo) + len(m.AuthUser) +
 		len(m.MessageID) + len(m.Group) + len(m.Binding) + len(m.DSNFor))
 	e.str(m.Sender)
 	e.time(m.Received)
@@ -204,6 +211,10 @@ func encodeMeta(m *Message) []byte {
 	e.byte(flags)
 	e.str(m.DSNFor)
 	e.uvarint(uint64(len(m.Recipients)))
+	e.str(m.EnvID)
+	e.byte(byte(m.Ret))
+	e.str(m.bodyID)
+	e.uvarint(uint64(m.chunks))
 	return e.finish()
 }
 
@@ -231,6 +242,19 @@ func decodeMeta(rec []byte) (*Message, int, error) {
 	m.EightBit = flags&flagEightBit != 0
 	m.DSNFor = d.str("dsn-for")
 	n := d.uvarint("recipient count")
+	if d.version >= 2 {
+		m.EnvID = d.str("envid")
+		m.Ret = Ret(d.byte("ret"))
+		m.bodyID = d.str("body id")
+		m.chunks = int(min(d.uvarint("chunks"), maxChunks+1))
+	}
+	if d.err == nil && (m.Ret > RetHdrs) {
+		d.fail("ret")
+	}
+	if d.err == nil && ((m.bodyID == "") != (m.chunks == 0) || m.chunks > maxChunks ||
+		m.bodyID != "" && validID(m.bodyID) != nil) {
+		d.fail("body layout")
+	}
 	if d.err == nil && (flags&^(flagSMTPUTF8|flagEightBit) != 0) {
 		d.fail("flags")
 	}
@@ -246,8 +270,11 @@ func decodeMeta(rec []byte) (*Message, int, error) {
 	return m, int(n), nil
 }
 
+// Recipient flag bits (version 2).
+const rflagDelayNotified = 1
+
 func encodeRecipient(r *Recipient) []byte {
-	e := newEncoder(48 + len(r.Addr) + len(r.LastEnh) + len(r.LastText) + len(r.LastMX))
+	e := newEncoder(48 + len(r.Addr) + len(r.LastEnh) + len(r.LastText) + len(r.LastMX) + len(r.ORcpt))
 	e.str(r.Addr)
 	e.byte(byte(r.State))
 	e.varint(int64(r.Attempts))
@@ -257,6 +284,13 @@ func encodeRecipient(r *Recipient) []byte {
 	e.str(r.LastText)
 	e.str(r.LastMX)
 	e.time(r.UpdatedAt)
+	e.byte(byte(r.Notify))
+	e.str(r.ORcpt)
+	var flags byte
+	if r.DelayNotified {
+		flags |= rflagDelayNotified
+	}
+	e.byte(flags)
 	return e.finish()
 }
 
@@ -272,8 +306,20 @@ func decodeRecipient(rec []byte) (Recipient, error) {
 	r.LastText = d.str("last text")
 	r.LastMX = d.str("last mx")
 	r.UpdatedAt = d.time("updated at")
+	if d.version >= 2 {
+		r.Notify = Notify(d.byte("notify"))
+		r.ORcpt = d.str("orcpt")
+		flags := d.byte("recipient flags")
+		r.DelayNotified = flags&rflagDelayNotified != 0
+		if d.err == nil && flags&^rflagDelayNotified != 0 {
+			d.fail("recipient flags")
+		}
+	}
 	if d.err == nil && r.State > Cancelled {
 		d.fail("state")
+	}
+	if d.err == nil && (r.Notify >= NotifyDelay<<1 || r.Notify&NotifyNever != 0 && r.Notify != NotifyNever) {
+		d.fail("notify")
 	}
 	return r, d.done("recipient")
 }
@@ -281,7 +327,7 @@ func decodeRecipient(rec []byte) (Recipient, error) {
 // bodyParts returns the version byte and checksum that frame body, so that the
 // body itself is copied once, straight into the write batch.
 func bodyParts(body []byte) (head [1]byte, tail [crcLen]byte) {
-	head[0] = recordVersion
+	head[0] = bodyVersion
 	sum := crc32.Update(crc32.Checksum(head[:], castagnoli), castagnoli, body)
 	binary.LittleEndian.PutUint32(tail[:], sum)
 	return head, tail
@@ -300,6 +346,9 @@ func encodeBody(body []byte) []byte {
 // decodeBody checks a body record and returns the body, aliasing rec.
 func decodeBody(rec []byte) ([]byte, error) {
 	d := openRecord("body", rec)
+	if d.err == nil && d.version != bodyVersion {
+		d.err = fmt.Errorf("%w: body record has unknown version %d", ErrCorrupt, d.version)
+	}
 	if d.err != nil {
 		return nil, d.err
 	}

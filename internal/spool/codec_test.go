@@ -67,7 +67,7 @@ func TestDecodeRejects(t *testing.T) {
 	}{
 		{"empty meta", nil, metaErr},
 		{"short meta", []byte{1, 2, 3}, metaErr},
-		{"meta bad version", append([]byte{2}, meta[1:]...), metaErr},
+		{"meta bad version", append([]byte{recordVersion + 1}, meta[1:]...), metaErr},
 		{"meta bad checksum", append(slices.Clone(meta[:len(meta)-1]), meta[len(meta)-1]^1), metaErr},
 		{"meta truncated payload", reframe(meta[1 : len(meta)-crcLen-2]), metaErr},
 		{"meta trailing bytes", reframe(append(slices.Clone(meta[1:len(meta)-crcLen]), 0)), metaErr},

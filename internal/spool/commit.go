@@ -35,7 +35,11 @@ type commitReq struct {
 	size int
 	put  bool // adds a message: refused when the disk is low on space
 	lazy bool // may be answered before its fsync (see Update)
-	done chan error
+	// epoch, when set, is the Spool.reopens value the request's earlier
+	// unsynced writes were made under (a chunked body's PutBody): after a
+	// reopen they may be lost, so the request is refused.
+	epoch *uint64
+	done  chan error
 }
 
 // commit hands ops to the committer and waits until they are durable or have
@@ -47,7 +51,12 @@ func (s *Spool) commit(ops []op, put bool) error {
 // commitMode is commit, or with lazy, a commit answered once applied and
 // synced later by the committer (see Update).
 func (s *Spool) commitMode(ops []op, put, lazy bool) error {
-	r := &commitReq{ops: ops, put: put, lazy: lazy, done: make(chan error, 1)}
+	return s.send(&commitReq{ops: ops, put: put, lazy: lazy, done: make(chan error, 1)})
+}
+
+// send hands r to the committer and waits for its answer.
+func (s *Spool) send(r *commitReq) error {
+	ops := r.ops
 	for i := range ops {
 		r.size += ops[i].size()
 	}
@@ -121,6 +130,7 @@ func (s *Spool) run() {
 			}
 		}
 		group, size = s.refuseOnLowSpace(group, size)
+		group, size = s.refuseStale(group, size)
 		if len(group) > 0 {
 			sync := slices.ContainsFunc(group, func(r *commitReq) bool { return !r.lazy })
 			err := s.commitGroup(group, size, sync)
@@ -162,6 +172,30 @@ func (s *Spool) refuseOnLowSpace(group []*commitReq, size int) ([]*commitReq, in
 	for _, r := range group {
 		if r.put {
 			r.done <- err
+			size -= r.size
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept, size
+}
+
+// refuseStale answers the group's requests whose unsynced writes a reopen
+// of the store may have lost with ErrUnavailable, and returns the rest. It
+// reopens a broken store first, as commitGroup would, so that a reopen
+// cannot come between this check and the write.
+func (s *Spool) refuseStale(group []*commitReq, size int) ([]*commitReq, int) {
+	if !slices.ContainsFunc(group, func(r *commitReq) bool { return r.epoch != nil }) {
+		return group, size
+	}
+	if s.broken != nil {
+		s.tryReopen()
+	}
+	now := s.reopens.Load()
+	kept := group[:0]
+	for _, r := range group {
+		if r.epoch != nil && *r.epoch != now {
+			r.done <- fmt.Errorf("%w: the store was reopened while the body was written", ErrUnavailable)
 			size -= r.size
 			continue
 		}
@@ -356,6 +390,7 @@ func (s *Spool) tryReopen() bool {
 		return false
 	}
 	s.db = db
+	s.reopens.Add(1)
 	s.log.Info("spool reopened after write failure; writes resume", zap.NamedError("cause", s.broken))
 	s.broken = nil
 	return true

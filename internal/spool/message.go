@@ -52,6 +52,44 @@ type Message struct {
 	SMTPUTF8   bool      // the sender asked for SMTPUTF8
 	EightBit   bool      // BODY=8BITMIME
 	DSNFor     string    // for a DSN: the queue id it reports on
+	EnvID      string    // RFC 3461 ENVID, xtext-decoded; "" when not given
+	Ret        Ret       // RFC 3461 RET: what a DSN returns of the message
+
+	// Where the body is stored (see Spool.PutBody): "" and 0 for a body in
+	// one record under the message's own id, else the body id of its
+	// chunk records and their count. Set by the spool, never by callers.
+	bodyID string
+	chunks int
+}
+
+// Ret is the RFC 3461 RET parameter of MAIL FROM.
+type Ret uint8
+
+const (
+	RetUnset Ret = iota // not given: mtad returns the headers only
+	RetFull             // RET=FULL: return the whole message
+	RetHdrs             // RET=HDRS: return the headers only
+)
+
+// Notify is the RFC 3461 NOTIFY parameter of one RCPT TO, as a set of
+// bits; 0 means it was not given (mtad then reports failures only).
+// NotifyNever is never combined with another bit.
+type Notify uint8
+
+const (
+	NotifyNever Notify = 1 << iota
+	NotifySuccess
+	NotifyFailure
+	NotifyDelay
+)
+
+// Has reports whether the set asks for every bit of b. A set that was not
+// given (0) asks for failures only, as RFC 3461 4.1 lets an MTA choose.
+func (n Notify) Has(b Notify) bool {
+	if n == 0 {
+		n = NotifyFailure
+	}
+	return n&b == b
 }
 
 // Recipient is one envelope recipient and its delivery state. The state is
@@ -66,4 +104,9 @@ type Recipient struct {
 	LastText    string    // last reply text
 	LastMX      string    // MX host of the last attempt
 	UpdatedAt   time.Time
+	Notify      Notify // RFC 3461 NOTIFY; 0 = not given
+	ORcpt       string // RFC 3461 ORCPT as "addr-type;address", xtext-decoded; "" = not given
+	// DelayNotified is set once a delay DSN has been sent for this
+	// recipient, so a restart does not send a second one.
+	DelayNotified bool
 }

@@ -82,14 +82,19 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 		pending = nil
 		return err
 	}
+	// The body ids of chunked messages seen, for the orphan sweep below.
+	kept := map[string]bool{}
 	for ok := mit.First(); ok; ok = mit.Next() {
 		id := string(mit.Key()[len(prefixMeta):])
-		m, cerr := checkMessage(mit, rit, bit, id)
+		m, cerr := checkMessage(db, mit, rit, bit, id)
+		if cerr == nil && m.bodyID != "" {
+			kept[m.bodyID] = true
+		}
 		switch {
 		case cerr != nil && !errors.Is(cerr, ErrCorrupt):
 			return fmt.Errorf("read %s: %w", id, cerr)
 		case cerr != nil:
-			ops, qerr := quarantineOps(db, id)
+			ops, qerr := quarantineOps(db, id, m)
 			if qerr != nil {
 				return fmt.Errorf("quarantine %s: %w", id, qerr)
 			}
@@ -104,7 +109,7 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 				}
 			}
 			if np == 0 && !owesDSN(m) {
-				pending = append(pending, deleteOps(id, len(m.Recipients))...)
+				pending = append(pending, deleteOps(id, layout{rcpts: len(m.Recipients), bodyID: m.bodyID, chunks: m.chunks})...)
 				st.Finished++
 				break
 			}
@@ -130,12 +135,52 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 	if err := mit.Error(); err != nil {
 		return errors.Join(err, flush())
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return err
+	}
+	n, err := s.sweepOrphanChunks(db, kept)
+	if n > 0 {
+		s.log.Info("spool: removed the chunks of bodies whose message was never stored", zap.Int("bodies", n))
+	}
+	return err
+}
+
+// sweepOrphanChunks deletes the chunk records of every body not in kept:
+// bodies of messages that were refused or never committed, whose Abort a
+// crash lost. It returns how many bodies it removed.
+func (s *Spool) sweepOrphanChunks(db *pebble.DB, kept map[string]bool) (int, error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixChunk), UpperBound: prefixEnd(prefixChunk)})
+	if err != nil {
+		return 0, err
+	}
+	var ops []op
+	n := 0
+	for ok := it.First(); ok; {
+		rest := it.Key()[len(prefixChunk):]
+		slash := bytes.IndexByte(rest, '/')
+		if slash < 0 {
+			slash = len(rest)
+		}
+		bodyID := string(rest[:slash])
+		p := chunkPrefix(bodyID)
+		if !kept[bodyID] {
+			ops = append(ops, op{key: p, end: prefixEnd(string(p)), del: true})
+			n++
+		}
+		ok = it.SeekGE(prefixEnd(string(p)))
+	}
+	err = errors.Join(it.Error(), it.Close())
+	if err == nil && len(ops) > 0 {
+		err = s.commit(ops, false)
+	}
+	return n, err
 }
 
 // checkMessage decodes the message at mit and checks that its recipients
-// (from rit) and body (from bit) are all there and sound.
-func checkMessage(mit, rit, bit *pebble.Iterator, id string) (*Message, error) {
+// (from rit) and body (from bit, or its chunk records) are all there and
+// sound. When the meta record decodes, the message is returned with the
+// error, so that its body id is known.
+func checkMessage(db *pebble.DB, mit, rit, bit *pebble.Iterator, id string) (*Message, error) {
 	if validID(id) != nil {
 		return nil, fmt.Errorf("%w: bad id in key %q", ErrCorrupt, mit.Key())
 	}
@@ -150,7 +195,10 @@ func checkMessage(mit, rit, bit *pebble.Iterator, id string) (*Message, error) {
 	m.ID = id
 	m.Recipients, err = readRecipients(rit, rcptPrefix(id), n)
 	if err != nil {
-		return nil, err
+		return m, err
+	}
+	if m.chunks > 0 {
+		return m, checkChunks(db, m)
 	}
 	bk := bodyKey(id)
 	if !bit.SeekGE(bk) || !bytes.Equal(bit.Key(), bk) {
@@ -173,9 +221,48 @@ func checkMessage(mit, rit, bit *pebble.Iterator, id string) (*Message, error) {
 	return m, nil
 }
 
+// checkChunks checks that every chunk of m's body is there, sound, and that
+// together they are m.Size bytes.
+func checkChunks(db *pebble.DB, m *Message) error {
+	p := chunkPrefix(m.bodyID)
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
+	if err != nil {
+		return err
+	}
+	var size int64
+	i := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		if !bytes.Equal(it.Key(), chunkKey(m.bodyID, i)) || i == m.chunks {
+			err = fmt.Errorf("%w: unexpected body chunk key %q (want %d of %d)", ErrCorrupt, it.Key(), i, m.chunks)
+			break
+		}
+		v, verr := it.ValueAndErr()
+		if verr != nil {
+			err = verr
+			break
+		}
+		b, derr := decodeBody(v)
+		if derr != nil {
+			err = fmt.Errorf("body chunk %d: %w", i, derr)
+			break
+		}
+		size += int64(len(b))
+		i++
+	}
+	if err = errors.Join(err, it.Error(), it.Close()); err != nil {
+		return err
+	}
+	if i != m.chunks || size != m.Size {
+		return fmt.Errorf("%w: body has %d chunks of %d bytes, meta says %d of %d", ErrCorrupt, i, size, m.chunks, m.Size)
+	}
+	return nil
+}
+
 // quarantineOps moves every record of id under q/, keeping key and value as
-// they were, for an operator to look at.
-func quarantineOps(db *pebble.DB, id string) ([]op, error) {
+// they were, for an operator to look at. m is the message as far as it
+// could be decoded (nil when its meta record could not): its body chunks
+// are moved too.
+func quarantineOps(db *pebble.DB, id string, m *Message) ([]op, error) {
 	var ops []op
 	move := func(k, v []byte) {
 		ops = append(ops,
@@ -191,19 +278,27 @@ func quarantineOps(db *pebble.DB, id string) ([]op, error) {
 			move(k, v)
 		}
 	}
-	p := rcptPrefix(id)
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
-	if err != nil {
-		return nil, err
+	prefixes := [][]byte{rcptPrefix(id)}
+	if m != nil && m.bodyID != "" {
+		prefixes = append(prefixes, chunkPrefix(m.bodyID))
 	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, verr := it.ValueAndErr()
-		if verr != nil {
-			return nil, errors.Join(verr, it.Close())
+	for _, p := range prefixes {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
+		if err != nil {
+			return nil, err
 		}
-		move(it.Key(), v)
+		for ok := it.First(); ok; ok = it.Next() {
+			v, verr := it.ValueAndErr()
+			if verr != nil {
+				return nil, errors.Join(verr, it.Close())
+			}
+			move(it.Key(), v)
+		}
+		if err := errors.Join(it.Error(), it.Close()); err != nil {
+			return nil, err
+		}
 	}
-	return ops, errors.Join(it.Error(), it.Close())
+	return ops, nil
 }
 
 // Quarantined returns the ids of the messages in quarantine, in id order.

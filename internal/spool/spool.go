@@ -12,7 +12,8 @@
 // Keys:
 //
 //	m/<id>          metadata (Message without recipients, plus the recipient count)
-//	b/<id>          body
+//	b/<id>          body of at most ChunkSize bytes
+//	c/<bid>/<idx>   one chunk of a larger body; bid is the body's own id (see body.go)
 //	r/<id>/<idx>    one recipient's address and state; idx is 4 bytes big endian
 //	q/<key>         a quarantined record, under its original key
 //
@@ -130,6 +131,10 @@ type Spool struct {
 	mu       sync.RWMutex
 	db       *pebble.DB
 	poisoned atomic.Bool // pebble panicked inside a commit: db must not be used for writes or closed
+	// reopens counts successful reopens after a write failure: unsynced
+	// writes from before one may be lost, so a BodyWriter whose chunks
+	// straddle one is refused.
+	reopens atomic.Uint64
 
 	// Committer state, touched only by the committer goroutine.
 	broken          error // non-nil: writes are refused until a reopen succeeds
@@ -372,33 +377,58 @@ func validID(id string) error {
 // Put stores m and its body durably: meta, body and one record per recipient
 // in one batch, returning after the fsync. It sets m.ID when empty and
 // m.Size to len(body). On error nothing of m is acknowledged; the message may
-// or may not be found in the store after a restart (at least once).
+// or may not be found in the store after a restart (at least once). A body
+// larger than ChunkSize is stored in chunks, as by PutBody.
 func (s *Spool) Put(m *Message, body []byte) error {
-	if m.ID == "" {
-		m.ID = s.NewID()
+	if len(body) > ChunkSize {
+		w := s.NewBody()
+		_, err := w.Write(body)
+		if err == nil {
+			err = s.PutBody(m, w)
+		}
+		if err != nil {
+			w.Abort()
+		}
+		return err
 	}
-	if err := validID(m.ID); err != nil {
-		return fmt.Errorf("spool put: %w", err)
+	ops, err := s.putOps(m, int64(len(body)), "", 0)
+	if err != nil {
+		return err
 	}
-	if len(m.Recipients) == 0 {
-		return fmt.Errorf("spool put %s: message has no recipients", m.ID)
-	}
-	if len(m.Recipients) > maxRecipients {
-		return fmt.Errorf("spool put %s: %d recipients, at most %d", m.ID, len(m.Recipients), maxRecipients)
-	}
-	m.Size = int64(len(body))
 	head, tail := bodyParts(body)
-	ops := make([]op, 0, 2+len(m.Recipients))
-	ops = append(ops,
-		op{key: metaKey(m.ID), val: [][]byte{encodeMeta(m)}},
-		op{key: bodyKey(m.ID), val: [][]byte{head[:], body, tail[:]}})
-	for i := range m.Recipients {
-		ops = append(ops, op{key: rcptKey(m.ID, i), val: [][]byte{encodeRecipient(&m.Recipients[i])}})
-	}
+	ops = append(ops, op{key: bodyKey(m.ID), val: [][]byte{head[:], body, tail[:]}})
 	if err := s.commit(ops, true); err != nil {
 		return fmt.Errorf("spool put %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// putOps checks m and returns the writes of its meta and recipient records
+// for a body of size bytes stored as described by bodyID and chunks (see
+// layout). It sets m.ID when empty, m.Size and the body layout.
+func (s *Spool) putOps(m *Message, size int64, bodyID string, chunks int) ([]op, error) {
+	if m.ID == "" {
+		m.ID = s.NewID()
+	}
+	if err := validID(m.ID); err != nil {
+		return nil, fmt.Errorf("spool put: %w", err)
+	}
+	if len(m.Recipients) == 0 {
+		return nil, fmt.Errorf("spool put %s: message has no recipients", m.ID)
+	}
+	if len(m.Recipients) > maxRecipients {
+		return nil, fmt.Errorf("spool put %s: %d recipients, at most %d", m.ID, len(m.Recipients), maxRecipients)
+	}
+	if chunks > maxChunks {
+		return nil, fmt.Errorf("spool put %s: body of %d bytes is too large", m.ID, size)
+	}
+	m.Size, m.bodyID, m.chunks = size, bodyID, chunks
+	ops := make([]op, 0, 3+len(m.Recipients))
+	ops = append(ops, op{key: metaKey(m.ID), val: [][]byte{encodeMeta(m)}})
+	for i := range m.Recipients {
+		ops = append(ops, op{key: rcptKey(m.ID, i), val: [][]byte{encodeRecipient(&m.Recipients[i])}})
+	}
+	return ops, nil
 }
 
 // withDB runs fn with the current database, shared with other readers.
@@ -508,47 +538,38 @@ func readRecipients(it *pebble.Iterator, p []byte, n int) ([]Recipient, error) {
 	return rcpts, nil
 }
 
-// Body returns a copy of the body of message id, checked against its
-// checksum, or an error wrapping ErrNotFound or ErrCorrupt.
+// Body returns a copy of the whole body of message id, checked against its
+// checksums, or an error wrapping ErrNotFound or ErrCorrupt. It holds the
+// whole body in memory: deliveries stream it with OpenBody instead.
 func (s *Spool) Body(id string) ([]byte, error) {
-	var body []byte
-	err := s.withDB(func(db *pebble.DB) error {
-		v, closer, err := db.Get(bodyKey(id))
-		if errors.Is(err, pebble.ErrNotFound) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		defer func() { _ = closer.Close() }()
-		b, err := decodeBody(v)
-		if err != nil {
-			return err
-		}
-		body = bytes.Clone(b)
-		return nil
-	})
+	r, err := s.OpenBody(id)
 	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var b bytes.Buffer
+	b.Grow(int(min(r.Size(), 1<<30)))
+	if _, err := b.ReadFrom(r); err != nil {
 		return nil, fmt.Errorf("spool body %s: %w", id, err)
 	}
-	return body, nil
+	return b.Bytes(), nil
 }
 
 // recipientCount reads the recipient count from the meta record of id.
 func (s *Spool) recipientCount(id string) (int, error) {
-	var n int
+	l, err := s.layout(id)
+	return l.rcpts, err
+}
+
+// layout reads where the records of message id are.
+func (s *Spool) layout(id string) (layout, error) {
+	var l layout
 	err := s.withDB(func(db *pebble.DB) error {
-		rec, found, err := getCopy(db, metaKey(id))
-		if err != nil {
-			return err
-		}
-		if !found {
-			return ErrNotFound
-		}
-		_, n, err = decodeMeta(rec)
+		var err error
+		l, err = readLayout(db, id)
 		return err
 	})
-	return n, err
+	return l, err
 }
 
 // Update durably records the recipient states in rcpts (keyed by recipient
@@ -609,26 +630,33 @@ func (s *Spool) delete(id string, lazy bool) error {
 	if err := validID(id); err != nil {
 		return err
 	}
-	n, err := s.recipientCount(id)
+	l, err := s.layout(id)
 	if errors.Is(err, ErrCorrupt) {
 		// Without a count, fall back to a range tombstone over the
-		// recipient keys; rare, so its read cost does not matter.
+		// recipient keys; rare, so its read cost does not matter. Chunks
+		// of an unreadable meta record are left to Recover's orphan sweep.
 		return s.commitMode([]op{{key: metaKey(id), del: true}, {key: bodyKey(id), del: true},
 			{key: rcptPrefix(id), end: prefixEnd(string(rcptPrefix(id))), del: true}}, false, lazy)
 	}
 	if err != nil {
 		return err
 	}
-	return s.commitMode(deleteOps(id, n), false, lazy)
+	return s.commitMode(deleteOps(id, l), false, lazy)
 }
 
-// deleteOps are the point deletes of a message with n recipients. Point
+// deleteOps are the point deletes of a message with the layout l. Point
 // deletes, not a range tombstone: thousands of range tombstones in a memtable
 // would slow every read of it.
-func deleteOps(id string, n int) []op {
-	ops := make([]op, 0, n+2)
-	ops = append(ops, op{key: metaKey(id), del: true}, op{key: bodyKey(id), del: true})
-	for i := 0; i < n; i++ {
+func deleteOps(id string, l layout) []op {
+	ops := make([]op, 0, l.rcpts+l.chunks+2)
+	ops = append(ops, op{key: metaKey(id), del: true})
+	if l.chunks == 0 {
+		ops = append(ops, op{key: bodyKey(id), del: true})
+	}
+	for i := 0; i < l.chunks; i++ {
+		ops = append(ops, op{key: chunkKey(l.bodyID, i), del: true})
+	}
+	for i := 0; i < l.rcpts; i++ {
 		ops = append(ops, op{key: rcptKey(id, i), del: true})
 	}
 	return ops
