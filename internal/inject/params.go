@@ -5,18 +5,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-smtp"
-)
 
-// DSN values as the spool will store them (RFC 3461). They mirror the
-// spool's constants once it has them; kept here so parsing does not wait.
-const (
-	retFull = 1 // RET=FULL
-	retHdrs = 2 // RET=HDRS
-
-	notifyNever   = 1 << 0
-	notifySuccess = 1 << 1
-	notifyFailure = 1 << 2
-	notifyDelay   = 1 << 3
+	"github.com/mtad/mtad/internal/spool"
 )
 
 // mailParams are the MAIL FROM parameters mtad understands.
@@ -24,14 +14,14 @@ type mailParams struct {
 	size     int64 // SIZE=, 0 = not given
 	eightBit bool  // BODY=8BITMIME
 	utf8     bool  // SMTPUTF8
-	ret      int   // retFull, retHdrs or 0
+	ret      spool.Ret
 	envID    string
 }
 
 // rcptParams are the RCPT TO parameters (RFC 3461 4).
 type rcptParams struct {
-	notify int    // bitmask of notify*, 0 = not given
-	orcpt  string // "addr-type;address", xtext decoded
+	notify spool.Notify // 0 = not given
+	orcpt  string       // "addr-type;address", xtext decoded
 }
 
 func paramErr(msg string) *smtp.SMTPError {
@@ -86,9 +76,9 @@ func parseMailParams(s string) (mailParams, *smtp.SMTPError) {
 		case "RET":
 			switch strings.ToUpper(v) {
 			case "FULL":
-				mp.ret = retFull
+				mp.ret = spool.RetFull
 			case "HDRS":
-				mp.ret = retHdrs
+				mp.ret = spool.RetHdrs
 			default:
 				return mp, paramErr("Bad RET parameter")
 			}
@@ -147,20 +137,20 @@ func parseRcptParams(s string, utf8 bool) (rcptParams, *smtp.SMTPError) {
 
 // parseNotify parses "NEVER" or a comma list of SUCCESS, FAILURE, DELAY
 // (RFC 3461 4.1: NEVER must appear alone).
-func parseNotify(v string) (int, bool) {
+func parseNotify(v string) (spool.Notify, bool) {
 	if strings.EqualFold(v, "NEVER") {
-		return notifyNever, true
+		return spool.NotifyNever, true
 	}
-	n := 0
+	var n spool.Notify
 	for _, w := range strings.Split(v, ",") {
-		var bit int
+		var bit spool.Notify
 		switch strings.ToUpper(w) {
 		case "SUCCESS":
-			bit = notifySuccess
+			bit = spool.NotifySuccess
 		case "FAILURE":
-			bit = notifyFailure
+			bit = spool.NotifyFailure
 		case "DELAY":
-			bit = notifyDelay
+			bit = spool.NotifyDelay
 		default:
 			return 0, false
 		}

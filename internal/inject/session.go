@@ -90,7 +90,7 @@ const (
 // rcpt is one accepted recipient.
 type rcpt struct {
 	addr   string
-	notify int
+	notify spool.Notify
 	orcpt  string
 }
 
@@ -662,14 +662,14 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		Binding:    mw.h.binding,
 		SMTPUTF8:   ss.mp.utf8,
 		EightBit:   ss.mp.eightBit,
+		EnvID:      ss.mp.envID,
+		Ret:        ss.mp.ret,
 	}
 	addrs := make([]string, len(ss.rcpts))
 	for i, r := range ss.rcpts {
-		m.Recipients[i] = spool.Recipient{Addr: r.addr, State: spool.Pending}
+		m.Recipients[i] = spool.Recipient{Addr: r.addr, State: spool.Pending, Notify: r.notify, ORcpt: r.orcpt}
 		addrs[i] = r.addr
 	}
-	// TODO(issue 8): store ss.mp.ret, ss.mp.envID and each rcpt's notify
-	// and orcpt once spool.Message/Recipient have the DSN fields.
 	// The spool write may take milliseconds (fsync): replies queued so far
 	// go out first.
 	if err := c.flush(); err != nil {
@@ -677,6 +677,7 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		return
 	}
 	if err := s.store.PutBody(m, body); err != nil {
+		body.Abort()
 		s.log.Error("inject: storing message", zap.String("client_ip", ipString(c.ip)),
 			zap.String("sender", ss.from), zap.Int("recipients", len(ss.rcpts)), zap.Error(err))
 		c.fail(command, storeRefusal(err))

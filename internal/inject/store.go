@@ -1,10 +1,6 @@
 package inject
 
-import (
-	"bytes"
-
-	"github.com/mtad/mtad/internal/spool"
-)
+import "github.com/mtad/mtad/internal/spool"
 
 // Store is where accepted messages go. SpoolStore adapts *spool.Spool.
 //
@@ -22,7 +18,8 @@ type Store interface {
 }
 
 // Body is a message body being written, before its message is stored.
-// Abort drops it (a refused message); it is not called after PutBody.
+// Abort drops it (a refused message, a failed PutBody); it must be a
+// no-op after a successful PutBody.
 type Body interface {
 	Write(p []byte) (int, error)
 	Len() int64
@@ -36,18 +33,10 @@ type spoolStore struct{ sp *spool.Spool }
 
 func (s spoolStore) NewID() string { return s.sp.NewID() }
 
-// NewBody: until the spool streams bodies (spool.NewBody), the body is
-// gathered here and stored with Put.
-// TODO(issue 8): switch to spool.NewBody/PutBody when they land on main.
-func (s spoolStore) NewBody() Body { return &memBody{} }
+// NewBody streams into the spool: chunks are written unsynced as they
+// fill, and PutBody's single sync makes them durable with the message.
+func (s spoolStore) NewBody() Body { return s.sp.NewBody() }
 
 func (s spoolStore) PutBody(m *spool.Message, b Body) error {
-	mb := b.(*memBody)
-	return s.sp.Put(m, mb.buf.Bytes())
+	return s.sp.PutBody(m, b.(*spool.BodyWriter))
 }
-
-type memBody struct{ buf bytes.Buffer }
-
-func (b *memBody) Write(p []byte) (int, error) { return b.buf.Write(p) }
-func (b *memBody) Len() int64                  { return int64(b.buf.Len()) }
-func (b *memBody) Abort()                      { b.buf = bytes.Buffer{} }
