@@ -230,8 +230,10 @@ func (c *conn) flush() error {
 	if d := c.srv.opts.WriteTimeout; d > 0 {
 		c.nc.SetWriteDeadline(time.Now().Add(d))
 	}
-	_, err := c.rw.Write(c.out)
+	// Counted before the write, so a client that has read the reply also
+	// sees the count.
 	c.srv.writes.Add(1)
+	_, err := c.rw.Write(c.out)
 	c.out = c.out[:0]
 	return err
 }

@@ -151,6 +151,7 @@ type Server struct {
 	dummyHash []byte // compared against for unknown users, so they take as long as known ones
 	fails     *authFailures
 	authSlots chan struct{} // a token per running password check
+	authWait  time.Duration // authWait, shortened by tests
 	blocks    sync.Pool     // *[readBlock]byte, connection read buffers
 	hdrBufs   sync.Pool     // *[]byte, header sections
 
@@ -212,6 +213,7 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		traceHost: traceToken(strings.TrimSpace(opts.Hostname)),
 		fails:     newAuthFailures(opts.AuthFailDelay, time.Now),
 		authSlots: make(chan struct{}, opts.MaxAuthChecks),
+		authWait:  authWait,
 		closing:   make(chan struct{}),
 		conns:     make(map[*conn]struct{}),
 		perIP:     make(map[netip.Prefix]int),

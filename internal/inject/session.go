@@ -853,7 +853,7 @@ func (s *Server) authRefusal(isTLS bool, ip netip.Addr, inTxn bool) *smtp.SMTPEr
 // 5.7.8.
 func (c *conn) authenticate(identity, user, password string) error {
 	s := c.srv
-	t := time.NewTimer(authWait)
+	t := time.NewTimer(s.authWait)
 	select {
 	case s.authSlots <- struct{}{}:
 		t.Stop()
