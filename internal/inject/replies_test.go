@@ -122,7 +122,9 @@ func splitReply(r string) (code int, enh, text string) {
 // the session goes on.
 func TestBodyReplies(t *testing.T) {
 	t.Parallel()
-	hops := func(n int) string { return strings.Repeat("Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n", n) }
+	hops := func(n int) string {
+		return strings.Repeat("Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n", n)
+	}
 	const size = 4096
 	exact := "Subject: s\r\n\r\n" + strings.Repeat("x", size-len("Subject: s\r\n\r\n")-2) + "\r\n"
 	over := exact[:len(exact)-2] + "x\r\n"
