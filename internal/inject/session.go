@@ -64,7 +64,6 @@ var (
 	errDataTimeout   = rep(421, 4, 4, 2, "Timeout reading message data, closing connection")
 	errSessionTime   = rep(421, 4, 7, 0, "Session too long, closing connection")
 	errSessionCmds   = rep(421, 4, 7, 0, "Too many commands, closing connection")
-	errShuttingDown  = rep(421, 4, 3, 2, "Service shutting down")
 	errSizeParamBig  = rep(552, 5, 3, 4, "Message size exceeds fixed maximum message size")
 	errRcptNoAddress = rep(501, 5, 1, 3, "Bad recipient address syntax")
 )
