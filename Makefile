@@ -23,11 +23,17 @@ run: build
 	./$(BIN)/mtad --config $(CONFIG)
 
 # Tests fetch their own Go modules; the end-to-end tests build the binaries
-# themselves. Nothing else needs installing by hand.
-test:
+# themselves; deps installs the rest (Postfix, python3) with apt when missing.
+# Nothing else needs installing by hand.
+test: deps
 	$(GO) mod download
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 14m ./...
+
+# What the interop tests (test/e2e) run besides Go: Postfix and python3,
+# installed with apt only when missing (root needed then); a no-op otherwise.
+deps:
+	@bash test/e2e/deps.sh
 
 test-short:
 	$(GO) test -race -count=1 -short ./...

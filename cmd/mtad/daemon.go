@@ -139,19 +139,20 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// handoff adapts the scheduler to the injection listener's Handoff: a
-// message the scheduler refuses (only a duplicate id can be) stays in the
-// spool and is found again at the next start.
+// handoff adapts the scheduler to the injection listener's Handoff. It
+// goes through the scheduler's intake, which never blocks: the 250 is
+// written without waiting on maintenance, hooks or dials. What the intake
+// still holds at shutdown is in the spool and recovered at the next start.
 type handoff struct {
-	s   *scheduler.Scheduler
-	log *zap.Logger
+	s *scheduler.Scheduler
 }
 
-func (h handoff) Submit(m *spool.Message) {
-	if err := h.s.Submit(m); err != nil {
-		h.log.Error("scheduler refused a spooled message", zap.String("queue_id", m.ID), zap.Error(err))
-	}
-}
+// Submit hands a spooled message to the scheduler and returns at once.
+func (h handoff) Submit(m *spool.Message) { h.s.Intake(m) }
+
+// Busy reports whether the scheduler's intake is nearly full; the
+// listener answers MAIL with 451 4.3.2 while it is.
+func (h handoff) Busy() bool { return h.s.Busy() }
 
 // runDaemon runs mtad until SIGTERM/SIGINT. Start order: spool, engine,
 // recovery, injection, admin; stop order is the reverse, so nothing is
@@ -279,7 +280,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			DataTimeout:          sc.DataTimeout,
 			AuthFailDelay:        sc.AuthFailDelay,
 			Logger:               log,
-		}, inject.SpoolStore(sp), st.bindings, handoff{sched, log})
+		}, sp, st.bindings, handoff{sched})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)
 		}

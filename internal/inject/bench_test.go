@@ -34,7 +34,7 @@ func benchInject(b *testing.B, size int) {
 		ReadTimeout:    time.Minute,
 		WriteTimeout:   time.Minute,
 		Logger:         zap.NewNop(),
-	}, SpoolStore(sp), nil, nil)
+	}, sp, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

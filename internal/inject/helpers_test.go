@@ -124,7 +124,7 @@ func startEnv(t testing.TB, sp *spool.Spool, mods ...func(*Options)) *testEnv {
 		m(&opts)
 	}
 	subs := make(chanHandoff, 100)
-	srv, err := New(opts, SpoolStore(sp), testBindings(t), subs)
+	srv, err := New(opts, sp, testBindings(t), subs)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mtad/mtad/internal/spool"
 )
 
 // msgWriter assembles one message as its body streams in: the Received
@@ -17,7 +19,7 @@ type msgWriter struct {
 	srv  *Server
 	id   string
 	date time.Time
-	body Body
+	body *spool.BodyWriter
 	sc   dataScanner // BDAT only: the scanner state across chunks
 
 	n      int64 // the client's body octets so far

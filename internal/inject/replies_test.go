@@ -432,7 +432,7 @@ func TestBusyHandoff(t *testing.T) {
 		Hostname:       "mx.test",
 		MaxMessageSize: 1024,
 		Logger:         zap.NewNop(),
-	}, SpoolStore(sp), nil, busyHandoffT{make(chanHandoff, 1)})
+	}, sp, nil, busyHandoffT{make(chanHandoff, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +482,7 @@ func TestImplicitTLS(t *testing.T) {
 	}
 	splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTPS", from: "app@example.com", rcpt: "a@example.net"})
 	// A plain client on the TLS port gets no greeting.
-	if _, err := New(Options{TLSListen: []string{"127.0.0.1:0"}, Hostname: "h", MaxMessageSize: 1}, SpoolStore(e.sp), nil, nil); err == nil {
+	if _, err := New(Options{TLSListen: []string{"127.0.0.1:0"}, Hostname: "h", MaxMessageSize: 1}, e.sp, nil, nil); err == nil {
 		t.Error("TLSListen without a certificate accepted")
 	}
 }

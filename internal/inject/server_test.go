@@ -559,7 +559,7 @@ func TestStartFailsOnBusyAddress(t *testing.T) {
 		Listen:         []string{"127.0.0.1:0", e.addr},
 		Hostname:       "mx.test",
 		MaxMessageSize: 1024,
-	}, SpoolStore(e.sp), nil, nil)
+	}, e.sp, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +578,7 @@ func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	sp := openSpool(t, nil)
 	good := Options{Listen: []string{"127.0.0.1:0"}, Hostname: "h", MaxMessageSize: 1}
-	if _, err := New(good, SpoolStore(sp), nil, nil); err != nil {
+	if _, err := New(good, sp, nil, nil); err != nil {
 		t.Fatalf("good options: %v", err)
 	}
 	bad := []func(*Options){
@@ -591,7 +591,7 @@ func TestNewValidates(t *testing.T) {
 	for i, mod := range bad {
 		o := good
 		mod(&o)
-		if _, err := New(o, SpoolStore(sp), nil, nil); err == nil {
+		if _, err := New(o, sp, nil, nil); err == nil {
 			t.Errorf("bad options %d accepted", i)
 		}
 	}

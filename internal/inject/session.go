@@ -709,7 +709,7 @@ func storeRefusal(err error) *smtp.SMTPError {
 // TODO(issue 8): re-encode the affected MIME parts with internal/conform
 // (quoted-printable, base64 for non-text) once it lands on main; until
 // then the body is stored as received.
-func conformBody(_ Store, b Body) (Body, error) { return b, nil }
+func conformBody(_ Store, b *spool.BodyWriter) (*spool.BodyWriter, error) { return b, nil }
 
 // checkBinding asks Bindings whether the requested group and binding
 // exist, one at a time so the refusal names the one at fault.

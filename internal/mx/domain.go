@@ -11,8 +11,8 @@ import (
 
 // NormalizeDomain checks that s is a host name mtad can look up and returns
 // it lower-cased without a trailing dot. Only ASCII names are accepted: an
-// internationalised domain must arrive as its A-label (xn--…), since
-// converting it is the injecting side's business, not the resolver's.
+// internationalised domain must be converted to its A-label (xn--…) first,
+// which Canonical does; configuration (routes) must name A-labels.
 func NormalizeDomain(s string) (string, error) {
 	d := strings.TrimSuffix(s, ".")
 	if d == "" {

@@ -36,9 +36,9 @@ const (
 	// "no mail here" (the convention before RFC 7505), and retrying it for
 	// days only delays the bounce.
 	KindProhibitedIP
-	// KindBadDomain: the domain is not a syntactically valid host name
-	// (A-labels only; IDNs must be converted before they get here).
-	// Permanent, 5.1.2.
+	// KindBadDomain: the domain is neither a valid host name (after
+	// conversion of a U-label name to its A-label) nor a valid address
+	// literal. Permanent, 5.1.2.
 	KindBadDomain
 )
 

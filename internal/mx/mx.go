@@ -3,7 +3,9 @@
 // implicit MX of RFC 5321 §5.1 when a domain has no MX at all, null MX
 // (RFC 7505), the addresses of every MX host (A and AAAA), static routes
 // that send a domain to a configured smarthost, and a bounded TTL cache in
-// front of it all.
+// front of it all. A domain is routed by its canonical form (Canonical):
+// an internationalised name by its A-label, and an address literal
+// ("[192.0.2.1]") as that one address, without any DNS query.
 //
 // Every failure is an *Error that wraps an *outcome.Error in the DNS phase,
 // so the scheduler decides retry or bounce without knowing this package; its
@@ -187,12 +189,16 @@ func New(opts Options) (*Resolver, error) {
 // out, so every returned Host has at least one address. The slice is the
 // caller's to keep and change.
 //
-// Any error is an *Error (see Kind for what each means). A context that
-// ends gives KindTemp wrapping the context's error.
+// domain may be an A-label or U-label name, or an address literal; see
+// Canonical. Any error is an *Error (see Kind for what each means). A
+// context that ends gives KindTemp wrapping the context's error.
 func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
-	d, err := NormalizeDomain(domain)
+	d, err := Canonical(domain)
 	if err != nil {
 		return nil, newError(KindBadDomain, domain, "bad domain syntax", err)
+	}
+	if IsLiteral(d) {
+		return r.literal(d)
 	}
 	if rt, ok := r.routes[d]; ok && rt.addr.IsValid() {
 		return []Host{{Name: rt.addr.String(), Addrs: []netip.AddrPort{netip.AddrPortFrom(rt.addr, rt.port)}}}, nil
@@ -207,6 +213,21 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 	}
 	shuffleEqual(hosts)
 	return hosts, nil
+}
+
+// literal answers for an address literal (RFC 5321 §5.1: the address is
+// the one host, no MX lookup), on the MX port and under the same
+// prohibited-address rule as a DNS answer: a recipient can write
+// [127.0.0.1] as easily as a domain can publish it. d is canonical.
+func (r *Resolver) literal(d string) ([]Host, error) {
+	a, err := ParseLiteral(d)
+	if err != nil { // Canonical parsed it already; kept for safety
+		return nil, newError(KindBadDomain, d, "bad address literal", err)
+	}
+	if _, removed := r.usable([]netip.Addr{a}); removed {
+		return nil, newError(KindProhibitedIP, d, "address literal is a prohibited address (loopback, unspecified, multicast, link-local)", nil)
+	}
+	return []Host{{Name: a.String(), Addrs: []netip.AddrPort{netip.AddrPortFrom(a, r.port)}}}, nil
 }
 
 // shuffleEqual shuffles each run of hosts with the same preference.

@@ -19,6 +19,11 @@
 // deletes the message, so a crash between them duplicates a DSN at worst
 // and never loses one.
 //
+// Injection hands a spooled message over with Intake, which only appends
+// to a bounded queue that the scheduler's intake goroutine drains into
+// Submit (intake.go): the 250 never waits on the maintenance lock, a hook
+// or a dial (DESIGN.md invariant 8).
+//
 // Time comes from a Clock so tests drive retries and expiry without
 // sleeping: Tick(now) is the whole maintenance step, and Start only calls
 // it from a ticker.
@@ -44,6 +49,7 @@ import (
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
@@ -65,6 +71,8 @@ type Spool interface {
 	Put(m *spool.Message, body []byte) error
 	Body(id string) ([]byte, error)
 	Update(id string, rcpts map[int]spool.Recipient, done bool) error
+	// Get reads a message's metadata back (the intake's overflow).
+	Get(id string) (*spool.Message, error)
 }
 
 // Options configure a Scheduler.
@@ -90,6 +98,10 @@ type Options struct {
 	// Reserve is passed to the maintain chain: slots under the global cap
 	// the default action leaves to hooks.
 	Reserve int
+	// IntakeCapacity bounds the messages Intake holds before they are
+	// submitted (default DefaultIntakeCapacity); Busy turns true a
+	// sixteenth before it is reached.
+	IntakeCapacity int
 	// Jitter is the spread of the retry delay, ±fraction (default 0.15).
 	Jitter float64
 	// Rand returns a uniform draw in [0,1) for the jitter; nil is
@@ -110,6 +122,8 @@ type Scheduler struct {
 	log   *zap.Logger
 
 	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
+
+	in *intake // injection's hand-off (intake.go)
 
 	mu   sync.Mutex
 	msgs map[string]*msgState
@@ -190,6 +204,7 @@ func New(opts Options) (*Scheduler, error) {
 		clock: opts.Clock,
 		log:   opts.Logger,
 		msgs:  make(map[string]*msgState),
+		in:    newIntake(opts.IntakeCapacity),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -227,10 +242,11 @@ func (s *Scheduler) Pending() int {
 	return len(s.msgs)
 }
 
-// Start runs Tick every MaintainInterval until Close. Call it once,
-// before Close.
+// Start runs Tick every MaintainInterval, and the intake goroutine that
+// submits what Intake takes in, until Close. Call it once, before Close.
 func (s *Scheduler) Start() {
 	s.started = true
+	go s.runIntake()
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(s.opts.MaintainInterval)
@@ -246,14 +262,21 @@ func (s *Scheduler) Start() {
 	}()
 }
 
-// Close stops the ticker and closes the pool: sessions finish their
+// Close stops the intake, the ticker and the pool: sessions finish their
 // current transaction, bounded by ctx. Undelivered mail stays in the
-// spool for the next start. Calls after the first return its result.
+// spool for the next start, and so do messages still in the intake (they
+// were spooled before Intake saw them). Calls after the first return its
+// result.
 func (s *Scheduler) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		s.in.close()
 		close(s.stop)
 		if s.started {
 			<-s.done
+			<-s.in.done
+		}
+		if n := s.in.waiting.Load(); n > 0 {
+			s.log.Info("messages still in the intake stay spooled for the next start", zap.Int64("messages", n))
 		}
 		s.closeErr = s.pool.Close(ctx)
 	})
@@ -265,8 +288,10 @@ func (s *Scheduler) Close(ctx context.Context) error {
 // named binding), in the active queue — waking the pair at once — or in
 // the delayed queue when a recipient's next attempt is in the future.
 // Recipients already final count for the message's DSN (recovery). It is
-// called by injection after the 250 and for each message Recover finds;
-// it fails only for a message already submitted.
+// called for each message Recover finds, for DSNs, and by the intake
+// goroutine; it fails only for a message already submitted. It may take
+// the maintenance lock, run the maintain chain and dial, so injection
+// calls Intake instead.
 func (s *Scheduler) Submit(m *spool.Message) error {
 	now := s.clock.Now()
 	st := &msgState{sender: m.Sender, group: m.Group, binding: m.Binding, arrival: m.Received}
@@ -275,6 +300,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		next time.Time
 		last *outcome.Error
 		mx   string
+		bad  *outcome.Error // the domain can never be routed
 	}
 	var groups []*group
 	byDomain := map[string]*group{}
@@ -291,15 +317,25 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 			continue
 		}
 		st.pending++
-		dom := domainOf(r.Addr)
-		g := byDomain[dom]
+		dom, derr := domainOf(r.Addr)
+		gkey := dom
+		if derr != nil {
+			// Kept apart from routable keys by construction: the lower
+			// case of a name IDNA refuses can be one it accepts ("Ӏ",
+			// "ӏ"), and the log key is that lower case.
+			gkey = "\x00" + dom
+		}
+		g := byDomain[gkey]
 		if g == nil {
 			g = &group{d: &queue.Delivery{
 				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
 				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
 				UTF8: m.SMTPUTF8, EightBit: m.EightBit, Ret: uint8(m.Ret), EnvID: m.EnvID,
 			}}
-			byDomain[dom] = g
+			if derr != nil {
+				g.bad = badDomain(derr)
+			}
+			byDomain[gkey] = g
 			groups = append(groups, g)
 		}
 		g.d.Rcpts = append(g.d.Rcpts, queue.Rcpt{Idx: int32(i), Addr: r.Addr, Notify: uint8(r.Notify), ORcpt: r.ORcpt})
@@ -340,6 +376,8 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		switch {
 		case d.Domain == "":
 			s.settleAll(d, connpool.Attempt{}, badAddress, now)
+		case g.bad != nil:
+			s.refuse(d, g.bad, now)
 		case now.UnixNano() >= d.Expires:
 			s.settleAll(d, connpool.Attempt{}, connpool.ErrExpired, now)
 		case g.next.After(now):
@@ -372,13 +410,38 @@ func (s *Scheduler) pick(m *spool.Message) *binding.Binding {
 	return b2
 }
 
-// domainOf returns the lower-case domain of an address, "" when it has none.
-func domainOf(addr string) string {
+// domainOf returns the key an address is routed and queued by: its domain
+// in mx.Canonical form (an IDN as its A-label, an address literal with its
+// brackets in one spelling), "" when it has none. A domain that can never
+// be routed gives an error and, as its key, the domain lower-cased (for the
+// log).
+func domainOf(addr string) (string, error) {
 	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
+	if i < 0 || i == len(addr)-1 {
+		return "", nil
 	}
-	return strings.ToLower(strings.TrimSuffix(addr[i+1:], "."))
+	d := addr[i+1:]
+	key, err := mx.Canonical(d)
+	if err != nil {
+		return strings.ToLower(d), err
+	}
+	return key, nil
+}
+
+// badDomain is the outcome for a recipient whose domain can never be
+// routed: permanent, decided here without a DNS query, so no attempt.
+func badDomain(err error) *outcome.Error {
+	return &outcome.Error{Phase: outcome.PhaseQueue, Enhanced: smtp.EnhancedCode{5, 1, 2},
+		Message: "bad destination domain: " + err.Error()}
+}
+
+// refuse settles every recipient of d with e, decided without an attempt.
+func (s *Scheduler) refuse(d *queue.Delivery, e *outcome.Error, now time.Time) {
+	v := make([]*outcome.Error, len(d.Rcpts))
+	for i := range v {
+		v[i] = e
+	}
+	s.settle(d, connpool.Attempt{}, v, "", true, now)
 }
 
 func parseEnhanced(s string) smtp.EnhancedCode {

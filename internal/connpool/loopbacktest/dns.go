@@ -31,16 +31,25 @@ type DNS struct {
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
 	z := &DNS{records: make(map[string][]dns.RR), rcodes: make(map[string]int)}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("dns listen udp: %v", err)
+	// The kernel picks a free UDP port; the same TCP port may be taken (by
+	// another test's connection, say), so a few ports are tried.
+	var pc net.PacketConn
+	var ln net.Listener
+	var lastErr error
+	for range 20 {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatalf("dns listen udp: %v", err)
+		}
+		if ln, lastErr = net.Listen("tcp", pc.LocalAddr().String()); lastErr == nil {
+			break
+		}
+		pc.Close()
+	}
+	if lastErr != nil {
+		t.Fatalf("dns listen tcp: no free TCP port matching a UDP one in 20 tries: %v", lastErr)
 	}
 	z.Addr = pc.LocalAddr().String()
-	ln, err := net.Listen("tcp", z.Addr)
-	if err != nil {
-		pc.Close()
-		t.Fatalf("dns listen tcp %s: %v", z.Addr, err)
-	}
 	udp := &dns.Server{PacketConn: pc, Handler: z}
 	tcp := &dns.Server{Listener: ln, Handler: z}
 	var wg sync.WaitGroup

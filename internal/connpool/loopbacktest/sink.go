@@ -39,6 +39,8 @@ type Message struct {
 type Config struct {
 	// TLS, when set, makes the sink offer STARTTLS with it.
 	TLS *tls.Config
+	// SMTPUTF8 makes the sink offer SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
 	// Rcpt decides each RCPT TO; a non-nil error (an *smtp.SMTPError) refuses it.
 	Rcpt func(to string) error
 	// Data decides each message after its body was read.
@@ -112,6 +114,7 @@ func serve(t testing.TB, ip string, ln net.Listener, cfg Config) *Sink {
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "sink-" + ip
 	srv.TLSConfig = cfg.TLS
+	srv.EnableSMTPUTF8 = cfg.SMTPUTF8
 	srv.AllowInsecureAuth = true
 	srv.ReadTimeout = 10 * time.Second
 	srv.WriteTimeout = 10 * time.Second
