@@ -486,3 +486,62 @@ func TestImplicitTLS(t *testing.T) {
 		t.Error("TLSListen without a certificate accepted")
 	}
 }
+
+// TestStartTLSDropsPlaintext: commands sent in the clear behind STARTTLS
+// are not run under TLS (CVE-2011-0411).
+func TestStartTLSDropsPlaintext(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	rc := e.raw(t, relayIP)
+	rc.cmd("EHLO client.test")
+	rc.write("STARTTLS\r\nNOOP\r\n")
+	if got := rc.reply(); got != "220 2.0.0 Ready to start TLS" {
+		t.Fatalf("STARTTLS: %q", got)
+	}
+	tc := tls.Client(rc.c, e.tls)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	rc.r.Reset(tc)
+	rc.c = tc
+	// Had the NOOP sent in the clear been kept, its reply would come first
+	// here. MAIL before EHLO also shows the session was reset.
+	if got := rc.cmd("MAIL FROM:<app@example.com>"); got != "503 5.5.1 Send EHLO or HELO first" {
+		t.Errorf("MAIL under TLS before EHLO: %q", got)
+	}
+	if got := rc.cmd("NOOP"); got != "250 2.0.0 Ok" {
+		t.Errorf("NOOP: %q", got)
+	}
+}
+
+// TestLargeBodyStreams: a body of several spool chunks arrives intact.
+func TestLargeBodyStreams(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil, func(o *Options) { o.MaxMessageSize = 8 << 20 })
+	c := e.client(t, relayIP)
+	var b strings.Builder
+	b.WriteString("Subject: big\r\nX-Binding: ip1\r\n\r\n")
+	for i := 0; b.Len() < 5<<20; i++ {
+		fmt.Fprintf(&b, "%08d %s\r\n", i, strings.Repeat("abcdefgh", 9))
+	}
+	sent := b.String()
+	id, err := send(c, "app@example.com", []string{"a@example.net"}, sent, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := e.sp.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"})
+	if want := strings.Replace(sent, "X-Binding: ip1\r\n", "", 1); rest != want {
+		t.Errorf("stored body differs: %d bytes, want %d", len(rest), len(want))
+	}
+	m, err := e.sp.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Size != int64(len(body)) || m.Binding != "ip1" {
+		t.Errorf("size %d (body %d), binding %q", m.Size, len(body), m.Binding)
+	}
+}
