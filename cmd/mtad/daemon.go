@@ -253,21 +253,33 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	sc := cfg.Inject.SMTP
 	var srv *inject.Server
-	if len(sc.Listen) > 0 {
+	if len(sc.Listen)+len(sc.TLSListen) > 0 {
+		longLines := inject.LongLinesConvert
+		if sc.LongLines == "reject" {
+			longLines = inject.LongLinesReject
+		}
 		srv, err = inject.New(inject.Options{
-			Listen:         sc.Listen,
-			RelayNetworks:  st.relay,
-			Hostname:       cfg.Hostname,
-			MaxMessageSize: int64(sc.MaxMessageSize),
-			MaxRecipients:  sc.MaxRecipients,
-			MaxSessions:    sc.MaxSessions,
-			TLSConfig:      st.tls,
-			AuthUsers:      st.users,
-			ReadTimeout:    sc.ReadTimeout,
-			WriteTimeout:   sc.WriteTimeout,
-			DataTimeout:    sc.DataTimeout,
-			AuthFailDelay:  sc.AuthFailDelay,
-			Logger:         log,
+			Listen:               sc.Listen,
+			TLSListen:            sc.TLSListen,
+			MaxSessionsPerIP:     sc.MaxSessionsPerIP,
+			MaxSessionTime:       sc.MaxSessionTime,
+			MaxCommands:          sc.MaxCommands,
+			MaxAuthChecks:        sc.MaxAuthChecks,
+			MaxReceivedHeaders:   sc.MaxReceivedHeaders,
+			AllowAddressLiterals: sc.AllowAddressLiterals,
+			LongLines:            longLines,
+			RelayNetworks:        st.relay,
+			Hostname:             cfg.Hostname,
+			MaxMessageSize:       int64(sc.MaxMessageSize),
+			MaxRecipients:        sc.MaxRecipients,
+			MaxSessions:          sc.MaxSessions,
+			TLSConfig:            st.tls,
+			AuthUsers:            st.users,
+			ReadTimeout:          sc.ReadTimeout,
+			WriteTimeout:         sc.WriteTimeout,
+			DataTimeout:          sc.DataTimeout,
+			AuthFailDelay:        sc.AuthFailDelay,
+			Logger:               log,
 		}, sp, st.bindings, handoff{sched})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)

@@ -110,6 +110,25 @@ type SMTPInject struct {
 	AuthFailDelay time.Duration `mapstructure:"auth_fail_delay"`
 	// ShutdownGrace is how long open sessions get to finish on shutdown.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// TLSListen are host:port addresses speaking TLS from the first byte
+	// (RFC 8314, port 465 style); they need tls_cert and tls_key.
+	TLSListen []string `mapstructure:"tls_listen"`
+	// MaxSessionsPerIP bounds one client address's sessions (IPv6: per
+	// /64); 0 = no bound.
+	MaxSessionsPerIP int `mapstructure:"max_sessions_per_ip"`
+	// MaxSessionTime bounds a session's life; 0 = no bound.
+	MaxSessionTime time.Duration `mapstructure:"max_session_time"`
+	// MaxCommands bounds the commands of one session; 0 = no bound.
+	MaxCommands int `mapstructure:"max_commands"`
+	// MaxAuthChecks bounds concurrent password checks; 0 = number of CPUs.
+	MaxAuthChecks int `mapstructure:"max_auth_checks"`
+	// MaxReceivedHeaders: more Received fields than this is a mail loop.
+	MaxReceivedHeaders int `mapstructure:"max_received_headers"`
+	// AllowAddressLiterals accepts recipients like user@[192.0.2.1].
+	AllowAddressLiterals bool `mapstructure:"allow_address_literals"`
+	// LongLines is "convert" (make lines over 998 octets conformant) or
+	// "reject" (554 5.6.0).
+	LongLines string `mapstructure:"long_lines"`
 }
 
 // Runtime tunes the Go runtime the daemon runs on. It is read at start
@@ -267,6 +286,14 @@ func Default() *Config {
 			DataTimeout:    5 * time.Minute,
 			AuthFailDelay:  time.Second,
 			ShutdownGrace:  30 * time.Second,
+			TLSListen:      []string{},
+
+			MaxSessionsPerIP:   100,
+			MaxSessionTime:     time.Hour,
+			MaxCommands:        10000,
+			MaxAuthChecks:      0,
+			MaxReceivedHeaders: 50,
+			LongLines:          "convert",
 		}},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		DNS:   DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
@@ -377,6 +404,9 @@ func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 func (c *Config) normalize() {
 	if c.Inject.SMTP.Listen == nil {
 		c.Inject.SMTP.Listen = []string{}
+	}
+	if c.Inject.SMTP.TLSListen == nil {
+		c.Inject.SMTP.TLSListen = []string{}
 	}
 	if c.Inject.SMTP.RelayNetworks == nil {
 		c.Inject.SMTP.RelayNetworks = []string{}

@@ -142,6 +142,28 @@ func (c *Config) validateInject(v *validator) {
 	v.positive(p+"data_timeout", s.DataTimeout)
 	v.nonNegative(p+"auth_fail_delay", s.AuthFailDelay)
 	v.nonNegative(p+"shutdown_grace", s.ShutdownGrace)
+	for i, a := range s.TLSListen {
+		v.hostPort(fmt.Sprintf(p+"tls_listen[%d]", i), a, true)
+	}
+	if len(s.TLSListen) > 0 && s.TLSCert == "" {
+		v.bad(p+"tls_listen", "needs tls_cert and tls_key")
+	}
+	if s.MaxSessionsPerIP < 0 {
+		v.bad(p+"max_sessions_per_ip", "%d must not be negative", s.MaxSessionsPerIP)
+	}
+	v.nonNegative(p+"max_session_time", s.MaxSessionTime)
+	if s.MaxCommands < 0 {
+		v.bad(p+"max_commands", "%d must not be negative", s.MaxCommands)
+	}
+	if s.MaxAuthChecks < 0 {
+		v.bad(p+"max_auth_checks", "%d must not be negative", s.MaxAuthChecks)
+	}
+	if s.MaxReceivedHeaders < 1 {
+		v.bad(p+"max_received_headers", "%d must be at least 1", s.MaxReceivedHeaders)
+	}
+	if s.LongLines != "convert" && s.LongLines != "reject" {
+		v.bad(p+"long_lines", "%q must be convert or reject", s.LongLines)
+	}
 }
 
 func (c *Config) validateBindings(v *validator) {

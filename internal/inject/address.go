@@ -176,3 +176,88 @@ func isDotAtom(s string) bool {
 	}
 	return true
 }
+
+// errPathSyntax is a MAIL/RCPT argument that is not "<path> [params]".
+var errPathSyntax = errorString("path syntax")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// parsePath splits the argument after "FROM:" or "TO:" into the mailbox and
+// the parameter text. The path is "<>" (returned as "") or "<mailbox>",
+// optionally preceded by a source route "@a,@b:" that RFC 5321 4.1.2 says
+// to ignore. A quoted local part is returned unquoted (checkAddress quotes
+// it again in canonical form); its quoted-pairs are undone. Spaces before
+// '<' are tolerated, as many clients send "MAIL FROM: <a@b>".
+func parsePath(arg string) (addr, params string, err error) {
+	arg = strings.TrimLeft(arg, " ")
+	if len(arg) == 0 || arg[0] != '<' {
+		return "", "", errPathSyntax
+	}
+	i := 1
+	if i < len(arg) && arg[i] == '@' { // a source route: up to ':'
+		c := strings.IndexByte(arg, ':')
+		if c < 0 {
+			return "", "", errPathSyntax
+		}
+		i = c + 1
+	}
+	var b strings.Builder
+	quoted, closed := false, false
+	for ; i < len(arg); i++ {
+		c := arg[i]
+		if quoted {
+			switch c {
+			case '\\':
+				if i+1 >= len(arg) {
+					return "", "", errPathSyntax
+				}
+				i++
+				b.WriteByte(arg[i])
+			case '"':
+				quoted = false
+			default:
+				b.WriteByte(c)
+			}
+			continue
+		}
+		if c == '"' {
+			quoted = true
+			continue
+		}
+		if c == '>' {
+			closed = true
+			break
+		}
+		if c == '<' || c == ' ' {
+			return "", "", errPathSyntax
+		}
+		b.WriteByte(c)
+	}
+	if !closed {
+		return "", "", errPathSyntax
+	}
+	rest := arg[i+1:]
+	if rest != "" && rest[0] != ' ' {
+		return "", "", errPathSyntax
+	}
+	return b.String(), strings.TrimLeft(rest, " "), nil
+}
+
+// isAddressLiteral reports whether a checked address's domain is an
+// address literal ("[192.0.2.1]", "[IPv6:...]").
+func isAddressLiteral(addr string) bool {
+	return strings.HasSuffix(addr, "]") && strings.Contains(addr[strings.LastIndexByte(addr, '@')+1:], "[")
+}
+
+// dedupKey is the form in which two recipients are the same mailbox: the
+// local part exact (RFC 5321 2.4: it may be case-sensitive), the domain
+// case-insensitive.
+func dedupKey(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr
+	}
+	return addr[:at+1] + strings.ToLower(addr[at+1:])
+}

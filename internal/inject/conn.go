@@ -1,135 +1,267 @@
 package inject
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 )
 
-// replyTooManySessions is written, raw, to a connection over MaxSessions.
-const replyTooManySessions = "Too many sessions, try later"
+// readBlock is the size of a connection's read buffer, pooled. 32 KiB
+// holds a pipelined transaction and is the unit a body is read in; it also
+// bounds a command line (maxAuthLine is below it).
+const readBlock = 32 << 10
 
-// trackedListener counts connections against MaxSessions and wraps each one
-// so that Shutdown can find and drain it.
-type trackedListener struct {
-	net.Listener
-	srv       *Server
-	closeOnce sync.Once
-	closeErr  error
-}
+var (
+	errTooManySessions = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Too many sessions, try later"}
+	errTooManyFromIP   = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many sessions from your address, try later"}
+)
 
-// Accept returns the next connection within the session limit. Connections
-// over the limit are answered 421 4.3.2 and closed here, so go-smtp never
-// sees them.
-func (l *trackedListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if tc := l.srv.track(c); tc != nil {
-			return tc, nil
-		}
-		l.srv.refuseSession(c)
+// ipKey is what per-client limits count by: the address, or its /64 for
+// IPv6, since one host commonly holds a whole /64.
+func ipKey(ip netip.Addr) netip.Prefix {
+	if !ip.IsValid() {
+		return netip.Prefix{}
 	}
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
-// Close is idempotent: Shutdown closes the listeners itself before
-// go-smtp's Shutdown closes them again.
-func (l *trackedListener) Close() error {
-	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
-	return l.closeErr
-}
-
-// track registers c as a session, or returns nil when MaxSessions are open.
-func (s *Server) track(c net.Conn) *trackedConn {
+// track registers nc as a session, or says which limit refuses it.
+func (s *Server) track(nc net.Conn) (*conn, *smtp.SMTPError) {
+	ip := remoteIP(nc)
+	key := ipKey(ip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.opts.MaxSessions > 0 && len(s.conns) >= s.opts.MaxSessions {
-		return nil
+		return nil, errTooManySessions
 	}
-	tc := &trackedConn{Conn: c, srv: s, ip: remoteIP(c)}
-	s.conns[tc] = struct{}{}
-	return tc
+	if s.opts.MaxSessionsPerIP > 0 && s.perIP[key] >= s.opts.MaxSessionsPerIP {
+		return nil, errTooManyFromIP
+	}
+	c := &conn{srv: s, nc: nc, ip: ip, key: key, start: time.Now()}
+	s.conns[c] = struct{}{}
+	s.perIP[key]++
+	s.connWG.Add(1)
+	return c, nil
 }
 
-func (s *Server) untrack(c *trackedConn) {
+func (s *Server) untrack(c *conn) {
+	c.nc.Close()
 	s.mu.Lock()
 	delete(s.conns, c)
+	if s.perIP[c.key]--; s.perIP[c.key] <= 0 {
+		delete(s.perIP, c.key)
+	}
 	s.mu.Unlock()
 }
 
-// refuseSession greets c with 421 and closes it. The write is to a fresh
+// refuseSession greets nc with e and closes it. The write is to a fresh
 // socket whose send buffer is empty, so it does not block; the deadline is
-// there for the pathological case.
-func (s *Server) refuseSession(c net.Conn) {
-	ip := remoteIP(c)
-	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("421 4.3.2 " + replyTooManySessions + "\r\n"))
+// there for the pathological case. On an implicit-TLS listener the client
+// reads this as a failed handshake, which is as good as a refusal.
+func (s *Server) refuseSession(nc net.Conn, e *smtp.SMTPError) {
+	ip := remoteIP(nc)
+	nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	nc.Write(appendReply(nil, e.Code, e.EnhancedCode, e.Message))
 	// Log before closing: once the client sees the close, the refusal is
 	// on record.
-	s.rejected(ip, "CONNECT", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: replyTooManySessions})
-	c.Close()
+	s.rejected(ip, "CONNECT", e)
+	nc.Close()
 }
 
-// trackedConn is one client connection. It knows whether its session is
-// inside a mail transaction, which is what Shutdown needs to decide whether
-// to close it now or let it finish.
-type trackedConn struct {
-	net.Conn
-	srv *Server
-	ip  netip.Addr
+// conn is one client connection and its session state (session.go).
+type conn struct {
+	srv         *Server
+	nc          net.Conn // the socket; rw is nc or the TLS layer on it
+	rw          net.Conn
+	ip          netip.Addr
+	key         netip.Prefix
+	start       time.Time
+	implicitTLS bool
+
+	// The read buffer: buf[r:w] is read and not consumed.
+	buf  *[readBlock]byte
+	r, w int
+	// out buffers replies until flush.
+	out []byte
 
 	inTxn       atomic.Bool // between MAIL and the end of DATA/RSET
 	interrupted atomic.Bool // Shutdown poked a blocked Read with a deadline
-	closeOnce   sync.Once
+
+	sess session
 }
 
-// Read refuses to read another command once the server is draining and the
-// session is idle: go-smtp sees io.EOF and ends the connection quietly.
-func (c *trackedConn) Read(p []byte) (int, error) {
-	for range 2 { // at most one retry, after a shutdown poke hit a transaction
-		if c.srv.draining.Load() && !c.inTxn.Load() {
-			return 0, io.EOF
-		}
-		n, err := c.Conn.Read(p)
-		if err == nil || n > 0 || !c.interrupted.Load() || !isTimeout(err) {
-			return n, err
-		}
-		// The deadline was Shutdown's, not the client's fault. If a
-		// transaction started meanwhile, give the read its timeout back
-		// and carry on; otherwise the loop returns io.EOF.
-		c.interrupted.Store(false)
-		if d := max(c.srv.opts.ReadTimeout, c.srv.opts.DataTimeout); d > 0 {
-			c.Conn.SetReadDeadline(time.Now().Add(d))
-		} else {
-			c.Conn.SetReadDeadline(time.Time{})
-		}
-	}
-	return 0, io.EOF
-}
+// errQuietClose ends a session without a reply (shutdown of an idle one).
+var errQuietClose = errors.New("inject: closing idle session")
 
 // interruptIfIdle makes a Read blocked on an idle session return now.
-func (c *trackedConn) interruptIfIdle() {
+func (c *conn) interruptIfIdle() {
 	if c.inTxn.Load() {
 		return
 	}
 	c.interrupted.Store(true)
-	c.Conn.SetReadDeadline(time.Now())
+	c.nc.SetReadDeadline(time.Now())
 }
 
-// Close closes the connection and frees its session slot.
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.closeOnce.Do(func() { c.srv.untrack(c) })
+// buffered is how many read bytes wait to be consumed.
+func (c *conn) buffered() int { return c.w - c.r }
+
+// fill reads more into the buffer, compacting it first. timeout is the
+// inactivity bound for this read. Replies are flushed before blocking, so a
+// client never waits for a reply the server holds (RFC 2920 3.2).
+func (c *conn) fill(timeout time.Duration) error {
+	if err := c.flush(); err != nil {
+		return err
+	}
+	if c.r > 0 {
+		n := copy(c.buf[:], c.buf[c.r:c.w])
+		c.r, c.w = 0, n
+	}
+	if c.w == len(c.buf) {
+		return errors.New("inject: read buffer full") // callers never let this happen
+	}
+	for range 2 { // at most one retry, after a shutdown poke hit a transaction
+		if timeout > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(timeout))
+		} else {
+			c.nc.SetReadDeadline(time.Time{})
+		}
+		n, err := c.rw.Read(c.buf[c.w:])
+		c.w += n
+		if n > 0 {
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		if c.interrupted.Load() && isTimeout(err) {
+			// The deadline was Shutdown's, not the client's fault. An idle
+			// session ends quietly; one that began a transaction meanwhile
+			// carries on.
+			c.interrupted.Store(false)
+			if !c.inTxn.Load() {
+				return errQuietClose
+			}
+			continue
+		}
+		return err
+	}
+	return io.ErrNoProgress
+}
+
+// readLine returns the next line without its line end (LF, with a CR
+// before it removed), and whether it was cut: a line longer than max is
+// read to its end and discarded, and returned empty with tooLong set. The
+// slice is valid until the next read.
+func (c *conn) readLine(max int, timeout time.Duration) (line []byte, tooLong bool, err error) {
+	scanned := 0
+	for {
+		if i := bytes.IndexByte(c.buf[c.r+scanned:c.w], '\n'); i >= 0 {
+			end := c.r + scanned + i
+			line = c.buf[c.r:end]
+			c.r = end + 1
+			if tooLong {
+				return nil, true, nil
+			}
+			line = bytes.TrimSuffix(line, []byte{'\r'})
+			if len(line) > max {
+				return nil, true, nil
+			}
+			return line, false, nil
+		}
+		scanned = c.w - c.r
+		if scanned > max+1 {
+			// Over the bound already: drop what is buffered and keep
+			// looking for the end of the line.
+			tooLong = true
+			c.r, c.w, scanned = 0, 0, 0
+		}
+		if err := c.fill(timeout); err != nil {
+			return nil, tooLong, err
+		}
+	}
+}
+
+// reply queues one reply line.
+func (c *conn) reply(code int, enh smtp.EnhancedCode, msg string) {
+	c.out = appendReply(c.out, code, enh, msg)
+}
+
+// appendReply formats "code enh msg\r\n"; enh is left out when it is
+// NoEnhancedCode (the greeting, 354, multi-line replies built by hand).
+func appendReply(dst []byte, code int, enh smtp.EnhancedCode, msg string) []byte {
+	dst = appendInt(dst, code)
+	dst = append(dst, ' ')
+	if enh != smtp.NoEnhancedCode && enh != smtp.EnhancedCodeNotSet {
+		dst = appendInt(dst, enh[0])
+		dst = append(dst, '.')
+		dst = appendInt(dst, enh[1])
+		dst = append(dst, '.')
+		dst = appendInt(dst, enh[2])
+		dst = append(dst, ' ')
+	}
+	dst = append(dst, msg...)
+	return append(dst, '\r', '\n')
+}
+
+func appendInt(dst []byte, n int) []byte {
+	if n >= 10 {
+		dst = appendInt(dst, n/10)
+	}
+	return append(dst, byte('0'+n%10))
+}
+
+// flush writes the queued replies in one write.
+func (c *conn) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	if d := c.srv.opts.WriteTimeout; d > 0 {
+		c.nc.SetWriteDeadline(time.Now().Add(d))
+	}
+	// Counted before the write, so a client that has read the reply also
+	// sees the count.
+	c.srv.writes.Add(1)
+	_, err := c.rw.Write(c.out)
+	c.out = c.out[:0]
 	return err
+}
+
+// flushIfDrained flushes unless more pipelined commands are already read:
+// their replies go out together (RFC 2920 3.2).
+func (c *conn) flushIfDrained() error {
+	if c.buffered() > 0 {
+		return nil
+	}
+	return c.flush()
+}
+
+// startTLS puts TLS on the connection. Anything the client sent after
+// STARTTLS in the clear is dropped, so it cannot be taken as sent under
+// TLS (CVE-2011-0411, the STARTTLS command injection).
+func (c *conn) startTLS(timeout time.Duration) error {
+	c.r, c.w = 0, 0
+	tc := tls.Server(c.nc, c.srv.opts.TLSConfig)
+	if timeout > 0 {
+		c.nc.SetDeadline(time.Now().Add(timeout))
+	}
+	if err := tc.Handshake(); err != nil {
+		return err
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.rw = tc
+	return nil
 }
 
 func isTimeout(err error) bool {
@@ -147,14 +279,4 @@ func remoteIP(c net.Conn) netip.Addr {
 		return ap.Addr().Unmap()
 	}
 	return netip.Addr{}
-}
-
-// connOf finds our trackedConn under go-smtp's current connection, which is
-// a *tls.Conn wrapping it after STARTTLS.
-func connOf(c net.Conn) (*trackedConn, bool) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	t, ok := c.(*trackedConn)
-	return t, ok
 }

@@ -2,7 +2,6 @@ package inject
 
 import (
 	"bytes"
-	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -196,58 +195,4 @@ func topLevelSemicolons(t *testing.T, v string) []int {
 		t.Fatalf("unclosed comment or quoted string: %q", v)
 	}
 	return semi
-}
-
-// FuzzReadBody checks the body copy against a byte-at-a-time model of it:
-// every bare CR or LF becomes CRLF, CRLF stays, a non-empty body ends in
-// CRLF, whatever the read sizes.
-func FuzzReadBody(f *testing.F) {
-	for _, s := range []string{"a\r\nb\r\n", "a\nb", "a\rb\r", "\r\r\n\n", "", "x", ".\r\n", "\r"} {
-		f.Add(s, uint8(0))
-		f.Add(s, uint8(1))
-	}
-	f.Fuzz(func(t *testing.T, in string, step uint8) {
-		var want []byte
-		for i := 0; i < len(in); i++ {
-			switch c := in[i]; {
-			case c == '\r' && i+1 < len(in) && in[i+1] == '\n':
-				want = append(want, "\r\n"...)
-				i++
-			case c == '\r' || c == '\n':
-				want = append(want, "\r\n"...)
-			default:
-				want = append(want, c)
-			}
-		}
-		if len(want) > 0 && !bytes.HasSuffix(want, []byte("\r\n")) {
-			want = append(want, "\r\n"...)
-		}
-		var r io.Reader = strings.NewReader(in)
-		if step > 0 {
-			r = &stepReader{s: in, step: int(step)}
-		}
-		var buf bytes.Buffer
-		if err := readBody(&buf, r, 1<<20, make([]byte, 512)); err != nil {
-			t.Fatalf("readBody: %v", err)
-		}
-		if !bytes.Equal(buf.Bytes(), want) {
-			t.Errorf("readBody(%q, step %d) = %q, want %q", in, step, buf.Bytes(), want)
-		}
-	})
-}
-
-// stepReader returns at most step bytes per Read.
-type stepReader struct {
-	s    string
-	step int
-}
-
-func (r *stepReader) Read(p []byte) (int, error) {
-	if len(r.s) == 0 {
-		return 0, io.EOF
-	}
-	n := min(r.step, len(p), len(r.s))
-	copy(p, r.s[:n])
-	r.s = r.s[n:]
-	return n, nil
 }

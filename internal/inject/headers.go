@@ -12,6 +12,7 @@ const (
 	hdrMessageID    = "message-id"
 	hdrBindingGroup = "x-binding-group"
 	hdrBinding      = "x-binding"
+	hdrReceived     = "received"
 )
 
 // maxHeaderValue bounds a value kept from a header field; RFC 5322 lines
@@ -23,6 +24,8 @@ type headerInfo struct {
 	messageID string
 	group     string
 	binding   string
+	// received counts the Received fields (loop detection).
+	received int
 	// drop are the [start, end) byte ranges of the fields to remove,
 	// folded continuation lines included, in order.
 	drop [][2]int
@@ -47,6 +50,8 @@ func parseHeaders(body []byte) (headerInfo, error) {
 		}
 		n := string(name)
 		switch {
+		case strings.EqualFold(n, hdrReceived):
+			h.received++
 		case strings.EqualFold(n, hdrMessageID):
 			if h.messageID == "" {
 				h.messageID = headerValue(body[valueStart:end])

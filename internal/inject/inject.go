@@ -1,25 +1,26 @@
 // Package inject owns mtad's SMTP injection listener: it accepts mail from
-// applications over SMTP (relay control, AUTH, STARTTLS, size, recipient and
-// session limits), stores each accepted message in the spool and only then
-// answers 250 with the queue id, and hands the message to the scheduler.
+// applications over SMTP (relay control, AUTH, STARTTLS and implicit TLS,
+// size, recipient, session and per-client limits), streams each accepted
+// body into the spool, answers 250 with the queue id only once the message
+// is on stable storage, and hands the message to the scheduler.
 //
-// It must never acknowledge a message before Store.Put has returned (the
-// spool syncs before returning), never relay for a client that is neither in
-// RelayNetworks nor authenticated, and never answer a local storage failure
-// with a 5xx. It does not deliver, schedule or pick bindings: it only checks
-// that a requested binding group or binding exists. Besides making every
-// line end in CRLF, it changes a message only by removing the
-// X-Binding-Group and X-Binding fields and putting a Received field (RFC
-// 5321 4.4) at its head.
+// It must never acknowledge a message before Store.PutBody has returned,
+// never relay for a client that is neither in RelayNetworks nor
+// authenticated, never answer a local storage failure or any other
+// transient condition with a 5xx, nor a permanent one with a 4xx, and never
+// hold a whole body in memory: a session keeps at most one read block, one
+// reply buffer and the header section (bounded by maxHeaderSection). It does
+// not deliver, schedule or pick bindings: it only checks that a requested
+// binding group or binding exists. Besides making every line end in CRLF,
+// it changes a message only by removing the X-Binding-Group and X-Binding
+// fields and putting a Received field (RFC 5321 4.4) at its head.
 //
-// The protocol engine is github.com/emersion/go-smtp. A few replies come from
-// go-smtp itself, before any Session method runs, and so are not logged as
-// "rejected" records: syntax errors in MAIL/RCPT (501 5.5.2), commands out of
-// order (502 5.5.1), unknown or malformed ESMTP parameters (500/501/504
-// 5.5.4), a SIZE= parameter over the limit at MAIL (552 5.3.4 "Max message
-// size exceeded"), over-long lines, and BDAT chunks over the size limit.
-// go-smtp also advertises CHUNKING; BDAT transactions go through the same
-// Session.Data as DATA.
+// The protocol engine is ours (session.go): one goroutine per connection
+// runs the state machine over a pooled block reader (conn.go), and replies
+// are buffered and flushed only when the client's input is drained (RFC
+// 2920 3.2) or before anything that may block. Every reply with a code of
+// 400 or more is also a "rejected" record. go-smtp is used only for its
+// reply type, *smtp.SMTPError.
 package inject
 
 import (
@@ -29,36 +30,70 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mtad/mtad/internal/spool"
 )
 
+// LongLines says what happens to a body line over 998 octets.
+type LongLines int
+
+const (
+	// LongLinesConvert accepts the message and makes it conformant.
+	LongLinesConvert LongLines = iota
+	// LongLinesReject refuses it with 554 5.6.0.
+	LongLinesReject
+)
+
 // Options configures a Server. The zero value of a limit means "no limit"
 // except where said otherwise.
 type Options struct {
-	// Listen are the host:port addresses to accept SMTP on; at least one.
-	Listen []string
+	// Listen are the host:port addresses to accept SMTP on (STARTTLS
+	// offered when TLSConfig is set); TLSListen the ones where TLS starts
+	// at once (RFC 8314 implicit TLS, port 465 style), which need
+	// TLSConfig. At least one address in all.
+	Listen    []string
+	TLSListen []string
 	// RelayNetworks are the client networks that may inject without AUTH.
 	RelayNetworks []netip.Prefix
 	// Hostname is the name in the greeting and the EHLO reply; required.
 	Hostname string
-	// MaxMessageSize bounds a message body in bytes, as received; required
-	// (> 0) because the body is read into memory before it is stored.
+	// MaxMessageSize bounds a message body in bytes, as the client sent it
+	// after dot-unstuffing (the Received field we add is not counted);
+	// required (> 0). A body of exactly this size is accepted.
 	MaxMessageSize int64
 	// MaxRecipients bounds the recipients of one transaction; 0 = no limit.
 	MaxRecipients int
 	// MaxSessions bounds concurrent SMTP connections; the one over the limit
 	// is greeted with 421 4.3.2 and closed. 0 = no limit.
 	MaxSessions int
-	// TLSConfig enables STARTTLS; nil means STARTTLS is not offered.
+	// MaxSessionsPerIP bounds the concurrent connections of one client
+	// address (IPv6: one /64); over it, 421 4.7.0. 0 = no limit.
+	MaxSessionsPerIP int
+	// MaxSessionTime bounds a session's life; past it the next command
+	// outside a transaction gets 421 4.7.0. 0 = no limit.
+	MaxSessionTime time.Duration
+	// MaxCommands bounds the commands of one session, handled like
+	// MaxSessionTime. 0 = no limit.
+	MaxCommands int
+	// MaxAuthChecks bounds concurrent password checks (bcrypt costs tens of
+	// milliseconds of CPU each); 0 = the number of CPUs.
+	MaxAuthChecks int
+	// MaxReceivedHeaders: a message with more Received fields than this is
+	// refused as a loop (554 5.4.6). 0 = 50.
+	MaxReceivedHeaders int
+	// AllowAddressLiterals accepts recipients like user@[192.0.2.1].
+	AllowAddressLiterals bool
+	// LongLines is the policy for body lines over 998 octets.
+	LongLines LongLines
+	// TLSConfig enables STARTTLS and TLSListen; nil means neither.
 	TLSConfig *tls.Config
 	// AuthUsers maps a user name to its bcrypt hash (see LoadUsers). Empty
 	// means AUTH is never offered.
@@ -76,26 +111,18 @@ type Options struct {
 	Logger *zap.Logger
 }
 
-// Store is where accepted messages go. *spool.Spool satisfies it.
-//
-// NewID returns a fresh queue id, safe to call concurrently; the injector
-// takes one per DATA before the body arrives, because the id goes into the
-// Received field at the head of the body, so an id may go unused when the
-// message is refused. Put stores m under the m.ID it is given (assigning
-// one only if it is empty) and returns only once message and body are on
-// stable storage; an error matching spool.ErrNoSpace means the disk is
-// full. It must not keep body after it returns: the buffer is reused.
-type Store interface {
-	NewID() string
-	Put(m *spool.Message, body []byte) error
-}
-
 // Handoff receives every stored message, after its 250 has been decided
 // and before the reply is written. Submit must not block. The scheduler
 // satisfies it; it may be called until Shutdown returns.
+//
+// A Handoff may also have a Busy() bool method, found by type assertion:
+// while it reports true, MAIL is answered 451 4.3.2 so clients hold their
+// mail rather than fill a spool the scheduler cannot keep up with.
 type Handoff interface {
 	Submit(m *spool.Message)
 }
+
+type busyHandoff interface{ Busy() bool }
 
 // Bindings validates a requested binding group and/or binding; either may be
 // "". It returns an error when a named one does not exist. *binding.Set
@@ -104,6 +131,11 @@ type Bindings interface {
 	Check(group, binding string) error
 }
 
+// authWait is how long an AUTH waits for a password-check slot before it
+// is answered 454 4.7.0: long enough to ride out a burst, short enough
+// that a client's own timeout (typically 30 s or more) is not reached.
+const authWait = 5 * time.Second
+
 // Server is the SMTP injection listener. Create it with New, then Start;
 // stop it with Shutdown. A Server is not restartable.
 type Server struct {
@@ -111,27 +143,34 @@ type Server struct {
 	store    Store
 	bindings Bindings // nil: any group/binding is accepted
 	handoff  Handoff  // nil: nobody is told
+	busy     busyHandoff
 	log      *zap.Logger
 	// traceHost is Hostname as written in Received fields.
 	traceHost string
 
-	smtp      *smtp.Server
 	dummyHash []byte // compared against for unknown users, so they take as long as known ones
 	fails     *authFailures
-	bufs      sync.Pool // *bytes.Buffer for message bodies
-	chunks    sync.Pool // *[32 << 10]byte, scratch for reading bodies
+	authSlots chan struct{} // a token per running password check
+	authWait  time.Duration // authWait, shortened by tests
+	blocks    sync.Pool     // *[readBlock]byte, connection read buffers
+	hdrBufs   sync.Pool     // *[]byte, header sections
 
-	// closing is closed when Shutdown starts; draining mirrors it for the
-	// hot path in trackedConn.Read.
+	// writes counts the writes to client sockets (flushes), for tests that
+	// show pipelined replies are batched.
+	writes atomic.Int64
+
+	// closing is closed when Shutdown starts; draining mirrors it.
 	closing  chan struct{}
 	draining atomic.Bool
 
 	mu        sync.Mutex
 	started   bool
 	stopped   bool
-	listeners []*trackedListener
-	conns     map[*trackedConn]struct{}
-	serveWG   sync.WaitGroup // the Serve goroutines, one per listener
+	listeners []net.Listener
+	conns     map[*conn]struct{}
+	perIP     map[netip.Prefix]int
+	serveWG   sync.WaitGroup // accept loops
+	connWG    sync.WaitGroup // connection goroutines
 }
 
 // New checks opts and builds a Server; nothing is bound until Start.
@@ -140,8 +179,11 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 	if store == nil {
 		return nil, errors.New("inject: new server: nil store")
 	}
-	if len(opts.Listen) == 0 {
+	if len(opts.Listen)+len(opts.TLSListen) == 0 {
 		return nil, errors.New("inject: new server: no listen address")
+	}
+	if len(opts.TLSListen) > 0 && opts.TLSConfig == nil {
+		return nil, errors.New("inject: new server: tls listen addresses without a TLS certificate")
 	}
 	if strings.TrimSpace(opts.Hostname) == "" {
 		return nil, errors.New("inject: new server: empty hostname")
@@ -149,11 +191,18 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 	if opts.MaxMessageSize <= 0 {
 		return nil, fmt.Errorf("inject: new server: max message size must be > 0, got %d", opts.MaxMessageSize)
 	}
-	if opts.MaxRecipients < 0 || opts.MaxSessions < 0 {
-		return nil, errors.New("inject: new server: negative max recipients or max sessions")
+	if opts.MaxRecipients < 0 || opts.MaxSessions < 0 || opts.MaxSessionsPerIP < 0 || opts.MaxCommands < 0 ||
+		opts.MaxAuthChecks < 0 || opts.MaxReceivedHeaders < 0 || opts.MaxSessionTime < 0 {
+		return nil, errors.New("inject: new server: negative limit")
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
+	}
+	if opts.MaxReceivedHeaders == 0 {
+		opts.MaxReceivedHeaders = 50
+	}
+	if opts.MaxAuthChecks == 0 {
+		opts.MaxAuthChecks = runtime.NumCPU()
 	}
 	s := &Server{
 		opts:      opts,
@@ -163,9 +212,13 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		log:       opts.Logger,
 		traceHost: traceToken(strings.TrimSpace(opts.Hostname)),
 		fails:     newAuthFailures(opts.AuthFailDelay, time.Now),
+		authSlots: make(chan struct{}, opts.MaxAuthChecks),
+		authWait:  authWait,
 		closing:   make(chan struct{}),
-		conns:     make(map[*trackedConn]struct{}),
+		conns:     make(map[*conn]struct{}),
+		perIP:     make(map[netip.Prefix]int),
 	}
+	s.busy, _ = handoff.(busyHandoff)
 	if len(opts.AuthUsers) > 0 {
 		// The dummy hash has the cost of a real one, so that "no such user"
 		// and "wrong password" cost the same time.
@@ -184,62 +237,85 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		}
 		s.dummyHash = h
 	}
-
-	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
-	srv.Domain = opts.Hostname
-	srv.MaxMessageBytes = opts.MaxMessageSize
-	// Recipients are counted by the session so that the reply is ours and
-	// the refusal is logged.
-	srv.MaxRecipients = 0
-	srv.ReadTimeout = opts.ReadTimeout
-	srv.WriteTimeout = opts.WriteTimeout
-	srv.EnableSMTPUTF8 = true
-	srv.TLSConfig = opts.TLSConfig
-	// go-smtp only knows "TLS or not"; AUTH on a plain connection is
-	// allowed here and refused per connection by the session, which knows
-	// whether the client is on loopback.
-	srv.AllowInsecureAuth = true
-	srv.ErrorLog = zapErrorLog{s.log}
-	s.smtp = srv
 	return s, nil
 }
 
-// Start binds every Listen address and serves each in a goroutine the
-// Server owns. If any address cannot be bound, the ones already bound are
-// closed and the error names the address.
+// Start binds every Listen and TLSListen address and serves each in a
+// goroutine the Server owns. If any address cannot be bound, the ones
+// already bound are closed and the error names the address.
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
 		return errors.New("inject: start: already started")
 	}
+	if s.stopped {
+		return errors.New("inject: start: shut down")
+	}
 	var lc net.ListenConfig
-	for _, addr := range s.opts.Listen {
+	var implicit []bool
+	for i, addr := range append(append([]string(nil), s.opts.Listen...), s.opts.TLSListen...) {
 		l, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
-			for _, tl := range s.listeners {
-				tl.Close()
+			for _, l := range s.listeners {
+				l.Close()
 			}
 			s.listeners = nil
 			return fmt.Errorf("inject: start: listen on %s: %w", addr, err)
 		}
-		s.listeners = append(s.listeners, &trackedListener{Listener: l, srv: s})
+		s.listeners = append(s.listeners, l)
+		implicit = append(implicit, i >= len(s.opts.Listen))
 	}
 	s.started = true
-	for _, tl := range s.listeners {
+	for i, l := range s.listeners {
 		s.serveWG.Add(1)
 		go func() {
 			defer s.serveWG.Done()
-			err := s.smtp.Serve(tl)
-			if err != nil && !errors.Is(err, net.ErrClosed) {
-				s.log.Error("inject: serve stopped", zap.Stringer("addr", tl.Addr()), zap.Error(err))
-			}
+			s.serve(l, implicit[i])
 		}()
 	}
 	return nil
 }
 
-// Addrs returns the bound addresses, in Listen order; nil before Start.
+// serve accepts until the listener is closed. Temporary accept errors
+// (EMFILE and the like) are retried after a pause that grows to a second,
+// as net/http does, so a file-descriptor shortage does not spin.
+func (s *Server) serve(l net.Listener, implicitTLS bool) {
+	var pause time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn("inject: accept", zap.Error(err), zap.Duration("retry_in", pause))
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-s.closing:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		pause = 0
+		c, e := s.track(nc)
+		if e != nil {
+			s.refuseSession(nc, e)
+			continue
+		}
+		c.implicitTLS = implicitTLS
+		go func() {
+			defer s.connWG.Done()
+			defer s.untrack(c)
+			c.serve()
+		}()
+	}
+}
+
+// Addrs returns the bound addresses, Listen then TLSListen; nil before
+// Start.
 func (s *Server) Addrs() []net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -283,8 +359,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range listeners {
 		l.Close()
 	}
-	// Once every Serve has returned no new connection can be registered
-	// with go-smtp, so its Shutdown below waits for a fixed set.
+	// Once every accept loop has returned no new connection can be
+	// tracked, so connWG.Wait below waits for a fixed set.
 	s.serveWG.Wait()
 
 	s.mu.Lock()
@@ -296,9 +372,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// Waits for every connection goroutine; the listeners are closed
-		// already, so its only error is a repeat close we ignore.
-		_ = s.smtp.Shutdown(context.Background())
+		s.connWG.Wait()
 	}()
 	select {
 	case <-done:
@@ -307,24 +381,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	for c := range s.conns {
-		c.Conn.Close()
+		c.nc.Close()
 	}
 	s.mu.Unlock()
 	<-done
 	return fmt.Errorf("inject: shutdown: %w", ctx.Err())
-}
-
-// zapErrorLog adapts go-smtp's error log to zap. go-smtp reports mostly
-// broken connections (a failed TLS handshake, a reset); panics are errors.
-type zapErrorLog struct{ l *zap.Logger }
-
-func (z zapErrorLog) Printf(format string, v ...any) { z.print(fmt.Sprintf(format, v...)) }
-func (z zapErrorLog) Println(v ...any)               { z.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
-
-func (z zapErrorLog) print(msg string) {
-	if strings.HasPrefix(msg, "panic") {
-		z.l.Error("inject: smtp server", zap.String("msg", msg))
-		return
-	}
-	z.l.Debug("inject: smtp server", zap.String("msg", msg))
 }

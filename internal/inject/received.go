@@ -11,6 +11,7 @@ import (
 // transaction.
 type traceInfo struct {
 	helo  string     // the EHLO/HELO argument as the client sent it
+	smtp  bool       // the client greeted with HELO, not EHLO
 	ip    netip.Addr // the client's address; the zero Addr if unknown
 	host  string     // our own name, passed through traceToken already
 	tls   bool       // the session is under STARTTLS
@@ -23,7 +24,7 @@ type traceInfo struct {
 }
 
 // maxTraceToken bounds the HELO name and our hostname in the field: a domain
-// is at most 255 octets, and go-smtp lets a HELO argument be far longer.
+// is at most 255 octets, and a HELO argument may be far longer.
 const maxTraceToken = maxDomain
 
 // appendReceived appends the Received field to dst, folded as
@@ -38,7 +39,7 @@ const maxTraceToken = maxDomain
 // and naming all would show each one the others (Bcc included). "unknown"
 // stands for the reverse DNS name, which mtad does not look up.
 //
-// The HELO argument is client-supplied and go-smtp takes anything up to the
+// The HELO argument is client-supplied and is anything up to the
 // first space (bare CR, parentheses, ';', non-ASCII), so it passes through
 // traceToken. The addresses have passed checkAddress; in the comment their
 // '(' ')' '\' become quoted-pairs so the comment cannot end early, and any
@@ -60,7 +61,11 @@ func appendReceived(dst []byte, t traceInfo) []byte {
 	dst = append(dst, ")\r\n\tby "...)
 	dst = appendTraceToken(dst, t.host)
 	dst = append(dst, " (mtad) with "...)
-	dst = append(dst, withProtocol(t.utf8, t.tls, t.auth)...)
+	if t.smtp {
+		dst = append(dst, "SMTP"...) // HELO: no extensions, so no S, A or UTF8
+	} else {
+		dst = append(dst, withProtocol(t.utf8, t.tls, t.auth)...)
+	}
 	dst = append(dst, " id "...)
 	dst = appendTraceToken(dst, t.id)
 	dst = append(dst, "\r\n\t(envelope-from <"...)
@@ -76,10 +81,9 @@ func appendReceived(dst []byte, t traceInfo) []byte {
 	return append(dst, "\r\n"...)
 }
 
-// withProtocol is the "with" keyword: ESMTP, or UTF8SMTP for an SMTPUTF8
-// transaction (RFC 6531 3.7.3), with S for TLS and A for AUTH (RFC 3848).
-// go-smtp does not say whether the client greeted with HELO or EHLO, so
-// plain "SMTP" is never used.
+// withProtocol is the "with" keyword after EHLO: ESMTP, or UTF8SMTP for an
+// SMTPUTF8 transaction (RFC 6531 3.7.3), with S for TLS and A for AUTH (RFC
+// 3848). After HELO it is plain SMTP (appendReceived).
 func withProtocol(utf8, tls, auth bool) string {
 	p := "ESMTP"
 	if utf8 {

@@ -2,17 +2,15 @@ package inject
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
@@ -20,59 +18,159 @@ import (
 	"github.com/mtad/mtad/internal/spool"
 )
 
-// The replies this package gives. Each refusal is also a "rejected" record.
+func rep(code int, a, b, c int, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: msg}
+}
+
+// The replies this package gives. Each one of 400 or more is also a
+// "rejected" record.
 var (
-	errRelayDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
-	errTooManyRcpt = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
-	errTooBig      = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}
-	errNestedMail  = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Error: nested MAIL command"}
-	errDataRead    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Error reading message data"}
-	errNoSpace     = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
-	errLocal       = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary local problem, try again later"}
-	errAuthFailed  = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	errAuthTLS     = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
-	errAuthNone    = &smtp.SMTPError{Code: 502, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication not available"}
-	errAuthMech    = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}
-	errAuthInTxn   = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "AUTH not permitted during a mail transaction"}
+	errRelayDenied   = rep(550, 5, 7, 1, "Relaying denied")
+	errTooManyRcpt   = rep(452, 4, 5, 3, "Too many recipients")
+	errTooBig        = rep(552, 5, 3, 4, "Message size exceeds fixed maximum message size")
+	errNestedMail    = rep(503, 5, 5, 1, "Error: nested MAIL command")
+	errNoSpace       = rep(452, 4, 3, 1, "Insufficient system storage")
+	errLocal         = rep(451, 4, 3, 0, "Temporary local problem, try again later")
+	errAuthFailed    = rep(535, 5, 7, 8, "Authentication credentials invalid")
+	errAuthTLS       = rep(530, 5, 7, 0, "Must issue a STARTTLS command first")
+	errAuthNone      = rep(502, 5, 7, 0, "Authentication not available")
+	errAuthMech      = rep(504, 5, 7, 4, "Unrecognized authentication type")
+	errAuthInTxn     = rep(503, 5, 5, 1, "AUTH not permitted during a mail transaction")
+	errAuthBusy      = rep(454, 4, 7, 0, "Too many authentications in progress, try again later")
+	errAuthCancel    = rep(501, 5, 0, 0, "Authentication cancelled")
+	errAuthBase64    = rep(501, 5, 5, 2, "Invalid base64 data")
+	errAuthAgain     = rep(503, 5, 5, 1, "Already authenticated")
+	errLineTooLong   = rep(500, 5, 5, 2, "Line too long")
+	errUnknownCmd    = rep(500, 5, 5, 2, "Command not recognized")
+	errNoHelo        = rep(503, 5, 5, 1, "Send EHLO or HELO first")
+	errNoMail        = rep(503, 5, 5, 1, "Missing MAIL FROM command")
+	errNoRcpt        = rep(503, 5, 5, 1, "Missing RCPT TO command")
+	errBdatOrder     = rep(503, 5, 5, 1, "DATA not permitted after BDAT")
+	errMailSyntax    = rep(501, 5, 5, 2, "Was expecting MAIL arg syntax of FROM:<address>")
+	errRcptSyntax    = rep(501, 5, 5, 2, "Was expecting RCPT arg syntax of TO:<address>")
+	errNoArgs        = rep(501, 5, 5, 4, "Syntax error: no parameters allowed")
+	errHeloSyntax    = rep(501, 5, 5, 4, "Domain/address argument required")
+	errBdatSyntax    = rep(501, 5, 5, 4, "Syntax: BDAT size [LAST]")
+	errNoTLS         = rep(502, 5, 5, 1, "STARTTLS not available")
+	errTLSAgain      = rep(503, 5, 5, 1, "Already running TLS")
+	errTLSInTxn      = rep(503, 5, 5, 1, "STARTTLS not permitted during a mail transaction")
+	errLiteral       = rep(553, 5, 1, 3, "Address literals not accepted")
+	errBusy          = rep(451, 4, 3, 2, "System busy, try again later")
+	errNUL           = rep(554, 5, 6, 0, "Message contains NUL characters")
+	errLongLines     = rep(554, 5, 6, 0, "Message contains lines longer than 998 characters")
+	errHops          = rep(554, 5, 4, 6, "Too many hops (mail loop?)")
+	errMalformedHdr  = rep(550, 5, 7, 0, "Malformed header section")
+	errIdle          = rep(421, 4, 4, 2, "Idle timeout, bye bye")
+	errDataTimeout   = rep(421, 4, 4, 2, "Timeout reading message data, closing connection")
+	errSessionTime   = rep(421, 4, 7, 0, "Session too long, closing connection")
+	errSessionCmds   = rep(421, 4, 7, 0, "Too many commands, closing connection")
+	errSizeParamBig  = rep(552, 5, 3, 4, "Message size exceeds fixed maximum message size")
+	errRcptNoAddress = rep(501, 5, 1, 3, "Bad recipient address syntax")
 )
 
-// session is one go-smtp Session: from EHLO/HELO to QUIT, or to STARTTLS,
-// after which go-smtp starts a new one. Its methods run on the connection's
-// goroutine, except Data during BDAT, which go-smtp runs on another while
-// the connection goroutine may call Reset; mu guards the transaction.
+// Command line bounds. RFC 5321 4.5.3.1.4 gives 512 octets with CRLF;
+// each offered extension may add to it. MAIL and RCPT carry parameters
+// (SIZE, BODY, RET, ENVID up to 100 xtext octets, NOTIFY, ORCPT up to 500,
+// AUTH=, SMTPUTF8) on top of a 256-octet path: 4096 covers them with room.
+// AUTH lines carry base64 SASL responses; RFC 4954 4 raises their limit to
+// 12288.
+const (
+	maxCmdLine  = 512 - 2
+	maxMailLine = 4096 - 2
+	maxAuthLine = 12288 - 2
+	// maxHeaderSection bounds the header section read ahead of the body:
+	// X-Binding* and Message-ID are looked for, and Received fields
+	// counted, only in this much of the message's head.
+	maxHeaderSection = 64 << 10
+	// maxBdatChunk bounds one BDAT's size argument's digits (18 fit int64).
+	maxBdatDigits = 18
+)
+
+// rcpt is one accepted recipient.
+type rcpt struct {
+	addr   string
+	notify spool.Notify
+	orcpt  string
+}
+
+// session is the SMTP state of one connection; it lives in conn and is
+// used only by the connection's goroutine.
 type session struct {
-	srv  *Server
-	conn *smtp.Conn
-	tc   *trackedConn
-	ip   netip.Addr
-	// tls is fixed for the session's life: go-smtp starts a new session
-	// after STARTTLS. Data reads it here, not from conn, because during
-	// BDAT it runs beside the connection goroutine.
-	tls bool
-
-	mu       sync.Mutex
+	helo     string // the EHLO/HELO argument, "" before one
+	esmtp    bool   // EHLO rather than HELO
+	tls      bool
 	authUser string
-	hasFrom  bool
-	from     string
-	helo     string // as of MAIL; read here, not in Data, which may run beside the connection goroutine
-	utf8     bool
-	eightBit bool
-	rcpts    []string
+	cmds     int
+
+	// The transaction, from MAIL to the end of DATA, BDAT LAST or RSET.
+	hasFrom bool
+	from    string
+	mp      mailParams
+	rcpts   []rcpt
+	seen    map[string]struct{}
+	bdat    *msgWriter // a BDAT transfer under way
 }
 
-func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	tc, ok := connOf(c.Conn())
-	if !ok {
-		return nil, errors.New("inject: connection not accepted by this server")
+// serve runs the session until QUIT, an error, or shutdown.
+func (c *conn) serve() {
+	s := c.srv
+	c.rw = c.nc
+	c.buf = s.getBlock()
+	defer s.blocks.Put(c.buf)
+	defer c.abortBdat()
+	if c.implicitTLS {
+		if err := c.startTLS(s.handshakeTimeout()); err != nil {
+			s.log.Debug("inject: implicit TLS handshake", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+			return
+		}
+		c.sess.tls = true
 	}
-	_, isTLS := c.TLSConnectionState()
-	return &session{srv: s, conn: c, tc: tc, ip: tc.ip, tls: isTLS}, nil
+	c.reply(220, smtp.NoEnhancedCode, s.opts.Hostname+" ESMTP mtad")
+	if c.flush() != nil {
+		return
+	}
+	for {
+		if s.draining.Load() && !c.inTxn.Load() {
+			return
+		}
+		line, tooLong, err := c.readLine(maxAuthLine, s.opts.ReadTimeout)
+		if err != nil {
+			if isTimeout(err) {
+				c.fail("", errIdle)
+				c.flush()
+			} else if !errors.Is(err, errQuietClose) && !errors.Is(err, io.EOF) {
+				s.log.Debug("inject: reading command", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+			}
+			return
+		}
+		if !c.command(line, tooLong) {
+			c.flush()
+			return
+		}
+		if c.flushIfDrained() != nil {
+			return
+		}
+	}
 }
 
-// reject logs the refusal and returns it for go-smtp to write.
-func (ss *session) reject(command string, e *smtp.SMTPError) error {
-	ss.srv.rejected(ss.ip, command, e)
-	return e
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.opts.ReadTimeout > 0 {
+		return s.opts.ReadTimeout
+	}
+	return time.Minute
+}
+
+func (s *Server) getBlock() *[readBlock]byte {
+	if b, ok := s.blocks.Get().(*[readBlock]byte); ok {
+		return b
+	}
+	return new([readBlock]byte)
+}
+
+// fail queues a refusal and logs it as a "rejected" record.
+func (c *conn) fail(command string, e *smtp.SMTPError) {
+	c.srv.rejected(c.ip, command, e)
+	c.reply(e.Code, e.EnhancedCode, e.Message)
 }
 
 func (s *Server) rejected(ip netip.Addr, command string, e *smtp.SMTPError) {
@@ -99,49 +197,290 @@ func enhancedString(c smtp.EnhancedCode) string {
 	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
 }
 
-// Mail starts a transaction. go-smtp has parsed the path already; the
-// address is checked here for what go-smtp's lenient parser lets through.
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.hasFrom {
-		return ss.reject("MAIL", errNestedMail)
+// command runs one command line; false ends the session.
+func (c *conn) command(line []byte, tooLong bool) bool {
+	s := c.srv
+	ss := &c.sess
+	ss.cmds++
+	if tooLong {
+		c.fail("", errLineTooLong)
+		return true
 	}
-	utf8 := opts != nil && opts.UTF8
+	verbEnd := bytes.IndexByte(line, ' ')
+	if verbEnd < 0 {
+		verbEnd = len(line)
+	}
+	verb := strings.ToUpper(string(line[:verbEnd]))
+	arg := ""
+	if verbEnd < len(line) {
+		arg = string(line[verbEnd+1:])
+	}
+	switch limit := len(line); {
+	case verb == "AUTH":
+	case verb == "MAIL" || verb == "RCPT":
+		if limit > maxMailLine {
+			c.fail(verb, errLineTooLong)
+			return true
+		}
+	case limit > maxCmdLine:
+		c.fail(verb, errLineTooLong)
+		return true
+	}
+	// Per-session limits end a session between transactions, so no
+	// message is cut off; a transaction gets twice the commands at most.
+	if !c.inTxn.Load() || (s.opts.MaxCommands > 0 && ss.cmds > 2*s.opts.MaxCommands) {
+		if s.opts.MaxSessionTime > 0 && time.Since(c.start) > s.opts.MaxSessionTime {
+			c.fail(verb, errSessionTime)
+			return false
+		}
+		if s.opts.MaxCommands > 0 && ss.cmds > s.opts.MaxCommands {
+			c.fail(verb, errSessionCmds)
+			return false
+		}
+	}
+	switch verb {
+	case "EHLO", "HELO":
+		return c.hello(verb, arg)
+	case "STARTTLS":
+		return c.cmdStartTLS(arg)
+	case "AUTH":
+		return c.auth(arg)
+	case "MAIL":
+		c.mail(arg)
+	case "RCPT":
+		c.rcpt(arg)
+	case "DATA":
+		return c.data(arg)
+	case "BDAT":
+		return c.bdatCmd(arg)
+	case "RSET":
+		if arg != "" {
+			c.fail(verb, errNoArgs)
+			return true
+		}
+		c.resetTxn()
+		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Session reset")
+	case "NOOP":
+		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Ok")
+	case "QUIT":
+		c.reply(221, smtp.EnhancedCode{2, 0, 0}, "Bye")
+		return false
+	case "VRFY":
+		c.reply(252, smtp.EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message and attempt delivery")
+	case "HELP":
+		c.reply(214, smtp.EnhancedCode{2, 0, 0}, "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
+	default:
+		c.fail(verb, errUnknownCmd)
+	}
+	return true
+}
+
+func (c *conn) hello(verb, arg string) bool {
+	ss := &c.sess
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, " "), " ")
+	if name == "" {
+		c.fail(verb, errHeloSyntax)
+		return true
+	}
+	c.resetTxn()
+	ss.helo, ss.esmtp = name, verb == "EHLO"
+	host := c.srv.opts.Hostname
+	if !ss.esmtp {
+		c.reply(250, smtp.NoEnhancedCode, host+" Hello "+traceToken(name))
+		return true
+	}
+	exts := []string{
+		host + " Hello " + traceToken(name),
+		"PIPELINING",
+		"8BITMIME",
+		"SMTPUTF8",
+		"SIZE " + strconv.FormatInt(c.srv.opts.MaxMessageSize, 10),
+		"CHUNKING",
+		"ENHANCEDSTATUSCODES",
+		"DSN",
+	}
+	if c.srv.opts.TLSConfig != nil && !ss.tls {
+		exts = append(exts, "STARTTLS")
+	}
+	if c.srv.authOffered(ss.tls, c.ip) {
+		exts = append(exts, "AUTH PLAIN LOGIN")
+	}
+	for i, e := range exts {
+		sep := byte('-')
+		if i == len(exts)-1 {
+			sep = ' '
+		}
+		c.out = append(c.out, "250"...)
+		c.out = append(c.out, sep)
+		c.out = append(c.out, e...)
+		c.out = append(c.out, '\r', '\n')
+	}
+	return true
+}
+
+func (c *conn) cmdStartTLS(arg string) bool {
+	ss := &c.sess
+	switch {
+	case arg != "":
+		c.fail("STARTTLS", errNoArgs)
+		return true
+	case ss.tls:
+		c.fail("STARTTLS", errTLSAgain)
+		return true
+	case c.srv.opts.TLSConfig == nil:
+		c.fail("STARTTLS", errNoTLS)
+		return true
+	case c.inTxn.Load():
+		c.fail("STARTTLS", errTLSInTxn)
+		return true
+	}
+	c.reply(220, smtp.EnhancedCode{2, 0, 0}, "Ready to start TLS")
+	if c.flush() != nil {
+		return false
+	}
+	if err := c.startTLS(c.srv.handshakeTimeout()); err != nil {
+		c.srv.log.Debug("inject: STARTTLS handshake", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+		return false
+	}
+	// RFC 3207 4.2: forget everything learnt before TLS.
+	c.sess = session{tls: true, cmds: ss.cmds}
+	return true
+}
+
+// resetTxn ends the transaction (RSET, EHLO, the end of DATA).
+func (c *conn) resetTxn() {
+	c.abortBdat()
+	ss := &c.sess
+	ss.hasFrom = false
+	ss.from = ""
+	ss.mp = mailParams{}
+	ss.rcpts = ss.rcpts[:0]
+	clear(ss.seen)
+	c.inTxn.Store(false)
+}
+
+func (c *conn) abortBdat() {
+	if c.sess.bdat != nil {
+		c.sess.bdat.abort()
+		c.sess.bdat = nil
+	}
+}
+
+// cutPrefixFold is strings.CutPrefix, case-insensitive.
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+		return s, false
+	}
+	return s[len(prefix):], true
+}
+
+func (c *conn) mail(arg string) {
+	s := c.srv
+	ss := &c.sess
+	switch {
+	case ss.helo == "":
+		c.fail("MAIL", errNoHelo)
+		return
+	case ss.hasFrom:
+		c.fail("MAIL", errNestedMail)
+		return
+	}
+	rest, ok := cutPrefixFold(arg, "FROM:")
+	if !ok {
+		c.fail("MAIL", errMailSyntax)
+		return
+	}
+	from, params, err := parsePath(rest)
+	if err != nil {
+		c.fail("MAIL", errMailSyntax)
+		return
+	}
+	mp, e := parseMailParams(params)
+	if e != nil {
+		c.fail("MAIL", e)
+		return
+	}
+	if mp.size > s.opts.MaxMessageSize {
+		c.fail("MAIL", errSizeParamBig)
+		return
+	}
 	if from != "" {
-		canon, e := checkAddress(from, utf8, senderAddr)
+		canon, e := checkAddress(from, mp.utf8, senderAddr)
 		if e != nil {
-			return ss.reject("MAIL", e)
+			c.fail("MAIL", e)
+			return
 		}
 		from = canon
 	}
-	ss.hasFrom = true
-	ss.from = from
-	ss.helo = ss.conn.Hostname()
-	ss.utf8 = utf8
-	ss.eightBit = opts != nil && opts.Body == smtp.Body8BitMIME
+	if s.busy != nil && s.busy.Busy() {
+		c.fail("MAIL", errBusy)
+		return
+	}
+	ss.hasFrom, ss.from, ss.mp = true, from, mp
 	ss.rcpts = ss.rcpts[:0]
-	ss.tc.inTxn.Store(true)
-	return nil
+	c.inTxn.Store(true)
+	c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Roger, accepting mail from <"+from+">")
 }
 
-// Rcpt adds a recipient: address syntax first, then relay permission, then
-// the recipient limit.
-func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	canon, e := checkAddress(to, ss.utf8, recipientAddr)
+// rcpt checks in order: syntax, parameters, literal policy, relay
+// permission, the recipient limit. A duplicate is acknowledged and stored
+// once.
+func (c *conn) rcpt(arg string) {
+	s := c.srv
+	ss := &c.sess
+	if !ss.hasFrom {
+		c.fail("RCPT", errNoMail)
+		return
+	}
+	if ss.bdat != nil {
+		c.fail("RCPT", errBdatOrder)
+		return
+	}
+	rest, ok := cutPrefixFold(arg, "TO:")
+	if !ok {
+		c.fail("RCPT", errRcptSyntax)
+		return
+	}
+	to, params, err := parsePath(rest)
+	if err != nil {
+		c.fail("RCPT", errRcptSyntax)
+		return
+	}
+	if to == "" {
+		c.fail("RCPT", errRcptNoAddress)
+		return
+	}
+	canon, e := checkAddress(to, ss.mp.utf8, recipientAddr)
 	if e != nil {
-		return ss.reject("RCPT", e)
+		c.fail("RCPT", e)
+		return
 	}
-	if ss.authUser == "" && !ss.srv.mayRelay(ss.ip) {
-		return ss.reject("RCPT", errRelayDenied)
+	rp, e := parseRcptParams(params, ss.mp.utf8)
+	if e != nil {
+		c.fail("RCPT", e)
+		return
 	}
-	if m := ss.srv.opts.MaxRecipients; m > 0 && len(ss.rcpts) >= m {
-		return ss.reject("RCPT", errTooManyRcpt)
+	if !s.opts.AllowAddressLiterals && isAddressLiteral(canon) {
+		c.fail("RCPT", errLiteral)
+		return
 	}
-	ss.rcpts = append(ss.rcpts, canon)
-	return nil
+	if ss.authUser == "" && !s.mayRelay(c.ip) {
+		c.fail("RCPT", errRelayDenied)
+		return
+	}
+	key := dedupKey(canon)
+	if _, dup := ss.seen[key]; !dup {
+		if m := s.opts.MaxRecipients; m > 0 && len(ss.rcpts) >= m {
+			c.fail("RCPT", errTooManyRcpt)
+			return
+		}
+		if ss.seen == nil {
+			ss.seen = make(map[string]struct{})
+		}
+		ss.seen[key] = struct{}{}
+		ss.rcpts = append(ss.rcpts, rcpt{addr: canon, notify: rp.notify, orcpt: rp.orcpt})
+	}
+	c.reply(250, smtp.EnhancedCode{2, 0, 0}, "I'll make sure <"+canon+"> gets this")
 }
 
 func (s *Server) mayRelay(ip netip.Addr) bool {
@@ -156,127 +495,198 @@ func (s *Server) mayRelay(ip netip.Addr) bool {
 	return false
 }
 
-// Reset ends the transaction (RSET, a new EHLO, the end of DATA).
-func (ss *session) Reset() {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	ss.resetLocked()
-}
-
-func (ss *session) resetLocked() {
-	ss.hasFrom = false
-	ss.from = ""
-	ss.helo = ""
-	ss.utf8 = false
-	ss.eightBit = false
-	ss.rcpts = nil
-	ss.tc.inTxn.Store(false)
-}
-
-// Logout is called when the connection closes or STARTTLS replaces the
-// session.
-func (ss *session) Logout() error {
-	ss.Reset()
-	return nil
-}
-
-// Data reads the body, checks the binding headers, stores the message with
-// a Received field at its head and answers with its queue id. Nothing is
-// stored on any refusal.
-func (ss *session) Data(r io.Reader) error {
-	ss.mu.Lock()
-	from, helo, rcpts := ss.from, ss.helo, append([]string(nil), ss.rcpts...)
-	utf8, eightBit, authUser := ss.utf8, ss.eightBit, ss.authUser
-	ss.mu.Unlock()
-	s := ss.srv
-
-	// Everything the Received field records is known before the body
-	// arrives (its date is when DATA began), so it is written into the
-	// buffer first and the body read in after it: the field is prepended
-	// without copying the body.
-	now := time.Now()
-	id := s.store.NewID()
-	buf := s.getBuf()
-	defer s.putBuf(buf)
-	buf.Write(appendReceived(buf.AvailableBuffer(), traceInfo{
-		helo:  helo,
-		ip:    ss.ip,
-		host:  s.traceHost,
-		tls:   ss.tls,
-		auth:  authUser != "",
-		utf8:  utf8,
-		id:    id,
-		from:  from,
-		rcpts: rcpts,
-		date:  now,
-	}))
-	traceLen := buf.Len()
-	chunk := s.getChunk()
-	err := readBody(buf, &deadlineReader{r: r, conn: ss.conn.Conn(), d: s.opts.DataTimeout}, s.opts.MaxMessageSize, chunk[:])
-	s.chunks.Put(chunk)
-	if err != nil {
-		if errors.Is(err, errBodyTooBig) {
-			return ss.reject("DATA", errTooBig)
+// data runs DATA: 354, the body through the scanner into a msgWriter, and
+// the verdict.
+func (c *conn) data(arg string) bool {
+	ss := &c.sess
+	switch {
+	case arg != "":
+		c.fail("DATA", errNoArgs)
+		return true
+	case !ss.hasFrom:
+		c.fail("DATA", errNoMail)
+		return true
+	case ss.bdat != nil:
+		c.fail("DATA", errBdatOrder)
+		return true
+	case len(ss.rcpts) == 0:
+		c.fail("DATA", errNoRcpt)
+		return true
+	}
+	c.reply(354, smtp.NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
+	mw := c.newMsgWriter()
+	sc := newDataScanner(true)
+	for {
+		if c.buffered() == 0 {
+			if err := c.fill(c.srv.opts.DataTimeout); err != nil {
+				mw.abort()
+				if isTimeout(err) {
+					c.fail("DATA", errDataTimeout)
+				}
+				return false
+			}
 		}
-		s.log.Debug("inject: reading message data", zap.String("client_ip", ipString(ss.ip)), zap.Error(err))
-		return ss.reject("DATA", errDataRead)
-	}
-	if s.opts.DataTimeout > 0 && s.opts.ReadTimeout == 0 {
-		// go-smtp renews the deadline before each command only when it has
-		// a ReadTimeout; otherwise the body's deadline must not outlive it.
-		ss.conn.Conn().SetReadDeadline(time.Time{})
-	}
-	all := buf.Bytes()
-	body := all[traceLen:] // the client's message
-
-	h, err := parseHeaders(body)
-	if err != nil {
-		msg := "Malformed header section"
-		var ce conflictError
-		if errors.As(err, &ce) {
-			msg = ce.Reply()
+		n, done := sc.scan(c.buf[c.r:c.w], mw)
+		c.r += n
+		if done {
+			break
 		}
-		return ss.reject("DATA", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: msg})
 	}
-	if e := ss.checkBinding(h.group, h.binding); e != nil {
-		return ss.reject("DATA", e)
-	}
-	// strip works in place, so the stripped body still follows the
-	// Received field in all.
-	body = all[:traceLen+len(h.strip(body))]
+	c.finishMessage("DATA", mw, &sc)
+	return true
+}
 
+// bdatCmd runs one BDAT chunk (RFC 3030). Its octets are read whatever
+// the verdict, so the session stays in step with the client.
+func (c *conn) bdatCmd(arg string) bool {
+	ss := &c.sess
+	f := strings.Fields(arg)
+	if len(f) == 0 || len(f) > 2 || len(f[0]) > maxBdatDigits || (len(f) == 2 && !strings.EqualFold(f[1], "LAST")) {
+		// The chunk's length is unknown, so the session cannot find the
+		// next command: refuse and close.
+		c.fail("BDAT", errBdatSyntax)
+		return false
+	}
+	size, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil || size < 0 {
+		c.fail("BDAT", errBdatSyntax)
+		return false
+	}
+	last := len(f) == 2
+	var refusal *smtp.SMTPError
+	switch {
+	case !ss.hasFrom:
+		refusal = errNoMail
+	case len(ss.rcpts) == 0:
+		refusal = errNoRcpt
+	}
+	mw := ss.bdat
+	if refusal == nil && mw == nil {
+		mw = c.newMsgWriter()
+		mw.sc = newDataScanner(false)
+		ss.bdat = mw
+	}
+	var sink bodySink = discard{}
+	if refusal == nil {
+		sink = mw
+	}
+	for size > 0 {
+		if c.buffered() == 0 {
+			if err := c.fill(c.srv.opts.DataTimeout); err != nil {
+				if isTimeout(err) {
+					c.fail("BDAT", errDataTimeout)
+				}
+				return false
+			}
+		}
+		k := int(min(int64(c.buffered()), size))
+		if refusal == nil {
+			mw.sc.scan(c.buf[c.r:c.r+k], sink)
+		}
+		c.r += k
+		size -= int64(k)
+	}
+	if refusal != nil {
+		c.fail("BDAT", refusal)
+		return true
+	}
+	if mw.tooBig {
+		// Postfix does the same: the transaction ends at the chunk that
+		// passes the limit; the client's further BDATs get 503.
+		c.fail("BDAT", errTooBig)
+		c.resetTxn()
+		return true
+	}
+	if !last {
+		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Continue")
+		return true
+	}
+	ss.bdat = nil
+	mw.sc.finish(mw)
+	c.finishMessage("BDAT", mw, &mw.sc)
+	return true
+}
+
+type discard struct{}
+
+func (discard) emit([]byte) {}
+
+// finishMessage decides on a complete body and, when it is accepted,
+// stores it, logs it, hands it off and queues the 250. It ends the
+// transaction either way.
+func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
+	s := c.srv
+	ss := &c.sess
+	defer c.resetTxn()
+	mw.endHeaders()
+	var refusal *smtp.SMTPError
+	switch {
+	case mw.tooBig:
+		refusal = errTooBig
+	case sc.nul:
+		refusal = errNUL
+	case mw.herr != nil:
+		refusal = mw.herr
+	case sc.long && s.opts.LongLines == LongLinesReject:
+		refusal = errLongLines
+	case mw.werr != nil:
+		refusal = storeRefusal(mw.werr)
+		s.log.Error("inject: writing message body", zap.String("client_ip", ipString(c.ip)), zap.Error(mw.werr))
+	}
+	if refusal != nil {
+		mw.abort()
+		c.fail(command, refusal)
+		return
+	}
+	body := mw.body
+	if sc.long {
+		var err error
+		if body, err = conformBody(s.store, body); err != nil {
+			mw.abort()
+			s.log.Error("inject: making a message conformant", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+			c.fail(command, storeRefusal(err))
+			return
+		}
+	}
 	m := &spool.Message{
-		ID:         id,
-		Sender:     from,
-		Recipients: make([]spool.Recipient, len(rcpts)),
-		Received:   now,
-		ClientIP:   ipString(ss.ip),
-		Helo:       helo,
-		AuthUser:   authUser,
-		MessageID:  h.messageID,
-		Group:      h.group,
-		Binding:    h.binding,
-		Size:       int64(len(body)),
-		SMTPUTF8:   utf8,
-		EightBit:   eightBit,
+		ID:         mw.id,
+		Sender:     ss.from,
+		Recipients: make([]spool.Recipient, len(ss.rcpts)),
+		Received:   mw.date,
+		ClientIP:   ipString(c.ip),
+		Helo:       ss.helo,
+		AuthUser:   ss.authUser,
+		MessageID:  mw.h.messageID,
+		Group:      mw.h.group,
+		Binding:    mw.h.binding,
+		SMTPUTF8:   ss.mp.utf8,
+		EightBit:   ss.mp.eightBit,
+		EnvID:      ss.mp.envID,
+		Ret:        ss.mp.ret,
 	}
-	for i, a := range rcpts {
-		m.Recipients[i] = spool.Recipient{Addr: a, State: spool.Pending}
+	addrs := make([]string, len(ss.rcpts))
+	for i, r := range ss.rcpts {
+		m.Recipients[i] = spool.Recipient{Addr: r.addr, State: spool.Pending, Notify: r.notify, ORcpt: r.orcpt}
+		addrs[i] = r.addr
 	}
-	if err := s.store.Put(m, body); err != nil {
-		e := errLocal
-		if errors.Is(err, spool.ErrNoSpace) {
-			e = errNoSpace
-		}
-		s.log.Error("inject: storing message", zap.String("client_ip", ipString(ss.ip)),
-			zap.String("sender", from), zap.Int("recipients", len(rcpts)), zap.Error(err))
-		return ss.reject("DATA", e)
+	// The spool write may take milliseconds (fsync): replies queued so far
+	// go out first.
+	if err := c.flush(); err != nil {
+		body.Abort()
+		return
+	}
+	if err := s.store.PutBody(m, body); err != nil {
+		body.Abort()
+		s.log.Error("inject: storing message", zap.String("client_ip", ipString(c.ip)),
+			zap.String("sender", ss.from), zap.Int("recipients", len(ss.rcpts)), zap.Error(err))
+		c.fail(command, storeRefusal(err))
+		return
 	}
 	logging.Received{
 		QueueID:    m.ID,
 		MessageID:  m.MessageID,
 		Sender:     m.Sender,
-		Recipients: rcpts,
+		Recipients: addrs,
 		Size:       m.Size,
 		ClientIP:   m.ClientIP,
 		AuthUser:   m.AuthUser,
@@ -284,26 +694,38 @@ func (ss *session) Data(r io.Reader) error {
 	if s.handoff != nil {
 		s.handoff.Submit(m)
 	}
-	// go-smtp writes an *SMTPError returned by Data as the reply whatever
-	// its code; this is how the 250 carries the queue id.
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + m.ID}
+	c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Ok: queued as "+m.ID)
 }
+
+// storeRefusal is the reply for a local storage failure: always 4xx.
+func storeRefusal(err error) *smtp.SMTPError {
+	if errors.Is(err, spool.ErrNoSpace) {
+		return errNoSpace
+	}
+	return errLocal
+}
+
+// conformBody makes a body with lines over 998 octets conformant.
+// TODO(issue 8): re-encode the affected MIME parts with internal/conform
+// (quoted-printable, base64 for non-text) once it lands on main; until
+// then the body is stored as received.
+func conformBody(_ Store, b *spool.BodyWriter) (*spool.BodyWriter, error) { return b, nil }
 
 // checkBinding asks Bindings whether the requested group and binding
 // exist, one at a time so the refusal names the one at fault.
-func (ss *session) checkBinding(group, binding string) *smtp.SMTPError {
-	b := ss.srv.bindings
+func (s *Server) checkBinding(group, binding string) *smtp.SMTPError {
+	b := s.bindings
 	if b == nil {
 		return nil
 	}
 	if group != "" {
 		if err := b.Check(group, ""); err != nil {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Unknown binding group " + quote(group)}
+			return rep(550, 5, 7, 0, "Unknown binding group "+quote(group))
 		}
 	}
 	if binding != "" {
 		if err := b.Check("", binding); err != nil {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Unknown binding " + quote(binding)}
+			return rep(550, 5, 7, 0, "Unknown binding "+quote(binding))
 		}
 	}
 	return nil
@@ -318,57 +740,89 @@ func quote(v string) string {
 	return strconv.QuoteToASCII(v)
 }
 
-// deadlineReader renews the read deadline before each read of the body, so
-// DataTimeout bounds inactivity, not the whole transfer.
-type deadlineReader struct {
-	r    io.Reader
-	conn net.Conn
-	d    time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if d.d > 0 {
-		d.conn.SetReadDeadline(time.Now().Add(d.d))
+// auth runs AUTH (RFC 4954): the policy check, then the SASL exchange.
+func (c *conn) auth(arg string) bool {
+	s := c.srv
+	ss := &c.sess
+	mech, initial, hasInitial := strings.Cut(arg, " ")
+	switch {
+	case ss.helo == "" || !ss.esmtp:
+		c.fail("AUTH", errNoHelo)
+		return true
+	case ss.authUser != "":
+		c.fail("AUTH", errAuthAgain)
+		return true
 	}
-	return d.r.Read(p)
-}
-
-// AuthMechanisms lists AUTH mechanisms for EHLO: none unless users are
-// configured and the connection is TLS or from loopback, so a password
-// never crosses a network in the clear.
-func (ss *session) AuthMechanisms() []string {
-	if !ss.srv.authOffered(ss.isTLS(), ss.ip) {
-		return nil
+	if e := s.authRefusal(ss.tls, c.ip, c.inTxn.Load()); e != nil {
+		c.fail("AUTH", e)
+		return true
 	}
-	return []string{sasl.Plain, sasl.Login}
+	var srv interface {
+		Next([]byte) ([]byte, bool, error)
+	}
+	switch strings.ToUpper(mech) {
+	case "PLAIN":
+		srv = &plainServer{auth: c.authenticate}
+	case "LOGIN":
+		srv = &loginServer{auth: c.authenticate}
+	default:
+		c.fail("AUTH", errAuthMech)
+		return true
+	}
+	var resp []byte
+	if hasInitial {
+		if initial == "=" {
+			resp = []byte{}
+		} else {
+			var err error
+			if resp, err = base64.StdEncoding.DecodeString(initial); err != nil {
+				c.fail("AUTH", errAuthBase64)
+				return true
+			}
+		}
+	}
+	for range 4 { // PLAIN needs 2 rounds at most, LOGIN 3
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) {
+				se = errAuthFailed
+			}
+			c.fail("AUTH", se)
+			return true
+		}
+		if done {
+			c.reply(235, smtp.EnhancedCode{2, 7, 0}, "Authentication succeeded")
+			return true
+		}
+		c.reply(334, smtp.NoEnhancedCode, base64.StdEncoding.EncodeToString(challenge))
+		line, tooLong, err := c.readLine(maxAuthLine, s.opts.ReadTimeout)
+		if err != nil {
+			if isTimeout(err) {
+				c.fail("AUTH", errIdle)
+			}
+			return false
+		}
+		if tooLong {
+			c.fail("AUTH", errLineTooLong)
+			return true
+		}
+		if string(line) == "*" {
+			c.fail("AUTH", errAuthCancel)
+			return true
+		}
+		if resp, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+			c.fail("AUTH", errAuthBase64)
+			return true
+		}
+	}
+	c.fail("AUTH", errAuthFailed)
+	return true
 }
 
 // authOffered is the AUTH policy: users configured, and TLS or loopback.
 func (s *Server) authOffered(isTLS bool, ip netip.Addr) bool {
 	return len(s.opts.AuthUsers) > 0 && (isTLS || ip.IsLoopback())
-}
-
-func (ss *session) isTLS() bool {
-	_, ok := ss.conn.TLSConnectionState()
-	return ok
-}
-
-// Auth starts a SASL exchange, or refuses where AuthMechanisms offered none.
-func (ss *session) Auth(mech string) (sasl.Server, error) {
-	s := ss.srv
-	ss.mu.Lock()
-	inTxn := ss.hasFrom
-	ss.mu.Unlock()
-	if e := s.authRefusal(ss.isTLS(), ss.ip, inTxn); e != nil {
-		return nil, ss.reject("AUTH", e)
-	}
-	switch strings.ToUpper(mech) {
-	case sasl.Plain:
-		return &plainServer{auth: ss.authenticate}, nil
-	case sasl.Login:
-		return &loginServer{auth: ss.authenticate}, nil
-	}
-	return nil, ss.reject("AUTH", errAuthMech)
 }
 
 // authRefusal is why AUTH is refused on this connection, or nil:
@@ -390,18 +844,32 @@ func (s *Server) authRefusal(isTLS bool, ip netip.Addr, inTxn bool) *smtp.SMTPEr
 	return nil
 }
 
-// authenticate checks a user's password. On failure it waits out the
-// client's growing delay (cut short by Shutdown) and returns 535 5.7.8.
-func (ss *session) authenticate(identity, user, password string) error {
-	s := ss.srv
-	if ok := s.checkPassword(identity, user, password); ok {
-		s.fails.success(ss.ip)
-		ss.mu.Lock()
-		ss.authUser = user
-		ss.mu.Unlock()
+// authenticate checks a user's password. It waits for a check slot first
+// (MaxAuthChecks): past authWait, 454 4.7.0, a temporary AUTH failure
+// (RFC 4954 6) after which the session goes on and the client may retry;
+// 421 would drop the connection for what is only load. On failure it waits
+// out the client's growing delay (cut short by Shutdown) and returns 535
+// 5.7.8.
+func (c *conn) authenticate(identity, user, password string) error {
+	s := c.srv
+	t := time.NewTimer(s.authWait)
+	select {
+	case s.authSlots <- struct{}{}:
+		t.Stop()
+	case <-t.C:
+		return errAuthBusy
+	case <-s.closing:
+		t.Stop()
+		return errAuthBusy
+	}
+	ok := s.checkPassword(identity, user, password)
+	<-s.authSlots
+	if ok {
+		s.fails.success(c.ip)
+		c.sess.authUser = user
 		return nil
 	}
-	if d := s.fails.fail(ss.ip); d > 0 {
+	if d := s.fails.fail(c.ip); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -409,7 +877,7 @@ func (ss *session) authenticate(identity, user, password string) error {
 			t.Stop()
 		}
 	}
-	return ss.reject("AUTH", errAuthFailed)
+	return errAuthFailed
 }
 
 // checkPassword compares against a dummy hash for an unknown user, so the
@@ -424,31 +892,4 @@ func (s *Server) checkPassword(identity, user, password string) bool {
 	// PLAIN's authorization identity may only name the user itself: mtad
 	// has no notion of acting on behalf of another user.
 	return known && match && (identity == "" || identity == user)
-}
-
-// Buffers for bodies come from a pool; ones grown past pooledBufMax are
-// left to the collector so a burst of large messages does not pin memory.
-const pooledBufMax = 1 << 20
-
-func (s *Server) getBuf() *bytes.Buffer {
-	if b, ok := s.bufs.Get().(*bytes.Buffer); ok {
-		return b
-	}
-	return new(bytes.Buffer)
-}
-
-// getChunk returns scratch space for reading a body.
-func (s *Server) getChunk() *[32 << 10]byte {
-	if c, ok := s.chunks.Get().(*[32 << 10]byte); ok {
-		return c
-	}
-	return new([32 << 10]byte)
-}
-
-func (s *Server) putBuf(b *bytes.Buffer) {
-	if b.Cap() > pooledBufMax {
-		return
-	}
-	b.Reset()
-	s.bufs.Put(b)
 }

@@ -1,9 +1,7 @@
 package inject
 
 import (
-	"bytes"
 	"crypto/tls"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -175,50 +173,6 @@ func TestParseHeaders(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestReadBodyNormalizesLineEndings(t *testing.T) {
-	t.Parallel()
-	tests := []struct{ in, want string }{
-		{"a\r\nb\r\n", "a\r\nb\r\n"},
-		{"a\nb\n", "a\r\nb\r\n"},
-		{"a\rb\r", "a\r\nb\r\n"},
-		{"a\r\r\nb", "a\r\n\r\nb\r\n"},
-		{"no newline", "no newline\r\n"},
-		{"", ""},
-		{"\n\n", "\r\n\r\n"},
-	}
-	for _, tt := range tests {
-		// Feed one byte at a time too, so CR and LF land in different writes.
-		for _, chunked := range []bool{false, true} {
-			var r interface{ Read([]byte) (int, error) } = strings.NewReader(tt.in)
-			if chunked {
-				r = &oneByteReader{s: tt.in}
-			}
-			var buf bytes.Buffer
-			if err := readBody(&buf, r, 1<<20, make([]byte, 512)); err != nil {
-				t.Fatalf("readBody(%q): %v", tt.in, err)
-			}
-			if buf.String() != tt.want {
-				t.Errorf("readBody(%q, chunked=%v) = %q, want %q", tt.in, chunked, buf.String(), tt.want)
-			}
-		}
-	}
-	var buf bytes.Buffer
-	if err := readBody(&buf, strings.NewReader("0123456789"), 9, make([]byte, 512)); err != errBodyTooBig {
-		t.Errorf("readBody over max: err = %v, want errBodyTooBig", err)
-	}
-}
-
-type oneByteReader struct{ s string }
-
-func (r *oneByteReader) Read(p []byte) (int, error) {
-	if r.s == "" {
-		return 0, io.EOF
-	}
-	p[0] = r.s[0]
-	r.s = r.s[1:]
-	return 1, nil
 }
 
 func TestFailDelay(t *testing.T) {
