@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"net/mail"
 	"net/netip"
 	"strings"
 	"testing"
@@ -126,7 +129,13 @@ func TestBodyReplies(t *testing.T) {
 		return strings.Repeat("Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n", n)
 	}
 	const size = 4096
-	exact := "Subject: s\r\n\r\n" + strings.Repeat("x", size-len("Subject: s\r\n\r\n")-2) + "\r\n"
+	// exact is a body of exactly size octets in lines of 80 (no long line,
+	// which would be re-encoded); over is one octet more.
+	exact := "Subject: s\r\n\r\n"
+	for len(exact)+80 <= size {
+		exact += strings.Repeat("x", 78) + "\r\n"
+	}
+	exact += strings.Repeat("x", size-len(exact)-2) + "\r\n"
 	over := exact[:len(exact)-2] + "x\r\n"
 	long := "Subject: s\r\n\r\n" + strings.Repeat("l", 999) + "\r\n"
 	tests := []struct {
@@ -134,12 +143,34 @@ func TestBodyReplies(t *testing.T) {
 		mods  func(*Options)
 		body  string
 		reply string // "" = 250 queued
+		// stored checks what was stored after the Received field; nil
+		// means it must be the body as sent.
+		stored func(t *testing.T, rest string)
 	}{
 		{name: "exactly the limit", body: exact},
 		{name: "one over the limit", body: over, reply: "552 5.3.4 Message size exceeds fixed maximum message size"},
 		{name: "NUL", body: "Subject: s\r\n\r\na\x00b\r\n", reply: "554 5.6.0 Message contains NUL characters"},
 		{name: "long line rejected", mods: func(o *Options) { o.LongLines = LongLinesReject }, body: long, reply: "554 5.6.0 Message contains lines longer than 998 characters"},
-		{name: "long line converted", body: long},
+		{name: "long line converted", body: long, stored: func(t *testing.T, rest string) {
+			// Re-encoded as quoted-printable, decoding to what was sent.
+			for _, l := range strings.Split(rest, "\r\n") {
+				if len(l) > 998 {
+					t.Errorf("stored line of %d octets", len(l))
+				}
+			}
+			msg, err := mail.ReadMessage(strings.NewReader(rest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cte := msg.Header.Get("Content-Transfer-Encoding"); cte != "quoted-printable" || msg.Header.Get("Subject") != "s" {
+				t.Errorf("stored header %v", msg.Header)
+			}
+			dec, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
+			if err != nil || string(dec) != strings.Repeat("l", 999)+"\r\n" {
+				t.Errorf("stored body decodes to %q (%v)", dec, err)
+			}
+		}},
+		{name: "long header line unfoldable", body: "Subject: " + strings.Repeat("h", 1000) + "\r\n\r\nb\r\n", reply: "554 5.6.0 header line too long and cannot be folded"},
 		{name: "998 octets", mods: func(o *Options) { o.LongLines = LongLinesReject }, body: "Subject: s\r\n\r\n" + strings.Repeat("l", 998) + "\r\n"},
 		{name: "50 Received", body: hops(50) + "Subject: s\r\n\r\nb\r\n"},
 		{name: "51 Received", body: hops(51) + "Subject: s\r\n\r\nb\r\n", reply: "554 5.4.6 Too many hops (mail loop?)"},
@@ -177,9 +208,9 @@ func TestBodyReplies(t *testing.T) {
 						t.Fatal(err)
 					}
 					rest := splitReceived(t, body, wantTrace{id: id, ip: relayIP, helo: "client.test", proto: "ESMTP", from: "app@example.com", rcpt: "a@example.net"})
-					// TODO(issue 8): with internal/conform a long line is
-					// re-encoded; until then it is stored as sent.
-					if rest != tt.body {
+					if tt.stored != nil {
+						tt.stored(t, rest)
+					} else if rest != tt.body {
 						t.Errorf("stored %q, want %q", rest, tt.body)
 					}
 				} else {

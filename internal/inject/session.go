@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/logging"
 	"github.com/mtad/mtad/internal/spool"
 )
@@ -643,10 +644,16 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		var err error
 		if body, err = conformBody(s.store, body); err != nil {
 			mw.abort()
+			var ce *conform.Error
+			if errors.As(err, &ce) {
+				c.fail(command, ce.SMTPError())
+				return
+			}
 			s.log.Error("inject: making a message conformant", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
 			c.fail(command, storeRefusal(err))
 			return
 		}
+		mw.body = body
 	}
 	m := &spool.Message{
 		ID:         mw.id,
@@ -705,11 +712,22 @@ func storeRefusal(err error) *smtp.SMTPError {
 	return errLocal
 }
 
-// conformBody makes a body with lines over 998 octets conformant.
-// TODO(issue 8): re-encode the affected MIME parts with internal/conform
-// (quoted-printable, base64 for non-text) once it lands on main; until
-// then the body is stored as received.
-func conformBody(_ Store, b *spool.BodyWriter) (*spool.BodyWriter, error) { return b, nil }
+// conformBody makes a body with lines over 998 octets conformant before it
+// is stored: it rewrites it into a new body with internal/conform (the
+// MIME parts with long lines re-encoded as quoted-printable, base64 for
+// what is not text; long header lines folded), reading the original back
+// from the spool, and drops the original. On error the original is left
+// for the caller to abort; an error wrapping a *conform.Error is the
+// content's fault (a permanent refusal), any other the spool's.
+func conformBody(store Store, orig *spool.BodyWriter) (*spool.BodyWriter, error) {
+	out := store.NewBody()
+	if _, err := conform.Rewrite(orig.Reader, out, conform.Options{}); err != nil {
+		out.Abort()
+		return nil, err
+	}
+	orig.Abort()
+	return out, nil
+}
 
 // checkBinding asks Bindings whether the requested group and binding
 // exist, one at a time so the refusal names the one at fault.
