@@ -225,6 +225,7 @@ type BodyReader struct {
 	cur    []byte // the rest of the current chunk
 	tail   []byte // for a BodyWriter's reader: its buffered bytes, after the chunks
 	single string // message id of a single-record body not read yet
+	buf    *[]byte // holds cur; from readBufs, given back by Close
 }
 
 // OpenBody opens the body of message id for reading, or returns an error
@@ -293,9 +294,13 @@ func (r *BodyReader) load() error {
 	return nil
 }
 
-// get reads and checks one body record, copying it out of pebble: the
-// store may be reopened between two reads.
+// get reads and checks one body record, copying it out of pebble (the
+// store may be reopened between two reads) into the reader's buffer, which
+// the next get reuses: a chunk at a time, not a chunk of garbage each.
 func (r *BodyReader) get(key []byte) ([]byte, error) {
+	if r.buf == nil {
+		r.buf = readBufs.Get().(*[]byte)
+	}
 	var out []byte
 	err := r.s.withDB(func(db *pebble.DB) error {
 		v, closer, err := db.Get(key)
@@ -310,15 +315,26 @@ func (r *BodyReader) get(key []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		out = bytes.Clone(b)
+		*r.buf = append((*r.buf)[:0], b...)
+		out = *r.buf
 		return nil
 	})
 	return out, err
 }
 
-// Close ends the read. It never fails.
+// readBufs are BodyReaders' chunk buffers.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize); return &b }}
+
+// Close ends the read and gives its buffer back; the reader must not be
+// used after. It never fails.
 func (r *BodyReader) Close() error {
-	r.cur, r.tail, r.chunks = nil, nil, 0
+	r.cur, r.tail, r.chunks, r.single = nil, nil, 0, ""
+	if r.buf != nil {
+		if cap(*r.buf) <= ChunkSize {
+			readBufs.Put(r.buf)
+		}
+		r.buf = nil
+	}
 	return nil
 }
 
