@@ -167,7 +167,7 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 		// delivery fails for good, not for this connection's sake.
 		res, err = nil, &outcome.Error{Phase: outcome.PhaseData, Enhanced: ce.Enhanced, Temporary: false,
 			Message: "the receiver does not offer 8BITMIME and the message cannot be converted to 7 bits: " + ce.Message,
-			Err: convErr}
+			Err:     convErr}
 		s.count(res, err, len(d.Rcpts))
 		p.opts.Outcomes.Result(d, s.at, res, err)
 		return false

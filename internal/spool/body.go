@@ -222,9 +222,9 @@ type BodyReader struct {
 	next   int   // index of the next chunk record
 	size   int64 // the body's size, as recorded
 	read   int64
-	cur    []byte // the rest of the current chunk
-	tail   []byte // for a BodyWriter's reader: its buffered bytes, after the chunks
-	single string // message id of a single-record body not read yet
+	cur    []byte  // the rest of the current chunk
+	tail   []byte  // for a BodyWriter's reader: its buffered bytes, after the chunks
+	single string  // message id of a single-record body not read yet
 	buf    *[]byte // holds cur; from readBufs, given back by Close
 }
 
