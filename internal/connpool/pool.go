@@ -83,6 +83,7 @@ type Attempt struct {
 	MX       string // MX host name, "" when none was reached
 	RemoteIP string // remote address, "" when none was reached
 	TLS      bool   // STARTTLS was in effect
+	DSN      bool   // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
 }
 
 // Outcomes receives what the pool's sessions did; the scheduler implements
