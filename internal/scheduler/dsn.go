@@ -195,12 +195,14 @@ var errUnreturnable = errors.New("original message cannot be returned whole")
 
 // global reports whether the DSN is about internationalised mail and so
 // uses RFC 6533's types and is sent with SMTPUTF8.
+//
+// It judges the addresses as the DSN will quote them (cleaned and capped).
 func (d *dsn) global() bool {
-	if d.SMTPUTF8 || !isASCIIString(d.Sender) {
+	if d.SMTPUTF8 || !isASCIIString(capString(clean(d.Sender), maxAddrOctets)) {
 		return true
 	}
 	for _, r := range d.Rcpts {
-		if !isASCIIString(r.Addr) || !isASCIIString(r.ORcpt) {
+		if !isASCIIString(capString(clean(r.Addr), maxAddrOctets)) || !isASCIIString(origRecipient(r.ORcpt, true)) {
 			return true
 		}
 	}
@@ -517,24 +519,23 @@ func capString(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i]
+	return s[:cutPoint(s, n)]
 }
 
-// cutPoint returns where to cut s (at most n octets) on a character
-// boundary, at least 1 so that a cut always makes progress.
+// cutPoint returns where to cut s (at most n octets, n >= 4) on a
+// character boundary, looking back no further than a character's length:
+// invalid UTF-8 (a run of continuation bytes) is cut at n, so a cut
+// always makes progress.
 func cutPoint(s string, n int) int {
 	if len(s) <= n {
 		return len(s)
 	}
-	i := n
-	for i > 1 && !utf8.RuneStart(s[i]) {
-		i--
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
 	}
-	return i
+	return n
 }
 
 // writeField writes "name: value" folded (RFC 5322 2.2.3) before a space

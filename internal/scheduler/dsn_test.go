@@ -120,7 +120,9 @@ func parseDSN(raw []byte) (*parsedDSN, error) {
 			default:
 				return nil, fmt.Errorf("part 2 is %s", ct)
 			}
-			if ct == "message/global-headers" || ct == "message/global" {
+			// A returned message/global may carry other 8-bit
+			// charsets in its body; its headers are UTF-8.
+			if ct == "message/global-headers" {
 				if !utf8.Valid(body) {
 					return nil, fmt.Errorf("%s is not UTF-8", ct)
 				}
