@@ -224,6 +224,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		RetryInterval:    d.RetryInterval,
 		MaxRetryInterval: d.MaxRetryInterval,
 		MaxAge:           d.MaxAge,
+		DelayWarning:     d.DelayWarning,
 		Reserve:          d.Reserve,
 		Logger:           log,
 	})

@@ -207,6 +207,11 @@ type Delivery struct {
 	MaxRetryInterval time.Duration `mapstructure:"max_retry_interval"`
 	// MaxAge is how long a message is retried before it expires.
 	MaxAge time.Duration `mapstructure:"max_age"`
+	// DelayWarning is how long after reception a recipient still pending
+	// gets one delay DSN (RFC 3464 Action: delayed), when its NOTIFY asked
+	// for DELAY; 0 turns delay DSNs off. It is less than MaxAge, else the
+	// message expires first and the warning never goes out.
+	DelayWarning time.Duration `mapstructure:"delay_warning"`
 	// IdleTimeout is how long a session with an empty queue waits for more
 	// work before it QUITs.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
@@ -306,6 +311,7 @@ func Default() *Config {
 			RetryInterval:    5 * time.Minute,
 			MaxRetryInterval: 4 * time.Hour,
 			MaxAge:           120 * time.Hour,
+			DelayWarning:     4 * time.Hour,
 			IdleTimeout:      5 * time.Second,
 			TLS:              "opportunistic",
 			TLSFailureTTL:    time.Hour,

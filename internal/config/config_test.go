@@ -163,6 +163,7 @@ delivery:
   retry_interval: 1m
   max_retry_interval: 2h
   max_age: 72h
+  delay_warning: 30m
   idle_timeout: 1s
   tls: disabled
   tls_failure_ttl: 30m
@@ -235,7 +236,7 @@ func TestFullRoundTrip(t *testing.T) {
 		Delivery: Delivery{
 			Port: 2525, AllowLoopbackMX: true, MaxConnections: 200, Reserve: 10,
 			MaintainInterval: 500 * time.Millisecond, RetryInterval: time.Minute,
-			MaxRetryInterval: 2 * time.Hour, MaxAge: 72 * time.Hour, IdleTimeout: time.Second,
+			MaxRetryInterval: 2 * time.Hour, MaxAge: 72 * time.Hour, DelayWarning: 30 * time.Minute, IdleTimeout: time.Second,
 			TLS: "disabled", TLSFailureTTL: 30 * time.Minute,
 			Timeouts: Timeouts{
 				Connect: 1 * time.Second, Greeting: 2 * time.Second, EHLO: 3 * time.Second,
@@ -321,6 +322,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"reserve", func(c *Config) { c.Delivery.Reserve = 1000 }, `config: delivery.reserve: 1000 must be at least 0 and less than delivery.max_connections (1000)`},
 		{"max retry", func(c *Config) { c.Delivery.MaxRetryInterval = time.Minute }, `config: delivery.max_retry_interval: 1m0s is less than delivery.retry_interval (5m0s)`},
 		{"max age", func(c *Config) { c.Delivery.MaxAge = 0 }, `config: delivery.max_age: 0s`},
+		{"delay warning", func(c *Config) { c.Delivery.DelayWarning = -time.Hour }, `config: delivery.delay_warning: -1h0m0s is negative`},
+		{"delay warning age", func(c *Config) { c.Delivery.DelayWarning = 120 * time.Hour }, `config: delivery.delay_warning: 120h0m0s is not less than delivery.max_age (120h0m0s)`},
 		{"tls mode", func(c *Config) { c.Delivery.TLS = "required" }, `config: delivery.tls: "required" is not one of opportunistic|disabled`},
 		{"timeout", func(c *Config) { c.Delivery.Timeouts.DataTerm = 0 }, `config: delivery.timeouts.data_term: 0s must be positive`},
 		{"domain match", func(c *Config) { c.Domains = []Domain{{Match: "*.example.com"}} }, `config: domains[0].match: "*.example.com"`},
@@ -699,4 +702,17 @@ func FuzzParseSize(f *testing.F) {
 			t.Fatalf("ParseSize(%q) = %d; String %q parses to %d, %v", s, n, n.String(), back, err)
 		}
 	})
+}
+
+// TestDelayWarningOff: 0 turns delay DSNs off and is valid; the default is 4h.
+func TestDelayWarningOff(t *testing.T) {
+	t.Parallel()
+	if got := Default().Delivery.DelayWarning; got != 4*time.Hour {
+		t.Errorf("default delivery.delay_warning = %s, want 4h", got)
+	}
+	c := Default()
+	c.Delivery.DelayWarning = 0
+	if err := c.Validate(); err != nil {
+		t.Errorf("delay_warning 0: %v", err)
+	}
 }

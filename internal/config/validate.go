@@ -238,6 +238,10 @@ func (c *Config) validateDelivery(v *validator) {
 		v.bad(p+"max_retry_interval", "%s is less than delivery.retry_interval (%s)", d.MaxRetryInterval, d.RetryInterval)
 	}
 	v.positive(p+"max_age", d.MaxAge)
+	v.nonNegative(p+"delay_warning", d.DelayWarning)
+	if d.DelayWarning > 0 && d.MaxAge > 0 && d.DelayWarning >= d.MaxAge {
+		v.bad(p+"delay_warning", "%s is not less than delivery.max_age (%s): the message would expire before the warning", d.DelayWarning, d.MaxAge)
+	}
 	v.nonNegative(p+"idle_timeout", d.IdleTimeout)
 	v.oneOf(p+"tls", d.TLS, "opportunistic", "disabled")
 	v.nonNegative(p+"tls_failure_ttl", d.TLSFailureTTL)

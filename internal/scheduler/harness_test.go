@@ -92,6 +92,8 @@ type harness struct {
 	port   int
 	inits  chan [2]any // domain, fd
 	closed bool
+	dir    string  // the spool's directory, for a restart
+	opts   Options // what s was built with, for a restart
 }
 
 var bindingIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
@@ -115,7 +117,8 @@ func newHarness(t testing.TB, port int, edit func(*Options)) *harness {
 		t.Fatal(err)
 	}
 	h.set = set
-	sp, err := spool.Open(t.TempDir(), spool.Options{MemTableSize: 4 << 20, CacheSize: 4 << 20})
+	h.dir = t.TempDir()
+	sp, err := spool.Open(h.dir, spool.Options{MemTableSize: 4 << 20, CacheSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +147,7 @@ func newHarness(t testing.TB, port int, edit func(*Options)) *harness {
 	if edit != nil {
 		edit(&opts)
 	}
+	h.opts = opts
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +155,7 @@ func newHarness(t testing.TB, port int, edit func(*Options)) *harness {
 	h.s = s
 	t.Cleanup(func() {
 		h.close()
-		if err := sp.Close(); err != nil {
+		if err := h.sp.Close(); err != nil {
 			t.Errorf("spool close: %v", err)
 		}
 	})

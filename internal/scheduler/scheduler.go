@@ -4,8 +4,12 @@
 // decides through the __mail_queue_maintain hook chain how many connections
 // each domain/binding pair gets, and every outcome: delivered, deferred
 // with exponential backoff and jitter, bounced, expired — each written to
-// the spool before it is logged, and one RFC 3464 DSN per finished message
-// that had failures.
+// the spool before it is logged — and the delivery status notifications
+// (RFC 3464) they owe the sender under RFC 3461's NOTIFY: one bounce per
+// finished message for its failed recipients, a "relayed" report for a
+// recipient that asked for SUCCESS when the receiver could not take the
+// request further, and one "delayed" report per recipient that asked for
+// DELAY once the message is older than Options.DelayWarning.
 //
 // # Design
 //
@@ -15,9 +19,12 @@
 // Outcomes arrive from connection pool sessions concurrently; a message's
 // record has its own lock, which serialises that message's spool updates
 // (the spool requires it) and makes "the last pending recipient became
-// final" happen exactly once. The DSN is spooled before that last update
-// deletes the message, so a crash between them duplicates a DSN at worst
-// and never loses one.
+// final" happen exactly once. A DSN is spooled before the update that
+// records what it reports (the deletion of a finished message, or a
+// recipient's DelayNotified flag), so a crash between them duplicates a
+// DSN at worst and never loses one. The one exception: a success report
+// whose DSN could not be spooled (a full disk) waits in memory for the
+// message's final DSN, and a restart before then loses it.
 //
 // Injection hands a spooled message over with Intake, which only appends
 // to a bounded queue that the scheduler's intake goroutine drains into
@@ -28,9 +35,9 @@
 // sleeping: Tick(now) is the whole maintenance step, and Start only calls
 // it from a ticker.
 //
-// It must never read a body except to quote its headers in a DSN, never
-// hold a delivery anywhere but in a queue or a session, and never log an
-// outcome before the spool has it.
+// It must never read a body except to return it (or its headers) in a DSN,
+// and then as a stream, never whole; never hold a delivery anywhere but in
+// a queue or a session, and never log an outcome before the spool has it.
 package scheduler
 
 import (
@@ -66,14 +73,16 @@ type systemClock struct{}
 func (systemClock) Now() time.Time { return time.Now() }
 
 // Spool is what the scheduler needs of the message store; *spool.Spool is
-// one.
+// one. DSNs are written with NewBody and PutBody, so that a returned
+// message is streamed from OpenBody into the DSN's body, never held whole.
 type Spool interface {
-	Put(m *spool.Message, body []byte) error
-	Body(id string) ([]byte, error)
-	OpenBody(id string) (*spool.BodyReader, error) // for connpool.Bodies
-	Update(id string, rcpts map[int]spool.Recipient, done bool) error
-	// Get reads a message's metadata back (the intake's overflow).
+	// Get reads a message's metadata back (the intake's overflow, the
+	// RFC 3461 fields of a DSN).
 	Get(id string) (*spool.Message, error)
+	OpenBody(id string) (*spool.BodyReader, error) // also connpool.Bodies
+	NewBody() *spool.BodyWriter
+	PutBody(m *spool.Message, w *spool.BodyWriter) error
+	Update(id string, rcpts map[int]spool.Recipient, done bool) error
 }
 
 // Options configure a Scheduler.
@@ -96,6 +105,10 @@ type Options struct {
 	RetryInterval    time.Duration // first retry delay (default 5m)
 	MaxRetryInterval time.Duration // cap on the retry delay (default 4h)
 	MaxAge           time.Duration // a message expires this long after it was received (default 120h)
+	// DelayWarning is the age of a message past which a deferral of a
+	// recipient that asked NOTIFY=DELAY sends it one "delayed" DSN; 0
+	// sends none (config's delivery.delay_warning supplies the 4h default).
+	DelayWarning time.Duration
 	// Reserve is passed to the maintain chain: slots under the global cap
 	// the default action leaves to hooks.
 	Reserve int
@@ -151,7 +164,9 @@ type msgState struct {
 	group    string
 	binding  string
 	arrival  time.Time
-	failed   []failure                 // bounced and expired recipients, for the DSN
+	failed   []failure                 // what the final DSN reports: failed recipients, and relayed ones whose own DSN could not be spooled
+	notified map[int32]bool            // recipients a delay DSN was sent for (spool.Recipient.DelayNotified), once loaded
+	loaded   bool                      // notified was read from the spool
 	last     map[string]*outcome.Error // last temporary failure per domain, for an expiry's DSN
 	lastMX   map[string]string
 }
@@ -641,15 +656,18 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	verdicts := make([]verdict, len(d.Rcpts))
 	updates := make(map[int]spool.Recipient, len(d.Rcpts))
 	var deferred []queue.Rcpt
+	var reports []report // relayed and delayed reports owed now
 	finals := 0
 	st.mu.Lock()
 	for i, r := range d.Rcpts {
 		e := v[i]
-		rec := spool.Recipient{Addr: r.Addr, Attempts: attempt, LastMX: at.MX, UpdatedAt: now}
+		// The whole record is rewritten: keep what injection gave it.
+		rec := spool.Recipient{Addr: r.Addr, Attempts: attempt, LastMX: at.MX, UpdatedAt: now,
+			Notify: spool.Notify(r.Notify), ORcpt: r.ORcpt}
 		switch {
 		case e == nil:
 			verdicts[i] = vDelivered
-			rec.State, rec.LastCode, rec.LastText = spool.Delivered, 250, dotReply
+			rec.State, rec.LastCode, rec.LastText = spool.Delivered, 250, capString(dotReply, maxReplyText)
 		case e == connpool.ErrExpired || (e.Temporary && expired):
 			verdicts[i] = vExpired
 			rec.State = spool.Expired
@@ -670,11 +688,22 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 					rec.LastMX = st.lastMX[d.Domain]
 				}
 			}
-			rec.LastCode, rec.LastEnh, rec.LastText = last.Code, outcome.EnhancedString(last.Enhanced), errText(last)
+			rec.LastCode, rec.LastEnh, rec.LastText = last.Code, outcome.EnhancedString(last.Enhanced), capString(errText(last), maxReplyText)
 		}
-		if verdicts[i] == vBounced || verdicts[i] == vExpired {
-			st.failed = append(st.failed, failure{Addr: r.Addr, Expired: verdicts[i] == vExpired,
-				Code: rec.LastCode, Enhanced: rec.LastEnh, Text: rec.LastText, MX: rec.LastMX, At: now})
+		delayDue := false
+		if verdicts[i] == vDeferred && r.Notify&uint8(spool.NotifyDelay) != 0 && s.opts.DelayWarning > 0 {
+			rec.DelayNotified = s.delayNotified(d.MsgID, st, r.Idx)
+			delayDue = !rec.DelayNotified && now.Sub(st.arrival) >= s.opts.DelayWarning
+		}
+		if a, ok := dsnAction(verdicts[i], spool.Notify(r.Notify), at.DSN, delayDue); ok {
+			rep := report{Addr: r.Addr, ORcpt: r.ORcpt, Notify: spool.Notify(r.Notify), Action: a,
+				Expired: verdicts[i] == vExpired, Code: rec.LastCode, Enhanced: rec.LastEnh,
+				Text: rec.LastText, MX: rec.LastMX, At: now}
+			if a == actFailed {
+				st.failed = append(st.failed, rep)
+			} else {
+				reports = append(reports, rep)
+			}
 		}
 		if verdicts[i] != vDeferred {
 			finals++
@@ -698,8 +727,12 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	finished, done := false, false
 	if st.pending <= 0 && !st.finished {
 		st.finished, finished = true, true
+		st.failed = append(st.failed, reports...) // one DSN for the message's end
 		dsnMsg, done, err = s.finish(d.MsgID, st, updates, now)
 	} else {
+		if len(reports) > 0 {
+			dsnMsg = s.interimDSN(d, st, reports, updates, now)
+		}
 		err = s.opts.Spool.Update(d.MsgID, updates, false)
 	}
 	st.mu.Unlock()
@@ -720,7 +753,8 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		d2 := d
 		if len(deferred) < len(d.Rcpts) {
 			d2 = &queue.Delivery{MsgID: d.MsgID, Domain: d.Domain, Sender: d.Sender, Arrival: d.Arrival,
-				Expires: d.Expires, Size: d.Size, Priority: d.Priority, Slot: d.Slot, UTF8: d.UTF8, EightBit: d.EightBit}
+				Expires: d.Expires, Size: d.Size, Priority: d.Priority, Slot: d.Slot, UTF8: d.UTF8, EightBit: d.EightBit,
+				Ret: d.Ret, EnvID: d.EnvID}
 		}
 		d2.Rcpts = deferred
 		d2.Attempts = int32(attempt)
@@ -792,7 +826,7 @@ func (s *Scheduler) finishOnly(id string, st *msgState, now time.Time) {
 // finds it again too (spool.RecoverStats.Owed). So a bounce is reported
 // late, never lost. done says the message left the spool. st.mu is held.
 func (s *Scheduler) finish(id string, st *msgState, updates map[int]spool.Recipient, now time.Time) (dsnMsg *spool.Message, done bool, err error) {
-	dsnMsg, ok := s.putDSN(id, st, now)
+	dsnMsg, ok := s.putDSN(id, st, st.failed, time.Time{}, now)
 	if !ok {
 		if len(updates) > 0 {
 			err = s.opts.Spool.Update(id, updates, false)
@@ -841,23 +875,117 @@ func (s *Scheduler) submitDSN(m *spool.Message) {
 	}
 }
 
-// putDSN spools the DSN for a finished message with failures and returns
-// it for Submit; nil when none is due (no failure, null sender). ok is
-// false when one was due and the spool refused it (logged). st.mu is held.
-func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) (_ *spool.Message, ok bool) {
-	if len(st.failed) == 0 || st.sender == "" {
+// interimDSN spools the DSN a settle owes before the message ends —
+// relayed and delayed reports — and records the delay reports it carries
+// in updates (DelayNotified), which the caller writes next. When it can't
+// be spooled, a delay report is tried again at the next deferral, and a
+// relayed one waits for the message's final DSN. st.mu is held.
+func (s *Scheduler) interimDSN(d *queue.Delivery, st *msgState, reports []report, updates map[int]spool.Recipient, now time.Time) *spool.Message {
+	m, ok := s.putDSN(d.MsgID, st, reports, time.Unix(0, d.Expires), now)
+	if !ok {
+		for _, r := range reports {
+			if r.Action == actRelayed {
+				st.failed = append(st.failed, r)
+			}
+		}
+		return nil
+	}
+	for _, r := range d.Rcpts {
+		rec, ok := updates[int(r.Idx)]
+		if !ok || rec.State != spool.Pending || rec.DelayNotified {
+			continue
+		}
+		for _, rep := range reports {
+			if rep.Action == actDelayed && rep.Addr == r.Addr {
+				rec.DelayNotified = true
+				updates[int(r.Idx)] = rec
+				if st.notified == nil {
+					st.notified = map[int32]bool{}
+				}
+				st.notified[r.Idx] = true
+				break
+			}
+		}
+	}
+	return m
+}
+
+// delayNotified reports whether recipient idx of message id had its delay
+// DSN, reading the flags from the spool the first time it is asked (a
+// message recovered after a restart). st.mu is held.
+func (s *Scheduler) delayNotified(id string, st *msgState, idx int32) bool {
+	if !st.loaded {
+		st.loaded = true
+		m, err := s.opts.Spool.Get(id)
+		if err != nil {
+			s.log.Warn("reading delay-notified flags failed", zap.String("queue_id", id), zap.Error(err))
+		} else {
+			for i, r := range m.Recipients {
+				if r.DelayNotified {
+					if st.notified == nil {
+						st.notified = map[int32]bool{}
+					}
+					st.notified[int32(i)] = true
+				}
+			}
+		}
+	}
+	return st.notified[idx]
+}
+
+// putDSN spools a DSN about message id reporting on reports (those of them
+// the recipients' NOTIFY asks for) and returns it for Submit; nil when
+// none is due (nothing asked for, a null sender). ok is false when one was
+// due and the spool refused it (logged). retryUntil is when the message
+// expires, for delayed reports. st.mu is held.
+//
+// The original message's envelope (ENVID, RET, SMTPUTF8, each recipient's
+// NOTIFY and ORCPT) is read from the spool here, not kept in memory for
+// the life of every message: a DSN is rare, a queued message is not.
+func (s *Scheduler) putDSN(id string, st *msgState, reports []report, retryUntil, now time.Time) (_ *spool.Message, ok bool) {
+	if len(reports) == 0 || st.sender == "" {
 		return nil, true
 	}
-	var headers []byte
-	if body, err := s.opts.Spool.Body(id); err == nil {
-		headers = headerBlock(body)
+	orig, err := s.opts.Spool.Get(id)
+	if err != nil {
+		s.log.Warn("DSN without the original envelope", zap.String("queue_id", id), zap.Error(err))
+		orig = nil
+	}
+	reports = wanted(reports, orig)
+	if len(reports) == 0 {
+		return nil, true
+	}
+	d := &dsn{
+		ReportingMTA: s.opts.Hostname, QueueID: id, Sender: st.sender,
+		Arrival: st.arrival, Now: now, RetryUntil: retryUntil, Rcpts: reports,
+	}
+	if orig != nil {
+		d.EnvID, d.SMTPUTF8 = orig.EnvID, orig.SMTPUTF8
+	}
+	if r, err := s.opts.Spool.OpenBody(id); err == nil {
+		d.Headers, err = readHeaders(r)
+		_ = r.Close()
+		if err != nil {
+			s.log.Warn("DSN without the original headers", zap.String("queue_id", id), zap.Error(err))
+		}
 	} else {
 		s.log.Warn("DSN without the original headers", zap.String("queue_id", id), zap.Error(err))
 	}
-	raw := (&dsn{
-		ReportingMTA: s.opts.Hostname, QueueID: id, Sender: st.sender,
-		Arrival: st.arrival, Now: now, Failed: st.failed, Headers: headers,
-	}).build()
+	if orig != nil && orig.Ret == spool.RetFull {
+		if r, err := s.opts.Spool.OpenBody(id); err == nil {
+			defer r.Close()
+			d.Full, d.FullEightBit = r, orig.EightBit || orig.SMTPUTF8
+		}
+	}
+
+	w := s.opts.Spool.NewBody()
+	err = d.write(w)
+	if errors.Is(err, errUnreturnable) {
+		w.Abort()
+		d.headersOnly(err)
+		w = s.opts.Spool.NewBody()
+		err = d.write(w)
+	}
 	m := &spool.Message{
 		Sender:     "",
 		Recipients: []spool.Recipient{{Addr: st.sender}},
@@ -865,21 +993,48 @@ func (s *Scheduler) putDSN(id string, st *msgState, now time.Time) (_ *spool.Mes
 		Group:      st.group,
 		Binding:    st.binding,
 		DSNFor:     id,
-		// The quoted headers may be 8-bit; say so to the next hop.
-		EightBit: !isASCII(raw),
+		// A DSN about internationalised mail is one itself (RFC 6533);
+		// 8-bit returned content is declared to the next hop.
+		SMTPUTF8: d.global(),
+		EightBit: d.eightBit(),
 	}
-	if err := s.opts.Spool.Put(m, raw); err != nil {
-		s.log.Error("spooling a DSN failed; the message is kept and the DSN retried", zap.String("queue_id", id), zap.Error(err))
+	if err == nil {
+		err = s.opts.Spool.PutBody(m, w)
+	}
+	if err != nil {
+		w.Abort()
+		s.log.Error("spooling a DSN failed; it is retried", zap.String("queue_id", id), zap.Error(err))
 		return nil, false
 	}
+	actions := make([]string, len(reports))
+	for i, r := range reports {
+		actions[i] = r.Action.String()
+	}
+	s.log.Info("dsn", zap.String("queue_id", m.ID), zap.String("dsn_for", id),
+		zap.String("recipient", st.sender), zap.Strings("actions", actions), zap.Int64("size", m.Size))
 	return m, true
 }
 
-func isASCII(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
+// wanted fills in each report's NOTIFY and ORCPT from the original
+// message's recipients (a report made at recovery has neither) and keeps
+// the reports their NOTIFY asks for. orig may be nil (not readable): the
+// reports are then judged by what they carry.
+func wanted(reports []report, orig *spool.Message) []report {
+	var byAddr map[string]int
+	if orig != nil {
+		byAddr = make(map[string]int, len(orig.Recipients))
+		for i := len(orig.Recipients) - 1; i >= 0; i-- {
+			byAddr[orig.Recipients[i].Addr] = i
 		}
 	}
-	return true
+	out := make([]report, 0, len(reports))
+	for _, r := range reports {
+		if i, ok := byAddr[r.Addr]; ok {
+			r.Notify, r.ORcpt = orig.Recipients[i].Notify, orig.Recipients[i].ORcpt
+		}
+		if r.Notify.Has(r.Action.notifyBit()) {
+			out = append(out, r)
+		}
+	}
+	return out
 }

@@ -385,7 +385,7 @@ func TestDuplicateSubmit(t *testing.T) {
 	}
 }
 
-// fullSpool is the real spool whose Put answers "no space" while full is
+// fullSpool is the real spool whose PutBody answers "no space" while full is
 // set, as a disk that filled up would; updates and deletes go through, as
 // the spool lets them on a full disk.
 type fullSpool struct {
@@ -393,11 +393,11 @@ type fullSpool struct {
 	full atomic.Bool
 }
 
-func (f *fullSpool) Put(m *spool.Message, body []byte) error {
+func (f *fullSpool) PutBody(m *spool.Message, w *spool.BodyWriter) error {
 	if f.full.Load() {
 		return fmt.Errorf("spool put: %w", spool.ErrNoSpace)
 	}
-	return f.Spool.Put(m, body)
+	return f.Spool.PutBody(m, w)
 }
 
 // TestDSNKeptWhenSpoolFull: a bounce whose DSN can't be spooled keeps the
