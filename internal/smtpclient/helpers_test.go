@@ -182,6 +182,7 @@ func startServer(tb testing.TB, be *backend, configure func(*smtp.Server)) strin
 	}()
 	tb.Cleanup(func() {
 		s.Close()
+		l.Close() // Close misses a listener Serve has not registered yet
 		<-done
 	})
 	return l.Addr().String()

@@ -84,6 +84,7 @@ func startCaptureSink(t *testing.T) *captureSink {
 	}()
 	t.Cleanup(func() {
 		_ = srv.Close()
+		_ = ln.Close() // Close misses a listener Serve has not registered yet
 		<-done
 	})
 	return s

@@ -113,6 +113,7 @@ func startHashSink(t *testing.T, ip string) (*hashSink, int) {
 	}()
 	t.Cleanup(func() {
 		_ = s.srv.Close()
+		_ = l.Close() // Close misses a listener Serve has not registered yet
 		<-s.done
 	})
 	return s, l.Addr().(*net.TCPAddr).Port

@@ -151,7 +151,11 @@ func serve(t testing.TB, ip string, ln net.Listener, cfg Config) *Sink {
 		_ = srv.Serve(&watchListener{Listener: ln, sink: s})
 	}()
 	t.Cleanup(func() {
+		// go-smtp's Close only closes the listeners Serve has registered:
+		// one closed before its Serve goroutine ran would be missed and
+		// Serve would accept forever. Closing ours too ends it either way.
 		_ = srv.Close()
+		_ = ln.Close()
 		<-s.serveDone
 	})
 	return s
