@@ -23,6 +23,7 @@ const (
 	EventCancelled      Event = "cancelled"
 	EventConnection     Event = "connection"
 	EventSpoolRecovered Event = "spool_recovered"
+	EventDSN            Event = "dsn"
 )
 
 // write logs one record at level if the logger is enabled for it; the fields
@@ -212,3 +213,29 @@ func (s SpoolRecovered) Log(l *zap.Logger) {
 	}
 	write(l, level, EventSpoolRecovered, s.Fields)
 }
+
+// DSN records a delivery status notification spooled for a message's
+// sender: which message it reports on, and the RFC 3464 action of each
+// recipient it reports (failed, delayed, relayed).
+type DSN struct {
+	QueueID   string // the DSN's own queue id
+	DSNFor    string // the queue id of the message it reports on
+	Recipient string // the DSN's recipient: the original envelope sender
+	Actions   []string
+	Size      int64
+}
+
+// Fields returns the record's fields, "event" first.
+func (r DSN) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventDSN)),
+		zap.String("queue_id", r.QueueID),
+		zap.String("dsn_for", r.DSNFor),
+		zap.String("recipient", r.Recipient),
+		zap.Strings("actions", r.Actions),
+		zap.Int64("size", r.Size),
+	}
+}
+
+// Log writes the record at info level.
+func (r DSN) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventDSN, r.Fields) }

@@ -1010,8 +1010,7 @@ func (s *Scheduler) putDSN(id string, st *msgState, reports []report, retryUntil
 	for i, r := range reports {
 		actions[i] = r.Action.String()
 	}
-	s.log.Info("dsn", zap.String("queue_id", m.ID), zap.String("dsn_for", id),
-		zap.String("recipient", st.sender), zap.Strings("actions", actions), zap.Int64("size", m.Size))
+	logging.DSN{QueueID: m.ID, DSNFor: id, Recipient: st.sender, Actions: actions, Size: m.Size}.Log(s.log)
 	return m, true
 }
 
