@@ -289,3 +289,25 @@ func countPrefix(t *testing.T, s *Spool, prefix string) int {
 	}
 	return n
 }
+
+// TestRecoverKeepsChunksWrittenByFn: a chunked message that fn stores
+// while Recover runs (the scheduler spools DSNs then) is not taken for an
+// orphan by the sweep at the end of Recover.
+func TestRecoverKeepsChunksWrittenByFn(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	if err := s.Put(testMessage(1, 1), []byte("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	body := testBody(9, 2*ChunkSize+3)
+	var dsn *Message
+	if _, err := s.Recover(func(*Message) error {
+		dsn = testMessage(2, 1)
+		return s.Put(dsn, body)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Body(dsn.ID); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("body stored during Recover: %d bytes, %v", len(got), err)
+	}
+}

@@ -72,6 +72,14 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 	if err != nil {
 		return err
 	}
+	// The orphan sweep walks the chunks as they were before fn ran: an
+	// iterator sees the store as of its creation, so the chunks of a DSN
+	// that fn spools meanwhile (under a new meta key that mit, from the
+	// same instant, never visits) are not taken for orphans.
+	cit, err := newIter(prefixChunk)
+	if err != nil {
+		return err
+	}
 
 	var pending []op
 	flush := func() error {
@@ -101,6 +109,13 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 			s.log.Warn("spool: corrupt message moved to quarantine", zap.String("id", id), zap.Error(cerr))
 			pending = append(pending, ops...)
 			st.Quarantined++
+			if m != nil && m.chunks > 0 {
+				// Its moves hold copies of its chunks: write them now,
+				// so pending never holds more than one body's worth.
+				if err := flush(); err != nil {
+					return err
+				}
+			}
 		default:
 			np := 0
 			for _, r := range m.Recipients {
@@ -138,7 +153,7 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 	if err := flush(); err != nil {
 		return err
 	}
-	n, err := s.sweepOrphanChunks(db, kept)
+	n, err := s.sweepOrphanChunks(cit, kept)
 	if n > 0 {
 		s.log.Info("spool: removed the chunks of bodies whose message was never stored", zap.Int("bodies", n))
 	}
@@ -147,12 +162,9 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 
 // sweepOrphanChunks deletes the chunk records of every body not in kept:
 // bodies of messages that were refused or never committed, whose Abort a
-// crash lost. It returns how many bodies it removed.
-func (s *Spool) sweepOrphanChunks(db *pebble.DB, kept map[string]bool) (int, error) {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixChunk), UpperBound: prefixEnd(prefixChunk)})
-	if err != nil {
-		return 0, err
-	}
+// crash lost. It returns how many bodies it removed. it ranges over the
+// chunk keys; the caller closes it.
+func (s *Spool) sweepOrphanChunks(it *pebble.Iterator, kept map[string]bool) (int, error) {
 	var ops []op
 	n := 0
 	for ok := it.First(); ok; {
@@ -169,7 +181,7 @@ func (s *Spool) sweepOrphanChunks(db *pebble.DB, kept map[string]bool) (int, err
 		}
 		ok = it.SeekGE(prefixEnd(string(p)))
 	}
-	err = errors.Join(it.Error(), it.Close())
+	err := it.Error()
 	if err == nil && len(ops) > 0 {
 		err = s.commit(ops, false)
 	}
