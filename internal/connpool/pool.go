@@ -28,8 +28,9 @@
 //
 // Bodies are streamed from the spool (Bodies.OpenBody) into the client and
 // closed when the transaction ends: a session holds a chunk of a body at a
-// time, never all of it. A body to a receiver without 8BITMIME goes through
-// Options.Convert7Bit when it is set.
+// time, never all of it. A body to a receiver without 8BITMIME, or an
+// SMTPUTF8 message to one without SMTPUTF8, is converted on the way by
+// internal/conform (two streaming passes over the spooled body).
 //
 // It must never hold a body longer than its transaction, never dial without
 // a slot, and never outlive Close: every session goroutine is owned by the
@@ -40,7 +41,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,7 +49,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
-	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
@@ -85,24 +84,6 @@ type Bindings interface {
 // its transaction ends.
 type Bodies interface {
 	OpenBody(id string) (*spool.BodyReader, error)
-}
-
-// Convert7Bit converts a body to 7 bits for a receiver without 8BITMIME
-// (RFC 6152 §3): it writes the converted body to dst, reading the original
-// from open, which it may call more than once (one pass to find what needs
-// converting, one to convert); it closes what it opens. A body that is
-// 7-bit already is written as it is. The spool can open a body any number
-// of times, so nothing is held whole.
-type Convert7Bit func(open func() (io.ReadCloser, error), dst io.Writer) error
-
-// To7Bit is the Convert7Bit of internal/conform: each part with 8-bit
-// octets re-encoded (quoted-printable for text, base64 otherwise), header
-// sections made ASCII with RFC 2047 encoded words. Content it cannot
-// convert is a *conform.Error, which the session reports as a permanent
-// failure of the delivery.
-func To7Bit(open func() (io.ReadCloser, error), dst io.Writer) error {
-	_, err := conform.Rewrite(open, dst, conform.Options{To7Bit: true})
-	return err
 }
 
 // Attempt says where a delivery was tried, for the delivery log.
@@ -176,11 +157,6 @@ type Options struct {
 	// and that still has work, each time a session frees its slot; the
 	// scheduler runs that pair's maintenance so the slot is used at once.
 	OnSlotFree func(pair *queue.Pair)
-	// Convert7Bit converts bodies for a receiver that does not offer
-	// 8BITMIME: every body to such a receiver goes through it (whether or
-	// not it was declared BODY=8BITMIME), by DATA. nil means
-	// To7Bit, internal/conform's converter.
-	Convert7Bit Convert7Bit
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
 	// connect fail in a chosen way).
@@ -238,9 +214,6 @@ func New(opts Options) (*Pool, error) {
 	}
 	if opts.Policy == nil {
 		opts.Policy = func(string) Policy { return Policy{} }
-	}
-	if opts.Convert7Bit == nil {
-		opts.Convert7Bit = To7Bit
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Second

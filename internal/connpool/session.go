@@ -141,20 +141,24 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	defer br.Close()
 	env := envelope(d)
 	body := smtpclient.Stream(br, br.Size())
-	var convErr error // from Convert7Bit, set while Send runs
-	if !c.Offers("8BITMIME") && p.opts.Convert7Bit != nil {
+	var convErr error // from the conversion, set while Send runs
+	if copts, ok := conversion(c, env); ok {
 		// RFC 6152 §3: an 8-bit body to a receiver without 8BITMIME is
 		// converted to 7 bits on the way, and goes without BODY=8BITMIME.
-		// Every body goes through the converter, not only those declared
-		// 8-bit: an injecting client may send 8-bit octets undeclared, and
-		// the converter's first pass finds them (a 7-bit body is copied).
-		// Such receivers are rare, and seldom offer CHUNKING anyway.
-		env.EightBit = false
+		// Every body to such a receiver goes through the converter, not
+		// only those declared 8-bit: an injecting client may send 8-bit
+		// octets undeclared, and the converter's first pass finds them (a
+		// 7-bit body is copied). Likewise an SMTPUTF8 message to a
+		// receiver without SMTPUTF8 (whose envelope the client
+		// downgrades) gets ASCII header sections, or fails if a header
+		// holds what cannot be made ASCII (a UTF-8 local part). Such
+		// receivers are rare, and seldom offer CHUNKING anyway.
+		env.EightBit = env.EightBit && !copts.To7Bit
 		env.Size = 0 // unknown until converted
 		body = smtpclient.Produce(func(w io.Writer) error {
-			convErr = p.opts.Convert7Bit(func() (io.ReadCloser, error) {
+			_, convErr = conform.Rewrite(func() (io.ReadCloser, error) {
 				return p.opts.Bodies.OpenBody(d.MsgID)
-			}, w)
+			}, w, copts)
 			return convErr
 		})
 	}
@@ -166,7 +170,7 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 		// The session is broken (the body stopped mid-DATA), but the
 		// delivery fails for good, not for this connection's sake.
 		res, err = nil, &outcome.Error{Phase: outcome.PhaseData, Enhanced: ce.Enhanced, Temporary: false,
-			Message: "the receiver does not offer 8BITMIME and the message cannot be converted to 7 bits: " + ce.Message,
+			Message: "the message cannot be converted for a receiver without 8BITMIME or SMTPUTF8: " + ce.Message,
 			Err:     convErr}
 		s.count(res, err, len(d.Rcpts))
 		p.opts.Outcomes.Result(d, s.at, res, err)
@@ -175,6 +179,14 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	s.count(res, err, len(d.Rcpts))
 	p.opts.Outcomes.Result(d, s.at, res, err)
 	return err == nil
+}
+
+// conversion says how a body must be converted for the receiver on c, if
+// it must: to 7 bits when it does not offer 8BITMIME, to ASCII header
+// sections when the message is SMTPUTF8 and it does not offer SMTPUTF8.
+func conversion(c *smtpclient.Client, env smtpclient.Envelope) (conform.Options, bool) {
+	o := conform.Options{To7Bit: !c.Offers("8BITMIME"), ASCIIHeaders: env.UTF8 && !c.Offers("SMTPUTF8")}
+	return o, o.To7Bit || o.ASCIIHeaders
 }
 
 // bodyError is the result of a body the spool could not open: local, and

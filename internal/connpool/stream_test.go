@@ -262,7 +262,14 @@ func TestUTF8RecipientToReceiverWithoutSMTPUTF8(t *testing.T) {
 	h.dns.Add(t, "xn--mnchen-3ya.test. 60 IN MX 10 mx.utf.test.", "mx.utf.test. 60 IN A "+ip(22, 10))
 	m := &spool.Message{Sender: "s@origin.test", Received: time.Now(), SMTPUTF8: true,
 		Recipients: []spool.Recipient{{Addr: "a@m\u00fcnchen.test"}, {Addr: "j\u00f6e@m\u00fcnchen.test"}}}
-	if err := h.sp.Put(m, []byte("Subject: x\r\n\r\nhi\r\n")); err != nil {
+	if err := h.sp.Put(m, []byte("Subject: Gr\u00fc\u00dfe\r\nTo: a@m\u00fcnchen.test\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// A header that cannot be made ASCII (a UTF-8 local part) fails for
+	// good, with no transaction ended at the sink.
+	m2 := &spool.Message{Sender: "s@origin.test", Received: time.Now(), SMTPUTF8: true,
+		Recipients: []spool.Recipient{{Addr: "b@m\u00fcnchen.test"}}}
+	if err := h.sp.Put(m2, []byte("From: j\u00f6e@origin.test\r\n\r\nhi\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	h.queueMsg(m, "xn--mnchen-3ya.test")
@@ -277,5 +284,30 @@ func TestUTF8RecipientToReceiverWithoutSMTPUTF8(t *testing.T) {
 	got := sinks[0].WaitMessages(t, 1)[0]
 	if len(got.To) != 1 || got.To[0] != "a@xn--mnchen-3ya.test" || got.Mail.UTF8 {
 		t.Errorf("sink got RCPT %q SMTPUTF8=%v", got.To, got.Mail.UTF8)
+	}
+	// Its header section went ASCII: the Subject an encoded word, the
+	// domain in To an A-label.
+	if i := bytes.IndexFunc(got.Data, func(r rune) bool { return r >= 0x80 }); i >= 0 {
+		t.Errorf("non-ASCII header reached a receiver without SMTPUTF8: %q", got.Data)
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(got.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if subj, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject")); err != nil || subj != "Gr\u00fc\u00dfe" {
+		t.Errorf("Subject %q decodes to %q (%v)", msg.Header.Get("Subject"), subj, err)
+	}
+	if to, err := mail.ParseAddress(msg.Header.Get("To")); err != nil || to.Address != "a@xn--mnchen-3ya.test" {
+		t.Errorf("To: %q", msg.Header.Get("To"))
+	}
+
+	h.queueMsg(m2, "xn--mnchen-3ya.test")
+	h.pool.Open(h.q.Domain("xn--mnchen-3ya.test"), 0, 1)
+	r = h.result()
+	if e := outcome.As(r.err); e == nil || e.Temporary || e.Enhanced != (smtp.EnhancedCode{5, 6, 7}) {
+		t.Errorf("UTF-8 local part in From to a receiver without SMTPUTF8: %v, want a permanent 5.6.7", r.err)
+	}
+	if n := len(sinks[0].Messages()); n != 1 {
+		t.Errorf("the sink has %d messages, want 1", n)
 	}
 }
