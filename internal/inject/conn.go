@@ -49,7 +49,8 @@ func (s *Server) track(nc net.Conn) (*conn, *smtp.SMTPError) {
 	if s.opts.MaxSessionsPerIP > 0 && s.perIP[key] >= s.opts.MaxSessionsPerIP {
 		return nil, errTooManyFromIP
 	}
-	c := &conn{srv: s, nc: nc, ip: ip, key: key, start: time.Now()}
+	c := &conn{srv: s, nc: nc, ip: ip, key: key}
+	c.start.Store(time.Now().UnixNano())
 	s.conns[c] = struct{}{}
 	s.perIP[key]++
 	s.connWG.Add(1)
@@ -82,12 +83,14 @@ func (s *Server) refuseSession(nc net.Conn, e *smtp.SMTPError) {
 
 // conn is one client connection and its session state (session.go).
 type conn struct {
-	srv         *Server
-	nc          net.Conn // the socket; rw is nc or the TLS layer on it
-	rw          net.Conn
-	ip          netip.Addr
-	key         netip.Prefix
-	start       time.Time
+	srv *Server
+	nc  net.Conn // the socket; rw is nc or the TLS layer on it
+	rw  net.Conn
+	ip  netip.Addr
+	key netip.Prefix
+	// start is when the session began (unix nanos): atomic, since a test
+	// moves it back to play a long session.
+	start       atomic.Int64
 	implicitTLS bool
 
 	// The read buffer: buf[r:w] is read and not consumed.
@@ -137,9 +140,16 @@ func (c *conn) fill(timeout time.Duration) error {
 		} else {
 			c.nc.SetReadDeadline(time.Time{})
 		}
+		// Shutdown sets draining before it pokes the deadline: if its
+		// poke came before the deadline just set, and was overwritten,
+		// draining is seen here.
+		if c.srv.draining.Load() && !c.inTxn.Load() {
+			return errQuietClose
+		}
 		n, err := c.rw.Read(c.buf[c.w:])
 		c.w += n
 		if n > 0 {
+			c.interrupted.Store(false) // a poke that found the read busy is moot
 			return nil
 		}
 		if err == nil {

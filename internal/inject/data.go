@@ -46,6 +46,21 @@ type dataScanner struct {
 	lineLen int
 	nul     bool // a NUL octet was seen
 	long    bool // a line over maxLineOctets was seen
+	// in counts the client's content octets: what was consumed, less the
+	// dots removed and the terminator. It is what max_message_size
+	// bounds; line-end repair may make the output longer.
+	in      int64
+	dropped int64 // dots removed, the terminator's included
+}
+
+// add counts n consumed octets, of which the last two are the terminator's
+// CR LF when done (its dot is in dropped).
+func (d *dataScanner) add(n int, done bool) {
+	d.in += int64(n) - d.dropped
+	d.dropped = 0
+	if done {
+		d.in -= 2
+	}
 }
 
 func newDataScanner(dots bool) dataScanner {
@@ -71,6 +86,7 @@ func (d *dataScanner) scan(p []byte, out bodySink) (int, bool) {
 	// all; almost no message has one.
 	hasNUL := bytes.IndexByte(p, 0) >= 0
 	i, run := 0, 0 // p[run:i] is output not yet emitted
+	lfAt := -2     // index of the next LF at or after i; -1: none in p; -2: not looked for
 	flush := func(end int) {
 		if end > run {
 			out.emit(p[run:end])
@@ -81,6 +97,7 @@ func (d *dataScanner) scan(p []byte, out bodySink) (int, bool) {
 		case stBOL:
 			if d.dots && p[i] == '.' {
 				flush(i)
+				d.dropped++
 				i++
 				run = i
 				d.st = stDot
@@ -97,6 +114,7 @@ func (d *dataScanner) scan(p []byte, out bodySink) (int, bool) {
 			d.st = stMid
 		case stDotCR:
 			if p[i] == '\n' {
+				d.add(i+1, true)
 				return i + 1, true
 			}
 			// ". CR x": the CR was bare.
@@ -114,7 +132,17 @@ func (d *dataScanner) scan(p []byte, out bodySink) (int, bool) {
 			}
 			d.st = stMid
 		case stMid:
-			lf := bytes.IndexByte(p[i:], '\n')
+			// The next LF is searched for once and remembered, so that a
+			// line of many bare CRs does not rescan the block per CR.
+			if lfAt != -1 && lfAt < i {
+				if lfAt = bytes.IndexByte(p[i:], '\n'); lfAt >= 0 {
+					lfAt += i
+				}
+			}
+			lf := -1
+			if lfAt >= 0 {
+				lf = lfAt - i
+			}
 			if lf < 0 {
 				seg := p[i:]
 				cr := bytes.IndexByte(seg, '\r')
@@ -161,6 +189,7 @@ func (d *dataScanner) scan(p []byte, out bodySink) (int, bool) {
 		}
 	}
 	flush(i)
+	d.add(i, false)
 	return i, false
 }
 

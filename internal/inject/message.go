@@ -22,7 +22,6 @@ type msgWriter struct {
 	body *spool.BodyWriter
 	sc   dataScanner // BDAT only: the scanner state across chunks
 
-	n      int64 // the client's body octets so far
 	tooBig bool
 
 	hdr     *[]byte // the header section so far; nil once written
@@ -76,12 +75,17 @@ func (mw *msgWriter) releaseHdr() {
 	}
 }
 
-// emit takes the next output of the scanner.
-func (mw *msgWriter) emit(p []byte) {
-	mw.n += int64(len(p))
-	if mw.n > mw.srv.opts.MaxMessageSize {
+// checkSize marks the message too big once in, the client's content
+// octets so far (dataScanner.in), pass MaxMessageSize: a body of exactly
+// the limit is taken, whatever line-end repair adds to it.
+func (mw *msgWriter) checkSize(in int64) {
+	if in > mw.srv.opts.MaxMessageSize {
 		mw.tooBig = true
 	}
+}
+
+// emit takes the next output of the scanner.
+func (mw *msgWriter) emit(p []byte) {
 	if mw.tooBig || mw.herr != nil || mw.werr != nil {
 		return // refused already: read on, keep nothing
 	}

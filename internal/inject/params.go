@@ -3,6 +3,8 @@ package inject
 import (
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
@@ -120,11 +122,21 @@ func parseRcptParams(s string, utf8 bool) (rcptParams, *smtp.SMTPError) {
 			rp.notify = n
 		case "ORCPT":
 			typ, addr, ok := strings.Cut(v, ";")
-			d, okx := xtextDecode(addr)
+			var d string
+			var okx bool
+			if strings.EqualFold(typ, "utf-8") {
+				typ = "utf-8"
+				d, okx = utf8AddrDecode(addr, utf8)
+			} else {
+				d, okx = xtextDecode(addr)
+			}
 			if !hasVal || !ok || !okx || typ == "" || d == "" || len(d) > 500 {
 				return rp, paramErr("Bad ORCPT parameter")
 			}
-			if !printableASCII(typ) || (!utf8 && !printableASCII(d)) {
+			// A utf-8 address may be non-ASCII without SMTPUTF8: its
+			// escapes are how RFC 6533 carries it then.
+			if !printableASCII(typ) || (!utf8 && typ != "utf-8" && !printableASCII(d)) ||
+				strings.ContainsFunc(d, unicode.IsControl) {
 				return rp, paramErr("Bad ORCPT parameter")
 			}
 			rp.orcpt = typ + ";" + d
@@ -188,6 +200,44 @@ func xtextDecode(s string) (string, bool) {
 			return "", false
 		default:
 			b.WriteByte(c)
+		}
+	}
+	return b.String(), true
+}
+
+// utf8AddrDecode decodes an ORCPT address of type utf-8 (RFC 6533 3):
+// utf-8-addr-xtext, ASCII with "\x{HEX}" for any other character, or in
+// an SMTPUTF8 transaction (unitext) utf-8-addr-unitext, which may also
+// hold UTF-8 as it is. '+', '=' and '\' appear only escaped.
+func utf8AddrDecode(s string, unitext bool) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '\\':
+			rest, ok := strings.CutPrefix(s[i+1:], "x{")
+			end := strings.IndexByte(rest, '}')
+			if !ok || end < 1 || end > 6 {
+				return "", false
+			}
+			v, err := strconv.ParseUint(rest[:end], 16, 32)
+			if err != nil || !utf8.ValidRune(rune(v)) {
+				return "", false
+			}
+			b.WriteRune(rune(v))
+			i += 1 + 2 + end + 1
+		case c >= utf8.RuneSelf:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if !unitext || r == utf8.RuneError {
+				return "", false
+			}
+			b.WriteString(s[i : i+n])
+			i += n
+		case c < 33 || c > 126 || c == '+' || c == '=':
+			return "", false
+		default:
+			b.WriteByte(c)
+			i++
 		}
 	}
 	return b.String(), true

@@ -137,6 +137,13 @@ func TestBodyReplies(t *testing.T) {
 	}
 	exact += strings.Repeat("x", size-len(exact)-2) + "\r\n"
 	over := exact[:len(exact)-2] + "x\r\n"
+	// exactLF is the same size with bare LF line ends (but the last):
+	// max_message_size counts what the client sent, not the CRs added.
+	exactLF := "Subject: s\r\n\r\n"
+	for len(exactLF)+79 <= size-80 {
+		exactLF += strings.Repeat("y", 78) + "\n"
+	}
+	exactLF += strings.Repeat("y", size-len(exactLF)-2) + "\r\n"
 	long := "Subject: s\r\n\r\n" + strings.Repeat("l", 999) + "\r\n"
 	tests := []struct {
 		name  string
@@ -149,6 +156,11 @@ func TestBodyReplies(t *testing.T) {
 	}{
 		{name: "exactly the limit", body: exact},
 		{name: "one over the limit", body: over, reply: "552 5.3.4 Message size exceeds fixed maximum message size"},
+		{name: "exactly the limit in bare LF lines", body: exactLF, stored: func(t *testing.T, rest string) {
+			if want := strings.ReplaceAll(strings.ReplaceAll(exactLF, "\r\n", "\n"), "\n", "\r\n"); rest != want {
+				t.Errorf("stored %d octets, want the body with CRLF line ends (%d)", len(rest), len(want))
+			}
+		}},
 		{name: "NUL", body: "Subject: s\r\n\r\na\x00b\r\n", reply: "554 5.6.0 Message contains NUL characters"},
 		{name: "long line rejected", mods: func(o *Options) { o.LongLines = LongLinesReject }, body: long, reply: "554 5.6.0 Message contains lines longer than 998 characters"},
 		{name: "long line converted", body: long, stored: func(t *testing.T, rest string) {
@@ -429,6 +441,76 @@ func TestClientLimits(t *testing.T) {
 			t.Errorf("rejected records: %v", r)
 		}
 	})
+	t.Run("junk counts", func(t *testing.T) {
+		t.Parallel()
+		// Over-long and unknown lines count toward the limit: junk cannot
+		// keep a session alive.
+		e := startEnv(t, nil, func(o *Options) { o.MaxCommands = 3 })
+		rc := e.raw(t, relayIP)
+		rc.cmd("EHLO client.test")
+		rc.cmd("XYZZY")
+		rc.cmd(strings.Repeat("N", 600))
+		if got := rc.cmd(strings.Repeat("N", 600)); got != "421 4.7.0 Too many commands, closing connection" {
+			t.Errorf("4th command, over-long: %q", got)
+		}
+	})
+	t.Run("session time in a transaction", func(t *testing.T) {
+		t.Parallel()
+		// A transaction gets txnGrace past the limit, not for ever.
+		e := startEnv(t, nil, func(o *Options) { o.MaxSessionTime = time.Minute })
+		rc := e.raw(t, relayIP)
+		rc.cmd("EHLO client.test")
+		rc.cmd("MAIL FROM:<app@example.com>")
+		e.srv.mu.Lock()
+		for c := range e.srv.conns {
+			c.start.Add(-int64(time.Minute + txnGrace/2))
+		}
+		e.srv.mu.Unlock()
+		if got := rc.cmd("NOOP"); got != "250 2.0.0 Ok" {
+			t.Errorf("NOOP within the grace: %q", got)
+		}
+		e.srv.mu.Lock()
+		for c := range e.srv.conns {
+			c.start.Add(-int64(txnGrace))
+		}
+		e.srv.mu.Unlock()
+		if got := rc.cmd("NOOP"); got != "421 4.7.0 Session too long, closing connection" {
+			t.Errorf("NOOP past the grace: %q", got)
+		}
+	})
+	t.Run("ESMTP after HELO", func(t *testing.T) {
+		t.Parallel()
+		e := startEnv(t, nil)
+		rc := e.raw(t, relayIP)
+		rc.cmd("HELO client.test")
+		if got := rc.cmd("MAIL FROM:<app@example.com> BODY=8BITMIME"); got != "555 5.5.4 Parameters not recognized: no extensions after HELO" {
+			t.Errorf("MAIL with a parameter after HELO: %q", got)
+		}
+		rc.cmd("MAIL FROM:<app@example.com>")
+		rc.cmd("RCPT TO:<a@example.net>")
+		rc.write("BDAT 3 LAST\r\nx\r\n")
+		if got := rc.reply(); got != "503 5.5.1 BDAT not offered after HELO" {
+			t.Errorf("BDAT after HELO: %q", got)
+		}
+		if got := rc.cmd("NOOP"); got != "250 2.0.0 Ok" {
+			t.Errorf("NOOP after: %q", got)
+		}
+	})
+	t.Run("BDAT far over the size", func(t *testing.T) {
+		t.Parallel()
+		e := startEnv(t, nil, func(o *Options) { o.MaxMessageSize = 1000 })
+		rc := e.raw(t, relayIP)
+		rc.cmd("EHLO client.test")
+		rc.cmd("MAIL FROM:<app@example.com>")
+		rc.cmd("RCPT TO:<a@example.net>")
+		rc.write("BDAT 999999999999 LAST\r\n")
+		if got := rc.reply(); !strings.HasPrefix(got, "552 5.3.4 ") {
+			t.Errorf("BDAT of 10^12 octets: %q", got)
+		}
+		if _, err := rc.r.ReadByte(); err == nil {
+			t.Error("session not closed")
+		}
+	})
 	t.Run("auth checks", func(t *testing.T) {
 		t.Parallel()
 		e := startEnv(t, nil, func(o *Options) { o.MaxAuthChecks = 1 })
@@ -574,5 +656,33 @@ func TestLargeBodyStreams(t *testing.T) {
 	}
 	if m.Size != int64(len(body)) || m.Binding != "ip1" {
 		t.Errorf("size %d (body %d), binding %q", m.Size, len(body), m.Binding)
+	}
+}
+
+// TestBDATSizeWithoutFinalCRLF: a BDAT body of exactly max_message_size
+// whose last line has no CRLF is accepted (the CRLF mtad adds is not the
+// client's), one octet more is not.
+func TestBDATSizeWithoutFinalCRLF(t *testing.T) {
+	t.Parallel()
+	const size = 2048
+	e := startEnv(t, nil, func(o *Options) { o.MaxMessageSize = size })
+	rc := e.raw(t, relayIP)
+	rc.cmd("EHLO client.test")
+	body := "Subject: s\r\n\r\n" + strings.Repeat("z", 70) + "\r\n"
+	for len(body)+72 < size {
+		body += strings.Repeat("z", 70) + "\r\n"
+	}
+	body += strings.Repeat("z", size-len(body)) // no CRLF at the end
+	for _, tt := range []struct{ body, want string }{
+		{body, "250 2.0.0 Ok: queued as "},
+		{body + "z", "552 5.3.4 "},
+	} {
+		rc.cmd("MAIL FROM:<app@example.com>")
+		rc.cmd("RCPT TO:<a@example.net>")
+		rc.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(tt.body), tt.body))
+		if got := rc.reply(); !strings.HasPrefix(got, tt.want) {
+			t.Errorf("BDAT of %d octets: %q, want %q...", len(tt.body), got, tt.want)
+		}
+		rc.cmd("RSET")
 	}
 }

@@ -476,6 +476,17 @@ func TestSpoolFailure(t *testing.T) {
 // idle sessions, and returns when all is done.
 func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
+	// With "QUIT" the client sends its next command in the same write as
+	// the end of data: the 250 must still go out before the close.
+	for _, next := range []string{"", "QUIT\r\n"} {
+		t.Run(fmt.Sprintf("next=%q", next), func(t *testing.T) {
+			t.Parallel()
+			testShutdownDrains(t, next)
+		})
+	}
+}
+
+func testShutdownDrains(t *testing.T, next string) {
 	e := startEnv(t, nil)
 	busy := e.raw(t, relayIP)
 	busy.cmd("EHLO client.test")
@@ -497,7 +508,7 @@ func TestShutdownDrains(t *testing.T) {
 		t.Errorf("idle session: read %q, %v; want EOF", b, err)
 	}
 	// The transaction completes and is acknowledged.
-	busy.write("second half\r\n.\r\n")
+	busy.write("second half\r\n.\r\n" + next)
 	got := busy.reply()
 	id, ok := strings.CutPrefix(got, "250 2.0.0 Ok: queued as ")
 	if !ok {

@@ -23,6 +23,12 @@ func rep(code int, a, b, c int, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: msg}
 }
 
+// Replies to ESMTP usage after HELO, where no extension was offered.
+var (
+	errParamsAfterHelo = rep(555, 5, 5, 4, "Parameters not recognized: no extensions after HELO")
+	errBdatAfterHelo   = rep(503, 5, 5, 1, "BDAT not offered after HELO")
+)
+
 // The replies this package gives. Each one of 400 or more is also a
 // "rejected" record.
 var (
@@ -132,6 +138,11 @@ func (c *conn) serve() {
 	}
 	for {
 		if s.draining.Load() && !c.inTxn.Load() {
+			// Replies still queued (the 250 of a transaction that ended
+			// in the same read as a following command) go out first:
+			// the message is stored, and a client that missed its 250
+			// would send it again.
+			c.flush()
 			return
 		}
 		line, tooLong, err := c.readLine(maxAuthLine, s.opts.ReadTimeout)
@@ -152,6 +163,54 @@ func (c *conn) serve() {
 			return
 		}
 	}
+}
+
+// txnGrace is how far past max_session_time a transaction in progress may
+// go on, so that a message is not cut off at the limit, while a client
+// cannot hold a session open by never ending one.
+const txnGrace = 5 * time.Minute
+
+// withinLimits checks the per-session limits before a command (an
+// over-long or unknown one included, so junk cannot keep a session
+// alive). Between transactions they apply as set; inside one, the time
+// limit gets txnGrace more and the command limit twice the count. Past a
+// limit the session is answered 421 4.7.0 and ends.
+func (c *conn) withinLimits(line []byte) bool {
+	o := &c.srv.opts
+	inTxn := c.inTxn.Load()
+	verb := commandVerb(line)
+	if lim := o.MaxSessionTime; lim > 0 {
+		if inTxn {
+			lim += txnGrace
+		}
+		if time.Since(time.Unix(0, c.start.Load())) > lim {
+			c.fail(verb, errSessionTime)
+			return false
+		}
+	}
+	if lim := o.MaxCommands; lim > 0 {
+		if inTxn {
+			lim *= 2
+		}
+		if c.sess.cmds > lim {
+			c.fail(verb, errSessionCmds)
+			return false
+		}
+	}
+	return true
+}
+
+// commandVerb is the upper-cased verb of a command line, cut to a
+// length fit for a log record.
+func commandVerb(line []byte) string {
+	v := line
+	if i := bytes.IndexByte(v, ' '); i >= 0 {
+		v = v[:i]
+	}
+	if len(v) > 16 {
+		v = v[:16]
+	}
+	return strings.ToUpper(string(v))
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
@@ -200,9 +259,11 @@ func enhancedString(c smtp.EnhancedCode) string {
 
 // command runs one command line; false ends the session.
 func (c *conn) command(line []byte, tooLong bool) bool {
-	s := c.srv
 	ss := &c.sess
 	ss.cmds++
+	if !c.withinLimits(line) {
+		return false
+	}
 	if tooLong {
 		c.fail("", errLineTooLong)
 		return true
@@ -226,18 +287,6 @@ func (c *conn) command(line []byte, tooLong bool) bool {
 	case limit > maxCmdLine:
 		c.fail(verb, errLineTooLong)
 		return true
-	}
-	// Per-session limits end a session between transactions, so no
-	// message is cut off; a transaction gets twice the commands at most.
-	if !c.inTxn.Load() || (s.opts.MaxCommands > 0 && ss.cmds > 2*s.opts.MaxCommands) {
-		if s.opts.MaxSessionTime > 0 && time.Since(c.start) > s.opts.MaxSessionTime {
-			c.fail(verb, errSessionTime)
-			return false
-		}
-		if s.opts.MaxCommands > 0 && ss.cmds > s.opts.MaxCommands {
-			c.fail(verb, errSessionCmds)
-			return false
-		}
 	}
 	switch verb {
 	case "EHLO", "HELO":
@@ -396,6 +445,10 @@ func (c *conn) mail(arg string) {
 		c.fail("MAIL", errMailSyntax)
 		return
 	}
+	if !ss.esmtp && strings.TrimSpace(params) != "" {
+		c.fail("MAIL", errParamsAfterHelo)
+		return
+	}
 	mp, e := parseMailParams(params)
 	if e != nil {
 		c.fail("MAIL", e)
@@ -454,6 +507,10 @@ func (c *conn) rcpt(arg string) {
 	canon, e := checkAddress(to, ss.mp.utf8, recipientAddr)
 	if e != nil {
 		c.fail("RCPT", e)
+		return
+	}
+	if !ss.esmtp && strings.TrimSpace(params) != "" {
+		c.fail("RCPT", errParamsAfterHelo)
 		return
 	}
 	rp, e := parseRcptParams(params, ss.mp.utf8)
@@ -529,6 +586,7 @@ func (c *conn) data(arg string) bool {
 		}
 		n, done := sc.scan(c.buf[c.r:c.w], mw)
 		c.r += n
+		mw.checkSize(sc.in)
 		if done {
 			break
 		}
@@ -554,8 +612,17 @@ func (c *conn) bdatCmd(arg string) bool {
 		return false
 	}
 	last := len(f) == 2
+	if over := c.srv.opts.MaxMessageSize; size > 2*over {
+		// Discarding a chunk this far past the limit would let a client
+		// hold the session as long as it likes; its octets cannot be
+		// skipped without reading them, so the session ends.
+		c.fail("BDAT", errTooBig)
+		return false
+	}
 	var refusal *smtp.SMTPError
 	switch {
+	case !ss.esmtp:
+		refusal = errBdatAfterHelo
 	case !ss.hasFrom:
 		refusal = errNoMail
 	case len(ss.rcpts) == 0:
@@ -583,6 +650,7 @@ func (c *conn) bdatCmd(arg string) bool {
 		k := int(min(int64(c.buffered()), size))
 		if refusal == nil {
 			mw.sc.scan(c.buf[c.r:c.r+k], sink)
+			mw.checkSize(mw.sc.in)
 		}
 		c.r += k
 		size -= int64(k)
@@ -882,12 +950,14 @@ func (c *conn) authenticate(identity, user, password string) error {
 	}
 	ok := s.checkPassword(identity, user, password)
 	<-s.authSlots
+	// Failures are counted per client as the session limits count them
+	// (an IPv6 /64), so rotating addresses does not reset the delay.
 	if ok {
-		s.fails.success(c.ip)
+		s.fails.success(c.key.Addr())
 		c.sess.authUser = user
 		return nil
 	}
-	if d := s.fails.fail(c.ip); d > 0 {
+	if d := s.fails.fail(c.key.Addr()); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:

@@ -458,3 +458,40 @@ func TestAppendReceived(t *testing.T) {
 		})
 	}
 }
+
+// TestORCPTUTF8: an ORCPT of type utf-8 (RFC 6533) is decoded from its
+// "\x{HEX}" escapes, takes raw UTF-8 only in an SMTPUTF8 transaction, and
+// is stored as "utf-8;address"; rfc822 keeps xtext.
+func TestORCPTUTF8(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		param string
+		utf8  bool
+		want  string // "" = refused
+	}{
+		{`ORCPT=utf-8;u\x{E9}@example.net`, false, "utf-8;u\u00e9@example.net"},
+		{`ORCPT=UTF-8;u\x{1F600}@example.net`, false, "utf-8;u\U0001F600@example.net"},
+		{"ORCPT=utf-8;u\u00e9@example.net", true, "utf-8;u\u00e9@example.net"},
+		{"ORCPT=utf-8;u\u00e9@example.net", false, ""},
+		{`ORCPT=utf-8;a\x{2B}b@example.net`, false, "utf-8;a+b@example.net"},
+		{`ORCPT=utf-8;a+b@example.net`, false, ""},
+		{`ORCPT=utf-8;a\x{}@example.net`, false, ""},
+		{`ORCPT=utf-8;a\x{D800}@example.net`, false, ""},
+		{`ORCPT=utf-8;a\y@example.net`, false, ""},
+		{"ORCPT=rfc822;a+2Bb@example.net", false, "rfc822;a+b@example.net"},
+		// No control character, which would end up in a DSN's fields.
+		{`ORCPT=utf-8;a\x{A}b@example.net`, true, ""},
+		{"ORCPT=rfc822;a+0D+0Ab@example.net", true, ""},
+	}
+	for _, tt := range tests {
+		rp, e := parseRcptParams(tt.param, tt.utf8)
+		switch {
+		case tt.want == "" && e == nil:
+			t.Errorf("%q (utf8 %v): accepted as %q, want 501", tt.param, tt.utf8, rp.orcpt)
+		case tt.want == "" && e.Code != 501:
+			t.Errorf("%q: %v, want 501", tt.param, e)
+		case tt.want != "" && (e != nil || rp.orcpt != tt.want):
+			t.Errorf("%q (utf8 %v): %q, %v; want %q", tt.param, tt.utf8, rp.orcpt, e, tt.want)
+		}
+	}
+}
