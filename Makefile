@@ -42,7 +42,7 @@ test-short:
 # when missing), then the Go micro-benchmarks.
 bench: build
 	bash bench/run.sh full
-	$(GO) test -run '^$$' -bench 'Put5KB|Inject5KB|ReadBody|Send|EndToEnd' -timeout 30m ./internal/spool ./internal/inject ./internal/smtpclient ./internal/scheduler
+	$(GO) test -run '^$$' -bench 'Put5KB|Inject5KB|Inject100KB|DataScan100KB|Scan100KB|Rewrite|Send|EndToEnd' -timeout 30m ./internal/spool ./internal/inject ./internal/conform ./internal/smtpclient ./internal/scheduler
 
 bench-quick: build
 	bash bench/run.sh quick

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -808,5 +809,55 @@ func TestEightBitPassedOn(t *testing.T) {
 		if m.Body != want {
 			t.Errorf("%s: BODY=%q, want %q", m.To[0], m.Body, want)
 		}
+	}
+}
+
+// TestWaitingPairGetsTheNextSlot: at the cap, a pair the default
+// maintenance action could not open for (hooks.DefaultMaintain calls Wait)
+// gets the slot the next ending session frees, rather than leaving it to
+// whichever pair's mail comes next. Without Wait such a pair waited, in
+// the W1H benchmark at the cap, up to 30 s while busier pairs took every
+// slot that freed.
+func TestWaitingPairGetsTheNextSlot(t *testing.T) {
+	t.Parallel()
+	// busy.test's first RCPT waits until wait.test is waiting, so that its
+	// session cannot end first.
+	waiting := make(chan struct{})
+	_, port := loopbacktest.StartSinks(t, []string{ip(23, 10), ip(23, 11)}, func(i int) loopbacktest.Config {
+		if i == 1 {
+			return loopbacktest.Config{}
+		}
+		return loopbacktest.Config{Rcpt: func(string) error { <-waiting; return nil }}
+	})
+	var h *harness
+	h = newHarness(t, port, nil, nil, func(o *Options) {
+		o.MaxConnections = 1
+		o.IdleTimeout = waitLimit
+		o.Policy = func(string) Policy { return Policy{MaxDeliveriesPerConnection: 3} }
+		o.OnSlotFree = func(pair *queue.Pair) { h.pool.Open(pair.Domain(), pair.Slot(), 1) }
+	})
+	h.dns.Add(t, "busy.test. 60 IN MX 10 mx.busy.test.", "mx.busy.test. 60 IN A "+ip(23, 10))
+	h.dns.Add(t, "wait.test. 60 IN MX 10 mx.wait.test.", "mx.wait.test. 60 IN A "+ip(23, 11))
+	for i := 0; i < 6; i++ {
+		h.push("busy.test", 0, fmt.Sprintf("r%d@busy.test", i))
+	}
+	busy, wait := h.q.Domain("busy.test"), h.q.Domain("wait.test")
+	if n := h.pool.Open(busy, 0, 1); n != 1 {
+		t.Fatalf("opened %d busy sessions, want 1", n)
+	}
+	h.push("wait.test", 0, "x@wait.test")
+	h.pool.Wait(wait, 0, 1) // what DefaultMaintain does with no room
+	close(waiting)
+	// busy.test's session ends after 3 deliveries; the slot goes to
+	// wait.test (busy.test's other 3 stay queued: no scheduler here
+	// reopens for it).
+	var order []string
+	for range 4 {
+		r := h.result()
+		delivered(t, r)
+		order = append(order, r.d.Domain)
+	}
+	if want := []string{"busy.test", "busy.test", "busy.test", "wait.test"}; !slices.Equal(order, want) {
+		t.Errorf("delivery order %v, want %v", order, want)
 	}
 }

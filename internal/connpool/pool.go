@@ -322,6 +322,17 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 	return opened
 }
 
+// Wait is hooks.Opener's: the default maintenance action found no room
+// under max − reserve for the pair's n more connections. The pair is
+// remembered as starved, as when Open is refused at the hard cap, so a
+// freed slot comes to it (and a pair with a connection opens no second
+// one while it has none), and sessions idling elsewhere are told to quit.
+func (p *Pool) Wait(dr *queue.DomainRecord, slot int, n int) {
+	if n > 0 {
+		p.reclaim(dr.Pair(slot), n)
+	}
+}
+
 // reclaim is called when pair wants k more connections and the global cap
 // is reached: up to k sessions idling on other pairs are told to quit, and
 // pair is remembered as starved so the slots they free come to it. Without

@@ -294,11 +294,17 @@ type Opener interface {
 	Total() int
 	// Max is the global cap on Total.
 	Max() int
+	// Wait records that the pair wants n more connections and found no
+	// room under the default's budget: the next slot that frees goes to
+	// a pair waiting so (first to one without any connection), and
+	// sessions idling on other pairs give theirs up.
+	Wait(dr *queue.DomainRecord, slot int, n int)
 }
 
 // DefaultMaintain returns Momentum's default maintenance action: open goalsz
 // connections for the pair, but never so many that Total would pass
-// Max − reserve. It returns how many it opened, 0 when none.
+// Max − reserve. It returns how many it opened, 0 when none; when it can
+// open none of a positive goal, it tells the Opener the pair waits.
 //
 // The reserve is for hooks: a hook that wants to spend it calls the Opener
 // itself — Open is bound by Max, not Max − reserve — and returns the number
@@ -310,6 +316,13 @@ func DefaultMaintain(o Opener) MaintainFunc {
 	return func(dr *queue.DomainRecord, slot int, sl *queue.Pair, now time.Time, goalsz int, reserve int) int {
 		n := min(goalsz, o.Max()-reserve-o.Total())
 		if n <= 0 {
+			if goalsz > 0 {
+				// At the budget: without saying so, the pair would
+				// compete for the next free slot with every pair that
+				// gets mail meanwhile, and lose to busier ones for as
+				// long as their sessions last.
+				o.Wait(dr, slot, goalsz)
+			}
 			return 0
 		}
 		return o.Open(dr, slot, n)

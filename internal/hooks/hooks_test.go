@@ -151,6 +151,13 @@ type opener struct {
 	total  int
 	max    int
 	opened []int // n passed to each Open
+	waited []int // n passed to each Wait
+}
+
+func (o *opener) Wait(dr *queue.DomainRecord, slot int, n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.waited = append(o.waited, n)
 }
 
 func (o *opener) Open(dr *queue.DomainRecord, slot int, n int) int {
@@ -196,6 +203,10 @@ func TestDefaultMaintainRespectsReserve(t *testing.T) {
 			}
 			if tt.want == 0 && len(o.opened) != 0 {
 				t.Fatalf("Open called with nothing to open: %v", o.opened)
+			}
+			// A goal it could not open any of is a pair waiting for a slot.
+			if wantWait := tt.goal > 0 && tt.want == 0; wantWait != (len(o.waited) == 1) || wantWait && o.waited[0] != tt.goal {
+				t.Fatalf("Wait calls %v with goal %d and %d opened", o.waited, tt.goal, tt.want)
 			}
 		})
 	}
