@@ -47,9 +47,9 @@
 #   BENCH_WORKLOADS="W1 W2 W3 W1H"      workloads of full mode to run
 #   BENCH_RATE=msgs/s                   pace every workload of the run (W1H excepted) at
 #                                       this total injection rate (default empty: unpaced)
-#   BENCH_HALF_RATE=950                 W1H's rate in msgs/s: set it to half of the W1
-#                                       inj/s mtad reaches on the machine (950 is half of
-#                                       the ~1,900 msgs/s of the 2-CPU machine of BENCHMARKS.md)
+#   BENCH_HALF_RATE=1230                W1H's rate in msgs/s: set it to half of the W1
+#                                       inj/s mtad reaches on the machine (1230 is half of
+#                                       the ~2,460 msgs/s of the 2-CPU machine of BENCHMARKS.md)
 #   BENCH_LEG_TIMEOUT=seconds           deadline of one leg's injection, and then of its delivery
 #                                       (180 quick, 300 full)
 #   BENCH_STALL=seconds                 give up when delivery makes no progress this long
@@ -81,7 +81,7 @@ esac
 STALL=${BENCH_STALL:-60}
 MTAD=${BENCH_MTAD:-$ROOT/bin/mtad}
 RATE=${BENCH_RATE:-}            # empty: unpaced
-HALF_RATE=${BENCH_HALF_RATE:-950} # W1H
+HALF_RATE=${BENCH_HALF_RATE:-1230} # W1H
 PACE_MAX_CHUNK=10
 for v in RATE HALF_RATE; do
 	[[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || {
