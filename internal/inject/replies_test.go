@@ -686,3 +686,18 @@ func TestBDATSizeWithoutFinalCRLF(t *testing.T) {
 		rc.cmd("RSET")
 	}
 }
+
+// TestJunkVerbLogged: the rejected record of an unknown or over-long line
+// names at most 16 octets of its verb.
+func TestJunkVerbLogged(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	rc := e.raw(t, relayIP)
+	rc.cmd("EHLO client.test")
+	if got := rc.cmd(strings.Repeat("x", 600)); got != "500 5.5.2 Line too long" {
+		t.Errorf("reply %q", got)
+	}
+	if r := e.records("rejected", map[string]any{"command": strings.Repeat("X", 16)}); len(r) != 1 {
+		t.Errorf("rejected records: %v", e.records("rejected", nil))
+	}
+}

@@ -272,7 +272,9 @@ func (c *conn) command(line []byte, tooLong bool) bool {
 	if verbEnd < 0 {
 		verbEnd = len(line)
 	}
-	verb := strings.ToUpper(string(line[:verbEnd]))
+	// Cut as in the log records: no verb is longer, and a junk line must
+	// not become a 500-octet "command" field.
+	verb := commandVerb(line)
 	arg := ""
 	if verbEnd < len(line) {
 		arg = string(line[verbEnd+1:])
