@@ -90,6 +90,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		el := time.Since(start)
 		b.StopTimer()
 		b.ReportMetric(float64(msgs)/el.Seconds(), "msgs/s")
+		b.ReportMetric(float64(h.connects.Load()), "connections")
 		h.close()
 		b.StartTimer()
 	}
