@@ -69,8 +69,8 @@ type streamBuf struct {
 // dotWriter writes SMTP DATA content as it comes, in any pieces: lines
 // that start with "." get a second one (RFC 5321 §4.5.2), bare CR and bare
 // LF become CRLF, and close adds a final CRLF when needed and the end of
-// data line. Its output for a body split anywhere equals writeBody's for
-// the body whole (FuzzStreamBody checks it).
+// data line. Its output for a body split anywhere equals its output for
+// the body whole (FuzzStreamBody checks it), which writeBody gives.
 //
 // Runs of bytes that need no change are written straight from the
 // caller's slice. Write errors are sticky in the bufio.Writer; the caller's
