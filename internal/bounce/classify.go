@@ -226,6 +226,8 @@ func classifyLocal(e *outcome.Error) Class {
 		return AdminFailure // our sender, refused by our own checks
 	case enh == enhTooBig:
 		return TooLarge // over the SIZE the receiver announced
+	case e.Phase == "" && enh == enhBadDom:
+		return DNSFailure // recovered from the spool, phase lost: most often an NXDOMAIN
 	case enh[0] == 5 && enh[1] == 1:
 		return InvalidRecipient
 	case enh[0] == 5:

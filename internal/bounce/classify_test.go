@@ -141,6 +141,7 @@ func TestLocal(t *testing.T) {
 		{"bad rcpt syntax", outcome.Perm(outcome.PhaseRcpt, smtp.EnhancedCode{5, 1, 3}, "invalid recipient address"), InvalidRecipient},
 		{"bad sender", outcome.Perm(outcome.PhaseMail, smtp.EnhancedCode{5, 1, 7}, "invalid sender address"), AdminFailure},
 		{"recovered, nothing known", &outcome.Error{Message: "something", Temporary: true}, Undetermined},
+		{"recovered nxdomain", &outcome.Error{Enhanced: smtp.EnhancedCode{5, 1, 2}, Message: "no such domain"}, DNSFailure},
 	}
 	c := Default()
 	for _, tt := range tests {

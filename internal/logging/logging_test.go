@@ -95,23 +95,24 @@ func TestRecordsAsJSON(t *testing.T) {
 		}},
 		{"deferred", Deferred(Delivery{
 			QueueID: "01JQ", Recipient: "a@y.org", Domain: "y.org", Binding: "mta1", Phase: "connect",
-			Response: "connection refused", Attempt: 2, Delay: time.Minute, NextAttempt: received,
+			Response: "connection refused", Attempt: 2, Delay: time.Minute, NextAttempt: received, BounceClass: 70,
 		}).Log, map[string]any{
 			"event": "deferred", "queue_id": "01JQ", "recipient": "a@y.org", "domain": "y.org", "binding": "mta1",
 			"mx": "", "remote_ip": "", "phase": "connect", "code": 0.0, "enhanced_code": "",
 			"response": "connection refused", "attempt": 2.0, "delay": 60.0, "next_attempt": "2026-03-04T05:06:07.000Z",
+			"bounce_class": 70.0,
 		}},
-		{"bounced", Bounced(Delivery{QueueID: "q", Recipient: "r@d", Domain: "d", Code: 550, Enhanced: "5.1.1", Response: "no such user", Attempt: 1}).Log,
+		{"bounced", Bounced(Delivery{QueueID: "q", Recipient: "r@d", Domain: "d", Code: 550, Enhanced: "5.1.1", Response: "no such user", Attempt: 1, BounceClass: 10}).Log,
 			map[string]any{
 				"event": "bounced", "queue_id": "q", "recipient": "r@d", "domain": "d", "binding": "", "mx": "",
 				"remote_ip": "", "phase": "", "code": 550.0, "enhanced_code": "5.1.1", "response": "no such user",
-				"attempt": 1.0, "delay": 0.0,
+				"attempt": 1.0, "delay": 0.0, "bounce_class": 10.0,
 			}},
-		{"expired", Expired(Delivery{QueueID: "q", Recipient: "r@d", Domain: "d", Attempt: 9, Delay: 120 * time.Hour}).Log,
+		{"expired", Expired(Delivery{QueueID: "q", Recipient: "r@d", Domain: "d", Attempt: 9, Delay: 120 * time.Hour, BounceClass: 24}).Log,
 			map[string]any{
 				"event": "expired", "queue_id": "q", "recipient": "r@d", "domain": "d", "binding": "", "mx": "",
 				"remote_ip": "", "phase": "", "code": 0.0, "enhanced_code": "", "response": "", "attempt": 9.0,
-				"delay": 432000.0,
+				"delay": 432000.0, "bounce_class": 24.0,
 			}},
 		{"cancelled", Cancelled(Delivery{QueueID: "q", Recipient: "r@d", Domain: "d"}).Log,
 			map[string]any{
@@ -163,7 +164,7 @@ func TestNoReflectionFields(t *testing.T) {
 	all := [][]zap.Field{
 		Received{Recipients: []string{"a"}}.Fields(),
 		Rejected{}.Fields(),
-		Deferred(Delivery{NextAttempt: time.Now()}).Fields(),
+		Deferred(Delivery{NextAttempt: time.Now(), BounceClass: 70}).Fields(),
 		Connection{}.Fields(),
 		SpoolRecovered{}.Fields(),
 	}

@@ -109,6 +109,10 @@ type Delivery struct {
 	// NextAttempt is when a deferred recipient is tried again; logged only
 	// when non-zero.
 	NextAttempt time.Time
+	// BounceClass is the failure's bounce class (internal/bounce: 10
+	// invalid recipient, 51 spam block, ...) on deferred, bounced and
+	// expired records; logged only when non-zero.
+	BounceClass int
 }
 
 // Delivered returns d as a "delivered" record.
@@ -128,7 +132,7 @@ func Cancelled(d Delivery) Delivery { d.Event = EventCancelled; return d }
 
 // Fields returns the record's fields, "event" first.
 func (d Delivery) Fields() []zap.Field {
-	f := make([]zap.Field, 0, 15)
+	f := make([]zap.Field, 0, 16)
 	f = append(f,
 		zap.String("event", string(d.Event)),
 		zap.String("queue_id", d.QueueID),
@@ -146,6 +150,9 @@ func (d Delivery) Fields() []zap.Field {
 	)
 	if !d.NextAttempt.IsZero() {
 		f = append(f, zap.Time("next_attempt", d.NextAttempt))
+	}
+	if d.BounceClass != 0 {
+		f = append(f, zap.Int("bounce_class", d.BounceClass))
 	}
 	return f
 }

@@ -20,10 +20,12 @@ import (
 	"fmt"
 	"io"
 	"mime/quotedprintable"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -90,6 +92,7 @@ type report struct {
 	Text     string // last reply text or local reason
 	MX       string // remote MTA of the last attempt, "" when none answered
 	At       time.Time
+	Class    bounce.Class // the failure's bounce class; 0 = none (relayed)
 }
 
 // failure is a report of a failed recipient; the name predates delay and
@@ -340,6 +343,12 @@ func (d *dsn) write(dst io.Writer) error {
 			field("Diagnostic-Code", "smtp; "+r.diagnostic(global))
 		} else if r.Text != "" {
 			field("Diagnostic-Code", "X-mtad; "+capString(txt(r.Text), maxReplyText))
+		}
+		// An extension field (RFC 3464 2.4: X- names are free for local
+		// use), so that a sender's bounce processing can read the class
+		// mtad gave without parsing the diagnostic itself.
+		if r.Class != 0 && r.Action != actRelayed {
+			field("X-Mtad-Bounce-Class", strconv.Itoa(int(r.Class))+" ("+r.Class.String()+")")
 		}
 		if !r.At.IsZero() {
 			field("Last-Attempt-Date", r.At.Format(time.RFC1123Z))

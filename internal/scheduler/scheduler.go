@@ -9,7 +9,10 @@
 // finished message for its failed recipients, a "relayed" report for a
 // recipient that asked for SUCCESS when the receiver could not take the
 // request further, and one "delayed" report per recipient that asked for
-// DELAY once the message is older than Options.DelayWarning.
+// DELAY once the message is older than Options.DelayWarning. Every
+// deferred, bounced and expired recipient gets a bounce class
+// (internal/bounce) in its log record, its DSN and the
+// mtad_bounce_class_total metric.
 //
 // # Design
 //
@@ -45,14 +48,18 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
@@ -122,6 +129,14 @@ type Options struct {
 	// math/rand/v2's.
 	Rand func() float64
 
+	// Bounce classifies every deferred, bounced and expired recipient for
+	// its log record, its DSN and the metrics; nil is bounce.Default().
+	// SetBounceClassifier replaces it (a reload).
+	Bounce *bounce.Classifier
+	// Metrics registers mtad_bounce_class_total{class,event}; nil counts
+	// nothing.
+	Metrics prometheus.Registerer
+
 	Clock  Clock       // nil is the system clock
 	Logger *zap.Logger // delivery log; nil discards
 }
@@ -136,6 +151,9 @@ type Scheduler struct {
 	log   *zap.Logger
 
 	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
+
+	classifier atomic.Pointer[bounce.Classifier] // swapped whole by a reload
+	classes    *prometheus.CounterVec            // nil without Options.Metrics
 
 	in *intake // injection's hand-off (intake.go)
 
@@ -238,6 +256,16 @@ func New(opts Options) (*Scheduler, error) {
 	if po.Logger == nil {
 		po.Logger = opts.Logger
 	}
+	if opts.Bounce == nil {
+		opts.Bounce = bounce.Default()
+	}
+	s.classifier.Store(opts.Bounce)
+	if opts.Metrics != nil {
+		var err error
+		if s.classes, err = registerClasses(opts.Metrics); err != nil {
+			return nil, fmt.Errorf("scheduler: %w", err)
+		}
+	}
 	pool, err := connpool.New(po)
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
@@ -245,6 +273,33 @@ func New(opts Options) (*Scheduler, error) {
 	s.pool = pool
 	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(pool))
 	return s, nil
+}
+
+// registerClasses registers the bounce class counter on m, or returns the
+// one already there (a second scheduler on one registry, as in tests).
+func registerClasses(m prometheus.Registerer) (*prometheus.CounterVec, error) {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mtad_bounce_class_total",
+		Help: "Deferred, bounced and expired recipients by bounce class (Momentum's numbering: 10 invalid recipient, 21 DNS failure, 22 mailbox full, 51 spam block, 70 transient failure, ...).",
+	}, []string{"class", "event"})
+	err := m.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+			return existing, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registering the bounce class metric: %w", err)
+	}
+	return c, nil
+}
+
+// SetBounceClassifier replaces the classifier for the outcomes settled
+// from now on (a reload of delivery.bounce_classes_file); nil is ignored.
+func (s *Scheduler) SetBounceClassifier(c *bounce.Classifier) {
+	if c != nil {
+		s.classifier.Store(c)
+	}
 }
 
 // Pool returns the connection pool, for metrics and for hooks that open
@@ -325,8 +380,16 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 	for i, r := range m.Recipients {
 		switch r.State {
 		case spool.Bounced, spool.Expired:
+			// The spool keeps no phase: a failure without a code is
+			// classified by its enhanced code alone.
+			last := &outcome.Error{Code: r.LastCode, Enhanced: parseEnhanced(r.LastEnh), Message: r.LastText,
+				Temporary: r.LastCode/100 == 4}
+			class := s.classifier.Load().Classify(last)
+			if r.State == spool.Expired {
+				class = s.classifier.Load().ClassifyExpired(last)
+			}
 			st.failed = append(st.failed, failure{Addr: r.Addr, Expired: r.State == spool.Expired,
-				Code: r.LastCode, Enhanced: r.LastEnh, Text: r.LastText, MX: r.LastMX, At: r.UpdatedAt})
+				Code: r.LastCode, Enhanced: r.LastEnh, Text: r.LastText, MX: r.LastMX, At: r.UpdatedAt, Class: class})
 			continue
 		case spool.Pending:
 		default:
@@ -654,6 +717,8 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	}
 
 	verdicts := make([]verdict, len(d.Rcpts))
+	classes := make([]bounce.Class, len(d.Rcpts))
+	classifier := s.classifier.Load()
 	updates := make(map[int]spool.Recipient, len(d.Rcpts))
 	var deferred []queue.Rcpt
 	var reports []report // relayed and delayed reports owed now
@@ -689,6 +754,11 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 				}
 			}
 			rec.LastCode, rec.LastEnh, rec.LastText = last.Code, outcome.EnhancedString(last.Enhanced), capString(errText(last), maxReplyText)
+			if verdicts[i] == vExpired {
+				classes[i] = classifier.ClassifyExpired(last)
+			} else {
+				classes[i] = classifier.Classify(e)
+			}
 		}
 		delayDue := false
 		if verdicts[i] == vDeferred && r.Notify&uint8(spool.NotifyDelay) != 0 && s.opts.DelayWarning > 0 {
@@ -698,7 +768,7 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		if a, ok := dsnAction(verdicts[i], spool.Notify(r.Notify), at.DSN, delayDue); ok {
 			rep := report{Addr: r.Addr, ORcpt: r.ORcpt, Notify: spool.Notify(r.Notify), Action: a,
 				Expired: verdicts[i] == vExpired, Code: rec.LastCode, Enhanced: rec.LastEnh,
-				Text: rec.LastText, MX: rec.LastMX, At: now}
+				Text: rec.LastText, MX: rec.LastMX, At: now, Class: classes[i]}
 			if a == actFailed {
 				st.failed = append(st.failed, rep)
 			} else {
@@ -777,20 +847,32 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		if e := v[i]; e != nil {
 			lr.Phase = string(e.Phase)
 		}
+		lr.BounceClass = int(classes[i])
 		switch verdicts[i] {
 		case vDelivered:
 			logging.Delivered(lr).Log(s.log)
 		case vDeferred:
 			lr.NextAttempt = next
-			logging.Deferred(lr).Log(s.log)
+			lr = logging.Deferred(lr)
 		case vBounced:
-			logging.Bounced(lr).Log(s.log)
+			lr = logging.Bounced(lr)
 		case vExpired:
-			logging.Expired(lr).Log(s.log)
+			lr = logging.Expired(lr)
+		}
+		if verdicts[i] != vDelivered {
+			lr.Log(s.log)
+			s.countClass(classes[i], lr.Event)
 		}
 	}
 
 	s.submitDSN(dsnMsg)
+}
+
+// countClass counts one deferred, bounced or expired recipient by class.
+func (s *Scheduler) countClass(c bounce.Class, ev logging.Event) {
+	if s.classes != nil {
+		s.classes.WithLabelValues(strconv.Itoa(int(c)), string(ev)).Inc()
+	}
 }
 
 // errText is the reply text, or the local error's text when there was no
