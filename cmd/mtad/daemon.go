@@ -20,6 +20,7 @@ import (
 
 	"github.com/mtad/mtad/internal/admin"
 	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
@@ -45,6 +46,7 @@ type statics struct {
 	resolver  *mx.Resolver
 	metrics   *prometheus.Registry
 	pluginCfg map[string]map[string]any
+	bounce    *bounce.Classifier
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -101,6 +103,10 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)
+	}
+
+	if st.bounce, err = bounce.Load(cfg.Delivery.BounceClassesFile); err != nil {
+		return nil, fmt.Errorf("config: delivery.bounce_classes_file: %w", err)
 	}
 
 	st.pluginCfg = make(map[string]map[string]any, len(cfg.Hooks.Settings))
@@ -226,6 +232,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		MaxAge:           d.MaxAge,
 		DelayWarning:     d.DelayWarning,
 		Reserve:          d.Reserve,
+		Bounce:           st.bounce,
+		Metrics:          st.metrics,
 		Logger:           log,
 	})
 	if err != nil {
@@ -322,7 +330,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, &cur, log)
+			reload(cfgPath, &cur, sched.SetBounceClassifier, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
@@ -345,16 +353,19 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 }
 
 // reload re-reads the config on SIGHUP. A bad file is logged and the running
-// config kept. Per-domain policy takes effect at once; keys that shape what
-// is already built (listeners, spool, bindings, DNS) are reported as needing
-// a restart rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], log *zap.Logger) {
+// config kept. Per-domain policy and the bounce classification rules (the
+// file named by delivery.bounce_classes_file, re-read even when the name is
+// unchanged) take effect at once; keys that shape what is already built
+// (listeners, spool, bindings, DNS) are reported as needing a restart
+// rather than half-applied.
+func reload(path string, cur *atomic.Pointer[config.Config], setBounce func(*bounce.Classifier), log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
 		return
 	}
-	if err := checkConfig(next); err != nil {
+	st, err := buildStatics(next, zap.NewNop())
+	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
 		return
 	}
@@ -372,11 +383,16 @@ func reload(path string, cur *atomic.Pointer[config.Config], log *zap.Logger) {
 	if fmt.Sprint(old.Bindings, old.BindingGroups) != fmt.Sprint(next.Bindings, next.BindingGroups) {
 		restart = append(restart, "bindings")
 	}
-	if fmt.Sprint(old.DNS, old.Routes, old.Delivery, old.Hooks, old.Log, old.Admin, old.Hostname) !=
-		fmt.Sprint(next.DNS, next.Routes, next.Delivery, next.Hooks, next.Log, next.Admin, next.Hostname) {
+	od, nd := old.Delivery, next.Delivery
+	od.BounceClassesFile, nd.BounceClassesFile = "", "" // applied below
+	if fmt.Sprint(old.DNS, old.Routes, od, old.Hooks, old.Log, old.Admin, old.Hostname) !=
+		fmt.Sprint(next.DNS, next.Routes, nd, next.Hooks, next.Log, next.Admin, next.Hostname) {
 		restart = append(restart, "dns/routes/delivery/hooks/log/admin/hostname")
 	}
 	sort.Strings(restart)
 	cur.Store(next)
-	log.Info("configuration reloaded: domains policy applied", zap.Strings("changed_needing_restart", restart))
+	setBounce(st.bounce)
+	log.Info("configuration reloaded: domains policy and bounce classes applied",
+		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
+		zap.Strings("changed_needing_restart", restart))
 }

@@ -340,11 +340,11 @@ func compile(r Rule) (_ rule, key string, _ error) {
 		cr.hasEnh = true
 	}
 	if r.Text != "" {
-		re, err := regexp.Compile("(?i)" + r.Text)
-		if err != nil {
+		// Checked as written, so that the error quotes the operator's text.
+		if _, err := regexp.Compile(r.Text); err != nil {
 			return cr, "text", err
 		}
-		cr.re = re
+		cr.re = regexp.MustCompile("(?i)" + r.Text)
 	}
 	return cr, "", nil
 }

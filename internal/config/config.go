@@ -223,8 +223,13 @@ type Delivery struct {
 	// Chunking sends a message with BDAT (RFC 3030) when the server offers
 	// CHUNKING and PIPELINING: MAIL, RCPT, BDAT and the body in one write,
 	// one round trip instead of DATA's two. false keeps to DATA.
-	Chunking bool     `mapstructure:"chunking"`
-	Timeouts Timeouts `mapstructure:"timeouts"`
+	Chunking bool `mapstructure:"chunking"`
+	// BounceClassesFile is a YAML file of bounce classification rules
+	// (internal/bounce; configs/bounce-classes.yaml is an example) tried
+	// before the built-in ones; "" = the built-in rules only. It is read
+	// and checked at start and again on SIGHUP.
+	BounceClassesFile string   `mapstructure:"bounce_classes_file"`
+	Timeouts          Timeouts `mapstructure:"timeouts"`
 }
 
 // Timeouts are the per-phase deadlines of an outbound SMTP session.
