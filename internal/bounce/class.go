@@ -41,8 +41,9 @@
 //
 // A transient reply that is a block ("421 4.7.0 [TSS04] ... temporarily
 // deferred") is class 70 Transient Failure: the receiver will take the mail
-// later, and class 51 is kept for a 5xx block, after which it will not. A
-// deferral is never classified 51, so counting 51 counts bounced mail.
+// later, and class 51 is kept for a 5xx block, after which it will not.
+// With the built-in rules a deferral is never 51, so the count of 51 is a
+// count of mail lost to blocks.
 //
 // It must never import another mtad package but outcome, keep state that
 // changes after New, or do I/O except reading a rules file in Load.

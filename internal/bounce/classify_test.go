@@ -320,3 +320,25 @@ func writeFile(t *testing.T, s string) string {
 	}
 	return p
 }
+
+// BenchmarkClassify: the cost per failed recipient of a reply that walks
+// most of the built-in rules (a spam block), and of a local failure.
+func BenchmarkClassify(b *testing.B) {
+	c := Default()
+	remote := reply(outcome.PhaseMail, 550, "5.7.606", "Access denied, banned sending IP [192.0.2.1].")
+	dns := outcome.Perm(outcome.PhaseDNS, smtp.EnhancedCode{5, 1, 2}, "no such domain")
+	b.Run("remote", func(b *testing.B) {
+		for b.Loop() {
+			if c.Classify(remote) != SpamBlock {
+				b.Fatal("misclassified")
+			}
+		}
+	})
+	b.Run("local", func(b *testing.B) {
+		for b.Loop() {
+			if c.Classify(dns) != DNSFailure {
+				b.Fatal("misclassified")
+			}
+		}
+	})
+}

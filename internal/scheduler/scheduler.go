@@ -754,9 +754,15 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 				}
 			}
 			rec.LastCode, rec.LastEnh, rec.LastText = last.Code, outcome.EnhancedString(last.Enhanced), capString(errText(last), maxReplyText)
-			if verdicts[i] == vExpired {
+			switch {
+			case i > 0 && v[i-1] == e && verdicts[i-1] == verdicts[i]:
+				// One reply for the whole transaction (a 421, a
+				// connection failure): classified once, as a rule
+				// walk over a long text costs tens of µs.
+				classes[i] = classes[i-1]
+			case verdicts[i] == vExpired:
 				classes[i] = classifier.ClassifyExpired(last)
-			} else {
+			default:
 				classes[i] = classifier.Classify(e)
 			}
 		}
