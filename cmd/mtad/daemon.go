@@ -20,7 +20,6 @@ import (
 
 	"github.com/mtad/mtad/internal/admin"
 	"github.com/mtad/mtad/internal/binding"
-	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
@@ -29,6 +28,7 @@ import (
 	"github.com/mtad/mtad/internal/inject"
 	"github.com/mtad/mtad/internal/logging"
 	"github.com/mtad/mtad/internal/mx"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/scheduler"
 	"github.com/mtad/mtad/internal/smtpclient"
@@ -46,7 +46,7 @@ type statics struct {
 	resolver  *mx.Resolver
 	metrics   *prometheus.Registry
 	pluginCfg map[string]map[string]any
-	bounce    *bounce.Classifier
+	bounce    *policy.Classifier
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -105,7 +105,7 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		return nil, fmt.Errorf("dns/routes: %w", err)
 	}
 
-	if st.bounce, err = bounce.Load(cfg.Delivery.BounceClassesFile); err != nil {
+	if st.bounce, err = policy.LoadClassifier(cfg.Delivery.BounceClassesFile); err != nil {
 		return nil, fmt.Errorf("config: delivery.bounce_classes_file: %w", err)
 	}
 
@@ -358,7 +358,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // unchanged) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], setBounce func(*bounce.Classifier), log *zap.Logger) {
+func reload(path string, cur *atomic.Pointer[config.Config], setBounce func(*policy.Classifier), log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))

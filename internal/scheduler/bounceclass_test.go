@@ -11,8 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mtad/mtad/internal/admin"
-	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/policy"
 )
 
 // TestBounceClasses: real replies from a loopback receiver and a real
@@ -36,7 +36,7 @@ func TestBounceClasses(t *testing.T) {
 		}
 		return loopbacktest.Config{Rcpt: func(to string) error { return replies[strings.Split(to, "@")[0]] }}
 	})
-	own, err := bounce.New([]bounce.Rule{{Name: "mimecast", Code: "550", Text: "envelope blocked", Class: bounce.SpamBlock}})
+	own, err := policy.NewClassifier([]policy.BounceRule{{Name: "mimecast", Code: "550", Text: "envelope blocked", Class: policy.ClassSpamBlock}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,17 +185,17 @@ func TestSetBounceClassifier(t *testing.T) {
 	h := newHarness(t, port, nil)
 	h.mxFor("dest.test", ip(62, 10))
 	h.inject("", "a@dest.test")
-	if e := h.next(outcomeEvents...); e.name != "bounced" || e.fields["bounce_class"] != int64(bounce.MailBlock) {
+	if e := h.next(outcomeEvents...); e.name != "bounced" || e.fields["bounce_class"] != int64(policy.ClassMailBlock) {
 		t.Fatalf("before: %s %v", e.name, e.fields)
 	}
-	own, err := bounce.New([]bounce.Rule{{Code: "550", Text: "envelope blocked", Class: bounce.SpamBlock}})
+	own, err := policy.NewClassifier([]policy.BounceRule{{Code: "550", Text: "envelope blocked", Class: policy.ClassSpamBlock}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.s.SetBounceClassifier(own)
 	h.s.SetBounceClassifier(nil) // ignored
 	h.inject("", "b@dest.test")
-	if e := h.next(outcomeEvents...); e.name != "bounced" || e.fields["bounce_class"] != int64(bounce.SpamBlock) {
+	if e := h.next(outcomeEvents...); e.name != "bounced" || e.fields["bounce_class"] != int64(policy.ClassSpamBlock) {
 		t.Fatalf("after: %s %v", e.name, e.fields)
 	}
 }

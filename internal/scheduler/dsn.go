@@ -25,7 +25,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/mtad/mtad/internal/bounce"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -92,7 +92,7 @@ type report struct {
 	Text     string // last reply text or local reason
 	MX       string // remote MTA of the last attempt, "" when none answered
 	At       time.Time
-	Class    bounce.Class // the failure's bounce class; 0 = none (relayed)
+	Class    policy.BounceClass // the failure's bounce class; 0 = none (relayed)
 }
 
 // failure is a report of a failed recipient; the name predates delay and

@@ -59,12 +59,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
-	"github.com/mtad/mtad/internal/bounce"
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
 	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
@@ -130,9 +130,9 @@ type Options struct {
 	Rand func() float64
 
 	// Bounce classifies every deferred, bounced and expired recipient for
-	// its log record, its DSN and the metrics; nil is bounce.Default().
+	// its log record, its DSN and the metrics; nil is policy.DefaultClassifier().
 	// SetBounceClassifier replaces it (a reload).
-	Bounce *bounce.Classifier
+	Bounce *policy.Classifier
 	// Metrics registers mtad_bounce_class_total{class,event}; nil counts
 	// nothing.
 	Metrics prometheus.Registerer
@@ -152,7 +152,7 @@ type Scheduler struct {
 
 	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
 
-	classifier atomic.Pointer[bounce.Classifier] // swapped whole by a reload
+	classifier atomic.Pointer[policy.Classifier] // swapped whole by a reload
 	classes    *prometheus.CounterVec            // nil without Options.Metrics
 
 	in *intake // injection's hand-off (intake.go)
@@ -257,7 +257,7 @@ func New(opts Options) (*Scheduler, error) {
 		po.Logger = opts.Logger
 	}
 	if opts.Bounce == nil {
-		opts.Bounce = bounce.Default()
+		opts.Bounce = policy.DefaultClassifier()
 	}
 	s.classifier.Store(opts.Bounce)
 	if opts.Metrics != nil {
@@ -296,7 +296,7 @@ func registerClasses(m prometheus.Registerer) (*prometheus.CounterVec, error) {
 
 // SetBounceClassifier replaces the classifier for the outcomes settled
 // from now on (a reload of delivery.bounce_classes_file); nil is ignored.
-func (s *Scheduler) SetBounceClassifier(c *bounce.Classifier) {
+func (s *Scheduler) SetBounceClassifier(c *policy.Classifier) {
 	if c != nil {
 		s.classifier.Store(c)
 	}
@@ -717,7 +717,7 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	}
 
 	verdicts := make([]verdict, len(d.Rcpts))
-	classes := make([]bounce.Class, len(d.Rcpts))
+	classes := make([]policy.BounceClass, len(d.Rcpts))
 	classifier := s.classifier.Load()
 	updates := make(map[int]spool.Recipient, len(d.Rcpts))
 	var deferred []queue.Rcpt
@@ -875,7 +875,7 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 }
 
 // countClass counts one deferred, bounced or expired recipient by class.
-func (s *Scheduler) countClass(c bounce.Class, ev logging.Event) {
+func (s *Scheduler) countClass(c policy.BounceClass, ev logging.Event) {
 	if s.classes != nil {
 		s.classes.WithLabelValues(strconv.Itoa(int(c)), string(ev)).Inc()
 	}

@@ -1,5 +1,6 @@
-// Package bounce owns bounce classification: it turns the result of a
-// delivery attempt (an *outcome.Error: phase, reply code, enhanced code,
+// Package policy is to own delivery policy (DESIGN.md: shaping, throttles,
+// suspensions, response rules, bounce classification). So far it holds
+// bounce classification: it turns the result of a delivery attempt (an *outcome.Error: phase, reply code, enhanced code,
 // text) into a bounce class, the kind of failure as Momentum (Message
 // Systems, now SparkPost) numbers them, so that the delivery log, the DSNs
 // and the metrics say "mailbox full" or "spam block" in one vocabulary
@@ -47,69 +48,69 @@
 //
 // It must never import another mtad package but outcome, keep state that
 // changes after New, or do I/O except reading a rules file in Load.
-package bounce
+package policy
 
 import (
 	"strconv"
 )
 
-// Class is a bounce class, numbered as Momentum numbers them. The zero
-// Class is "not classified" (a delivered recipient) and is never logged.
-type Class int
+// BounceClass is a bounce class, numbered as Momentum numbers them. The zero
+// BounceClass is "not classified" (a delivered recipient) and is never logged.
+type BounceClass int
 
 // The bounce classes.
 const (
-	Undetermined         Class = 1
-	InvalidRecipient     Class = 10
-	SoftBounce           Class = 20
-	DNSFailure           Class = 21
-	MailboxFull          Class = 22
-	TooLarge             Class = 23
-	Timeout              Class = 24
-	AdminFailure         Class = 25
-	GenericNoRcpt        Class = 30
-	Generic              Class = 40
-	MailBlock            Class = 50
-	SpamBlock            Class = 51
-	SpamContent          Class = 52
-	ProhibitedAttachment Class = 53
-	RelayDenied          Class = 54
-	AutoReply            Class = 60
-	TransientFailure     Class = 70
-	Subscribe            Class = 80
-	Unsubscribe          Class = 90
-	ChallengeResponse    Class = 100
+	ClassUndetermined         BounceClass = 1
+	ClassInvalidRecipient     BounceClass = 10
+	ClassSoftBounce           BounceClass = 20
+	ClassDNSFailure           BounceClass = 21
+	ClassMailboxFull          BounceClass = 22
+	ClassTooLarge             BounceClass = 23
+	ClassTimeout              BounceClass = 24
+	ClassAdminFailure         BounceClass = 25
+	ClassGenericNoRcpt        BounceClass = 30
+	ClassGeneric              BounceClass = 40
+	ClassMailBlock            BounceClass = 50
+	ClassSpamBlock            BounceClass = 51
+	ClassSpamContent          BounceClass = 52
+	ClassProhibitedAttachment BounceClass = 53
+	ClassRelayDenied          BounceClass = 54
+	ClassAutoReply            BounceClass = 60
+	ClassTransientFailure     BounceClass = 70
+	ClassSubscribe            BounceClass = 80
+	ClassUnsubscribe          BounceClass = 90
+	ClassChallengeResponse    BounceClass = 100
 )
 
-var names = map[Class]string{
-	Undetermined:         "Undetermined",
-	InvalidRecipient:     "Invalid Recipient",
-	SoftBounce:           "Soft Bounce",
-	DNSFailure:           "DNS Failure",
-	MailboxFull:          "Mailbox Full",
-	TooLarge:             "Too Large",
-	Timeout:              "Timeout",
-	AdminFailure:         "Admin Failure",
-	GenericNoRcpt:        "Generic Bounce: No RCPT",
-	Generic:              "Generic Bounce",
-	MailBlock:            "Mail Block",
-	SpamBlock:            "Spam Block",
-	SpamContent:          "Spam Content",
-	ProhibitedAttachment: "Prohibited Attachment",
-	RelayDenied:          "Relay Denied",
-	AutoReply:            "Auto-Reply",
-	TransientFailure:     "Transient Failure",
-	Subscribe:            "Subscribe",
-	Unsubscribe:          "Unsubscribe",
-	ChallengeResponse:    "Challenge-Response",
+var names = map[BounceClass]string{
+	ClassUndetermined:         "Undetermined",
+	ClassInvalidRecipient:     "Invalid Recipient",
+	ClassSoftBounce:           "Soft Bounce",
+	ClassDNSFailure:           "DNS Failure",
+	ClassMailboxFull:          "Mailbox Full",
+	ClassTooLarge:             "Too Large",
+	ClassTimeout:              "Timeout",
+	ClassAdminFailure:         "Admin Failure",
+	ClassGenericNoRcpt:        "Generic Bounce: No RCPT",
+	ClassGeneric:              "Generic Bounce",
+	ClassMailBlock:            "Mail Block",
+	ClassSpamBlock:            "Spam Block",
+	ClassSpamContent:          "Spam Content",
+	ClassProhibitedAttachment: "Prohibited Attachment",
+	ClassRelayDenied:          "Relay Denied",
+	ClassAutoReply:            "Auto-Reply",
+	ClassTransientFailure:     "Transient Failure",
+	ClassSubscribe:            "Subscribe",
+	ClassUnsubscribe:          "Unsubscribe",
+	ClassChallengeResponse:    "Challenge-Response",
 }
 
 // Valid reports whether c is one of the classes above.
-func (c Class) Valid() bool { _, ok := names[c]; return ok }
+func (c BounceClass) Valid() bool { _, ok := names[c]; return ok }
 
 // String returns Momentum's name of the class, or "class N" for a number
 // that is not one.
-func (c Class) String() string {
+func (c BounceClass) String() string {
 	if n, ok := names[c]; ok {
 		return n
 	}
@@ -117,9 +118,9 @@ func (c Class) String() string {
 }
 
 // Classes returns every valid class in ascending order.
-func Classes() []Class {
-	return []Class{Undetermined, InvalidRecipient, SoftBounce, DNSFailure, MailboxFull, TooLarge,
-		Timeout, AdminFailure, GenericNoRcpt, Generic, MailBlock, SpamBlock, SpamContent,
-		ProhibitedAttachment, RelayDenied, AutoReply, TransientFailure, Subscribe, Unsubscribe,
-		ChallengeResponse}
+func BounceClasses() []BounceClass {
+	return []BounceClass{ClassUndetermined, ClassInvalidRecipient, ClassSoftBounce, ClassDNSFailure, ClassMailboxFull, ClassTooLarge,
+		ClassTimeout, ClassAdminFailure, ClassGenericNoRcpt, ClassGeneric, ClassMailBlock, ClassSpamBlock, ClassSpamContent,
+		ClassProhibitedAttachment, ClassRelayDenied, ClassAutoReply, ClassTransientFailure, ClassSubscribe, ClassUnsubscribe,
+		ClassChallengeResponse}
 }

@@ -1,4 +1,4 @@
-package bounce
+package policy
 
 import (
 	"fmt"
@@ -76,7 +76,7 @@ func parseRules(src string, data []byte) ([]locatedRule, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s: %q is not a number", at, v.Value)
 				}
-				r.Class = Class(c)
+				r.Class = BounceClass(c)
 			default:
 				return nil, fmt.Errorf("%s: unknown key (a rule has name, code, enhanced, text, class)", at)
 			}

@@ -1,4 +1,4 @@
-package bounce
+package policy
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	"github.com/mtad/mtad/internal/outcome"
 )
 
-// Rule maps remote replies to a class. Each of Code, Enhanced and Text is
+// BounceRule maps remote replies to a class. Each of Code, Enhanced and Text is
 // optional, at least one is given, and all that are given must match.
-type Rule struct {
+type BounceRule struct {
 	// Name labels the rule in errors; optional.
 	Name string
 	// Code is the reply code, three characters each a digit or "x":
@@ -30,16 +30,16 @@ type Rule struct {
 	// Text is a regular expression (RE2 syntax) searched for in the reply
 	// text, case-insensitively.
 	Text  string
-	Class Class
+	Class BounceClass
 }
 
-// rule is a Rule compiled.
+// rule is a BounceRule compiled.
 type rule struct {
 	name  string
 	code  [3]int // -1 = any digit
 	enh   [3]int // -1 = any number
 	re    *regexp.Regexp
-	class Class
+	class BounceClass
 
 	hasCode, hasEnh bool
 }
@@ -64,8 +64,8 @@ var builtin = sync.OnceValues(func() ([]rule, error) {
 })
 
 // Default returns the classifier with the built-in rules only.
-func Default() *Classifier {
-	c, err := New(nil)
+func DefaultClassifier() *Classifier {
+	c, err := NewClassifier(nil)
 	if err != nil {
 		panic(err) // the embedded rules are tested: unreachable
 	}
@@ -73,7 +73,7 @@ func Default() *Classifier {
 }
 
 // New compiles rules, which come before the built-in ones.
-func New(rules []Rule) (*Classifier, error) {
+func NewClassifier(rules []BounceRule) (*Classifier, error) {
 	return newClassifier("rules", located(rules))
 }
 
@@ -94,9 +94,9 @@ func newClassifier(src string, rules []locatedRule) (*Classifier, error) {
 // classifier with its rules before the built-in ones; path "" is the
 // built-in rules alone. Every error names the file, and for a bad rule its
 // line, its index and the key at fault.
-func Load(path string) (*Classifier, error) {
+func LoadClassifier(path string) (*Classifier, error) {
 	if path == "" {
-		return New(nil)
+		return NewClassifier(nil)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -115,7 +115,7 @@ func Load(path string) (*Classifier, error) {
 // are classified by phase and enhanced code, never by the rules; a reply
 // by the first rule that matches, else 70 for a 4xx, 40 for a 5xx and 1
 // for anything else.
-func (c *Classifier) Classify(e *outcome.Error) Class {
+func (c *Classifier) Classify(e *outcome.Error) BounceClass {
 	if e == nil {
 		return 0
 	}
@@ -127,21 +127,21 @@ func (c *Classifier) Classify(e *outcome.Error) Class {
 	}
 	switch e.Code / 100 {
 	case 4:
-		return TransientFailure
+		return ClassTransientFailure
 	case 5:
-		return Generic
+		return ClassGeneric
 	}
-	return Undetermined
+	return ClassUndetermined
 }
 
 // ClassifyExpired returns the class of a recipient that expired after last
-// kept it waiting (nil when nothing is known of it): 24 Timeout, unless
+// kept it waiting (nil when nothing is known of it): 24 (Timeout), unless
 // last says more than "try again later" (a mailbox full, a DNS failure, a
 // block), which is then the class.
-func (c *Classifier) ClassifyExpired(last *outcome.Error) Class {
+func (c *Classifier) ClassifyExpired(last *outcome.Error) BounceClass {
 	switch k := c.Classify(last); k {
-	case 0, Undetermined, TransientFailure, SoftBounce:
-		return Timeout
+	case 0, ClassUndetermined, ClassTransientFailure, ClassSoftBounce:
+		return ClassTimeout
 	default:
 		return k
 	}
@@ -196,7 +196,7 @@ var (
 
 // classifyLocal classifies mtad's own failures by phase, enhanced code
 // and whether the cause was a timeout.
-func classifyLocal(e *outcome.Error) Class {
+func classifyLocal(e *outcome.Error) BounceClass {
 	enh := e.Enhanced
 	if enh == smtp.NoEnhancedCode {
 		enh = smtp.EnhancedCode{}
@@ -204,42 +204,42 @@ func classifyLocal(e *outcome.Error) Class {
 	switch e.Phase {
 	case outcome.PhaseDNS:
 		if enh == enhNullMX {
-			return InvalidRecipient // RFC 7505: the domain accepts no mail, ever
+			return ClassInvalidRecipient // RFC 7505: the domain accepts no mail, ever
 		}
-		return DNSFailure
+		return ClassDNSFailure
 	case outcome.PhaseQueue:
 		switch {
 		case enh[1] == 4 && enh[2] == 7:
-			return Timeout // expired in the queue
+			return ClassTimeout // expired in the queue
 		case enh == enhBadDom || enh == enhBadAddr:
-			return InvalidRecipient // an address that can never be routed
+			return ClassInvalidRecipient // an address that can never be routed
 		case enh[0] == 5:
-			return AdminFailure
+			return ClassAdminFailure
 		}
-		return TransientFailure
+		return ClassTransientFailure
 	}
 	if timedOut(e.Err) || (enh[1] == 4 && enh[2] == 7) {
-		return Timeout
+		return ClassTimeout
 	}
 	switch {
 	case enh == enhSender:
-		return AdminFailure // our sender, refused by our own checks
+		return ClassAdminFailure // our sender, refused by our own checks
 	case enh == enhTooBig:
-		return TooLarge // over the SIZE the receiver announced
+		return ClassTooLarge // over the SIZE the receiver announced
 	case e.Phase == "" && enh == enhBadDom:
-		return DNSFailure // recovered from the spool, phase lost: most often an NXDOMAIN
+		return ClassDNSFailure // recovered from the spool, phase lost: most often an NXDOMAIN
 	case enh[0] == 5 && enh[1] == 1:
-		return InvalidRecipient
+		return ClassInvalidRecipient
 	case enh[0] == 5:
-		return AdminFailure
+		return ClassAdminFailure
 	case enh[0] == 4:
-		return TransientFailure
+		return ClassTransientFailure
 	case e.Phase == "":
-		return Undetermined // recovered from the spool with nothing to go by
+		return ClassUndetermined // recovered from the spool with nothing to go by
 	case e.Temporary:
-		return TransientFailure
+		return ClassTransientFailure
 	}
-	return AdminFailure
+	return ClassAdminFailure
 }
 
 // timedOut reports whether err is a timeout (a dial or read deadline, a
@@ -257,15 +257,15 @@ func timedOut(err error) bool {
 
 // locatedRule is a rule with where it was written, for errors.
 type locatedRule struct {
-	Rule
+	BounceRule
 	line int // 0 = not from a file
 	keys map[string]int
 }
 
-func located(rs []Rule) []locatedRule {
+func located(rs []BounceRule) []locatedRule {
 	out := make([]locatedRule, len(rs))
 	for i, r := range rs {
-		out[i] = locatedRule{Rule: r}
+		out[i] = locatedRule{BounceRule: r}
 	}
 	return out
 }
@@ -273,7 +273,7 @@ func located(rs []Rule) []locatedRule {
 func compileAll(src string, rs []locatedRule) ([]rule, error) {
 	out := make([]rule, 0, len(rs))
 	for i, r := range rs {
-		cr, key, err := compile(r.Rule)
+		cr, key, err := compile(r.BounceRule)
 		if err != nil {
 			where := src + ": "
 			if line := r.keys[key]; line > 0 {
@@ -296,7 +296,7 @@ func compileAll(src string, rs []locatedRule) ([]rule, error) {
 }
 
 // compile checks and compiles one rule; key names the field at fault.
-func compile(r Rule) (_ rule, key string, _ error) {
+func compile(r BounceRule) (_ rule, key string, _ error) {
 	cr := rule{name: r.Name, class: r.Class}
 	if r.Code == "" && r.Enhanced == "" && r.Text == "" {
 		return cr, "", errors.New("needs at least one of code, enhanced, text")
