@@ -225,7 +225,7 @@ type Delivery struct {
 	// one round trip instead of DATA's two. false keeps to DATA.
 	Chunking bool `mapstructure:"chunking"`
 	// BounceClassesFile is a YAML file of bounce classification rules
-	// (internal/bounce; configs/bounce-classes.yaml is an example) tried
+	// (internal/policy; configs/bounce-classes.yaml is an example) tried
 	// before the built-in ones; "" = the built-in rules only. It is read
 	// and checked at start and again on SIGHUP.
 	BounceClassesFile string   `mapstructure:"bounce_classes_file"`

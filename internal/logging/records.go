@@ -109,7 +109,7 @@ type Delivery struct {
 	// NextAttempt is when a deferred recipient is tried again; logged only
 	// when non-zero.
 	NextAttempt time.Time
-	// BounceClass is the failure's bounce class (internal/bounce: 10
+	// BounceClass is the failure's bounce class (internal/policy: 10
 	// invalid recipient, 51 spam block, ...) on deferred, bounced and
 	// expired records; logged only when non-zero.
 	BounceClass int

@@ -11,7 +11,7 @@
 // request further, and one "delayed" report per recipient that asked for
 // DELAY once the message is older than Options.DelayWarning. Every
 // deferred, bounced and expired recipient gets a bounce class
-// (internal/bounce) in its log record, its DSN and the
+// (internal/policy) in its log record, its DSN and the
 // mtad_bounce_class_total metric.
 //
 // # Design
