@@ -14,10 +14,16 @@ import (
 // §4.5.3.1.5 allows 512 octets per reply line; we accept more because real
 // servers exceed it, but not without limit: a hostile server must not make
 // us buffer megabytes or loop for ever.
+//
+// Past the bounds on what is kept, a reply is still read to its end and its
+// code honoured: a 550 with a hundred lines of explanation is a permanent
+// refusal, not a broken connection to retry. Only a reply past the bounds
+// on what is read is malformed.
 const (
-	readBufSize   = 4096     // bufio.Reader size, and so the longest reply line accepted
-	maxReplyLines = 64       // lines in one (multi-line) reply
-	maxReplyText  = 32 << 10 // bytes of text kept from one reply
+	readBufSize   = 4096     // bufio.Reader size: the part of a longer line that is kept
+	maxReplyLine  = 64 << 10 // longest reply line read (the rest of a line past readBufSize is skipped)
+	maxReplyLines = 1000     // lines in one (multi-line) reply
+	maxReplyText  = 32 << 10 // bytes of text kept from one reply; the rest is dropped
 )
 
 // errMalformed marks a reply that does not follow RFC 5321 §4.2 syntax.
@@ -59,19 +65,12 @@ func readReply(r *bufio.Reader, lines *[]string, wantText bool) (reply, error) {
 		if n == maxReplyLines {
 			return reply{}, fmt.Errorf("%w: more than %d lines", errMalformed, maxReplyLines)
 		}
-		line, err := r.ReadSlice('\n')
+		line, err := readLine(r)
 		if err != nil {
-			switch {
-			case errors.Is(err, bufio.ErrBufferFull):
-				return reply{}, fmt.Errorf("%w: line longer than %d bytes", errMalformed, readBufSize)
-			case errors.Is(err, io.EOF) && (len(line) > 0 || n > 0):
+			if errors.Is(err, io.EOF) && (len(line) > 0 || n > 0) {
 				return reply{}, io.ErrUnexpectedEOF
 			}
 			return reply{}, err
-		}
-		line = line[:len(line)-1]
-		if k := len(line); k > 0 && line[k-1] == '\r' {
-			line = line[:k-1]
 		}
 		code, ok := parseCode(line)
 		if !ok {
@@ -102,11 +101,11 @@ func readReply(r *bufio.Reader, lines *[]string, wantText bool) (reply, error) {
 			}
 			txt = rest
 		}
+		if keep && total+len(txt)+1 > maxReplyText {
+			keep = false // the text so far is what is kept
+		}
 		if keep {
 			total += len(txt) + 1
-			if total > maxReplyText {
-				return reply{}, fmt.Errorf("%w: more than %d bytes of text", errMalformed, maxReplyText)
-			}
 			if lines != nil {
 				*lines = append(*lines, string(txt))
 			}
@@ -121,12 +120,40 @@ func readReply(r *bufio.Reader, lines *[]string, wantText bool) (reply, error) {
 			}
 		}
 		if last {
-			if keep && n > 0 {
+			if n > 0 && multi.Len() > 0 {
 				rep.text = multi.String()
 			}
 			return rep, nil
 		}
 	}
+}
+
+// readLine returns the next reply line without its line end. A line
+// longer than the reader's buffer is cut to it (copied, since the rest is
+// read past); the rest, up to maxReplyLine, is skipped. The result is
+// valid until the next read of r.
+func readLine(r *bufio.Reader) ([]byte, error) {
+	line, err := r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		head := append([]byte(nil), line...)
+		skipped := len(line)
+		for errors.Is(err, bufio.ErrBufferFull) {
+			line, err = r.ReadSlice('\n')
+			skipped += len(line)
+			if skipped > maxReplyLine+2 { // +2: the line end
+				return nil, fmt.Errorf("%w: line longer than %d bytes", errMalformed, maxReplyLine)
+			}
+		}
+		return head, err
+	}
+	if err != nil {
+		return line, err
+	}
+	line = line[:len(line)-1]
+	if k := len(line); k > 0 && line[k-1] == '\r' {
+		line = line[:k-1]
+	}
+	return line, nil
 }
 
 // parseCode reads the three-digit reply code at the start of line. SMTP

@@ -13,7 +13,8 @@ import (
 
 func TestReadReply(t *testing.T) {
 	t.Parallel()
-	long := "250 " + strings.Repeat("x", readBufSize)
+	long := "550 5.1.1 " + strings.Repeat("x", 3*readBufSize)
+	tooLong := "250 " + strings.Repeat("x", maxReplyLine+1)
 	many := strings.Repeat("250-x\r\n", maxReplyLines) + "250 x\r\n"
 	for _, tc := range []struct {
 		name  string
@@ -40,7 +41,9 @@ func TestReadReply(t *testing.T) {
 		{"1yz", "100 ok\r\n", reply{}, nil, errMalformed},
 		{"bad separator", "250_ok\r\n", reply{}, nil, errMalformed},
 		{"mixed codes", "250-a\r\n251 b\r\n", reply{}, nil, errMalformed},
-		{"line too long", long + "\r\n", reply{}, nil, errMalformed},
+		// Past what is kept a reply is still read, and its code is what counts.
+		{"long line cut", long + "\r\nNEXT", reply{550, smtp.EnhancedCode{5, 1, 1}, long[10:readBufSize]}, nil, nil},
+		{"line too long", tooLong + "\r\n", reply{}, nil, errMalformed},
 		{"too many lines", many, reply{}, nil, errMalformed},
 		{"eof mid-reply", "250-a\r\n", reply{}, nil, io.ErrUnexpectedEOF},
 		{"eof mid-line", "250 a", reply{}, nil, io.ErrUnexpectedEOF},
@@ -63,6 +66,18 @@ func TestReadReply(t *testing.T) {
 				t.Errorf("lines = %q, want %q", lines, tc.lines)
 			}
 		})
+	}
+}
+
+// TestReadWordyReply: a permanent refusal explained over 100 long lines
+// (more text than is kept) is still a 550 5.1.1, with its first 32 KiB.
+func TestReadWordyReply(t *testing.T) {
+	t.Parallel()
+	wordy := strings.Repeat("550-5.1.1 "+strings.Repeat("w", 400)+"\r\n", 99) + "550 5.1.1 end\r\n"
+	got, err := readReply(bufio.NewReaderSize(strings.NewReader(wordy+"250 next\r\n"), readBufSize), nil, false)
+	if err != nil || got.code != 550 || got.enh != (smtp.EnhancedCode{5, 1, 1}) || len(got.text) > maxReplyText ||
+		!strings.HasPrefix(got.text, strings.Repeat("w", 400)+"\n") {
+		t.Fatalf("readReply = %d %v (%d bytes of text), %v", got.code, got.enh, len(got.text), err)
 	}
 }
 
