@@ -25,6 +25,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/spool"
 )
@@ -196,20 +197,17 @@ type dsn struct {
 // be returned as it is (see dsn.Full).
 var errUnreturnable = errors.New("original message cannot be returned whole")
 
-// global reports whether the DSN is about internationalised mail and so
-// uses RFC 6533's types and is sent with SMTPUTF8.
+// global reports whether the DSN uses RFC 6533's types and is sent with
+// SMTPUTF8: only when its own recipient, the original sender, has a
+// non-ASCII address, which no server without SMTPUTF8 could take anyway.
+// Otherwise a DSN about internationalised mail is made ASCII (RFC 6533 3:
+// UTF-8 addresses as utf-8-addr-xtext, the returned headers with RFC 2047
+// encoded words), so that it reaches a sender whose server does not offer
+// SMTPUTF8: a global DSN sent there would carry raw UTF-8 unlabelled.
 //
-// It judges the addresses as the DSN will quote them (cleaned and capped).
+// It judges the address as the DSN will quote it (cleaned and capped).
 func (d *dsn) global() bool {
-	if d.SMTPUTF8 || !isASCIIString(capString(clean(d.Sender), maxAddrOctets)) {
-		return true
-	}
-	for _, r := range d.Rcpts {
-		if !isASCIIString(capString(clean(r.Addr), maxAddrOctets)) || !isASCIIString(origRecipient(r.ORcpt, true)) {
-			return true
-		}
-	}
-	return false
+	return !isASCIIString(capString(clean(d.Sender), maxAddrOctets))
 }
 
 // eightBit reports whether the DSN carries 8-bit octets outside the
@@ -219,7 +217,8 @@ func (d *dsn) eightBit() bool {
 	if d.Full != nil {
 		return d.FullEightBit || d.global()
 	}
-	return !isASCII(d.Headers)
+	// An ASCII DSN makes the returned headers ASCII.
+	return d.global() && !isASCII(d.Headers)
 }
 
 // headersOnly turns a RET=FULL DSN whose message could not be returned
@@ -293,7 +292,9 @@ func (d *dsn) write(dst io.Writer) error {
 	// The human-readable part: us-ascii when it is, else UTF-8 in
 	// quoted-printable, so it is never mislabelled and its lines stay
 	// short whatever it quotes.
-	human := d.humanText(txt, host)
+	// The human-readable part keeps UTF-8 whatever the DSN: when it is
+	// not ASCII it goes as quoted-printable, which any server takes.
+	human := d.humanText(func(s string) string { return dsnText(s, true) }, host)
 	line("--" + boundary)
 	if isASCIIString(human) {
 		field("Content-Type", "text/plain; charset=us-ascii")
@@ -333,7 +334,7 @@ func (d *dsn) write(dst io.Writer) error {
 		if o := origRecipient(r.ORcpt, global); o != "" {
 			field("Original-Recipient", o)
 		}
-		field("Final-Recipient", addrType(r.Addr))
+		field("Final-Recipient", addrType(r.Addr, global))
 		field("Action", r.Action.String())
 		field("Status", r.status())
 		if r.MX != "" {
@@ -362,6 +363,11 @@ func (d *dsn) write(dst io.Writer) error {
 	line("")
 
 	line("--" + boundary)
+	if d.Full != nil && d.SMTPUTF8 && !global {
+		// Its header section may hold UTF-8, which only message/global
+		// carries; the headers go back instead, made ASCII.
+		return fmt.Errorf("%w: it is internationalised (SMTPUTF8)", errUnreturnable)
+	}
 	if d.Full != nil {
 		ct := "message/rfc822"
 		if global {
@@ -382,6 +388,9 @@ func (d *dsn) write(dst io.Writer) error {
 		// whatever a caller put there.
 		h := headerBlock(d.Headers)
 		ct := "text/rfc822-headers"
+		if !global && !isASCII(h) {
+			h = asciiHeaders(h)
+		}
 		if global {
 			ct = "message/global-headers"
 			if !utf8.Valid(h) {
@@ -478,18 +487,37 @@ func dsnText(s string, global bool) string {
 }
 
 // addrType is the Final-Recipient value: rfc822 for an ASCII address, utf-8
-// (RFC 6533) for an internationalised one.
-func addrType(addr string) string {
+// (RFC 6533) for an internationalised one, as it is in a global DSN and as
+// utf-8-addr-xtext in an ASCII one.
+func addrType(addr string, global bool) string {
 	addr = capString(clean(addr), maxAddrOctets)
-	if isASCIIString(addr) {
+	switch {
+	case isASCIIString(addr):
 		return "rfc822; " + addr
+	case global:
+		return "utf-8; " + addr
 	}
-	return "utf-8; " + addr
+	return "utf-8; " + utf8AddrXtext(addr)
+}
+
+// utf8AddrXtext writes addr as RFC 6533's utf-8-addr-xtext: ASCII as it is
+// but '\\', '+' and '=', everything else as "\\x{HEX}".
+func utf8AddrXtext(addr string) string {
+	var b strings.Builder
+	for _, r := range addr {
+		if r < utf8.RuneSelf && r > ' ' && r != '\\' && r != '+' && r != '=' {
+			b.WriteRune(r)
+			continue
+		}
+		fmt.Fprintf(&b, "\\x{%X}", r)
+	}
+	return b.String()
 }
 
 // origRecipient is the Original-Recipient value for a decoded ORCPT
 // ("addr-type;address"): "" when there is none or it is not usable in this
-// DSN (a non-ASCII one in a DSN that is not global cannot be said).
+// DSN. In an ASCII DSN a utf-8 one is written as utf-8-addr-xtext; another
+// type with a non-ASCII address cannot be said.
 func origRecipient(orcpt string, global bool) string {
 	o := capString(clean(orcpt), maxAddrOctets)
 	typ, addr, ok := strings.Cut(o, ";")
@@ -497,8 +525,11 @@ func origRecipient(orcpt string, global bool) string {
 	if !ok || typ == "" || addr == "" || strings.ContainsAny(typ, " \t") {
 		return ""
 	}
-	if !global && !isASCIIString(o) {
-		return ""
+	if !global && !isASCIIString(addr) {
+		if !strings.EqualFold(typ, "utf-8") {
+			return ""
+		}
+		addr = utf8AddrXtext(addr)
 	}
 	return typ + "; " + addr
 }
@@ -768,4 +799,22 @@ func isASCIIString(s string) bool {
 		}
 	}
 	return true
+}
+
+// asciiHeaders makes a returned header block ASCII for a DSN that is not
+// global: RFC 2047 encoded words and A-label domains (conform's downgrade),
+// or, for what cannot be downgraded (a UTF-8 local part), '?' for each
+// non-ASCII octet. The result is still folded within 998 octets.
+func asciiHeaders(h []byte) []byte {
+	if d, err := conform.DowngradeHeader(h); err == nil && isASCII(d) {
+		return headerBlock(d)
+	}
+	out := make([]byte, len(h))
+	for i, c := range h {
+		if c >= utf8.RuneSelf {
+			c = '?'
+		}
+		out[i] = c
+	}
+	return out
 }

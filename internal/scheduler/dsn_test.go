@@ -287,8 +287,27 @@ func TestDSNBuildCases(t *testing.T) {
 			eight: true,
 		},
 		{
-			name: "utf-8 recipient is global",
-			d: dsn{Sender: "alice@example.org", Rcpts: []report{{Addr: "jösé@bücher.example", Code: 550, Enhanced: "5.1.1",
+			// To an ASCII sender the DSN stays ASCII, so that it reaches a
+			// server without SMTPUTF8: the address as utf-8-addr-xtext
+			// (RFC 6533 3), the human part in UTF-8 quoted-printable.
+			name: "utf-8 recipient, ascii sender",
+			d: dsn{Sender: "alice@example.org", SMTPUTF8: true, Headers: []byte("Subject: f\u00fcr dich\r\n"),
+				Rcpts: []report{{Addr: "jösé@bücher.example", Code: 550, Enhanced: "5.1.1", Text: "unknown user jösé"}}},
+			report: "message/delivery-status", returned: "text/rfc822-headers",
+			fields: map[string]string{"Final-Recipient": `utf-8; j\x{F6}s\x{E9}@b\x{FC}cher.example`,
+				"Diagnostic-Code": "smtp; 550 5.1.1 unknown user j?s?"},
+			human: "jösé@bücher.example",
+		},
+		{
+			name: "utf-8 orcpt, ascii sender",
+			d: dsn{Sender: "alice@example.org", Rcpts: []report{{Addr: "bob@example.net", ORcpt: "utf-8;bøb@example.net",
+				Code: 550, Text: "unknown"}}},
+			report: "message/delivery-status", returned: "text/rfc822-headers",
+			fields: map[string]string{"Original-Recipient": `utf-8; b\x{F8}b@example.net`, "Final-Recipient": "rfc822; bob@example.net"},
+		},
+		{
+			name: "utf-8 recipient, utf-8 sender is global",
+			d: dsn{Sender: "ålice@example.org", Rcpts: []report{{Addr: "jösé@bücher.example", Code: 550, Enhanced: "5.1.1",
 				Text: "unknown user jösé"}}},
 			report: "message/global-delivery-status", returned: "message/global-headers",
 			fields: map[string]string{"Final-Recipient": "utf-8; jösé@bücher.example",
@@ -296,12 +315,11 @@ func TestDSNBuildCases(t *testing.T) {
 			human: "jösé@bücher.example", global: true,
 		},
 		{
-			name: "utf-8 orcpt is global",
-			d: dsn{Sender: "alice@example.org", Rcpts: []report{{Addr: "bob@example.net", ORcpt: "utf-8;bøb@example.net",
-				Code: 550, Text: "unknown"}}},
-			report: "message/global-delivery-status", returned: "message/global-headers",
-			fields: map[string]string{"Original-Recipient": "utf-8; bøb@example.net", "Final-Recipient": "rfc822; bob@example.net"},
-			global: true,
+			name: "smtputf8 message to an ascii sender returns ascii headers",
+			d: dsn{Sender: "alice@example.org", SMTPUTF8: true, Full: strings.NewReader("Subject: café\r\n\r\nbody\r\n"),
+				Headers: []byte("Subject: café\r\n"), Rcpts: []report{{Addr: "bob@example.net", Code: 550, Text: "refused"}}},
+			report: "message/delivery-status", returned: "text/rfc822-headers",
+			human: "internationalised",
 		},
 		{
 			name: "smtputf8 message returned as message/global",
@@ -321,7 +339,7 @@ func TestDSNBuildCases(t *testing.T) {
 			name: "8-bit original headers in an ascii report",
 			d: dsn{Sender: "alice@example.org", Headers: []byte("Subject: caf\xc3\xa9\r\n"),
 				Rcpts: []report{{Addr: "bob@example.net", Code: 550, Text: "refused"}}},
-			report: "message/delivery-status", returned: "text/rfc822-headers", eight: true,
+			report: "message/delivery-status", returned: "text/rfc822-headers",
 		},
 	}
 	for _, tc := range tests {
