@@ -68,6 +68,7 @@ func TestReplies(t *testing.T) {
 		{name: "AUTH in transaction", setup: []string{mail}, cmd: "AUTH PLAIN", reply: "503 5.5.1 AUTH not permitted during a mail transaction"},
 		{name: "AUTH bad base64", cmd: "AUTH PLAIN !!!", reply: "501 5.5.2 Invalid base64 data"},
 		{name: "AUTH unknown mechanism", cmd: "AUTH CRAM-MD5", reply: "504 5.7.4 Unrecognized authentication type"},
+		{name: "AUTH without mechanism", cmd: "AUTH", reply: "501 5.5.4 Syntax: AUTH mechanism [initial-response]"},
 		{name: "STARTTLS in transaction", setup: []string{mail}, cmd: "STARTTLS", reply: "503 5.5.1 STARTTLS not permitted during a mail transaction"},
 		{name: "STARTTLS unconfigured", mods: func(o *Options) { o.TLSConfig = nil }, cmd: "STARTTLS", reply: "502 5.5.1 STARTTLS not available"},
 	}

@@ -42,6 +42,7 @@ var (
 	errAuthTLS       = rep(530, 5, 7, 0, "Must issue a STARTTLS command first")
 	errAuthNone      = rep(502, 5, 7, 0, "Authentication not available")
 	errAuthMech      = rep(504, 5, 7, 4, "Unrecognized authentication type")
+	errAuthSyntax    = rep(501, 5, 5, 4, "Syntax: AUTH mechanism [initial-response]")
 	errAuthInTxn     = rep(503, 5, 5, 1, "AUTH not permitted during a mail transaction")
 	errAuthBusy      = rep(454, 4, 7, 0, "Too many authentications in progress, try again later")
 	errAuthCancel    = rep(501, 5, 0, 0, "Authentication cancelled")
@@ -849,6 +850,9 @@ func (c *conn) auth(arg string) bool {
 		Next([]byte) ([]byte, bool, error)
 	}
 	switch strings.ToUpper(mech) {
+	case "":
+		c.fail("AUTH", errAuthSyntax)
+		return true
 	case "PLAIN":
 		srv = &plainServer{auth: c.authenticate}
 	case "LOGIN":

@@ -520,7 +520,7 @@ func (s *Scheduler) refuse(d *queue.Delivery, e *outcome.Error, now time.Time) {
 	for i := range v {
 		v[i] = e
 	}
-	s.settle(d, connpool.Attempt{}, v, "", true, now)
+	s.settle(d, connpool.Attempt{}, v, nil, true, now)
 }
 
 func parseEnhanced(s string) smtp.EnhancedCode {
@@ -664,7 +664,7 @@ func (s *Scheduler) Result(d *queue.Delivery, at connpool.Attempt, res *smtpclie
 			v[i] = res.Data
 		}
 	}
-	s.settle(d, at, v, res.DotReply, false, now)
+	s.settle(d, at, v, res, false, now)
 }
 
 // settleAll settles every recipient of d with the same error.
@@ -677,7 +677,7 @@ func (s *Scheduler) settleAll(d *queue.Delivery, at connpool.Attempt, err error,
 	for i := range v {
 		v[i] = e
 	}
-	s.settle(d, at, v, "", e == connpool.ErrExpired || e == badAddress, now)
+	s.settle(d, at, v, nil, e == connpool.ErrExpired || e == badAddress, now)
 }
 
 func (s *Scheduler) forget(id string) {
@@ -698,7 +698,7 @@ const (
 // settle records the outcome of one attempt (or of a decision made
 // without one, noAttempt) for each recipient of d: v[i] nil is delivered.
 // Spool first, log second, requeue last.
-func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.Error, dotReply string, noAttempt bool, now time.Time) {
+func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.Error, res *smtpclient.Result, noAttempt bool, now time.Time) {
 	s.mu.Lock()
 	st := s.msgs[d.MsgID]
 	s.mu.Unlock()
@@ -732,7 +732,8 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		switch {
 		case e == nil:
 			verdicts[i] = vDelivered
-			rec.State, rec.LastCode, rec.LastText = spool.Delivered, 250, capString(dotReply, maxReplyText)
+			rec.State, rec.LastCode, rec.LastText = spool.Delivered, 250, capString(res.DotReply, maxReplyText)
+			rec.LastEnh = outcome.EnhancedString(res.DotEnhanced)
 		case e == connpool.ErrExpired || (e.Temporary && expired):
 			verdicts[i] = vExpired
 			rec.State = spool.Expired
@@ -852,6 +853,8 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		}
 		if e := v[i]; e != nil {
 			lr.Phase = string(e.Phase)
+		} else if verdicts[i] == vDelivered {
+			lr.Phase = string(outcome.PhaseDot) // the 250 to the end of data
 		}
 		lr.BounceClass = int(classes[i])
 		switch verdicts[i] {

@@ -172,6 +172,9 @@ type Result struct {
 	// DotReply is the text of the 2xx reply to the end of data (usually
 	// with the remote queue id), for the delivery log. Empty on failure.
 	DotReply string
+	// DotEnhanced is that reply's enhanced status code, as the server
+	// gave it (zero when it gave none).
+	DotEnhanced smtp.EnhancedCode
 }
 
 // Client is one SMTP session on one connection. It is not safe for
@@ -800,7 +803,7 @@ func (c *Client) finishData(res *Result, body Body, accepted int, dr reply) (*Re
 func (c *Client) endOfData(res *Result, r reply) (*Result, error) {
 	switch r.class() {
 	case 2:
-		res.DotReply = r.text
+		res.DotReply, res.DotEnhanced = r.text, r.enh
 		return res, nil
 	case 4, 5:
 		res.Data = outcome.FromReply(outcome.PhaseDot, r.smtpError())

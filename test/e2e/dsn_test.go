@@ -89,6 +89,10 @@ func TestNotifySuccessEndToEnd(t *testing.T) {
 				n++
 				if r.str("recipient") == "u@with.e2e" {
 					withID = r.str("queue_id")
+					// A delivered record says which reply delivered it.
+					if r.str("phase") != "dot" || r.str("enhanced_code") != "2.0.0" || r.num("code") != 250 {
+						t.Errorf("delivered record %v: want phase dot, 250 2.0.0", r)
+					}
 				}
 			}
 		}
