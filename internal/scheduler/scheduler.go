@@ -123,6 +123,10 @@ type Options struct {
 	// submitted (default DefaultIntakeCapacity); Busy turns true a
 	// sixteenth before it is reached.
 	IntakeCapacity int
+	// SweepInterval is how often the tick forgets domain records idle
+	// since the previous sweep (queue.Queues.Sweep), so a record lasts
+	// between one and two intervals past its last use (default 1m).
+	SweepInterval time.Duration
 	// Jitter is the spread of the retry delay, ±fraction (default 0.15).
 	Jitter float64
 	// Rand returns a uniform draw in [0,1) for the jitter; nil is
@@ -161,9 +165,10 @@ type Scheduler struct {
 	msgs map[string]*msgState
 	owed []string // finished messages whose DSN could not be spooled yet; retried each Tick
 
-	tickMu  sync.Mutex // Tick's buffers; one Tick at a time
-	dueBuf  []*queue.Delivery
-	pairBuf []*queue.Pair
+	tickMu    sync.Mutex // Tick's buffers; one Tick at a time
+	dueBuf    []*queue.Delivery
+	pairBuf   []*queue.Pair
+	lastSweep time.Time // under tickMu
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -203,6 +208,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	if opts.MaintainInterval <= 0 {
 		opts.MaintainInterval = time.Second
+	}
+	if opts.SweepInterval <= 0 {
+		opts.SweepInterval = time.Minute
 	}
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = 5 * time.Minute
@@ -559,6 +567,23 @@ func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	s.hooks.MailQueueMaintain.Call(dr, p.Slot(), p, now, goal, s.opts.Reserve)
 }
 
+// sweep forgets idle domain records every SweepInterval: without it every
+// domain ever mailed keeps its record (≈5 KB with its queues) for the
+// life of the process. tickMu is held.
+func (s *Scheduler) sweep(now time.Time) {
+	if s.lastSweep.IsZero() {
+		s.lastSweep = now
+		return
+	}
+	if now.Sub(s.lastSweep) < s.opts.SweepInterval {
+		return
+	}
+	s.lastSweep = now
+	if n := s.q.Sweep(now); n > 0 {
+		s.log.Debug("idle domain records forgotten", zap.Int("domains", n))
+	}
+}
+
 // dueBatch bounds the deliveries taken from the delayed queue per call.
 const dueBatch = 1024
 
@@ -571,6 +596,7 @@ func (s *Scheduler) Tick(now time.Time) {
 	s.tickMu.Lock()
 	defer s.tickMu.Unlock()
 	s.retryOwed(now)
+	s.sweep(now)
 	t := now.UnixNano()
 	for {
 		s.dueBuf = s.q.Due(now, dueBatch, s.dueBuf[:0])
