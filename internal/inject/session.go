@@ -171,15 +171,14 @@ func (c *conn) serve() {
 // cannot hold a session open by never ending one.
 const txnGrace = 5 * time.Minute
 
-// withinLimits checks the per-session limits before a command (an
-// over-long or unknown one included, so junk cannot keep a session
+// withinLimits checks the per-session limits before the command verb
+// (an over-long or unknown one included, so junk cannot keep a session
 // alive). Between transactions they apply as set; inside one, the time
 // limit gets txnGrace more and the command limit twice the count. Past a
 // limit the session is answered 421 4.7.0 and ends.
-func (c *conn) withinLimits(line []byte) bool {
+func (c *conn) withinLimits(verb string) bool {
 	o := &c.srv.opts
 	inTxn := c.inTxn.Load()
-	verb := commandVerb(line)
 	if lim := o.MaxSessionTime; lim > 0 {
 		if inTxn {
 			lim += txnGrace
@@ -262,7 +261,10 @@ func enhancedString(c smtp.EnhancedCode) string {
 func (c *conn) command(line []byte, tooLong bool) bool {
 	ss := &c.sess
 	ss.cmds++
-	if !c.withinLimits(line) {
+	// Cut as in the log records: no verb is longer, and a junk line must
+	// not become a 500-octet "command" field.
+	verb := commandVerb(line)
+	if !c.withinLimits(verb) {
 		return false
 	}
 	if tooLong {
@@ -273,9 +275,6 @@ func (c *conn) command(line []byte, tooLong bool) bool {
 	if verbEnd < 0 {
 		verbEnd = len(line)
 	}
-	// Cut as in the log records: no verb is longer, and a junk line must
-	// not become a 500-octet "command" field.
-	verb := commandVerb(line)
 	arg := ""
 	if verbEnd < len(line) {
 		arg = string(line[verbEnd+1:])
