@@ -27,6 +27,7 @@ import (
 
 	"github.com/mtad/mtad/internal/conform"
 	"github.com/mtad/mtad/internal/policy"
+	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -497,21 +498,7 @@ func addrType(addr string, global bool) string {
 	case global:
 		return "utf-8; " + addr
 	}
-	return "utf-8; " + utf8AddrXtext(addr)
-}
-
-// utf8AddrXtext writes addr as RFC 6533's utf-8-addr-xtext: ASCII as it is
-// but '\\', '+' and '=', everything else as "\\x{HEX}".
-func utf8AddrXtext(addr string) string {
-	var b strings.Builder
-	for _, r := range addr {
-		if r < utf8.RuneSelf && r > ' ' && r != '\\' && r != '+' && r != '=' {
-			b.WriteRune(r)
-			continue
-		}
-		fmt.Fprintf(&b, "\\x{%X}", r)
-	}
-	return b.String()
+	return "utf-8; " + string(smtpclient.AppendUTF8AddrXtext(nil, addr))
 }
 
 // origRecipient is the Original-Recipient value for a decoded ORCPT
@@ -529,7 +516,7 @@ func origRecipient(orcpt string, global bool) string {
 		if !strings.EqualFold(typ, "utf-8") {
 			return ""
 		}
-		addr = utf8AddrXtext(addr)
+		addr = string(smtpclient.AppendUTF8AddrXtext(nil, addr))
 	}
 	return typ + "; " + addr
 }

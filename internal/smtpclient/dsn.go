@@ -25,11 +25,11 @@ func appendXtext(b []byte, s string) []byte {
 	return b
 }
 
-// appendUTF8AddrXtext appends addr as RFC 6533's utf-8-addr-xtext: a
+// AppendUTF8AddrXtext appends addr as RFC 6533's utf-8-addr-xtext: a
 // character that xtext would escape ("+", "=", "\", space, controls) and
 // every non-ASCII one as "\x{HEX}" of its code point. It is pure ASCII, so
 // it is also valid utf-8-addr-unitext in an SMTPUTF8 transaction.
-func appendUTF8AddrXtext(b []byte, addr string) []byte {
+func AppendUTF8AddrXtext(b []byte, addr string) []byte {
 	for _, r := range addr {
 		if r > ' ' && r < 0x7f && r != '+' && r != '=' && r != '\\' {
 			b = append(b, byte(r))
@@ -65,7 +65,7 @@ func appendRcptDSN(b []byte, d RcptDSN) []byte {
 		// RFC 6533 §3: an address that is not ASCII is of type utf-8,
 		// whatever it was called when it came in.
 		b = append(b, " ORCPT=utf-8;"...)
-		return appendUTF8AddrXtext(b, addr)
+		return AppendUTF8AddrXtext(b, addr)
 	default:
 		b = append(b, " ORCPT="...)
 		b = append(b, typ...)

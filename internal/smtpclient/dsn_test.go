@@ -24,7 +24,7 @@ func TestXtext(t *testing.T) {
 		{"\u7528\u6237@\u4f8b\u5b50", `\x{7528}\x{6237}@\x{4F8B}\x{5B50}`},
 		{"a\\b=c d", `a\x{5C}b\x{3D}c\x{20}d`},
 	} {
-		if got := string(appendUTF8AddrXtext(nil, tc.in)); got != tc.want {
+		if got := string(AppendUTF8AddrXtext(nil, tc.in)); got != tc.want {
 			t.Errorf("utf-8-addr-xtext(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
