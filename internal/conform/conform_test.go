@@ -483,11 +483,25 @@ func TestDowngradeHeader(t *testing.T) {
 	if !strings.Contains(string(out), "To: plain@example.com\r\n") {
 		t.Errorf("ASCII field changed: %q", out)
 	}
-	for _, bad := range []string{"Received: from ü.example\r\n", "Subject: \xff\xfe\r\n", "To: ü@example.com\r\n"} {
+	for _, bad := range []string{"Received: from ü.example\r\n", "Subject: \xff\xfe\r\n", "To: ü@example.com\r\n"} { // a non-ASCII HELO name stays refused
 		if _, err := DowngradeHeader([]byte(bad)); !errors.Is(err, ErrNeedsUTF8) {
 			t.Errorf("%q: err = %v", bad, err)
 		}
 	}
+	// mtad's own trace field of an SMTPUTF8 message: an IDN domain becomes
+	// its A-label, a path with a UTF-8 local part goes with its clause.
+	for _, tc := range []struct{ in, want string }{
+		{"Received: from c.example (unknown [127.0.0.1])\r\n\tby mx (mtad) with UTF8SMTP id X\r\n\t(envelope-from <a@münchen.example>) for <b@bücher.example>;\r\n\tWed, 02 Dec 2026 01:48:20 +0000\r\n",
+			"(envelope-from <a@xn--mnchen-3ya.example>) for <b@xn--bcher-kva.example>;"},
+		{"Received: from c.example by mx with UTF8SMTP id X (envelope-from <jö@a.example>) for <ü@b.example>; Wed, 02 Dec 2026 01:48:20 +0000\r\n",
+			"with UTF8SMTP id X; Wed"},
+	} {
+		out, err := DowngradeHeader([]byte(tc.in))
+		if err != nil || HeaderNonASCII(out) || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), tc.want) {
+			t.Errorf("Received %q downgrades to %q, %v; want it to hold %q", tc.in, out, err, tc.want)
+		}
+	}
+
 	// In a rewrite for a 7-bit receiver the header is downgraded too.
 	msg := "Subject: Grüße\r\n\r\nGrüße\r\n"
 	outMsg, res := rewrite(t, msg, Options{To7Bit: true})

@@ -146,6 +146,8 @@ func DowngradeHeader(h []byte) ([]byte, error) {
 			nv = mime.QEncoding.Encode("utf-8", v)
 		case addressFields[lname]:
 			nv, err = downgradeAddresses(string(name), v)
+		case lname == "received":
+			nv, err = downgradeReceived(v)
 		default:
 			err = fmt.Errorf("conform: field %s has non-ASCII text: %w", name, ErrNeedsUTF8)
 		}
@@ -170,6 +172,55 @@ func DowngradeHeader(h []byte) ([]byte, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// downgradeReceived makes a Received field ASCII as RFC 6857 3.1.9 does:
+// each angle-bracketed path in it with a non-ASCII domain gets the domain's
+// A-label; a path whose local part is not ASCII is dropped with what
+// introduces it (the "for" clause, the "(envelope-from ...)" comment). A
+// trace field must not make a message undeliverable: it only records.
+func downgradeReceived(v string) (string, error) {
+	var b strings.Builder
+	for {
+		lt := strings.IndexByte(v, '<')
+		gt := strings.IndexByte(v[max(lt, 0):], '>')
+		if lt < 0 || gt < 0 {
+			b.WriteString(v)
+			break
+		}
+		gt += lt
+		before, path := v[:lt], v[lt+1:gt]
+		v = v[gt+1:]
+		if !hasHigh([]byte(path)) {
+			b.WriteString(before)
+			b.WriteString("<" + path + ">")
+			continue
+		}
+		at := strings.LastIndexByte(path, '@')
+		if at >= 0 && !hasHigh([]byte(path[:at])) {
+			if ascii, err := idna.Lookup.ToASCII(path[at+1:]); err == nil {
+				b.WriteString(before)
+				b.WriteString("<" + path[:at] + "@" + ascii + ">")
+				continue
+			}
+		}
+		// Drop the path with its clause: "for <...>" or "(envelope-from <...>)".
+		switch t := strings.TrimRight(before, " \t"); {
+		case strings.HasSuffix(strings.ToLower(t), "for"):
+			b.WriteString(strings.TrimRight(t[:len(t)-3], " \t"))
+		case strings.HasSuffix(strings.ToLower(t), "(envelope-from"):
+			b.WriteString(strings.TrimRight(t[:len(t)-len("(envelope-from")], " \t"))
+			v = strings.TrimPrefix(v, ")")
+		default:
+			b.WriteString(before)
+			b.WriteString("<>")
+		}
+	}
+	out := b.String()
+	if hasHigh([]byte(out)) {
+		return "", fmt.Errorf("conform: field Received has non-ASCII text: %w", ErrNeedsUTF8)
 	}
 	return out, nil
 }

@@ -796,12 +796,10 @@ func asciiHeaders(h []byte) []byte {
 	if d, err := conform.DowngradeHeader(h); err == nil && isASCII(d) {
 		return headerBlock(d)
 	}
-	out := make([]byte, len(h))
-	for i, c := range h {
-		if c >= utf8.RuneSelf {
-			c = '?'
+	return bytes.Map(func(r rune) rune {
+		if r >= utf8.RuneSelf {
+			return '?' // one per character, invalid octets included
 		}
-		out[i] = c
-	}
-	return out
+		return r
+	}, h)
 }

@@ -58,6 +58,7 @@ func TestContentMadeConformant(t *testing.T) {
 	})
 	addMX(t, z, "plain.e2e", plainIP)
 	addMX(t, z, "seven.e2e", sevenIP)
+	addMX(t, z, "xn--bcher-kva.e2e", plainIP)
 	d := start(t, newEnv(t, cfgOpts{dns: z.Addr, port: port}))
 
 	long := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 47)[:2100]
@@ -71,6 +72,47 @@ func TestContentMadeConformant(t *testing.T) {
 	dec, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
 	if err != nil || string(dec) != "before\r\n"+long+"\r\nafter\r\n" {
 		t.Errorf("the long line's part decodes to %q (%v), want the original text", dec, err)
+	}
+
+	// An SMTPUTF8 message to an IDN domain, for a sink without SMTPUTF8:
+	// the envelope and the header section (mtad's own Received field
+	// included) go ASCII, and it is delivered, not bounced.
+	c, err := smtp.Dial(d.smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("client.e2e"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("app@sender.e2e", &smtp.MailOptions{UTF8: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("u@b\u00fccher.e2e", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, "Subject: f\u00fcr dich\r\nTo: u@b\u00fccher.e2e\r\n\r\nhallo\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Quit()
+	_ = c.Close()
+	msgs = sinks[0].WaitMessages(t, 2)
+	idn := msgs[1]
+	if idn.To[0] != "u@xn--bcher-kva.e2e" || idn.Mail.UTF8 {
+		t.Errorf("IDN message reached the sink as RCPT %v, SMTPUTF8 %v", idn.To, idn.Mail.UTF8)
+	}
+	if i := bytes.IndexFunc(idn.Data, func(r rune) bool { return r >= 0x80 }); i >= 0 {
+		t.Errorf("non-ASCII header at %d reached a sink without SMTPUTF8:\n%s", i, idn.Data)
+	}
+	msg = afterTrace(t, idn.Data)
+	if subj, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject")); err != nil || subj != "f\u00fcr dich" {
+		t.Errorf("Subject %q decodes to %q (%v)", msg.Header.Get("Subject"), subj, err)
 	}
 
 	eight := "Subject: Gr\u00fc\u00dfe\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSch\u00f6ne Gr\u00fc\u00dfe\r\n"
