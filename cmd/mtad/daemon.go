@@ -205,8 +205,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Pool: connpool.Options{
 			MaxConnections: d.MaxConnections,
 			Resolver:       st.resolver,
-			Policy: func(domain string) connpool.Policy {
-				p := cur.Load().DomainPolicy(domain)
+			Policy: func(dr *queue.DomainRecord, _ int) connpool.Policy {
+				p := cur.Load().DomainPolicy(dr.Name)
 				return connpool.Policy{
 					MaxConnections:             p.MaxConnections,
 					MaxConnectionsPerBinding:   p.MaxConnectionsPerBinding,

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -290,7 +290,7 @@ func TestCapsNeverExceeded(t *testing.T) {
 	}
 	h := newHarness(t, port, nil, nil, func(o *Options) {
 		o.MaxConnections = 5
-		o.Policy = func(d string) Policy { return policies[d] }
+		o.Policy = func(dr *queue.DomainRecord, _ int) Policy { return policies[dr.Name] }
 	})
 	h.dns.Add(t, "a.test. 60 IN MX 10 mx.a.test.", "mx.a.test. 60 IN A "+ip(11, 10),
 		"b.test. 60 IN MX 10 mx.b.test.", "mx.b.test. 60 IN A "+ip(11, 11))
@@ -527,7 +527,7 @@ func TestSessionReuseAndLimits(t *testing.T) {
 	sinks, port := loopbacktest.StartSinks(t, []string{ip(15, 10)}, nil)
 	h := newHarness(t, port, nil, nil, func(o *Options) {
 		o.IdleTimeout = waitLimit // only Wake or Close ends the idle wait here
-		o.Policy = func(string) Policy { return Policy{MaxDeliveriesPerConnection: 3} }
+		o.Policy = func(*queue.DomainRecord, int) Policy { return Policy{MaxDeliveriesPerConnection: 3} }
 	})
 	h.dns.Add(t, "reuse.test. 60 IN MX 10 mx.reuse.test.", "mx.reuse.test. 60 IN A "+ip(15, 10))
 	dr := h.q.Domain("reuse.test")
@@ -597,21 +597,42 @@ func TestExpiredNotSent(t *testing.T) {
 	}
 }
 
-// TestReclaimIdleForStarvedPair: at the global cap, a pair with work takes
-// the slot of a session idling on another pair at once, instead of waiting
-// out that session's idle timeout.
-func TestReclaimIdleForStarvedPair(t *testing.T) {
+// grantorFunc is a Grantor made of two functions, standing in for the
+// scheduler's: the pool's side of the contract is what is tested here.
+type grantorFunc struct {
+	yield    func(*queue.Pair) bool
+	released func(*queue.Pair)
+}
+
+func (g grantorFunc) Yield(p *queue.Pair) bool {
+	if g.yield == nil {
+		return false
+	}
+	return g.yield(p)
+}
+
+func (g grantorFunc) Released(p *queue.Pair) {
+	if g.released != nil {
+		g.released(p)
+	}
+}
+
+// TestReclaimIdle: at the global cap, ReclaimIdle makes a session idling
+// on another pair QUIT at once, instead of at its idle timeout, and the
+// grantor hears of the freed slot.
+func TestReclaimIdle(t *testing.T) {
 	t.Parallel()
 	sinks, port := loopbacktest.StartSinks(t, []string{ip(17, 10), ip(17, 11)}, nil)
 	var h *harness
 	freed := make(chan *queue.Pair, 10)
+	var busy *queue.DomainRecord
 	h = newHarness(t, port, nil, nil, func(o *Options) {
 		o.MaxConnections = 2
 		o.IdleTimeout = waitLimit // only Wake, reclaim or Close end the idle wait
-		o.OnSlotFree = func(p *queue.Pair) {
+		o.Grantor = grantorFunc{released: func(p *queue.Pair) {
 			freed <- p
-			h.pool.Open(p.Domain(), p.Slot(), 1)
-		}
+			h.pool.Open(busy, 0, 1)
+		}}
 	})
 	h.dns.Add(t, "quiet.test. 60 IN MX 10 mx.quiet.test.", "mx.quiet.test. 60 IN A "+ip(17, 10))
 	h.dns.Add(t, "busy.test. 60 IN MX 10 mx.busy.test.", "mx.busy.test. 60 IN A "+ip(17, 11))
@@ -624,160 +645,27 @@ func TestReclaimIdleForStarvedPair(t *testing.T) {
 	delivered(t, h.result())
 	delivered(t, h.result())
 
-	busy := h.q.Domain("busy.test")
+	busy = h.q.Domain("busy.test")
 	h.push("busy.test", 0, "c@busy.test")
 	if n := h.pool.Open(busy, 0, 1); n != 0 {
 		t.Fatalf("opened %d busy sessions over the global cap of 2", n)
+	}
+	if n := h.pool.ReclaimIdle(busy.Pair(0), 1); n != 1 {
+		t.Fatalf("ReclaimIdle told %d sessions, want 1", n)
 	}
 	r := h.result()
 	delivered(t, r)
 	if r.d.Domain != "busy.test" {
 		t.Fatalf("delivered %s, want busy.test", r.d.Domain)
 	}
-	if p := <-freed; p != busy.Pair(0) {
-		t.Errorf("freed slot went to %s/%d, want busy.test/0", p.Domain().Name, p.Slot())
+	if p := <-freed; p != quiet.Pair(0) {
+		t.Errorf("released %s/%d, want quiet.test/0", p.Domain().Name, p.Slot())
 	}
 	if got := sinks[1].Connections(); got != 1 {
 		t.Errorf("busy sink saw %d connections, want 1", got)
 	}
 	if total := h.pool.Total(); total > 2 {
 		t.Errorf("total %d over the cap", total)
-	}
-}
-
-// TestBusyPairYieldsAtCap: at the global cap, a pair with two busy sessions
-// gives one up to a pair that has none, instead of keeping both until its
-// backlog is gone; it goes on with the other.
-func TestBusyPairYieldsAtCap(t *testing.T) {
-	t.Parallel()
-	_, port := loopbacktest.StartSinks(t, []string{ip(18, 10), ip(18, 11)}, nil)
-	var h *harness
-	h = newHarness(t, port, nil, nil, func(o *Options) {
-		o.MaxConnections = 2
-		o.IdleTimeout = waitLimit // only Wake, reclaim, yielding or Close end a session early
-		o.OnSlotFree = func(p *queue.Pair) { h.pool.Open(p.Domain(), p.Slot(), 1) }
-	})
-	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(18, 10))
-	h.dns.Add(t, "late.test. 60 IN MX 10 mx.late.test.", "mx.late.test. 60 IN A "+ip(18, 11))
-	const backlog = 200
-	for i := 0; i < backlog; i++ {
-		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
-	}
-	hog, late := h.q.Domain("hog.test"), h.q.Domain("late.test")
-	if n := h.pool.Open(hog, 0, 2); n != 2 {
-		t.Fatalf("opened %d hog sessions, want 2", n)
-	}
-	delivered(t, h.result()) // hog's sessions are at work
-	h.push("late.test", 0, "x@late.test")
-	if n := h.pool.Open(late, 0, 1); n != 0 {
-		t.Fatalf("opened %d late sessions over the global cap of 2", n)
-	}
-	hogDone := 1
-	for {
-		r := h.result()
-		delivered(t, r)
-		if r.d.Domain == "late.test" {
-			break
-		}
-		hogDone++
-	}
-	if hogDone >= backlog {
-		t.Fatalf("late.test was served only after all %d hog deliveries", backlog)
-	}
-	for ; hogDone < backlog; hogDone++ {
-		if r := h.result(); r.d.Domain != "hog.test" {
-			t.Fatalf("unexpected delivery for %s", r.d.Domain)
-		}
-	}
-	if total := h.pool.Total(); total > 2 {
-		t.Errorf("total %d over the cap", total)
-	}
-}
-
-// TestFirstConnectionsFirst: while a pair with work and no connection waits
-// for a slot (refused at the global cap, or promised a freed slot), a pair
-// that has a connection gets no further one, even with a slot free; the
-// waiting pair gets the slot and leaves the starved set.
-func TestFirstConnectionsFirst(t *testing.T) {
-	t.Parallel()
-	_, port := loopbacktest.StartSinks(t, []string{ip(19, 10), ip(19, 11)}, nil)
-	h := newHarness(t, port, nil, nil, func(o *Options) {
-		o.MaxConnections = 3
-		o.IdleTimeout = waitLimit
-	})
-	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(19, 10))
-	h.dns.Add(t, "late.test. 60 IN MX 10 mx.late.test.", "mx.late.test. 60 IN A "+ip(19, 11))
-	for i := 0; i < 50; i++ {
-		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
-	}
-	hog, late := h.q.Domain("hog.test"), h.q.Domain("late.test")
-	if n := h.pool.Open(hog, 0, 1); n != 1 {
-		t.Fatalf("opened %d hog sessions, want 1", n)
-	}
-	h.push("late.test", 0, "x@late.test")
-	// late.test as Open at the cap leaves it: starved, with no connection.
-	h.pool.reclaim(late.Pair(0), 1)
-	if got := h.pool.takeStarved(); got != late.Pair(0) {
-		t.Fatalf("takeStarved = %v, want late.test's pair", got)
-	}
-	if !h.pool.zeroStarved(hog.Pair(0)) {
-		t.Fatal("late.test, promised the slot, no longer counts as waiting")
-	}
-	if n := h.pool.Open(hog, 0, 1); n != 0 {
-		t.Fatalf("hog.test got a second connection (%d) while late.test had none", n)
-	}
-	if n := h.pool.Open(late, 0, 1); n != 1 {
-		t.Fatalf("late.test got %d connections, want 1", n)
-	}
-	if h.pool.zeroStarved(hog.Pair(0)) {
-		t.Error("late.test still counts as starved with its connection")
-	}
-	if n := h.pool.Open(hog, 0, 1); n != 1 {
-		t.Errorf("hog.test's second connection refused (%d) with nobody waiting", n)
-	}
-	for i := 0; i < 51; i++ {
-		delivered(t, h.result())
-	}
-}
-
-// TestHeldPairLosesItsClaim: a starved pair handed a slot that its
-// maintenance does not use (here OnSlotFree opens nothing, as when a hook
-// holds the pair at zero) stops counting as starved, so it no longer keeps
-// other pairs from a second connection.
-func TestHeldPairLosesItsClaim(t *testing.T) {
-	t.Parallel()
-	_, port := loopbacktest.StartSinks(t, []string{ip(20, 10)}, nil)
-	h := newHarness(t, port, nil, nil, func(o *Options) {
-		o.MaxConnections = 2
-		o.IdleTimeout = waitLimit
-		o.OnSlotFree = func(*queue.Pair) {} // the pair is held: nothing opens
-	})
-	h.dns.Add(t, "hog.test. 60 IN MX 10 mx.hog.test.", "mx.hog.test. 60 IN A "+ip(20, 10))
-	const backlog = 200
-	for i := 0; i < backlog; i++ {
-		h.push("hog.test", 0, fmt.Sprintf("r%d@hog.test", i))
-	}
-	hog, held := h.q.Domain("hog.test"), h.q.Domain("held.test")
-	if n := h.pool.Open(hog, 0, 2); n != 2 {
-		t.Fatalf("opened %d hog sessions, want 2", n)
-	}
-	h.push("held.test", 0, "x@held.test") // never delivered: the pair is held
-	h.pool.reclaim(held.Pair(0), 1)       // refused at the cap, as Open does
-	// One hog session yields its slot to held.test, which does not take it;
-	// from then on held.test must not count as starved.
-	done := 0
-	for h.pool.zeroStarved(hog.Pair(0)) {
-		if done == backlog {
-			t.Fatal("held.test still counts as starved after declining its slot")
-		}
-		delivered(t, h.result())
-		done++
-	}
-	if n := h.pool.Open(hog, 0, 1); n != 1 {
-		t.Fatalf("hog.test's second connection refused (%d) for a pair that does not want it", n)
-	}
-	for ; done < backlog; done++ {
-		delivered(t, h.result())
 	}
 }
 
@@ -812,52 +700,37 @@ func TestEightBitPassedOn(t *testing.T) {
 	}
 }
 
-// TestWaitingPairGetsTheNextSlot: at the cap, a pair the default
-// maintenance action could not open for (hooks.DefaultMaintain calls Wait)
-// gets the slot the next ending session frees, rather than leaving it to
-// whichever pair's mail comes next. Without Wait such a pair waited, in
-// the W1H benchmark at the cap, up to 30 s while busier pairs took every
-// slot that freed.
-func TestWaitingPairGetsTheNextSlot(t *testing.T) {
+// TestYieldEndsSession: a session asks the grantor before each transaction
+// and QUITs when told to yield, leaving the rest of the queue.
+func TestYieldEndsSession(t *testing.T) {
 	t.Parallel()
-	// busy.test's first RCPT waits until wait.test is waiting, so that its
-	// session cannot end first.
-	waiting := make(chan struct{})
-	_, port := loopbacktest.StartSinks(t, []string{ip(23, 10), ip(23, 11)}, func(i int) loopbacktest.Config {
-		if i == 1 {
-			return loopbacktest.Config{}
-		}
-		return loopbacktest.Config{Rcpt: func(string) error { <-waiting; return nil }}
-	})
-	var h *harness
-	h = newHarness(t, port, nil, nil, func(o *Options) {
-		o.MaxConnections = 1
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(24, 10)}, nil)
+	var asked atomic.Int32
+	released := make(chan *queue.Pair, 1)
+	h := newHarness(t, port, nil, nil, func(o *Options) {
 		o.IdleTimeout = waitLimit
-		o.Policy = func(string) Policy { return Policy{MaxDeliveriesPerConnection: 3} }
-		o.OnSlotFree = func(pair *queue.Pair) { h.pool.Open(pair.Domain(), pair.Slot(), 1) }
+		o.Grantor = grantorFunc{
+			yield:    func(*queue.Pair) bool { return asked.Add(1) > 2 },
+			released: func(p *queue.Pair) { released <- p },
+		}
 	})
-	h.dns.Add(t, "busy.test. 60 IN MX 10 mx.busy.test.", "mx.busy.test. 60 IN A "+ip(23, 10))
-	h.dns.Add(t, "wait.test. 60 IN MX 10 mx.wait.test.", "mx.wait.test. 60 IN A "+ip(23, 11))
-	for i := 0; i < 6; i++ {
-		h.push("busy.test", 0, fmt.Sprintf("r%d@busy.test", i))
+	h.dns.Add(t, "y.test. 60 IN MX 10 mx.y.test.", "mx.y.test. 60 IN A "+ip(24, 10))
+	for i := range 5 {
+		h.push("y.test", 0, fmt.Sprintf("r%d@y.test", i))
 	}
-	busy, wait := h.q.Domain("busy.test"), h.q.Domain("wait.test")
-	if n := h.pool.Open(busy, 0, 1); n != 1 {
-		t.Fatalf("opened %d busy sessions, want 1", n)
+	dr := h.q.Domain("y.test")
+	if n := h.pool.Open(dr, 0, 1); n != 1 {
+		t.Fatalf("opened %d, want 1", n)
 	}
-	h.push("wait.test", 0, "x@wait.test")
-	h.pool.Wait(wait, 0, 1) // what DefaultMaintain does with no room
-	close(waiting)
-	// busy.test's session ends after 3 deliveries; the slot goes to
-	// wait.test (busy.test's other 3 stay queued: no scheduler here
-	// reopens for it).
-	var order []string
-	for range 4 {
-		r := h.result()
-		delivered(t, r)
-		order = append(order, r.d.Domain)
+	delivered(t, h.result())
+	delivered(t, h.result())
+	if p := <-released; p != dr.Pair(0) {
+		t.Fatalf("released %v, want y.test/0", p)
 	}
-	if want := []string{"busy.test", "busy.test", "busy.test", "wait.test"}; !slices.Equal(order, want) {
-		t.Errorf("delivery order %v, want %v", order, want)
+	if got := dr.Pair(0).Len(); got != 3 {
+		t.Errorf("%d deliveries left queued, want 3", got)
+	}
+	if got := len(sinks[0].Messages()); got != 2 {
+		t.Errorf("sink got %d messages, want 2", got)
 	}
 }

@@ -59,12 +59,14 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// Policy is the per-domain connection policy. Zero or negative fields mean
-// no limit.
+// Policy is a domain/binding pair's connection policy, the hard caps the
+// pool enforces. Zero or negative fields mean no limit (IdleTimeout: the
+// pool's default).
 type Policy struct {
-	MaxConnections             int // open connections to the domain, all bindings
-	MaxConnectionsPerBinding   int // open connections to the domain from one binding
-	MaxDeliveriesPerConnection int // deliveries one connection carries before QUIT
+	MaxConnections             int           // open connections to the domain, all bindings
+	MaxConnectionsPerBinding   int           // open connections to the domain from one binding
+	MaxDeliveriesPerConnection int           // deliveries one connection carries before QUIT
+	IdleTimeout                time.Duration // how long a session with nothing to send waits for work
 }
 
 // Resolver finds a domain's mail exchangers; *mx.Resolver is one. Its
@@ -128,8 +130,9 @@ type Options struct {
 	Bodies         Bodies   // required
 	Outcomes       Outcomes // required
 	Hooks          *hooks.Registry
-	// Policy returns the domain's caps; nil means no per-domain limits.
-	Policy func(domain string) Policy
+	// Policy returns the caps of the pair (dr, slot), read when a session
+	// opens; nil means no per-domain limits.
+	Policy func(dr *queue.DomainRecord, slot int) Policy
 	// IdleTimeout is how long a session with an empty queue waits for Wake
 	// before QUIT (default 5s).
 	IdleTimeout time.Duration
@@ -152,18 +155,38 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives connection records; nil discards them.
 	Logger *zap.Logger
-	// OnSlotFree, when set, is called (from the exiting session's
-	// goroutine, no lock held) with a pair that the global cap turned away
-	// and that still has work, each time a session frees its slot; the
-	// scheduler runs that pair's maintenance so the slot is used at once.
-	OnSlotFree func(pair *queue.Pair)
+	// Grantor is asked whether a session should give up its slot between
+	// transactions, and told when a slot is back; nil never yields.
+	Grantor Grantor
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
 	// connect fail in a chosen way).
 	Control func(network, address string, c syscall.RawConn) error
 }
 
-// Pool is the set of outbound connections. It implements hooks.Opener.
+// Grantor is the one grantor of connection slots (the scheduler): the
+// pool enforces the hard caps and dials; who gets a slot under them, and
+// when a session should end to give its slot to another pair, is the
+// grantor's to decide. Both methods are called from session goroutines
+// with no pool lock held, and must not block for long.
+type Grantor interface {
+	// Yield is asked before each transaction of a session on p: true ends
+	// the session (QUIT) so that its slot goes to a pair waiting for one,
+	// or because p is over a cap lowered since the session began.
+	Yield(p *queue.Pair) bool
+	// Released says a session of p has ended and its slot is free again
+	// (after the session's counts were given back). It is not called once
+	// the pool is closing.
+	Released(p *queue.Pair)
+}
+
+type noGrantor struct{}
+
+func (noGrantor) Yield(*queue.Pair) bool { return false }
+func (noGrantor) Released(*queue.Pair)   {}
+
+// Pool is the set of outbound connections. The scheduler's grantor opens
+// them (hooks.Opener is the grantor's face, not the pool's).
 type Pool struct {
 	opts Options
 	tls  *smtpclient.TLSMemory
@@ -180,20 +203,8 @@ type Pool struct {
 	closed bool
 	idle   map[*queue.Pair][]*session // sessions waiting for work, per pair
 	live   map[*session]struct{}      // every running session, for a forced Close
-	// starved are pairs refused a connection at the global cap; each slot
-	// a session frees goes to one of them (Options.OnSlotFree). The value
-	// counts the slots promised to a pair that has no connection: it stays
-	// in the set until it has one, so that no other pair's extra connection
-	// takes the slot on its way (see pickStarvedLocked and Open).
-	starved map[*queue.Pair]int
-	// nstarved is len(starved), read without mu on every delivery.
-	nstarved atomic.Int32
-	// yielding counts, per pair, the sessions that are ending to give
-	// their slot to a starved pair (see yieldTo).
-	yielding map[*queue.Pair]int
+	grant  Grantor
 }
-
-var _ hooks.Opener = (*Pool)(nil)
 
 // New checks opts and returns a pool with no connections.
 func New(opts Options) (*Pool, error) {
@@ -213,7 +224,7 @@ func New(opts Options) (*Pool, error) {
 		opts.Hooks = hooks.NewRegistry()
 	}
 	if opts.Policy == nil {
-		opts.Policy = func(string) Policy { return Policy{} }
+		opts.Policy = func(*queue.DomainRecord, int) Policy { return Policy{} }
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Second
@@ -228,14 +239,16 @@ func New(opts Options) (*Pool, error) {
 		opts.TLSFailureTTL = time.Hour
 	}
 	p := &Pool{
-		opts:     opts,
-		tls:      opts.TLSMemory,
-		log:      opts.Logger,
-		now:      opts.Now,
-		idle:     make(map[*queue.Pair][]*session),
-		live:     make(map[*session]struct{}),
-		starved:  make(map[*queue.Pair]int),
-		yielding: make(map[*queue.Pair]int),
+		opts:  opts,
+		tls:   opts.TLSMemory,
+		log:   opts.Logger,
+		now:   opts.Now,
+		idle:  make(map[*queue.Pair][]*session),
+		live:  make(map[*session]struct{}),
+		grant: opts.Grantor,
+	}
+	if p.grant == nil {
+		p.grant = noGrantor{}
 	}
 	if p.tls == nil {
 		p.tls = smtpclient.NewTLSMemory(opts.TLSFailureTTL, 10000, nil)
@@ -274,8 +287,8 @@ func (p *Pool) Stats() Stats {
 	return Stats{Total: p.Total(), Idle: idle}
 }
 
-// Policy returns the policy the pool applies to domain.
-func (p *Pool) Policy(domain string) Policy { return p.opts.Policy(domain) }
+// Policy returns the policy the pool applies to the pair (dr, slot).
+func (p *Pool) Policy(dr *queue.DomainRecord, slot int) Policy { return p.opts.Policy(dr, slot) }
 
 // Open starts up to n sessions for the pair (dr, slot) and returns how many
 // it started. Each takes its slot before anything else — under the global
@@ -286,16 +299,10 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 		return 0
 	}
 	pair := dr.Pair(slot)
-	pol := p.opts.Policy(dr.Name)
+	pol := p.opts.Policy(dr, slot)
 	opened := 0
 	for opened < n {
-		if pair.Open()+pair.Connecting() > 0 && p.zeroStarved(pair) {
-			// First connections first: a pair that has one leaves the
-			// slot to a starved pair that has none.
-			break
-		}
 		if !p.takeGlobal() {
-			p.reclaim(pair, n-opened)
 			break
 		}
 		if !pair.TryConnect(pol.MaxConnectionsPerBinding, pol.MaxConnections) {
@@ -311,9 +318,6 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 			break
 		}
 		p.live[s] = struct{}{}
-		if _, ok := p.starved[pair]; ok {
-			p.forgetStarvedLocked(pair) // it has its connection
-		}
 		p.wg.Add(1)
 		p.mu.Unlock()
 		go s.run()
@@ -322,164 +326,35 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 	return opened
 }
 
-// Wait is hooks.Opener's: the default maintenance action found no room
-// under max − reserve for the pair's n more connections. The pair is
-// remembered as starved, as when Open is refused at the hard cap, so a
-// freed slot comes to it (and a pair with a connection opens no second
-// one while it has none), and sessions idling elsewhere are told to quit.
-func (p *Pool) Wait(dr *queue.DomainRecord, slot int, n int) {
-	if n > 0 {
-		p.reclaim(dr.Pair(slot), n)
-	}
-}
-
-// reclaim is called when pair wants k more connections and the global cap
-// is reached: up to k sessions idling on other pairs are told to quit, and
-// pair is remembered as starved so the slots they free come to it. Without
-// this, sessions idling on quiet domains hold the cap for their idle timeout
-// while a busy domain's mail waits.
-func (p *Pool) reclaim(pair *queue.Pair, k int) {
+// ReclaimIdle tells up to k sessions idling on pairs other than except to
+// QUIT, and returns how many it told: the grantor calls it when a pair with
+// work found no room, so that sessions waiting on quiet domains do not hold
+// slots for their idle timeout. Each such session's slot comes back through
+// Grantor.Released.
+func (p *Pool) ReclaimIdle(except *queue.Pair, k int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return
+		return 0
 	}
-	if _, ok := p.starved[pair]; !ok {
-		p.nstarved.Add(1)
-	}
-	// A fresh refusal: any slot promised before did not reach the pair.
-	p.starved[pair] = 0
+	told := 0
 	for other, waiters := range p.idle {
-		if other == pair {
+		if other == except {
 			continue
 		}
-		for len(waiters) > 0 && k > 0 {
+		for len(waiters) > 0 && told < k {
 			w := waiters[len(waiters)-1]
 			p.removeIdleLocked(other, len(waiters)-1)
 			waiters = p.idle[other]
 			w.reclaimed.Store(true)
 			w.wake <- struct{}{} // capacity 1; w was on an idle list, so nothing is pending
-			k--
+			told++
 		}
-		if k == 0 {
-			return
-		}
-	}
-}
-
-// takeStarved returns the starved pair a freed slot should go to, or nil
-// (see pickStarvedLocked).
-func (p *Pool) takeStarved() *queue.Pair {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pickStarvedLocked(nil)
-}
-
-// pickStarvedLocked chooses the starved pair, other than exclude, that the
-// next free slot goes to: one with work and no connection at all, the one
-// promised fewest slots first, or else one with work that wants another
-// connection. A pair with no connection stays in the set, one slot more
-// promised, until Open gives it its connection; the other kind leaves it.
-// Pairs whose work is gone (delivered by another session, expired) are
-// forgotten on the way. p.mu is held.
-func (p *Pool) pickStarvedLocked(exclude *queue.Pair) *queue.Pair {
-	var zero, more *queue.Pair
-	for other, promised := range p.starved {
-		switch {
-		case other.Len() == 0:
-			p.forgetStarvedLocked(other)
-		case other == exclude:
-		case other.Open()+other.Connecting() == 0:
-			if zero == nil || promised < p.starved[zero] {
-				zero = other
-			}
-		case more == nil:
-			more = other
+		if told == k {
+			break
 		}
 	}
-	if zero != nil {
-		p.starved[zero]++
-		return zero
-	}
-	if more != nil {
-		p.forgetStarvedLocked(more)
-	}
-	return more
-}
-
-func (p *Pool) forgetStarvedLocked(pair *queue.Pair) {
-	delete(p.starved, pair)
-	p.nstarved.Add(-1)
-}
-
-// yieldTo returns the starved pair a session of pair should end for and
-// give its slot to, or nil: when another pair with work was refused a
-// connection at the global cap, and pair can spare this session (it keeps
-// another one, or has no work left). So at the cap every pair with work
-// gets one connection before any gets a second, and a session does not
-// idle on a slot another pair is waiting for. The session is counted as
-// yielding until doneYielding.
-func (p *Pool) yieldTo(pair *queue.Pair) *queue.Pair {
-	if p.nstarved.Load() == 0 {
-		return nil
-	}
-	hasWork := pair.Len() > 0
-	if hasWork && pair.Open() <= 1 {
-		return nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if hasWork && pair.Open()-p.yielding[pair] <= 1 {
-		return nil // the other sessions of the pair are leaving already
-	}
-	other := p.pickStarvedLocked(pair)
-	if other != nil {
-		p.yielding[pair]++
-	}
-	return other
-}
-
-// zeroStarved reports whether a pair other than pair, with work and no
-// connection at all, was refused one at the global cap (or is on its way
-// to the slot promised to it).
-func (p *Pool) zeroStarved(pair *queue.Pair) bool {
-	if p.nstarved.Load() == 0 {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for other := range p.starved {
-		switch {
-		case other.Len() == 0:
-			p.forgetStarvedLocked(other)
-		case other != pair && other.Open()+other.Connecting() == 0:
-			return true
-		}
-	}
-	return false
-}
-
-// handedOff is called once the slot handed to pair (OnSlotFree) has been
-// offered: if pair still has no connection and was not refused again
-// meanwhile, its maintenance chose not to open one (a hook holding it at
-// zero, a suspended domain), so it stops counting as starved. Otherwise it
-// would hold every other pair to one connection, and draw their sessions'
-// slots, for as long as it keeps its work.
-func (p *Pool) handedOff(pair *queue.Pair) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if promised, ok := p.starved[pair]; ok && promised > 0 && pair.Open()+pair.Connecting() == 0 {
-		p.forgetStarvedLocked(pair)
-	}
-}
-
-// doneYielding ends the count yieldTo started for a session of pair.
-func (p *Pool) doneYielding(pair *queue.Pair) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.yielding[pair]--; p.yielding[pair] <= 0 {
-		delete(p.yielding, pair)
-	}
+	return told
 }
 
 // takeGlobal reserves one slot under the global cap.

@@ -43,8 +43,6 @@ type session struct {
 	forced bool
 
 	result hooks.SessionResult
-	// yieldTo is the starved pair this session ended for (Pool.yieldTo).
-	yieldTo *queue.Pair
 }
 
 // source is a binding as the pool uses it.
@@ -62,20 +60,10 @@ func (s *session) run() {
 		delete(p.live, s)
 		p.mu.Unlock()
 		p.total.Add(-1)
-		// The freed slot goes to a pair the global cap turned away, at
-		// once rather than at the next tick.
-		starved := s.yieldTo
-		if starved != nil {
-			p.doneYielding(s.pair)
-		}
-		if p.opts.OnSlotFree != nil && p.ctx.Err() == nil {
-			if starved == nil {
-				starved = p.takeStarved()
-			}
-			if starved != nil {
-				p.opts.OnSlotFree(starved)
-				p.handedOff(starved)
-			}
+		// The grantor hands the freed slot on at once rather than at the
+		// next tick.
+		if p.ctx.Err() == nil {
+			p.grant.Released(s.pair)
 		}
 	}()
 	dr := s.pair.Domain()
@@ -106,7 +94,7 @@ func (s *session) serve(c *smtpclient.Client) {
 		if max := s.policy.MaxDeliveriesPerConnection; max > 0 && sent >= max {
 			return
 		}
-		if s.yieldTo = p.yieldTo(s.pair); s.yieldTo != nil {
+		if p.grant.Yield(s.pair) {
 			return
 		}
 		d := s.pair.Pop()
@@ -299,7 +287,11 @@ func (s *session) idle() bool {
 		}
 		return true
 	}
-	t := time.NewTimer(p.opts.IdleTimeout)
+	idle := s.policy.IdleTimeout
+	if idle <= 0 {
+		idle = p.opts.IdleTimeout
+	}
+	t := time.NewTimer(idle)
 	defer t.Stop()
 	select {
 	case <-s.wake:

@@ -91,7 +91,7 @@ func TestInjectionRepliesWhileMaintenanceHeld(t *testing.T) {
 			MaxConnections: 4, Resolver: res, IdleTimeout: 50 * time.Millisecond, ConnectTimeout: to,
 			Timeouts: smtpclient.Timeouts{Greeting: to, EHLO: to, Mail: to, Rcpt: to, DataInit: to,
 				DataBlock: to, DataTerm: to, StartTLS: to, Quit: to},
-			Policy: func(string) connpool.Policy {
+			Policy: func(*queue.DomainRecord, int) connpool.Policy {
 				return connpool.Policy{MaxConnections: 4, MaxConnectionsPerBinding: 4, MaxDeliveriesPerConnection: 100}
 			},
 		},

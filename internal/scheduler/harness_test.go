@@ -148,7 +148,7 @@ func newHarness(t testing.TB, port int, edit func(*Options)) *harness {
 			Timeouts: smtpclient.Timeouts{Greeting: 5 * time.Second, EHLO: 5 * time.Second, Mail: 5 * time.Second,
 				Rcpt: 5 * time.Second, DataInit: 5 * time.Second, DataBlock: 5 * time.Second, DataTerm: 5 * time.Second,
 				StartTLS: 5 * time.Second, Quit: 2 * time.Second},
-			Policy: func(string) connpool.Policy {
+			Policy: func(*queue.DomainRecord, int) connpool.Policy {
 				return connpool.Policy{MaxConnections: 10, MaxConnectionsPerBinding: 10, MaxDeliveriesPerConnection: 100}
 			},
 		},

@@ -78,7 +78,7 @@ func newScaleRig(b *testing.B, sp *spool.Spool) *scaleRig {
 		Clock: r.clock,
 		Pool: connpool.Options{
 			MaxConnections: 2000, Resolver: res,
-			Policy: func(string) connpool.Policy {
+			Policy: func(*queue.DomainRecord, int) connpool.Policy {
 				return connpool.Policy{MaxConnections: 10, MaxConnectionsPerBinding: 10, MaxDeliveriesPerConnection: 100}
 			},
 		},

@@ -150,6 +150,7 @@ type Scheduler struct {
 	opts  Options
 	q     *queue.Queues
 	pool  *connpool.Pool
+	grant *grantor // the one grantor of connection slots (grant.go)
 	hooks *hooks.Registry
 	clock Clock
 	log   *zap.Logger
@@ -252,7 +253,8 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	po := opts.Pool
 	po.Outcomes = s
-	po.OnSlotFree = func(p *queue.Pair) { s.maintain(p, s.clock.Now()) }
+	s.grant = newGrantor(s)
+	po.Grantor = s.grant
 	po.Hooks = opts.Hooks
 	po.Now = opts.Clock.Now
 	if po.Bodies == nil {
@@ -279,7 +281,8 @@ func New(opts Options) (*Scheduler, error) {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
 	s.pool = pool
-	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(pool))
+	s.grant.pool = pool
+	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(s.grant))
 	return s, nil
 }
 
@@ -559,7 +562,7 @@ func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	if dr.Suspended(now) {
 		return
 	}
-	pol := s.pool.Policy(dr.Name)
+	pol := s.pool.Policy(dr, p.Slot())
 	s.maintainMu.Lock()
 	defer s.maintainMu.Unlock()
 	goal := Goal(backlog, p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,
@@ -595,6 +598,7 @@ const dueBatch = 1024
 func (s *Scheduler) Tick(now time.Time) {
 	s.tickMu.Lock()
 	defer s.tickMu.Unlock()
+	s.grant.startTick()
 	s.retryOwed(now)
 	s.sweep(now)
 	t := now.UnixNano()

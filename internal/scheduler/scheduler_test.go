@@ -265,7 +265,7 @@ func TestReserve(t *testing.T) {
 			h := newHarness(t, port, func(o *Options) {
 				o.Pool.MaxConnections = 4
 				o.Reserve = 2
-				o.Pool.Policy = func(string) connpool.Policy {
+				o.Pool.Policy = func(*queue.DomainRecord, int) connpool.Policy {
 					return connpool.Policy{MaxConnections: 10, MaxConnectionsPerBinding: 10, MaxDeliveriesPerConnection: 1}
 				}
 			})

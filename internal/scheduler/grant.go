@@ -1,0 +1,264 @@
+package scheduler
+
+import (
+	"container/list"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mtad/mtad/internal/connpool"
+	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/queue"
+)
+
+// grantor is the one grantor of connection slots (DESIGN.md): the default
+// maintenance action opens connections through it (it is the
+// hooks.Opener), the pool asks it whether a session should give up its
+// slot and tells it when a slot is free (it is the connpool.Grantor), and
+// the pool only dials under the hard caps.
+//
+// Under max − reserve it keeps two queues of pairs that were refused for
+// want of room:
+//
+//   - first: pairs with work and no connection at all, in the order they
+//     were refused. While one waits, no pair that has a connection gets
+//     another, a session of a pair that can spare one ends after its
+//     transaction, and every slot that frees goes to the head of first.
+//     So no domain waits behind busy ones.
+//   - more: pairs that have connections and want more. A freed slot goes
+//     to its head only when first is empty; a pair refused again goes to
+//     its tail, so when more pairs have work than there are slots they
+//     take turns (each session also ends after the pair's
+//     max_deliveries_per_connection).
+//
+// A pair stays queued while it keeps being refused: one that was not
+// refused again during a tick (held by a hook, suspended, throttled, its
+// work gone) is dropped at the next, so it cannot block the others.
+type grantor struct {
+	s    *Scheduler
+	pool *connpool.Pool
+
+	mu    sync.Mutex
+	first list.List // of *waiter
+	more  list.List // of *waiter
+	at    map[*queue.Pair]*waiter
+	tick  uint64 // Tick count, for dropping stale waiters
+	// yielding counts, per pair, the sessions ending to give their slot to
+	// a pair in first.
+	yielding map[*queue.Pair]int
+	// nfirst is first.Len(), read without mu before every transaction.
+	nfirst atomic.Int32
+}
+
+// waiter is a pair in first or more.
+type waiter struct {
+	pair    *queue.Pair
+	el      *list.Element
+	inFirst bool
+	refused uint64 // bumped by every refusal
+	tick    uint64 // the tick of the last refusal
+}
+
+var (
+	_ hooks.Opener     = (*grantor)(nil)
+	_ connpool.Grantor = (*grantor)(nil)
+)
+
+func newGrantor(s *Scheduler) *grantor {
+	return &grantor{s: s, at: make(map[*queue.Pair]*waiter), yielding: make(map[*queue.Pair]int)}
+}
+
+func conns(p *queue.Pair) int { return p.Open() + p.Connecting() }
+
+// Max is the global cap.
+func (g *grantor) Max() int { return g.pool.Max() }
+
+// Total is the connections open or opening.
+func (g *grantor) Total() int { return g.pool.Total() }
+
+// Open opens up to n connections for the pair under the hard caps, unless
+// a pair without any connection waits for a slot and this one has one
+// already: it then waits too, behind it.
+func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
+	if n <= 0 {
+		return 0
+	}
+	pair := dr.Pair(slot)
+	if conns(pair) > 0 && g.nfirst.Load() > 0 && g.othersFirst(pair) {
+		g.Wait(dr, slot, n)
+		return 0
+	}
+	opened := g.pool.Open(dr, slot, n)
+	g.mu.Lock()
+	if w := g.at[pair]; w != nil && (opened == n || w.inFirst && opened > 0) {
+		g.removeLocked(w)
+	}
+	g.mu.Unlock()
+	if opened < n && g.pool.Total() >= g.pool.Max() {
+		// The hard cap (a hook spending the reserve got there first).
+		g.Wait(dr, slot, n-opened)
+	}
+	return opened
+}
+
+// othersFirst reports whether a pair other than pair, with work and no
+// connection, is in first.
+func (g *grantor) othersFirst(pair *queue.Pair) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for e := g.first.Front(); e != nil; {
+		w := e.Value.(*waiter)
+		e = e.Next()
+		switch {
+		case w.pair == pair:
+		case w.pair.Len() == 0 || conns(w.pair) > 0:
+			g.removeLocked(w) // its work is gone, or it has its connection
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// Wait queues the pair, which wants n more connections and found no room:
+// in first when it has none, else in more. Sessions idling on other
+// pairs are told to QUIT so their slots come free.
+func (g *grantor) Wait(dr *queue.DomainRecord, slot int, n int) {
+	if n <= 0 {
+		return
+	}
+	pair := dr.Pair(slot)
+	zero := conns(pair) == 0
+	g.mu.Lock()
+	w := g.at[pair]
+	if w != nil && w.inFirst != zero {
+		g.removeLocked(w)
+		w = nil
+	}
+	if w == nil {
+		w = &waiter{pair: pair, inFirst: zero}
+		if zero {
+			w.el = g.first.PushBack(w)
+			g.nfirst.Add(1)
+		} else {
+			w.el = g.more.PushBack(w)
+		}
+		g.at[pair] = w
+	}
+	w.refused++
+	w.tick = g.tick
+	g.mu.Unlock()
+	g.pool.ReclaimIdle(pair, n)
+}
+
+func (g *grantor) removeLocked(w *waiter) {
+	if w.inFirst {
+		g.first.Remove(w.el)
+		g.nfirst.Add(-1)
+	} else {
+		g.more.Remove(w.el)
+	}
+	delete(g.at, w.pair)
+}
+
+// Yield is connpool.Grantor's: a session of pair ends after its
+// transaction when a pair in first waits and pair can spare the session
+// (it keeps another one, or has no work left).
+func (g *grantor) Yield(pair *queue.Pair) bool {
+	if g.nfirst.Load() == 0 {
+		return false
+	}
+	hasWork := pair.Len() > 0
+	if hasWork && pair.Open() <= 1 {
+		return false
+	}
+	if !g.othersFirst(pair) {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if hasWork && pair.Open()-g.yielding[pair] <= 1 {
+		return false // its other sessions are leaving already
+	}
+	g.yielding[pair]++
+	return true
+}
+
+// Released is connpool.Grantor's: a session of pair ended. Its slot goes
+// to the head of first, else of more, through that pair's maintenance (so
+// hooks and the default decide, under max − reserve).
+func (g *grantor) Released(pair *queue.Pair) {
+	g.mu.Lock()
+	if g.yielding[pair] > 0 {
+		if g.yielding[pair]--; g.yielding[pair] == 0 {
+			delete(g.yielding, pair)
+		}
+	}
+	w := g.nextLocked()
+	var stamp uint64
+	if w != nil {
+		stamp = w.refused
+	}
+	g.mu.Unlock()
+	if w == nil {
+		return
+	}
+	g.s.maintain(w.pair, g.s.clock.Now())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.at[w.pair] == w && (w.refused == stamp || w.inFirst && conns(w.pair) > 0) {
+		// It took the slot, or its maintenance did not want it (a hook
+		// held it): either way it no longer waits.
+		g.removeLocked(w)
+	}
+}
+
+// nextLocked returns the waiter the next free slot goes to, dropping on
+// the way those whose work is gone or that got their connection.
+func (g *grantor) nextLocked() *waiter {
+	for e := g.first.Front(); e != nil; {
+		w := e.Value.(*waiter)
+		e = e.Next()
+		if w.pair.Len() == 0 || conns(w.pair) > 0 {
+			g.removeLocked(w)
+			continue
+		}
+		return w
+	}
+	for e := g.more.Front(); e != nil; {
+		w := e.Value.(*waiter)
+		e = e.Next()
+		if w.pair.Len() == 0 {
+			g.removeLocked(w)
+			continue
+		}
+		// Its turn: to the back, so the next slot goes to the next pair.
+		g.more.MoveToBack(w.el)
+		return w
+	}
+	return nil
+}
+
+// startTick drops the pairs not refused since the tick before last: their
+// maintenance stopped asking (a hook holds them, they are suspended or
+// throttled), and they must not keep others from a second connection.
+func (g *grantor) startTick() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.tick++
+	for _, l := range []*list.List{&g.first, &g.more} {
+		for e := l.Front(); e != nil; {
+			w := e.Value.(*waiter)
+			e = e.Next()
+			if g.tick-w.tick > 1 || w.pair.Len() == 0 {
+				g.removeLocked(w)
+			}
+		}
+	}
+}
+
+// waiting reports the pairs in first and in more, for tests and metrics.
+func (g *grantor) waiting() (first, more int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.first.Len(), g.more.Len()
+}
