@@ -157,8 +157,10 @@ func TestHeldPairStopsWaiting(t *testing.T) {
 // each), and 990 domains with one message each arrive after them. Every
 // one of the 990 is served, the reserve is never used by the default
 // policy, and the bound: slots go first come, first served, so no small
-// domain is served after more than 100 (the slots) of those queued after
-// it, and the last is served before the big domains are done (without
+// domain is served after more than 200 of those queued after it (up to
+// 100, the slots, granted out of turn by ticks, and up to 100 sessions
+// running at once, finishing in any order), and the last is served before
+// the big domains are done (without
 // the grantor's queue of first connections they keep every slot until
 // their mail is gone).
 func TestManyDomainsFewSlots(t *testing.T) {
@@ -238,8 +240,8 @@ func TestManyDomainsFewSlots(t *testing.T) {
 	for i := range small {
 		worst = max(worst, served[fmt.Sprintf("small%d.test", i)]-i)
 	}
-	if worst > 100 {
-		t.Errorf("a small domain was served %d places after its turn; bound 100 (the slots)", worst)
+	if worst > 200 {
+		t.Errorf("a small domain was served %d places after its turn; bound 200 (twice the slots)", worst)
 	}
 	if hw := sinks[0].HighWater(); hw > 100 {
 		t.Errorf("%d connections at once: the default policy spent the reserve (max 150, reserve 50)", hw)
