@@ -472,6 +472,34 @@ func (s *session) report(host string, a netip.AddrPort, fd int, err error) {
 	rec.Log(p.log)
 }
 
+// Lookup resolves domain's MX hosts within the pool's LookupTimeout: the
+// grantor resolves a domain before any of its pairs gets a slot.
+func (p *Pool) Lookup(ctx context.Context, domain string) ([]mx.Host, error) {
+	lctx, cancel := context.WithTimeout(ctx, p.opts.LookupTimeout)
+	defer cancel()
+	return p.opts.Resolver.Lookup(lctx, domain)
+}
+
+// LookupFailed reports a failed resolution of the pair's domain made before
+// a slot was granted as a session would have: post_initiate_connection_smtp
+// with the CONN_ERR and a connection record.
+func (p *Pool) LookupFailed(dr *queue.DomainRecord, slot int, err error) {
+	src, _ := p.source(slot)
+	fd := int(connErrFromMX(err, p.ctx))
+	p.opts.Hooks.PostInitiateConnectionSMTP.Call(dr, slot, p.now(), fd)
+	logging.Connection{Domain: dr.Name, Binding: src.name, FD: fd,
+		ConnErr: hooks.ConnErr(fd).String() + ": " + err.Error()}.Log(p.log)
+}
+
+// LookupError is the error ConnectFailed would carry for a failed
+// resolution: permanent for a permanent DNS answer, temporary otherwise.
+func LookupError(err error) error {
+	if isPermanentDNS(err) {
+		return err
+	}
+	return asTemporary(err)
+}
+
 // connErrFromMX maps an MX lookup failure to its CONN_ERR.
 func connErrFromMX(err error, ctx context.Context) hooks.ConnErr {
 	switch mx.KindOf(err) {

@@ -29,6 +29,27 @@ type DomainRecord struct {
 	open       atomic.Int32
 
 	suspendedUntil atomic.Int64 // unix nanos; 0 is not suspended
+
+	ext atomic.Pointer[any] // the scheduler's own per-domain state (Ext)
+}
+
+// Ext returns what SetExt stored, or nil. The queues never look at it: it
+// lets a higher layer keep per-domain state (resolved MX set, shaping) that
+// lives and is forgotten with the record.
+func (dr *DomainRecord) Ext() any {
+	if p := dr.ext.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// InitExt stores v unless something is stored already, and returns what is
+// stored: the first caller's v wins.
+func (dr *DomainRecord) InitExt(v any) any {
+	if dr.ext.CompareAndSwap(nil, &v) {
+		return v
+	}
+	return *dr.ext.Load()
 }
 
 // Pair returns the domain/binding pair for the slot, creating it when it

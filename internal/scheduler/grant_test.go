@@ -51,6 +51,7 @@ func TestFirstConnectionsFirst(t *testing.T) {
 	defer close(gate)
 	h.mxFor("hog.test", ip(40, 10))
 	h.mxFor("late.test", ip(40, 11))
+	h.resolved("hog.test", "late.test")
 	for i := range 20 {
 		injectOn(h, fmt.Sprintf("r%d@hog.test", i))
 	}
@@ -98,6 +99,7 @@ func TestWaitingPairGetsTheNextSlot(t *testing.T) {
 	})
 	h.mxFor("busy.test", ip(41, 10))
 	h.mxFor("wait.test", ip(41, 11))
+	h.resolved("busy.test", "wait.test")
 	for i := range 6 {
 		injectOn(h, fmt.Sprintf("r%d@busy.test", i))
 	}
@@ -192,6 +194,12 @@ func TestManyDomainsFewSlots(t *testing.T) {
 		h.dns.Add(t, fmt.Sprintf("small%d.test. 60 IN MX 10 mx.sink.test.", i))
 	}
 	h.dns.Add(t, "mx.sink.test. 60 IN A "+ip(43, 10))
+	for i := range big {
+		h.resolved(fmt.Sprintf("big%d.test", i))
+	}
+	for i := range small {
+		h.resolved(fmt.Sprintf("small%d.test", i))
+	}
 	for j := range bigMsgs {
 		for i := range big {
 			h.inject("a@origin.test", fmt.Sprintf("r%d@big%d.test", j, i))
@@ -248,4 +256,40 @@ func TestManyDomainsFewSlots(t *testing.T) {
 	}
 	t.Logf("the last small domain was served after %d big deliveries, at worst %d places late; high water %d connections",
 		bigAtLastSmall, worst, sinks[0].HighWater())
+}
+
+// TestDeadDomainsNeedNoSlot: resolution comes before a slot is granted, so
+// mail to domains that do not exist bounces while every slot is taken,
+// and a temporary DNS failure defers without one.
+func TestDeadDomainsNeedNoSlot(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	_, port := loopbacktest.StartSinks(t, []string{ip(44, 10)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(string, []string, []byte) error { <-gate; return nil }}
+	})
+	h := newHarness(t, port, func(o *Options) { o.Pool.MaxConnections = 1 })
+	defer close(gate)
+	h.mxFor("slow.test", ip(44, 10))
+	h.inject("a@origin.test", "x@slow.test")
+	h.s.Tick(h.clock.Now())
+	deadline := time.Now().Add(waitLimit)
+	for h.s.Pool().Total() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("slow.test's session never opened")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	const dead = 50
+	for i := range dead {
+		h.inject("a@origin.test", fmt.Sprintf("u@dead%d.test", i))
+	}
+	for i := range dead {
+		e := h.next("bounced")
+		if e.str("domain") == "slow.test" || e.fields["bounce_class"] != int64(21) {
+			t.Fatalf("bounce %d: %v", i, e.fields)
+		}
+	}
+	if got := h.s.Pool().Total(); got != 1 {
+		t.Errorf("%d connections, want slow.test's one", got)
+	}
 }

@@ -188,6 +188,20 @@ func (h *harness) mxFor(domain, addr string) {
 	h.dns.Add(h.t, domain+". 60 IN MX 10 mx."+domain+".", "mx."+domain+". 60 IN A "+addr)
 }
 
+// resolved looks the domains up now, as the resolver workers would at
+// their first maintenance, so that a test's first Submit runs the
+// maintain chain at once rather than on a worker.
+func (h *harness) resolved(domains ...string) {
+	h.t.Helper()
+	for _, d := range domains {
+		dr := h.q.Domain(d)
+		h.s.resolve(dr)
+		if !stateOf(dr).resolved {
+			h.t.Fatalf("%s did not resolve", d)
+		}
+	}
+}
+
 // inject spools a message from sender to rcpts and submits it.
 func (h *harness) inject(sender string, rcpts ...string) *spool.Message {
 	h.t.Helper()

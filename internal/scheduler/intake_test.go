@@ -129,6 +129,7 @@ func TestIntakeCloseLeavesSpooled(t *testing.T) {
 	_, port := loopbacktest.StartSinks(t, []string{ip(42, 10)}, nil)
 	h := newHarness(t, port, func(o *Options) { o.MaintainInterval = time.Hour })
 	h.mxFor("close.test", ip(42, 10))
+	h.resolved("close.test")
 	entered, release := h.holdMaintenance()
 	defer release()
 	h.s.Start()

@@ -162,6 +162,12 @@ type Scheduler struct {
 
 	in *intake // injection's hand-off (intake.go)
 
+	// MX resolution ahead of slots (resolve.go).
+	resolveCh     chan *queue.DomainRecord
+	resolveCtx    context.Context
+	resolveCancel context.CancelFunc
+	resolveWG     sync.WaitGroup
+
 	mu   sync.Mutex
 	msgs map[string]*msgState
 	owed []string // finished messages whose DSN could not be spooled yet; retried each Tick
@@ -250,7 +256,10 @@ func New(opts Options) (*Scheduler, error) {
 		in:    newIntake(opts.IntakeCapacity),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+
+		resolveCh: make(chan *queue.DomainRecord, resolveQueue),
 	}
+	s.resolveCtx, s.resolveCancel = context.WithCancel(context.Background())
 	po := opts.Pool
 	po.Outcomes = s
 	s.grant = newGrantor(s)
@@ -283,6 +292,7 @@ func New(opts Options) (*Scheduler, error) {
 	s.pool = pool
 	s.grant.pool = pool
 	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(s.grant))
+	s.startResolvers()
 	return s, nil
 }
 
@@ -360,6 +370,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 		if n := s.in.waiting.Load(); n > 0 {
 			s.log.Info("messages still in the intake stay spooled for the next start", zap.Int64("messages", n))
 		}
+		s.stopResolvers(ctx)
 		s.closeErr = s.pool.Close(ctx)
 	})
 	return s.closeErr
@@ -559,7 +570,7 @@ func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
 // just read.
 func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	dr := p.Domain()
-	if dr.Suspended(now) {
+	if dr.Suspended(now) || !s.routable(dr, now) {
 		return
 	}
 	pol := s.pool.Policy(dr, p.Slot())

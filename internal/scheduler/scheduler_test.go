@@ -280,6 +280,7 @@ func TestReserve(t *testing.T) {
 				})
 			}
 			h.mxFor("bulk.test", ip(25, 10))
+			h.resolved("bulk.test")
 			for i := range 8 {
 				h.inject("alice@origin.test", "u"+string(rune('a'+i))+"@bulk.test")
 			}
