@@ -25,18 +25,19 @@ type Shaping struct {
 // ShapingValues are the keys a scope may set. Every field is optional: nil
 // is unset and inherits from the less specific scopes.
 type ShapingValues struct {
-	// MaxConnections caps open connections to the site (all bindings);
-	// narrowed to a binding, the connections from that binding.
+	// MaxConnections caps open connections to the site from one binding
+	// (a domain/binding pair's site; the domain's own when mx_rollup is
+	// false).
 	MaxConnections *int `mapstructure:"max_connections"`
 	// MaxDeliveriesPerConnection is how many deliveries one connection
 	// carries before it QUITs and a fresh one is opened.
 	MaxDeliveriesPerConnection *int `mapstructure:"max_deliveries_per_connection"`
-	// MaxMessageRate and MaxConnectionRate are rates such as "100/s",
-	// "10,000/h" or "unlimited" (see ParseRate).
+	// MaxMessageRate and MaxConnectionRate are budgets of the site and
+	// binding, written "100/s", "10,000/h" or "unlimited" (see ParseRate).
 	MaxMessageRate    *string `mapstructure:"max_message_rate"`
 	MaxConnectionRate *string `mapstructure:"max_connection_rate"`
-	// ProviderMaxConnections and ProviderMaxMessageRate are one budget
-	// across all the sites of a provider, so they are set only in
+	// ProviderMaxConnections and ProviderMaxMessageRate are one budget per
+	// binding across all the sites of a provider, so they are set only in
 	// shaping.default (for every provider) or in a provider entry.
 	ProviderMaxConnections *int    `mapstructure:"provider_max_connections"`
 	ProviderMaxMessageRate *string `mapstructure:"provider_max_message_rate"`

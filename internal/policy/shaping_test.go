@@ -138,12 +138,12 @@ func TestResolve(t *testing.T) {
 		return nil
 	}
 	tests := []struct {
-		name             string
-		domain           string
-		mx               []string
-		binding          string
-		provider, site   string
-		wants            []want
+		name           string
+		domain         string
+		mx             []string
+		binding        string
+		provider, site string
+		wants          []want
 	}{
 		{"no scope but default and *", "other.net", []string{"mx.other.net"}, "b1", "", "mx.other.net", []want{
 			{"max_connections", 8, "default"},
