@@ -564,9 +564,10 @@ delivery:
   allow_loopback_mx: true
   max_connections: $CONNS
   reserve: 0
-domains:
-  - match: "*"
-    max_connections: $PER_DOMAIN_CONNS
+shaping:
+  domains:
+    - match: "*"
+      max_connections: $PER_DOMAIN_CONNS
 EOF
 	"$MTAD" --config "$d/mtad.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
 	MTA_PID=$!

@@ -47,6 +47,7 @@ type statics struct {
 	metrics   *prometheus.Registry
 	pluginCfg map[string]map[string]any
 	bounce    *policy.Classifier
+	shaper    *policy.Shaper
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -107,6 +108,9 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 
 	if st.bounce, err = policy.LoadClassifier(cfg.Delivery.BounceClassesFile); err != nil {
 		return nil, fmt.Errorf("config: delivery.bounce_classes_file: %w", err)
+	}
+	if st.shaper, err = policy.NewShaper(cfg); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 
 	st.pluginCfg = make(map[string]map[string]any, len(cfg.Hooks.Settings))
@@ -190,10 +194,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		}
 	}()
 
-	// The current config, swapped whole on SIGHUP; readers (the per-domain
-	// policy) load it per call.
+	// The current config and its shaping, swapped whole on SIGHUP;
+	// readers (the per-domain policy) load them per call.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
+	var shaper atomic.Pointer[policy.Shaper]
+	shaper.Store(st.shaper)
 	d := cfg.Delivery
 	qs := queue.New()
 	sched, err := scheduler.New(scheduler.Options{
@@ -206,10 +212,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			MaxConnections: d.MaxConnections,
 			Resolver:       st.resolver,
 			Policy: func(dr *queue.DomainRecord, _ int) connpool.Policy {
-				p := cur.Load().DomainPolicy(dr.Name)
+				// Stopgap until the scheduler resolves shaping per
+				// pair with its MX set.
+				p := shaper.Load().Resolve(dr.Name, nil, "")
 				return connpool.Policy{
 					MaxConnections:             p.MaxConnections,
-					MaxConnectionsPerBinding:   p.MaxConnectionsPerBinding,
+					MaxConnectionsPerBinding:   p.MaxConnections,
 					MaxDeliveriesPerConnection: p.MaxDeliveriesPerConnection,
 				}
 			},
@@ -330,7 +338,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, &cur, sched.SetBounceClassifier, log)
+			reload(cfgPath, &cur, &shaper, sched.SetBounceClassifier, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
@@ -353,12 +361,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 }
 
 // reload re-reads the config on SIGHUP. A bad file is logged and the running
-// config kept. Per-domain policy and the bounce classification rules (the
+// config kept. Shaping and the bounce classification rules (the
 // file named by delivery.bounce_classes_file, re-read even when the name is
 // unchanged) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], setBounce func(*policy.Classifier), log *zap.Logger) {
+func reload(path string, cur *atomic.Pointer[config.Config], shaper *atomic.Pointer[policy.Shaper], setBounce func(*policy.Classifier), log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -391,8 +399,9 @@ func reload(path string, cur *atomic.Pointer[config.Config], setBounce func(*pol
 	}
 	sort.Strings(restart)
 	cur.Store(next)
+	shaper.Store(st.shaper)
 	setBounce(st.bounce)
-	log.Info("configuration reloaded: domains policy and bounce classes applied",
+	log.Info("configuration reloaded: shaping and bounce classes applied",
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
 		zap.Strings("changed_needing_restart", restart))
 }

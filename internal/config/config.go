@@ -11,7 +11,7 @@
 // The environment overrides a key by its path upper-cased, dots turned into
 // underscores, and prefixed with MTAD_: MTAD_SPOOL_DIR sets spool.dir,
 // MTAD_INJECT_SMTP_LISTEN="127.0.0.1:2525,[::1]:2525" sets a list (comma
-// separated). Lists of objects (bindings, routes, domains, ...) and
+// separated). Lists of objects (bindings, routes, shaping.domains, ...) and
 // hooks.settings can only be set in the file.
 //
 // Viper is not safe for concurrent use, so Load builds a fresh viper for each
@@ -57,15 +57,12 @@ type Config struct {
 	// Routes send a domain's mail to a fixed host instead of its MX.
 	Routes   []Route  `mapstructure:"routes"`
 	Delivery Delivery `mapstructure:"delivery"`
-	// Domains hold per-domain policy; see DomainPolicy.
-	Domains []Domain `mapstructure:"domains"`
-	Hooks   Hooks    `mapstructure:"hooks"`
-	Runtime Runtime  `mapstructure:"runtime"`
-
-	// domainIndex maps a lower-cased match to its index in Domains; Load
-	// builds it so DomainPolicy is a map lookup. Nil (a hand-built Config)
-	// falls back to a linear scan.
-	domainIndex map[string]int
+	// Shaping holds the per-scope limits and timings (providers, sites,
+	// domains, each narrowable to a binding); internal/policy resolves
+	// them for a domain/binding pair.
+	Shaping Shaping `mapstructure:"shaping"`
+	Hooks   Hooks   `mapstructure:"hooks"`
+	Runtime Runtime `mapstructure:"runtime"`
 }
 
 // Spool configures the durable message store.
@@ -246,16 +243,6 @@ type Timeouts struct {
 	Quit      time.Duration `mapstructure:"quit"`
 }
 
-// Domain is one per-domain policy entry. A nil field is unset and inherits
-// from the "*" entry, then from the built-in defaults (see DomainPolicy).
-type Domain struct {
-	// Match is an exact domain name or "*" for every other domain.
-	Match                      string `mapstructure:"match"`
-	MaxConnections             *int   `mapstructure:"max_connections"`
-	MaxConnectionsPerBinding   *int   `mapstructure:"max_connections_per_binding"`
-	MaxDeliveriesPerConnection *int   `mapstructure:"max_deliveries_per_connection"`
-}
-
 // Hooks configures the hook plugins.
 type Hooks struct {
 	// Plugins are the plugins to load, in registration order.
@@ -265,13 +252,6 @@ type Hooks struct {
 	// every key, so plugins must expect lower-case keys.
 	Settings map[string]any `mapstructure:"settings"`
 }
-
-// Built-in per-domain defaults, used when no "*" entry sets a field.
-const (
-	DefaultDomainMaxConnections             = 20
-	DefaultDomainMaxConnectionsPerBinding   = 0 // 0 = same as max_connections
-	DefaultDomainMaxDeliveriesPerConnection = 100
-)
 
 // Default returns the configuration with every key at its default. This is
 // the one place defaults are written; Load registers them with viper from
@@ -334,6 +314,7 @@ func Default() *Config {
 				Quit:      time.Minute,
 			},
 		},
+		Shaping: defaultShaping(),
 		Hooks:   Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
 		Runtime: Runtime{GCPercent: 400},
 	}
@@ -359,6 +340,11 @@ func Load(path string) (*Config, error) {
 		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("config: read %s: %w", path, err)
 		}
+		// Refused by name, not as an unknown key, so an operator with
+		// an old file learns where the entries went.
+		if v.InConfig("domains") {
+			return nil, fmt.Errorf("config: %s: %s", path, movedDomains)
+		}
 	}
 
 	var c Config
@@ -375,7 +361,6 @@ func Load(path string) (*Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	c.buildIndex()
 	return &c, nil
 }
 
@@ -404,6 +389,15 @@ func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 			// Lists of objects and free-form maps default to empty and
 			// are only set from the file; a nil default keeps viper from
 			// treating them as nested keys.
+		case fv.Kind() == reflect.Pointer:
+			// An optional key (shaping): nil is unset, which viper
+			// must not see as a value; BindEnv still lets MTAD_*
+			// set it.
+			if fv.IsNil() {
+				_ = v.BindEnv(key)
+			} else {
+				v.SetDefault(key, fv.Elem().Interface())
+			}
 		default:
 			v.SetDefault(key, fv.Interface())
 		}
@@ -441,17 +435,12 @@ func (c *Config) normalize() {
 	if len(c.Routes) == 0 {
 		c.Routes = nil
 	}
-	if len(c.Domains) == 0 {
-		c.Domains = nil
-	}
 	// Domain names compare case-insensitively and may be written with the
 	// root's trailing dot; consumers get one spelling.
 	for i := range c.Routes {
 		c.Routes[i].Domain = strings.TrimSuffix(strings.ToLower(c.Routes[i].Domain), ".")
 	}
-	for i := range c.Domains {
-		c.Domains[i].Match = strings.TrimSuffix(strings.ToLower(c.Domains[i].Match), ".")
-	}
+	c.Shaping.normalize()
 }
 
 // decodeError rewrites mapstructure's errors into one line per problem, each

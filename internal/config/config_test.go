@@ -34,11 +34,10 @@ func writeFile(t *testing.T, name, content string) string {
 
 func ptr(n int) *int { return &n }
 
-// sameConfig compares two configs ignoring the lookup index.
+// sameConfig compares two configs.
 func sameConfig(t *testing.T, got, want *Config) {
 	t.Helper()
 	g, w := *got, *want
-	g.domainIndex, w.domainIndex = nil, nil
 	if !reflect.DeepEqual(g, w) {
 		t.Errorf("config mismatch\n got: %+v\nwant: %+v", g, w)
 	}
@@ -77,6 +76,11 @@ func leafKeys(prefix string, typ reflect.Type) []string {
 			keys = append(keys, leafKeys(key, f.Type)...)
 			continue
 		}
+		if f.Type.Kind() == reflect.Pointer {
+			// An optional key (shaping): documented, maybe commented
+			// out, see TestShippedConfig.
+			continue
+		}
 		keys = append(keys, key)
 	}
 	return keys
@@ -89,10 +93,22 @@ func TestShippedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(%s): %v", path, err)
 	}
-	// The shipped file documents the defaults; only the host name is pinned.
+	// The shipped file documents the defaults; only the host name is pinned,
+	// and the provider entries are shipped as configuration, not defaults.
 	want := Default()
 	want.Hostname = "localhost"
+	want.Shaping.Providers = c.Shaping.Providers
 	sameConfig(t, c, want)
+	var names []string
+	for _, p := range c.Shaping.Providers {
+		names = append(names, p.Name)
+		if len(p.MatchMX) == 0 || p.MaxConnections == nil || p.MaxMessageRate == nil {
+			t.Errorf("shipped provider %s: match_mx, max_connections and max_message_rate should be set: %+v", p.Name, p)
+		}
+	}
+	if got, want := strings.Join(names, ","), "google,microsoft,yahoo,apple,comcast,mimecast"; got != want {
+		t.Errorf("shipped providers %s, want %s", got, want)
+	}
 	if c.Inject.SMTP.Listen[0] != "127.0.0.1:2525" || c.Admin.Listen != "127.0.0.1:8025" {
 		t.Errorf("shipped config must stay on loopback: listen %v admin %s", c.Inject.SMTP.Listen, c.Admin.Listen)
 	}
@@ -106,6 +122,18 @@ func TestShippedConfig(t *testing.T) {
 	for _, k := range leafKeys("", reflect.TypeFor[Config]()) {
 		if !v.InConfig(k) {
 			t.Errorf("key %s missing from %s", k, path)
+		}
+	}
+	// Optional keys may be commented out, but each is documented.
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := reflect.TypeFor[ShapingValues]()
+	for i := range sv.NumField() {
+		k := sv.Field(i).Tag.Get("mapstructure")
+		if !v.InConfig("shaping.default."+k) && !strings.Contains(string(text), "# "+k+": ") {
+			t.Errorf("shaping key %s is not shown in shaping.default of %s (as \"# %s: ...\")", k, path, k)
 		}
 	}
 }
@@ -179,12 +207,29 @@ delivery:
     data_block: 8s
     data_term: 9s
     quit: 10s
-domains:
-  - match: "*"
-    max_connections: 5
-  - match: example.com
-    max_connections_per_binding: 2
-    max_deliveries_per_connection: 10
+shaping:
+  default:
+    max_message_rate: "100/s"
+    retry_interval: 2m
+  providers:
+    - name: google
+      match_mx: [.Google.com.]
+      provider_max_message_rate: "3000/m"
+      bindings:
+        - group: bulk
+          max_connections: 3
+  sites:
+    - mx: [MX2.example.net, mx1.example.net]
+      max_connections: 7
+  domains:
+    - match: "*"
+      max_connections: 5
+    - match: Example.COM
+      mx_rollup: false
+      max_deliveries_per_connection: 10
+      bindings:
+        - binding: b
+          max_connections: 2
 hooks:
   plugins: [accounting, throttle]
   settings:
@@ -245,9 +290,26 @@ func TestFullRoundTrip(t *testing.T) {
 				Quit: 10 * time.Second,
 			},
 		},
-		Domains: []Domain{
-			{Match: "*", MaxConnections: ptr(5)},
-			{Match: "example.com", MaxConnectionsPerBinding: ptr(2), MaxDeliveriesPerConnection: ptr(10)},
+		Shaping: Shaping{
+			Default: ShapingValues{
+				MaxConnections:                           ptr(20),
+				MaxDeliveriesPerConnection:               ptr(100),
+				ConsecutiveConnectionFailuresBeforeDelay: ptr(5),
+				MaxMessageRate:                           ptrTo("100/s"),
+				RetryInterval:                            ptrTo(2 * time.Minute),
+			},
+			Providers: []Provider{{
+				Name: "google", MatchMX: []string{".google.com"},
+				ShapingValues: ShapingValues{ProviderMaxMessageRate: ptrTo("3000/m")},
+				Bindings:      []BindingShaping{{Group: "bulk", ShapingValues: ShapingValues{MaxConnections: ptr(3)}}},
+			}},
+			Sites: []Site{{MX: []string{"mx2.example.net", "mx1.example.net"}, ShapingValues: ShapingValues{MaxConnections: ptr(7)}}},
+			Domains: []ShapingDomain{
+				{Match: "*", ShapingValues: ShapingValues{MaxConnections: ptr(5)}},
+				{Match: "example.com", MXRollup: ptrTo(false),
+					ShapingValues: ShapingValues{MaxDeliveriesPerConnection: ptr(10)},
+					Bindings:      []BindingShaping{{Binding: "b", ShapingValues: ShapingValues{MaxConnections: ptr(2)}}}},
+			},
 		},
 		Hooks: Hooks{
 			Plugins: []string{"accounting", "throttle"},
@@ -326,11 +388,6 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"delay warning age", func(c *Config) { c.Delivery.DelayWarning = 120 * time.Hour }, `config: delivery.delay_warning: 120h0m0s is not less than delivery.max_age (120h0m0s)`},
 		{"tls mode", func(c *Config) { c.Delivery.TLS = "required" }, `config: delivery.tls: "required" is not one of opportunistic|disabled`},
 		{"timeout", func(c *Config) { c.Delivery.Timeouts.DataTerm = 0 }, `config: delivery.timeouts.data_term: 0s must be positive`},
-		{"domain match", func(c *Config) { c.Domains = []Domain{{Match: "*.example.com"}} }, `config: domains[0].match: "*.example.com"`},
-		{"domain dup", func(c *Config) { c.Domains = []Domain{{Match: "*"}, {Match: "*"}} }, `config: domains[1].match: "*" is listed twice`},
-		{"domain conns", func(c *Config) { c.Domains = []Domain{{Match: "x.org", MaxConnections: ptr(0)}} }, `config: domains[0].max_connections: 0`},
-		{"domain per binding", func(c *Config) { c.Domains = []Domain{{Match: "x.org", MaxConnectionsPerBinding: ptr(-1)}} }, `config: domains[0].max_connections_per_binding: -1`},
-		{"domain deliveries", func(c *Config) { c.Domains = []Domain{{Match: "x.org", MaxDeliveriesPerConnection: ptr(0)}} }, `config: domains[0].max_deliveries_per_connection: 0`},
 		{"plugin empty", func(c *Config) { c.Hooks.Plugins = []string{""} }, `config: hooks.plugins[0]: must not be empty`},
 		{"plugin dup", func(c *Config) { c.Hooks.Plugins = []string{"a", "a"} }, `config: hooks.plugins[1]: "a" is listed twice`},
 		{"plugin settings", func(c *Config) { c.Hooks.Settings = map[string]any{"a": 5} }, `config: hooks.settings.a: must be a map of settings, not int`},
@@ -383,7 +440,9 @@ func TestUnknownKeysRejected(t *testing.T) {
 		{"inject:\n  smtp:\n    max_sesions: 3\n", "inject.smtp.max_sesions"},
 		{"delivery:\n  timeouts:\n    dataterm: 1s\n", "delivery.timeouts.dataterm"},
 		{"bindings:\n  - name: a\n    adress: 127.0.0.2\n", "bindings[0].adress"},
-		{"domains:\n  - match: x.org\n    max_conections: 3\n", "domains[0].max_conections"},
+		{"shaping:\n  domains:\n    - match: x.org\n      max_conections: 3\n", "shaping.domains[0].max_conections"},
+		{"shaping:\n  domains:\n    - match: x.org\n      max_connections_per_binding: 3\n", "shaping.domains[0].max_connections_per_binding"},
+		{"shaping:\n  providers:\n    - name: p\n      match_mx: [.p.net]\n      bindings:\n        - binding: default\n          max_rate: 3\n", "shaping.providers[0].bindings[0].max_rate"},
 		{"binding_groups:\n  - name: g\n    bindings:\n      - name: default\n        wieght: 2\n", "binding_groups[0].bindings[0].wieght"},
 	}
 	for _, tt := range tests {
@@ -560,56 +619,6 @@ binding_groups:
 	_, err = Load(writeFile(t, "c.yaml", "binding_groups:\n  - name: g\n    bindings:\n      - name: default\n        weight: 0\n"))
 	if err == nil || !strings.Contains(err.Error(), "binding_groups[0].bindings[0].weight: 0") {
 		t.Errorf("Load = %v, want weight 0 refused", err)
-	}
-}
-
-func TestDomainPolicy(t *testing.T) {
-	t.Parallel()
-	builtIn := DomainPolicy{MaxConnections: 20, MaxConnectionsPerBinding: 20, MaxDeliveriesPerConnection: 100}
-	if got := Default().DomainPolicy("example.com"); got != builtIn {
-		t.Errorf("no entries: %+v, want %+v", got, builtIn)
-	}
-
-	c, err := Load(writeFile(t, "c.yaml", `
-domains:
-  - match: "*"
-    max_connections: 5
-    max_deliveries_per_connection: 7
-  - match: Example.COM
-    max_connections_per_binding: 2
-  - match: big.org
-    max_connections: 50
-    max_connections_per_binding: 10
-    max_deliveries_per_connection: 1000
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		domain string
-		want   DomainPolicy
-	}{
-		{"other.net", DomainPolicy{"*", 5, 5, 7}},
-		{"example.com", DomainPolicy{"example.com", 5, 2, 7}},
-		{"EXAMPLE.com.", DomainPolicy{"example.com", 5, 2, 7}},
-		{"sub.example.com", DomainPolicy{"*", 5, 5, 7}},
-		{"big.org", DomainPolicy{"big.org", 50, 10, 1000}},
-	}
-	for _, tt := range tests {
-		if got := c.DomainPolicy(tt.domain); got != tt.want {
-			t.Errorf("DomainPolicy(%q) = %+v, want %+v", tt.domain, got, tt.want)
-		}
-	}
-
-	// Without a "*" entry, unset fields come from the built-in defaults; a
-	// hand-built Config (no index) gives the same answers.
-	hand := Default()
-	hand.Domains = []Domain{{Match: "x.org", MaxConnections: ptr(3)}}
-	if got, want := hand.DomainPolicy("x.org"), (DomainPolicy{"x.org", 3, 3, 100}); got != want {
-		t.Errorf("hand-built: %+v, want %+v", got, want)
-	}
-	if got := hand.DomainPolicy("y.org"); got != builtIn {
-		t.Errorf("hand-built other: %+v, want %+v", got, builtIn)
 	}
 }
 

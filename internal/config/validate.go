@@ -78,7 +78,7 @@ func (c *Config) Validate() error {
 	}
 
 	c.validateDelivery(v)
-	c.validateDomains(v)
+	c.validateShaping(v)
 
 	seenPlugin := map[string]bool{}
 	for i, p := range c.Hooks.Plugins {
@@ -256,30 +256,6 @@ func (c *Config) validateDelivery(v *validator) {
 		{"data_term", t.DataTerm}, {"quit", t.Quit},
 	} {
 		v.positive(p+"timeouts."+x.key, x.d)
-	}
-}
-
-func (c *Config) validateDomains(v *validator) {
-	seen := map[string]bool{}
-	for i, d := range c.Domains {
-		key := fmt.Sprintf("domains[%d]", i)
-		m := strings.ToLower(d.Match)
-		switch {
-		case m != "*" && !validDomain(m):
-			v.bad(key+".match", "%q is neither a domain name nor \"*\"", d.Match)
-		case seen[m]:
-			v.bad(key+".match", "%q is listed twice", d.Match)
-		}
-		seen[m] = true
-		if d.MaxConnections != nil && *d.MaxConnections < 1 {
-			v.bad(key+".max_connections", "%d must be at least 1", *d.MaxConnections)
-		}
-		if d.MaxConnectionsPerBinding != nil && *d.MaxConnectionsPerBinding < 0 {
-			v.bad(key+".max_connections_per_binding", "%d is negative", *d.MaxConnectionsPerBinding)
-		}
-		if d.MaxDeliveriesPerConnection != nil && *d.MaxDeliveriesPerConnection < 1 {
-			v.bad(key+".max_deliveries_per_connection", "%d must be at least 1", *d.MaxDeliveriesPerConnection)
-		}
 	}
 }
 

@@ -1,5 +1,6 @@
 // Package policy is to own delivery policy (DESIGN.md: shaping, throttles,
-// suspensions, response rules, bounce classification). So far it holds
+// suspensions, response rules, bounce classification). It holds shaping
+// resolution (shaping.go: which limits apply to a domain/binding pair) and
 // bounce classification: it turns the result of a delivery attempt (an *outcome.Error: phase, reply code, enhanced code,
 // text) into a bounce class, the kind of failure as Momentum (Message
 // Systems, now SparkPost) numbers them, so that the delivery log, the DSNs
@@ -46,7 +47,7 @@
 // With the built-in rules a deferral is never 51, so the count of 51 is a
 // count of mail lost to blocks.
 //
-// It must never import another mtad package but outcome, keep state that
+// It must never import another mtad package but outcome and config, keep state that
 // changes after New, or do I/O except reading a rules file in Load.
 package policy
 

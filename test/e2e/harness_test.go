@@ -140,9 +140,10 @@ delivery:
     data_block: 10s
     data_term: 10s
     quit: 5s
-domains:
-  - match: "*"
-    max_connections: %d
+shaping:
+  domains:
+    - match: "*"
+      max_connections: %d
 hooks:
   plugins: [accounting]
 `, filepath.Join(e.dir, "spool"), e.logPath, o.dns, o.port, o.maxConnections, o.retry, o.maxRetry, o.perDomain)
