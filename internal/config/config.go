@@ -61,6 +61,11 @@ type Config struct {
 	Domains []Domain `mapstructure:"domains"`
 	Hooks   Hooks    `mapstructure:"hooks"`
 	Runtime Runtime  `mapstructure:"runtime"`
+	// ResponseRules react to remote replies (see ResponseRule); they come
+	// before the rules of ResponseRulesFile, a YAML file holding "rules:"
+	// with the same entries ("" = none; read by internal/policy).
+	ResponseRules     []ResponseRule `mapstructure:"response_rules"`
+	ResponseRulesFile string         `mapstructure:"response_rules_file"`
 
 	// domainIndex maps a lower-cased match to its index in Domains; Load
 	// builds it so DomainPolicy is a map lookup. Nil (a hand-built Config)
@@ -443,6 +448,9 @@ func (c *Config) normalize() {
 	}
 	if len(c.Domains) == 0 {
 		c.Domains = nil
+	}
+	if len(c.ResponseRules) == 0 {
+		c.ResponseRules = nil
 	}
 	// Domain names compare case-insensitively and may be written with the
 	// root's trailing dot; consumers get one spelling.

@@ -92,6 +92,7 @@ func TestShippedConfig(t *testing.T) {
 	// The shipped file documents the defaults; only the host name is pinned.
 	want := Default()
 	want.Hostname = "localhost"
+	want.ResponseRulesFile = "configs/response-rules.yaml" // relative to the repo root, where make run starts
 	sameConfig(t, c, want)
 	if c.Inject.SMTP.Listen[0] != "127.0.0.1:2525" || c.Admin.Listen != "127.0.0.1:8025" {
 		t.Errorf("shipped config must stay on loopback: listen %v admin %s", c.Inject.SMTP.Listen, c.Admin.Listen)
