@@ -103,7 +103,9 @@ func TestResponseRuleErrors(t *testing.T) {
 		{"action unknown", func(r *ResponseRule) { r.Action = "pause" }, `response_rules[1].action: "pause" is not one of`},
 		{"suspend duration", func(r *ResponseRule) { r.Duration = 0 }, `response_rules[1].duration: missing: a suspend lasts for a duration`},
 		{"negative duration", func(r *ResponseRule) { r.Duration = -time.Second }, `response_rules[1].duration: -1s is negative`},
-		{"throttle duration", func(r *ResponseRule) { r.Action, r.Duration, r.Throttle = "throttle", 0, &RuleThrottle{MaxConnections: ptr(1)} }, `response_rules[1].duration: missing: a throttle lasts`},
+		{"throttle duration", func(r *ResponseRule) {
+			r.Action, r.Duration, r.Throttle = "throttle", 0, &RuleThrottle{MaxConnections: ptr(1)}
+		}, `response_rules[1].duration: missing: a throttle lasts`},
 		{"throttle keys", func(r *ResponseRule) { r.Action = "throttle" }, `response_rules[1].throttle: missing: a throttle overrides`},
 		{"throttle empty", func(r *ResponseRule) { r.Action, r.Throttle = "throttle", &RuleThrottle{} }, `response_rules[1].throttle: missing`},
 		{"throttle rate", func(r *ResponseRule) { r.Action, r.Throttle = "throttle", &RuleThrottle{MaxMessageRate: "fast"} }, `response_rules[1].throttle.max_message_rate: "fast" is not a rate`},
