@@ -71,7 +71,7 @@ const TriggerImmediate = "immediate"
 
 // maxTriggerCount bounds N in "N/window": the policy keeps up to N times
 // per rule and scope.
-const maxTriggerCount = 1000
+const maxTriggerCount = 100
 
 // ParseTrigger reads a rule's trigger: "" or "immediate" is (1, 0);
 // "N/window" is N matches within window, where window is a Go duration

@@ -98,7 +98,7 @@ func TestResponseRuleErrors(t *testing.T) {
 		{"trigger", func(r *ResponseRule) { r.Trigger = "3 per 10m" }, `response_rules[1].trigger: "3 per 10m" is neither "immediate" nor a threshold`},
 		{"trigger window", func(r *ResponseRule) { r.Trigger = "3/0s" }, `response_rules[1].trigger: "3/0s" is neither`},
 		{"trigger count", func(r *ResponseRule) { r.Trigger = "0/10m" }, `response_rules[1].trigger: "0/10m" is neither`},
-		{"trigger big", func(r *ResponseRule) { r.Trigger = "5000/1h" }, `response_rules[1].trigger: "5000/1h": at most 1000 matches`},
+		{"trigger big", func(r *ResponseRule) { r.Trigger = "101/1h" }, `response_rules[1].trigger: "101/1h": at most 100 matches`},
 		{"action missing", func(r *ResponseRule) { r.Action = "" }, `response_rules[1].action: missing: one of suspend|throttle|bounce|defer|rebind`},
 		{"action unknown", func(r *ResponseRule) { r.Action = "pause" }, `response_rules[1].action: "pause" is not one of`},
 		{"suspend duration", func(r *ResponseRule) { r.Duration = 0 }, `response_rules[1].duration: missing: a suspend lasts for a duration`},
