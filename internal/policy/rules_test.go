@@ -408,7 +408,7 @@ func FuzzRulesFile(f *testing.F) {
 func BenchmarkMatch(b *testing.B) {
 	rs := shipped(b)
 	w := Where{Domain: "example.com", Site: "mx1.example,mx2.example", Provider: "prov", Binding: "b1"}
-	miss := Reply{451, "4.7.1", strings.Repeat("Temporary local problem, please try again later. ", 4)[:200], false}
+	miss := Reply{451, "4.7.1", strings.Repeat("Temporary local problem, please try again later. ", 5)[:200], false}
 	hit := Reply{421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", false}
 	b.Run("miss", func(b *testing.B) {
 		for b.Loop() {
