@@ -63,6 +63,11 @@ type Config struct {
 	Shaping Shaping `mapstructure:"shaping"`
 	Hooks   Hooks   `mapstructure:"hooks"`
 	Runtime Runtime `mapstructure:"runtime"`
+	// ResponseRules react to remote replies (see ResponseRule); they come
+	// before the rules of ResponseRulesFile, a YAML file holding "rules:"
+	// with the same entries ("" = none; read by internal/policy).
+	ResponseRules     []ResponseRule `mapstructure:"response_rules"`
+	ResponseRulesFile string         `mapstructure:"response_rules_file"`
 }
 
 // Spool configures the durable message store.
@@ -434,6 +439,9 @@ func (c *Config) normalize() {
 	}
 	if len(c.Routes) == 0 {
 		c.Routes = nil
+	}
+	if len(c.ResponseRules) == 0 {
+		c.ResponseRules = nil
 	}
 	// Domain names compare case-insensitively and may be written with the
 	// root's trailing dot; consumers get one spelling.

@@ -98,6 +98,7 @@ func TestShippedConfig(t *testing.T) {
 	want := Default()
 	want.Hostname = "localhost"
 	want.Shaping.Providers = c.Shaping.Providers
+	want.ResponseRulesFile = "configs/response-rules.yaml" // relative to the repo root, where make run starts
 	sameConfig(t, c, want)
 	var names []string
 	for _, p := range c.Shaping.Providers {

@@ -79,6 +79,7 @@ func (c *Config) Validate() error {
 
 	c.validateDelivery(v)
 	c.validateShaping(v)
+	c.validateResponseRules(v)
 
 	seenPlugin := map[string]bool{}
 	for i, p := range c.Hooks.Plugins {

@@ -1,7 +1,16 @@
-// Package policy is to own delivery policy (DESIGN.md: shaping, throttles,
-// suspensions, response rules, bounce classification). It holds shaping
-// resolution (shaping.go: which limits apply to a domain/binding pair) and
-// bounce classification: it turns the result of a delivery attempt (an *outcome.Error: phase, reply code, enhanced code,
+// Package policy owns delivery policy (DESIGN.md: shaping, throttles,
+// suspensions, response rules, bounce classification): the decisions, not
+// their application, which is the scheduler's.
+//
+// Shaping (shaping.go, rate.go) resolves which limits apply to a
+// domain/binding pair; throttles (throttle.go) are token buckets per scope key and the
+// ramped overrides a throttle rule sets; Suspensions (suspend.go) pause a
+// domain, site, provider, binding or pair until an end time; Rules
+// (rules.go) turn a remote reply into an action. All take the time as an
+// argument (the scheduler's clock) and start no goroutines: the scheduler
+// owns the timers, expires what ended (Expire) and logs it.
+//
+// Bounce classification turns the result of a delivery attempt (an *outcome.Error: phase, reply code, enhanced code,
 // text) into a bounce class, the kind of failure as Momentum (Message
 // Systems, now SparkPost) numbers them, so that the delivery log, the DSNs
 // and the metrics say "mailbox full" or "spam block" in one vocabulary
@@ -47,8 +56,11 @@
 // With the built-in rules a deferral is never 51, so the count of 51 is a
 // count of mail lost to blocks.
 //
-// It must never import another mtad package but outcome and config, keep state that
-// changes after New, or do I/O except reading a rules file in Load.
+// It must never import another mtad package but outcome and config, read
+// the wall clock, start goroutines, or do I/O except reading a rules file.
+// A Classifier and Rules' patterns never change after they are compiled;
+// the state that does (buckets, overrides, suspensions, trigger counters)
+// is bounded and safe for concurrent use.
 package policy
 
 import (

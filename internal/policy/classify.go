@@ -297,12 +297,18 @@ func compileAll(src string, rs []locatedRule) ([]rule, error) {
 
 // compile checks and compiles one rule; key names the field at fault.
 func compile(r BounceRule) (_ rule, key string, _ error) {
+	if !r.Class.Valid() && (r.Code != "" || r.Enhanced != "" || r.Text != "") {
+		return rule{}, "class", fmt.Errorf("%d is not a bounce class (1, 10, 20-25, 30, 40, 50-54, 60, 70, 80, 90, 100)", int(r.Class))
+	}
+	return compileMatch(r)
+}
+
+// compileMatch compiles the reply pattern of r (code, enhanced, text),
+// which response rules share with bounce rules.
+func compileMatch(r BounceRule) (_ rule, key string, _ error) {
 	cr := rule{name: r.Name, class: r.Class}
 	if r.Code == "" && r.Enhanced == "" && r.Text == "" {
 		return cr, "", errors.New("needs at least one of code, enhanced, text")
-	}
-	if !r.Class.Valid() {
-		return cr, "class", fmt.Errorf("%d is not a bounce class (1, 10, 20-25, 30, 40, 50-54, 60, 70, 80, 90, 100)", int(r.Class))
 	}
 	if r.Code != "" {
 		if len(r.Code) != 3 || r.Code[0] < '2' || r.Code[0] > '5' {

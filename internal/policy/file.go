@@ -20,6 +20,52 @@ import (
 // error can name the line and key, and an unknown key (a typo that would
 // silently widen a rule) is an error.
 func parseRules(src string, data []byte) ([]locatedRule, error) {
+	seq, err := rulesList(src, data)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]locatedRule, 0, len(seq))
+	for i, n := range seq {
+		r := locatedRule{line: n.Line}
+		r.keys, err = eachKey(src, i, n, "name, code, enhanced, text, class", func(k, v *yaml.Node, at string) error {
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+				return fmt.Errorf("%s: must be a single value", at)
+			}
+			switch k.Value {
+			case "name":
+				r.Name = v.Value
+			case "code":
+				r.Code = v.Value
+			case "enhanced":
+				r.Enhanced = v.Value
+			case "text":
+				r.Text = v.Value
+			case "class":
+				c, err := strconv.Atoi(v.Value)
+				if err != nil {
+					return fmt.Errorf("%s: %q is not a number", at, v.Value)
+				}
+				r.Class = BounceClass(c)
+			default:
+				return fmt.Errorf("%s: unknown key (a rule has name, code, enhanced, text, class)", at)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := r.keys["class"]; !ok {
+			return nil, fmt.Errorf("%s: line %d: rule %d: class: missing", src, n.Line, i+1)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// rulesList returns the entries of a rules file's only key, "rules"; nil
+// for an empty file or list. Both the bounce classes file and the response
+// rules file have this shape.
+func rulesList(src string, data []byte) ([]*yaml.Node, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
@@ -45,46 +91,28 @@ func parseRules(src string, data []byte) ([]locatedRule, error) {
 	if seq.Kind != yaml.SequenceNode {
 		return nil, fmt.Errorf("%s: line %d: rules: must be a list of rules", src, seq.Line)
 	}
-	out := make([]locatedRule, 0, len(seq.Content))
-	for i, n := range seq.Content {
-		where := fmt.Sprintf("%s: line %d: rule %d", src, n.Line, i+1)
-		if n.Kind != yaml.MappingNode {
-			return nil, fmt.Errorf("%s: must be a mapping of name, code, enhanced, text, class", where)
-		}
-		r := locatedRule{line: n.Line, keys: map[string]int{}}
-		for j := 0; j+1 < len(n.Content); j += 2 {
-			k, v := n.Content[j], n.Content[j+1]
-			at := fmt.Sprintf("%s: line %d: rule %d: %s", src, v.Line, i+1, k.Value)
-			if _, dup := r.keys[k.Value]; dup {
-				return nil, fmt.Errorf("%s: given twice", at)
-			}
-			r.keys[k.Value] = v.Line
-			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
-				return nil, fmt.Errorf("%s: must be a single value", at)
-			}
-			switch k.Value {
-			case "name":
-				r.Name = v.Value
-			case "code":
-				r.Code = v.Value
-			case "enhanced":
-				r.Enhanced = v.Value
-			case "text":
-				r.Text = v.Value
-			case "class":
-				c, err := strconv.Atoi(v.Value)
-				if err != nil {
-					return nil, fmt.Errorf("%s: %q is not a number", at, v.Value)
-				}
-				r.Class = BounceClass(c)
-			default:
-				return nil, fmt.Errorf("%s: unknown key (a rule has name, code, enhanced, text, class)", at)
-			}
-		}
-		if _, ok := r.keys["class"]; !ok {
-			return nil, fmt.Errorf("%s: class: missing", where)
-		}
-		out = append(out, r)
+	return seq.Content, nil
+}
+
+// eachKey calls fn for every key of rule i (node n, which must be a
+// mapping of the keys listed in what), with at naming the file, line, rule
+// and key for fn's errors. A key given twice is an error. It returns each
+// key's line.
+func eachKey(src string, i int, n *yaml.Node, what string, fn func(k, v *yaml.Node, at string) error) (map[string]int, error) {
+	if n.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s: line %d: rule %d: must be a mapping of %s", src, n.Line, i+1, what)
 	}
-	return out, nil
+	keys := map[string]int{}
+	for j := 0; j+1 < len(n.Content); j += 2 {
+		k, v := n.Content[j], n.Content[j+1]
+		at := fmt.Sprintf("%s: line %d: rule %d: %s", src, v.Line, i+1, k.Value)
+		if _, dup := keys[k.Value]; dup {
+			return nil, fmt.Errorf("%s: given twice", at)
+		}
+		keys[k.Value] = v.Line
+		if err := fn(k, v, at); err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
 }

@@ -1,0 +1,228 @@
+package policy
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ScopeKind names what a suspension, an override or a rule's action
+// applies to.
+type ScopeKind string
+
+// The scope kinds.
+const (
+	ScopeDomain   ScopeKind = "domain"   // a recipient domain
+	ScopeSite     ScopeKind = "site"     // a domain's MX host set (every domain on it)
+	ScopeProvider ScopeKind = "provider" // every site of a provider
+	ScopeBinding  ScopeKind = "binding"  // a binding, to every destination
+	ScopePair     ScopeKind = "pair"     // one domain from one binding
+)
+
+// Suspension sources.
+const (
+	SourceConfig   = "config"
+	SourceRule     = "rule"
+	SourceOperator = "operator"
+	SourceAdaptive = "adaptive"
+)
+
+// Suspension is a pause of deliveries to a scope: its mail stays queued
+// (its age still counts toward expiry) and nothing is sent to the scope
+// from Start until Until. Every suspension ends: a zero Until is never in
+// force.
+type Suspension struct {
+	ID   string // unique and short ("s42"), stable while it is in force
+	Kind ScopeKind
+	// Name is the domain name, site key or provider name; "" for
+	// ScopeBinding. Domain names are compared lower-cased.
+	Name string
+	// Binding narrows the suspension to one binding ("" = every binding):
+	// a rule suspends binding × site, the other bindings keep sending.
+	// For ScopePair and ScopeBinding it is the binding.
+	Binding      string
+	Reason       string // says why, e.g. the reply that matched
+	Source       string // SourceConfig, SourceRule, SourceOperator, SourceAdaptive
+	Rule         string // the rule's name when Source is SourceRule
+	Start, Until time.Time
+}
+
+// InForce reports whether sp pauses deliveries at now.
+func (sp *Suspension) InForce(now time.Time) bool {
+	return !now.Before(sp.Start) && now.Before(sp.Until)
+}
+
+type scopeKey struct {
+	kind          ScopeKind
+	name, binding string
+}
+
+func keyOf(kind ScopeKind, name, binding string) scopeKey {
+	if kind == ScopeDomain || kind == ScopePair {
+		name = strings.ToLower(strings.TrimSuffix(name, "."))
+	}
+	if kind == ScopeBinding {
+		name = ""
+	}
+	if kind == ScopePair && binding == "" {
+		kind = ScopeDomain // a pair of every binding is the domain
+	}
+	return scopeKey{kind, name, binding}
+}
+
+// Suspensions holds the suspensions, at most one per scope (kind, name,
+// binding). It is safe for concurrent use. Check runs for every pair on
+// every tick (100k pairs), so while there are none it costs one atomic
+// load, and otherwise a handful of map lookups under a read lock.
+type Suspensions struct {
+	n      atomic.Int64 // len(by), read without the lock
+	mu     sync.RWMutex
+	by     map[scopeKey]*Suspension
+	byID   map[string]*Suspension
+	lastID uint64
+}
+
+// NewSuspensions returns an empty set.
+func NewSuspensions() *Suspensions {
+	return &Suspensions{by: map[scopeKey]*Suspension{}, byID: map[string]*Suspension{}}
+}
+
+// Add puts sp in force and returns the suspension in force for its scope:
+// sp with a fresh ID, or, when the scope is already suspended until later
+// than sp.Until, the existing one (sp is then dropped: a rule firing again
+// never shortens an operator's longer suspension).
+func (s *Suspensions) Add(sp Suspension) Suspension {
+	k := keyOf(sp.Kind, sp.Name, sp.Binding)
+	sp.Kind, sp.Name = k.kind, k.name
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.by[k]; old != nil {
+		if !sp.Until.After(old.Until) {
+			return *old
+		}
+		delete(s.byID, old.ID)
+	}
+	s.lastID++
+	sp.ID = "s" + strconv.FormatUint(s.lastID, 10)
+	p := &sp
+	s.by[k] = p
+	s.byID[sp.ID] = p
+	s.n.Store(int64(len(s.by)))
+	return sp
+}
+
+// Lift ends the suspension id now, returning it.
+func (s *Suspensions) Lift(id string) (Suspension, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.byID[id]
+	if p == nil {
+		return Suspension{}, false
+	}
+	s.remove(p)
+	return *p, true
+}
+
+// LiftScope ends the suspension of the scope (kind, name, binding) now,
+// returning it.
+func (s *Suspensions) LiftScope(kind ScopeKind, name, binding string) (Suspension, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.by[keyOf(kind, name, binding)]
+	if p == nil {
+		return Suspension{}, false
+	}
+	s.remove(p)
+	return *p, true
+}
+
+func (s *Suspensions) remove(p *Suspension) {
+	delete(s.by, keyOf(p.Kind, p.Name, p.Binding))
+	delete(s.byID, p.ID)
+	s.n.Store(int64(len(s.by)))
+}
+
+// List returns the suspensions not ended at now (in force, or starting
+// later), the soonest to end first.
+func (s *Suspensions) List(now time.Time) []Suspension {
+	s.mu.RLock()
+	out := make([]Suspension, 0, len(s.by))
+	for _, p := range s.by {
+		if now.Before(p.Until) {
+			out = append(out, *p)
+		}
+	}
+	s.mu.RUnlock()
+	sortSuspensions(out)
+	return out
+}
+
+// Len is the number of suspensions held, ended or not.
+func (s *Suspensions) Len() int { return int(s.n.Load()) }
+
+// Check returns the suspension in force at now that covers the pair
+// (domain, binding) whose domain is on site of provider (each "" when not
+// known), of any kind; when several do, the one that ends last. domain is
+// lower-case, as the queue keeps it.
+func (s *Suspensions) Check(now time.Time, domain, site, provider, binding string) (Suspension, bool) {
+	if s.n.Load() == 0 {
+		return Suspension{}, false
+	}
+	var best *Suspension
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	try := func(k scopeKey) {
+		if p := s.by[k]; p != nil && p.InForce(now) && (best == nil || p.Until.After(best.Until)) {
+			best = p
+		}
+	}
+	if domain != "" {
+		try(scopeKey{ScopeDomain, domain, ""})
+		try(scopeKey{ScopeDomain, domain, binding})
+		try(scopeKey{ScopePair, domain, binding})
+	}
+	if site != "" {
+		try(scopeKey{ScopeSite, site, ""})
+		try(scopeKey{ScopeSite, site, binding})
+	}
+	if provider != "" {
+		try(scopeKey{ScopeProvider, provider, ""})
+		try(scopeKey{ScopeProvider, provider, binding})
+	}
+	try(scopeKey{ScopeBinding, "", binding})
+	if best == nil {
+		return Suspension{}, false
+	}
+	return *best, true
+}
+
+// Expire removes the suspensions ended at now and returns them, the
+// soonest ended first, for the caller to log "suspension ended".
+func (s *Suspensions) Expire(now time.Time) []Suspension {
+	if s.n.Load() == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	var out []Suspension
+	for _, p := range s.by {
+		if !now.Before(p.Until) {
+			out = append(out, *p)
+			s.remove(p)
+		}
+	}
+	s.mu.Unlock()
+	sortSuspensions(out)
+	return out
+}
+
+func sortSuspensions(ss []Suspension) {
+	sort.Slice(ss, func(i, j int) bool {
+		if !ss[i].Until.Equal(ss[j].Until) {
+			return ss[i].Until.Before(ss[j].Until)
+		}
+		return ss[i].ID < ss[j].ID
+	})
+}
