@@ -48,6 +48,7 @@ type statics struct {
 	pluginCfg map[string]map[string]any
 	bounce    *policy.Classifier
 	shaper    *policy.Shaper
+	rules     *policy.Rules
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -110,6 +111,9 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		return nil, fmt.Errorf("config: delivery.bounce_classes_file: %w", err)
 	}
 	if st.shaper, err = policy.NewShaper(cfg); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if st.rules, err = policy.LoadRules(cfg); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 
@@ -194,12 +198,9 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		}
 	}()
 
-	// The current config and its shaping, swapped whole on SIGHUP;
-	// readers (the per-domain policy) load them per call.
+	// The current config, swapped whole on SIGHUP.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
-	var shaper atomic.Pointer[policy.Shaper]
-	shaper.Store(st.shaper)
 	d := cfg.Delivery
 	qs := queue.New()
 	sched, err := scheduler.New(scheduler.Options{
@@ -208,19 +209,13 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Bindings: st.bindings,
 		Hooks:    st.hooks,
 		Hostname: cfg.Hostname,
+		// Each pair's caps, rates, retry schedule, max_age and idle
+		// timeout come from its shaping once its MX set is known.
+		Shaper: st.shaper,
+		Rules:  st.rules,
 		Pool: connpool.Options{
 			MaxConnections: d.MaxConnections,
 			Resolver:       st.resolver,
-			Policy: func(dr *queue.DomainRecord, _ int) connpool.Policy {
-				// Stopgap until the scheduler resolves shaping per
-				// pair with its MX set.
-				p := shaper.Load().Resolve(dr.Name, nil, "")
-				return connpool.Policy{
-					MaxConnections:             p.MaxConnections,
-					MaxConnectionsPerBinding:   p.MaxConnections,
-					MaxDeliveriesPerConnection: p.MaxDeliveriesPerConnection,
-				}
-			},
 			IdleTimeout:    d.IdleTimeout,
 			ConnectTimeout: d.Timeouts.Connect,
 			LookupTimeout:  cfg.DNS.Timeout,
@@ -338,7 +333,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, &cur, &shaper, sched.SetBounceClassifier, log)
+			reload(cfgPath, &cur, sched, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
@@ -366,7 +361,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // unchanged) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], shaper *atomic.Pointer[policy.Shaper], setBounce func(*policy.Classifier), log *zap.Logger) {
+func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -393,15 +388,21 @@ func reload(path string, cur *atomic.Pointer[config.Config], shaper *atomic.Poin
 	}
 	od, nd := old.Delivery, next.Delivery
 	od.BounceClassesFile, nd.BounceClassesFile = "", "" // applied below
+	// Applied below too: the shaping of every pair (the delivery.* timings
+	// are its defaults), and the response rules.
+	od.RetryInterval, od.MaxRetryInterval, od.MaxAge, od.IdleTimeout = 0, 0, 0, 0
+	nd.RetryInterval, nd.MaxRetryInterval, nd.MaxAge, nd.IdleTimeout = 0, 0, 0, 0
 	if fmt.Sprint(old.DNS, old.Routes, od, old.Hooks, old.Log, old.Admin, old.Hostname) !=
 		fmt.Sprint(next.DNS, next.Routes, nd, next.Hooks, next.Log, next.Admin, next.Hostname) {
 		restart = append(restart, "dns/routes/delivery/hooks/log/admin/hostname")
 	}
 	sort.Strings(restart)
 	cur.Store(next)
-	shaper.Store(st.shaper)
-	setBounce(st.bounce)
-	log.Info("configuration reloaded: shaping and bounce classes applied",
+	sched.SetShaper(st.shaper)
+	sched.SetRules(st.rules)
+	sched.SetBounceClassifier(st.bounce)
+	log.Info("configuration reloaded: shaping, response rules and bounce classes applied",
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
+		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
 		zap.Strings("changed_needing_restart", restart))
 }

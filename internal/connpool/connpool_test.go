@@ -611,6 +611,9 @@ func (g grantorFunc) Yield(p *queue.Pair) bool {
 	return g.yield(p)
 }
 
+func (g grantorFunc) Admit(*queue.Pair) time.Duration { return 0 }
+func (g grantorFunc) Opened(*queue.Pair)              {}
+
 func (g grantorFunc) Released(p *queue.Pair) {
 	if g.released != nil {
 		g.released(p)

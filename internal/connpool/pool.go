@@ -174,6 +174,17 @@ type Grantor interface {
 	// the session (QUIT) so that its slot goes to a pair waiting for one,
 	// or because p is over a cap lowered since the session began.
 	Yield(p *queue.Pair) bool
+	// Admit is asked before a session takes a delivery of p from its
+	// queue: 0 takes a token from the pair's message budgets and lets it
+	// go; a positive wait says when the next token is due (nothing was
+	// taken). A session waits that long when it is within its idle
+	// timeout, else it ends and the grantor reopens the pair when the
+	// token is due.
+	Admit(p *queue.Pair) (wait time.Duration)
+	// Opened says a session of p has taken its slot (whoever called
+	// Open); every Opened is followed by one Released, unless the pool is
+	// closing.
+	Opened(p *queue.Pair)
 	// Released says a session of p has ended and its slot is free again
 	// (after the session's counts were given back). It is not called once
 	// the pool is closing.
@@ -182,8 +193,10 @@ type Grantor interface {
 
 type noGrantor struct{}
 
-func (noGrantor) Yield(*queue.Pair) bool { return false }
-func (noGrantor) Released(*queue.Pair)   {}
+func (noGrantor) Yield(*queue.Pair) bool          { return false }
+func (noGrantor) Admit(*queue.Pair) time.Duration { return 0 }
+func (noGrantor) Opened(*queue.Pair)              {}
+func (noGrantor) Released(*queue.Pair)            {}
 
 // Pool is the set of outbound connections. The scheduler's grantor opens
 // them (hooks.Opener is the grantor's face, not the pool's).
@@ -320,6 +333,7 @@ func (p *Pool) Open(dr *queue.DomainRecord, slot int, n int) int {
 		p.live[s] = struct{}{}
 		p.wg.Add(1)
 		p.mu.Unlock()
+		p.grant.Opened(pair)
 		go s.run()
 		opened++
 	}

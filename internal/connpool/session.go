@@ -97,6 +97,11 @@ func (s *session) serve(c *smtpclient.Client) {
 		if p.grant.Yield(s.pair) {
 			return
 		}
+		if s.pair.Len() > 0 {
+			if !s.admit() {
+				return
+			}
+		}
 		d := s.pair.Pop()
 		if d == nil {
 			if !s.idle() {
@@ -109,6 +114,38 @@ func (s *session) serve(c *smtpclient.Client) {
 			return
 		}
 	}
+}
+
+// admitRetries bounds the waits for a message token in a row: a clock
+// that does not move (a test's) must not keep a session waiting forever.
+const admitRetries = 3
+
+// admit waits for a token of the pair's message budgets (Grantor.Admit)
+// while the wait is within the idle timeout; false means end the session
+// (the wait is longer, or the pool is closing).
+func (s *session) admit() bool {
+	p := s.pool
+	idle := s.policy.IdleTimeout
+	if idle <= 0 {
+		idle = p.opts.IdleTimeout
+	}
+	for range admitRetries {
+		wait := p.grant.Admit(s.pair)
+		if wait <= 0 {
+			return true
+		}
+		if wait > idle {
+			return false
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-p.ctx.Done():
+			t.Stop()
+			return false
+		}
+	}
+	return false
 }
 
 // deliver runs one transaction for d and reports it; false means the

@@ -132,6 +132,62 @@ type Registry struct {
 	MailQueueMaintain          *MaintainChain
 	PostInitiateConnectionSMTP *PostInitiateChain
 	PostSessionSMTP            *PostSessionChain
+
+	shaping   atomic.Pointer[func(dr *queue.DomainRecord, slot int, now time.Time) (PairShaping, bool)]
+	suspender atomic.Pointer[SuspendFunc]
+}
+
+// SuspendFunc puts a suspension of the pair (dr, slot) in force until
+// until, from source ("adaptive") for reason, where an operator can list
+// and lift it; the scheduler supplies it.
+type SuspendFunc func(dr *queue.DomainRecord, slot int, until time.Time, source, reason string)
+
+// SetSuspender installs the function Suspend calls.
+func (r *Registry) SetSuspender(fn SuspendFunc) { r.suspender.Store(&fn) }
+
+// Suspend suspends the pair through the installed SuspendFunc and reports
+// whether there was one; a hook without it holds the pair itself.
+func (r *Registry) Suspend(dr *queue.DomainRecord, slot int, until time.Time, source, reason string) bool {
+	if fn := r.suspender.Load(); fn != nil {
+		(*fn)(dr, slot, until, source, reason)
+		return true
+	}
+	return false
+}
+
+// PairShaping is a domain/binding pair's shaping as a hook sees it: the
+// limits resolved for it (internal/policy) with any rule's throttle
+// applied, and whether a suspension or a rate holds it now.
+type PairShaping struct {
+	MaxConnections             int     // connections to the site from the binding; 0 = no limit
+	MaxDeliveriesPerConnection int     // 0 = no limit
+	MaxMessageRate             float64 // messages per second to the site from the binding; 0 = no limit
+	MaxConnectionRate          float64 // new connections per second; 0 = no limit
+	Provider, Site             string  // the matched provider ("" = none) and the site's budget key
+	// Suspended says a suspension covers the pair until SuspendedUntil,
+	// for Reason.
+	Suspended      bool
+	SuspendedUntil time.Time
+	Reason         string
+	// ThrottledUntil is when the pair's message budget has a token again;
+	// zero when it has one now.
+	ThrottledUntil time.Time
+}
+
+// SetShaping installs the function ShapingOf answers with (the scheduler
+// does, when it is built).
+func (r *Registry) SetShaping(fn func(dr *queue.DomainRecord, slot int, now time.Time) (PairShaping, bool)) {
+	r.shaping.Store(&fn)
+}
+
+// ShapingOf returns the pair's shaping at now, for a hook that wants to
+// decide by it; false when no shaping is known (no scheduler, or the
+// domain not resolved yet).
+func (r *Registry) ShapingOf(dr *queue.DomainRecord, slot int, now time.Time) (PairShaping, bool) {
+	if fn := r.shaping.Load(); fn != nil {
+		return (*fn)(dr, slot, now)
+	}
+	return PairShaping{}, false
 }
 
 // NewRegistry returns a registry with empty chains and no default action.

@@ -24,6 +24,7 @@ const (
 	EventConnection     Event = "connection"
 	EventSpoolRecovered Event = "spool_recovered"
 	EventDSN            Event = "dsn"
+	EventPolicy         Event = "policy"
 )
 
 // write logs one record at level if the logger is enabled for it; the fields
@@ -246,3 +247,49 @@ func (r DSN) Fields() []zap.Field {
 
 // Log writes the record at info level.
 func (r DSN) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventDSN, r.Fields) }
+
+// Policy is one policy action (DESIGN invariant 9): a suspension or a
+// throttle put in force or ended, a rule's bounce, defer or rebind. It
+// names what acted (the rule, an operator, adaptive), the scope it applies
+// to, until when, and the reply that fired it.
+type Policy struct {
+	Action   string // suspend, throttle, bounce, defer, rebind, suspension_ended, throttle_ended, resume, unthrottle
+	Rule     string // the rule's name; "" when not a rule's
+	Source   string // rule, operator, adaptive, config
+	Scope    string // domain, site, provider, binding, pair
+	Name     string // the domain, site key or provider name
+	Binding  string // "" = every binding
+	Until    time.Time
+	Reason   string // the reply that matched, or the operator's reason
+	Domain   string // the domain whose delivery got the reply
+	QueueID  string // the message whose delivery got the reply
+	ID       string // the suspension's id
+	Settings string // a throttle's values, e.g. "max_message_rate=1/m max_connections=1"
+}
+
+// Fields returns the record's fields, "event" first; empty ones are left out.
+func (r Policy) Fields() []zap.Field {
+	f := []zap.Field{zap.String("event", string(EventPolicy)), zap.String("action", r.Action)}
+	add := func(k, v string) {
+		if v != "" {
+			f = append(f, zap.String(k, v))
+		}
+	}
+	add("rule", r.Rule)
+	add("source", r.Source)
+	add("scope", r.Scope)
+	add("name", r.Name)
+	add("binding", r.Binding)
+	if !r.Until.IsZero() {
+		f = append(f, zap.Time("until", r.Until))
+	}
+	add("reason", r.Reason)
+	add("domain", r.Domain)
+	add("queue_id", r.QueueID)
+	add("id", r.ID)
+	add("settings", r.Settings)
+	return f
+}
+
+// Log writes the record at info level.
+func (r Policy) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventPolicy, r.Fields) }

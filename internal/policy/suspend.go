@@ -226,3 +226,9 @@ func sortSuspensions(ss []Suspension) {
 		return ss[i].ID < ss[j].ID
 	})
 }
+
+// ScopeKey is the key of a scope's budgets and overrides: kind, name and
+// binding ("" = every binding), as "site:mx1.a,mx2.a|b1".
+func ScopeKey(kind ScopeKind, name, binding string) string {
+	return string(kind) + ":" + name + "|" + binding
+}

@@ -89,6 +89,33 @@ func (t *Throttles) TakeAll(keys []string, rates []Rate, now time.Time) (ok bool
 	return true, now
 }
 
+// Ready reports whether each (keys[i], rates[i]) has a token at now,
+// taking none; otherwise next is when all will have. It creates no bucket:
+// a scope never taken from is full.
+func (t *Throttles) Ready(keys []string, rates []Rate, now time.Time) (ok bool, next time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	next = now
+	for i, key := range keys {
+		r := rates[i]
+		b := t.buckets[key]
+		if r.Unlimited() || b == nil {
+			continue
+		}
+		if b.r != r {
+			b.lim.SetLimitAt(now, r.Limit())
+			b.lim.SetBurstAt(now, r.Burst())
+			b.r = r
+		}
+		if tok := b.lim.TokensAt(now); tok < 1 {
+			if at := now.Add(untilOne(tok, r.Limit())); at.After(next) {
+				next = at
+			}
+		}
+	}
+	return !next.After(now), next
+}
+
 // untilOne is how long a bucket holding tok tokens, refilled at l per
 // second, takes to hold one; rounded up so that at now+untilOne the token
 // is there, not 0.9999 of it.
@@ -264,6 +291,9 @@ func (s *Overrides) List(now time.Time) []Override {
 	})
 	return out
 }
+
+// Len is the number of overrides held, expired or not.
+func (s *Overrides) Len() int { return int(s.n.Load()) }
 
 // Lift removes the override of scope at once (an operator's order: no
 // ramp), returning it.

@@ -4,9 +4,11 @@ import (
 	"container/list"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
 )
 
@@ -47,6 +49,22 @@ type grantor struct {
 	yielding map[*queue.Pair]int
 	// nfirst is first.Len(), read without mu before every transaction.
 	nfirst atomic.Int32
+
+	// Connections per shaping budget key (a site's or a provider's from
+	// one binding), and the keys each pair's connections count under
+	// (kept until they close, even if a reload moves the pair).
+	byKey  map[string]int
+	counts map[*queue.Pair]*keyCount
+	// leaving counts, per key, the sessions told to end because the
+	// key's cap was lowered below its connections.
+	leaving map[string]int
+}
+
+// keyCount is a pair's connections counted under its budget keys.
+type keyCount struct {
+	site, prov string
+	n          int
+	leaving    int // of n, sessions ending for a lowered cap
 }
 
 // waiter is a pair in first or more.
@@ -64,7 +82,8 @@ var (
 )
 
 func newGrantor(s *Scheduler) *grantor {
-	return &grantor{s: s, at: make(map[*queue.Pair]*waiter), yielding: make(map[*queue.Pair]int)}
+	return &grantor{s: s, at: make(map[*queue.Pair]*waiter), yielding: make(map[*queue.Pair]int),
+		byKey: make(map[string]int), counts: make(map[*queue.Pair]*keyCount), leaving: make(map[string]int)}
 }
 
 func conns(p *queue.Pair) int { return p.Open() + p.Connecting() }
@@ -83,6 +102,12 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 		return 0
 	}
 	pair := dr.Pair(slot)
+	ps := g.s.shapeOf(pair)
+	if ps != nil {
+		if n = g.shapedRoom(pair, ps, n); n <= 0 {
+			return 0
+		}
+	}
 	if conns(pair) > 0 && g.nfirst.Load() > 0 && g.othersFirst(pair) {
 		g.Wait(dr, slot, n)
 		return 0
@@ -98,6 +123,115 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 		g.Wait(dr, slot, n-opened)
 	}
 	return opened
+}
+
+// shapedRoom is how many of n connections the pair's shaping allows now:
+// none while a suspension covers it or its message budget has no token
+// (its maintenance is run again when the token is due), and within its
+// site's and provider's connection caps and connection rate.
+func (g *grantor) shapedRoom(pair *queue.Pair, ps *pairShape, n int) int {
+	now := g.s.clock.Now()
+	if _, ok := g.s.suspended(ps, now); ok {
+		return 0
+	}
+	l := g.s.limitsOf(ps, now)
+	if ok, next := g.s.msgReady(ps, l, now); !ok {
+		g.s.wakeAt(pair, next)
+		return 0
+	}
+	g.mu.Lock()
+	if l.maxConns > 0 {
+		n = min(n, l.maxConns-g.byKey[ps.siteKey])
+	}
+	if ps.provKey != "" && l.provConns > 0 {
+		n = min(n, l.provConns-g.byKey[ps.provKey])
+	}
+	g.mu.Unlock()
+	if r := ps.sh.MaxConnectionRate; n > 0 && !r.Unlimited() {
+		for i := range n {
+			if ok, next := g.s.throttles.Take(ps.connKey, r, now); !ok {
+				g.s.wakeAt(pair, next)
+				return i
+			}
+		}
+	}
+	return n
+}
+
+// Opened is connpool.Grantor's: a session of pair took a slot; it counts
+// under the pair's budget keys until Released.
+func (g *grantor) Opened(pair *queue.Pair) {
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c := g.counts[pair]
+	if c == nil {
+		c = &keyCount{site: ps.siteKey, prov: ps.provKey}
+		g.counts[pair] = c
+	}
+	c.n++
+	g.byKey[c.site]++
+	if c.prov != "" {
+		g.byKey[c.prov]++
+	}
+}
+
+// Admit is connpool.Grantor's: a token from the pair's message budgets
+// (site and provider, from its binding), or how long until one is due.
+func (g *grantor) Admit(pair *queue.Pair) time.Duration {
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return 0
+	}
+	now := g.s.clock.Now()
+	l := g.s.limitsOf(ps, now)
+	if l.msgRate.Unlimited() && l.provRate.Unlimited() {
+		return 0
+	}
+	rates := [2]policy.Rate{l.msgRate, l.provRate}
+	ok, next := g.s.throttles.TakeAll(ps.msgKeys, rates[:len(ps.msgKeys)], now)
+	if ok {
+		return 0
+	}
+	g.s.wakeAt(pair, next) // in case the session gives up waiting
+	return next.Sub(now)
+}
+
+// overCap reports whether a session of pair should end because a
+// suspension now covers the pair, or its site's cap was lowered below the
+// connections it has (counting those already leaving); it counts the
+// session as leaving.
+func (g *grantor) overCap(pair *queue.Pair) bool {
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return false
+	}
+	now := g.s.clock.Now()
+	if _, ok := g.s.suspended(ps, now); ok {
+		return true
+	}
+	l := g.s.limitsOf(ps, now)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c := g.counts[pair]
+	if c == nil {
+		return false
+	}
+	over := l.maxConns > 0 && g.byKey[c.site]-g.leaving[c.site] > l.maxConns
+	if !over && c.prov != "" && l.provConns > 0 {
+		over = g.byKey[c.prov]-g.leaving[c.prov] > l.provConns
+	}
+	if over {
+		c.leaving++
+		g.leaving[c.site]++
+		if c.prov != "" {
+			g.leaving[c.prov]++
+		}
+	}
+	return over
 }
 
 // othersFirst reports whether a pair other than pair, with work and no
@@ -164,6 +298,9 @@ func (g *grantor) removeLocked(w *waiter) {
 // transaction when a pair in first waits and pair can spare the session
 // (it keeps another one, or has no work left).
 func (g *grantor) Yield(pair *queue.Pair) bool {
+	if g.overCap(pair) {
+		return true
+	}
 	if g.nfirst.Load() == 0 {
 		return false
 	}
@@ -193,6 +330,9 @@ func (g *grantor) Released(pair *queue.Pair) {
 			delete(g.yielding, pair)
 		}
 	}
+	if c := g.counts[pair]; c != nil {
+		g.uncountLocked(pair, c)
+	}
 	w := g.nextLocked()
 	var stamp uint64
 	if w != nil {
@@ -209,6 +349,29 @@ func (g *grantor) Released(pair *queue.Pair) {
 		// It took the slot, or its maintenance did not want it (a hook
 		// held it): either way it no longer waits.
 		g.removeLocked(w)
+	}
+}
+
+// uncountLocked gives back one connection of pair counted under c.
+func (g *grantor) uncountLocked(pair *queue.Pair, c *keyCount) {
+	dec := func(m map[string]int, k string) {
+		if k == "" {
+			return
+		}
+		if m[k]--; m[k] <= 0 {
+			delete(m, k)
+		}
+	}
+	c.n--
+	dec(g.byKey, c.site)
+	dec(g.byKey, c.prov)
+	if c.leaving > 0 {
+		c.leaving--
+		dec(g.leaving, c.site)
+		dec(g.leaving, c.prov)
+	}
+	if c.n <= 0 {
+		delete(g.counts, pair)
 	}
 }
 

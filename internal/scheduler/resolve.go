@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,9 +36,23 @@ const (
 type domainState struct {
 	mu        sync.Mutex
 	resolving bool
-	resolved  bool      // mx holds a successful answer
-	at        time.Time // when it was resolved
-	mx        []string  // the MX host names, in preference order
+	resolved  bool         // mx holds a successful answer
+	at        time.Time    // when it was resolved
+	mx        []string     // the MX host names, in preference order
+	shapes    []*pairShape // by binding slot (shape.go)
+	fails     []int        // consecutive connection failures, by binding slot
+}
+
+func (ds *domainState) isResolved() bool {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return ds.resolved
+}
+
+func (ds *domainState) mxSet() []string {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return append([]string(nil), ds.mx...)
 }
 
 func stateOf(dr *queue.DomainRecord) *domainState {
@@ -104,6 +119,9 @@ func (s *Scheduler) resolve(dr *queue.DomainRecord) {
 		names := make([]string, len(hosts))
 		for i, h := range hosts {
 			names[i] = h.Name
+		}
+		if !slices.Equal(names, ds.mx) {
+			ds.shapes = nil // a new site: shaping again
 		}
 		ds.mx, ds.resolved, ds.at = names, true, now
 	}

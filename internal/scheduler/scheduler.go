@@ -141,6 +141,16 @@ type Options struct {
 	// nothing.
 	Metrics prometheus.Registerer
 
+	// Shaper resolves each pair's shaping (internal/policy, config
+	// shaping:); with one, the pool's caps, the retry schedule, max_age,
+	// the rates and the idle timeout are the pair's shaping, and
+	// Pool.Policy is not used. nil keeps Pool.Policy and the retry
+	// options above (tests). SetShaper replaces it.
+	Shaper *policy.Shaper
+	// Rules are the response rules (config response_rules:); nil is none.
+	// SetRules replaces them.
+	Rules *policy.Rules
+
 	Clock  Clock       // nil is the system clock
 	Logger *zap.Logger // delivery log; nil discards
 }
@@ -161,6 +171,23 @@ type Scheduler struct {
 	classes    *prometheus.CounterVec            // nil without Options.Metrics
 
 	in *intake // injection's hand-off (intake.go)
+
+	// Shaping and policy (shape.go, rules.go).
+	shaper      atomic.Pointer[policy.Shaper]
+	shaperGen   atomic.Uint64
+	rules       atomic.Pointer[policy.Rules]
+	suspensions *policy.Suspensions
+	overrides   *policy.Overrides
+	throttles   *policy.Throttles
+	basePolicy  func(*queue.DomainRecord, int) connpool.Policy
+
+	rebindMu sync.Mutex
+	rebinds  map[[2]string]rebind // (domain, binding) → group, from rebind rules
+
+	timersMu     sync.Mutex
+	timers       map[*queue.Pair]*wakeTimer
+	timersClosed bool
+	timersWG     sync.WaitGroup
 
 	// MX resolution ahead of slots (resolve.go).
 	resolveCh     chan *queue.DomainRecord
@@ -258,12 +285,28 @@ func New(opts Options) (*Scheduler, error) {
 		done:  make(chan struct{}),
 
 		resolveCh: make(chan *queue.DomainRecord, resolveQueue),
+
+		suspensions: policy.NewSuspensions(),
+		overrides:   policy.NewOverrides(),
+		throttles:   policy.NewThrottles(),
+		timers:      make(map[*queue.Pair]*wakeTimer),
+	}
+	if opts.Shaper != nil {
+		s.shaper.Store(opts.Shaper)
+	}
+	if opts.Rules != nil {
+		s.rules.Store(opts.Rules)
 	}
 	s.resolveCtx, s.resolveCancel = context.WithCancel(context.Background())
 	po := opts.Pool
 	po.Outcomes = s
 	s.grant = newGrantor(s)
 	po.Grantor = s.grant
+	s.basePolicy = po.Policy
+	if s.basePolicy == nil {
+		s.basePolicy = func(*queue.DomainRecord, int) connpool.Policy { return connpool.Policy{} }
+	}
+	po.Policy = s.poolPolicy
 	po.Hooks = opts.Hooks
 	po.Now = opts.Clock.Now
 	if po.Bodies == nil {
@@ -292,6 +335,14 @@ func New(opts Options) (*Scheduler, error) {
 	s.pool = pool
 	s.grant.pool = pool
 	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(s.grant))
+	s.hooks.SetShaping(s.hookShaping)
+	s.hooks.SetSuspender(s.suspendPair)
+	// A connection made ends a pair's run of connection failures.
+	s.hooks.PostInitiateConnectionSMTP.RegisterFirst(func(dr *queue.DomainRecord, slot int, _ time.Time, fd int) {
+		if fd >= 0 {
+			s.connectedOK(dr, slot)
+		}
+	})
 	s.startResolvers()
 	return s, nil
 }
@@ -371,6 +422,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 			s.log.Info("messages still in the intake stay spooled for the next start", zap.Int64("messages", n))
 		}
 		s.stopResolvers(ctx)
+		s.stopTimers()
 		s.closeErr = s.pool.Close(ctx)
 	})
 	return s.closeErr
@@ -428,9 +480,15 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		}
 		g := byDomain[gkey]
 		if g == nil {
+			slot := b.Slot
+			if grp := s.rebound(dom, b.Name, now); grp != "" {
+				if sl := s.rebindSlot(grp); sl >= 0 {
+					slot = sl
+				}
+			}
 			g = &group{d: &queue.Delivery{
 				MsgID: m.ID, Domain: dom, Sender: m.Sender, Priority: int32(m.Priority),
-				Arrival: m.Received.UnixNano(), Expires: expires, Size: m.Size, Slot: int32(b.Slot),
+				Arrival: m.Received.UnixNano(), Expires: s.expiresFor(m, dom, derr, slot, expires), Size: m.Size, Slot: int32(slot),
 				UTF8: m.SMTPUTF8, EightBit: m.EightBit, Ret: uint8(m.Ret), EnvID: m.EnvID,
 			}}
 			if derr != nil {
@@ -488,6 +546,24 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		}
 	}
 	return nil
+}
+
+// expiresFor is when a delivery to dom expires: the domain's max_age from
+// its shaping (before its MX set is known: a provider's or site's max_age
+// applies from the first attempt, in settle), else Options.MaxAge.
+func (s *Scheduler) expiresFor(m *spool.Message, dom string, derr error, slot int, def int64) int64 {
+	sh := s.shaper.Load()
+	if sh == nil || derr != nil || dom == "" {
+		return def
+	}
+	name := ""
+	if b := s.opts.Bindings.Get(slot); b != nil {
+		name = b.Name
+	}
+	if ma := sh.Resolve(dom, nil, name).MaxAge; ma > 0 {
+		return m.Received.Add(ma).UnixNano()
+	}
+	return def
 }
 
 var badAddress = &outcome.Error{Phase: outcome.PhaseQueue, Enhanced: smtp.EnhancedCode{5, 1, 3},
@@ -596,6 +672,7 @@ func (s *Scheduler) sweep(now time.Time) {
 	if n := s.q.Sweep(now); n > 0 {
 		s.log.Debug("idle domain records forgotten", zap.Int("domains", n))
 	}
+	s.throttles.Sweep(now)
 }
 
 // dueBatch bounds the deliveries taken from the delayed queue per call.
@@ -612,6 +689,7 @@ func (s *Scheduler) Tick(now time.Time) {
 	s.grant.startTick()
 	s.retryOwed(now)
 	s.sweep(now)
+	s.expirePolicies(now)
 	t := now.UnixNano()
 	for {
 		s.dueBuf = s.q.Due(now, dueBatch, s.dueBuf[:0])
@@ -670,7 +748,13 @@ func (s *Scheduler) expireHead(p *queue.Pair, t int64, now time.Time) {
 // them with backoff — unless another connection of the pair is open and
 // working through the queue.
 func (s *Scheduler) ConnectFailed(p *queue.Pair, at connpool.Attempt, err error) {
-	if !connpool.IsPermanentDNS(err) && p.Open() > 0 {
+	permanent := connpool.IsPermanentDNS(err)
+	if !permanent && p.Open() > 0 {
+		return
+	}
+	if !permanent && s.connectFailures(p) {
+		// Under consecutive_connection_failures_before_delay: the
+		// mail stays ready, and the next maintenance tries again.
 		return
 	}
 	now := s.clock.Now()
@@ -751,11 +835,25 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	if !noAttempt {
 		attempt++
 	}
+	retry, maxRetry := s.opts.RetryInterval, s.opts.MaxRetryInterval
+	ps := s.deliveryShape(d)
+	if ps != nil {
+		// The pair's shaping: its retry schedule, and its max_age, which
+		// a provider or site scope may set once the MX set is known.
+		retry, maxRetry = ps.sh.RetryInterval, ps.sh.MaxRetryInterval
+		if ps.sh.MaxAge > 0 {
+			d.Expires = d.Arrival + int64(ps.sh.MaxAge)
+		}
+	}
 	expired := now.UnixNano() >= d.Expires
-	next := now.Add(Backoff(s.opts.RetryInterval, s.opts.MaxRetryInterval, max(attempt, 1), s.opts.Jitter, s.opts.Rand()))
+	next := now.Add(Backoff(retry, maxRetry, max(attempt, 1), s.opts.Jitter, s.opts.Rand()))
 	if exp := time.Unix(0, d.Expires); next.After(exp) {
 		next = exp // retrying after expiry is pointless; expire on time instead
 	}
+	// The response rules, once per distinct reply (one reply may fail
+	// every recipient of the transaction).
+	acts := s.applyRules(d, at, v, ps, now)
+	rebindSlot := -1
 
 	verdicts := make([]verdict, len(d.Rcpts))
 	classes := make([]policy.BounceClass, len(d.Rcpts))
@@ -778,9 +876,25 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		case e == connpool.ErrExpired || (e.Temporary && expired):
 			verdicts[i] = vExpired
 			rec.State = spool.Expired
-		case e.Temporary:
+		case acts[i] != nil && acts[i].Kind == policy.ActionBounce:
+			verdicts[i] = vBounced // a rule says this reply will not change
+			rec.State = spool.Bounced
+		case e.Temporary || acts[i] != nil:
+			// A rule that suspends, throttles, defers or rebinds on a
+			// permanent reply says it is about the sender (a blocked
+			// IP), not the recipient: retried, not bounced.
 			verdicts[i] = vDeferred
 			rec.State, rec.NextAttempt = spool.Pending, next
+			if a := acts[i]; a != nil {
+				switch {
+				case a.Kind == policy.ActionDefer && a.Duration > 0:
+					rec.NextAttempt = now.Add(a.Duration)
+				case a.Kind == policy.ActionRebind:
+					rec.NextAttempt = now // at once, from the new binding
+					rebindSlot = s.rebindSlot(a.Rebind)
+				}
+				next = rec.NextAttempt
+			}
 			deferred = append(deferred, r)
 		default:
 			verdicts[i] = vBounced
@@ -834,7 +948,9 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		}
 		for i := range v {
 			if verdicts[i] == vDeferred {
-				st.last[d.Domain], st.lastMX[d.Domain] = v[i], at.MX
+				// Kept for the expiry's DSN, with the text capped: a
+				// queued message holds no reply of 32 KB in memory.
+				st.last[d.Domain], st.lastMX[d.Domain] = capReply(v[i]), at.MX
 				break
 			}
 		}
@@ -876,6 +992,9 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		}
 		d2.Rcpts = deferred
 		d2.Attempts = int32(attempt)
+		if rebindSlot >= 0 {
+			d2.Slot = int32(rebindSlot)
+		}
 		s.q.Delay(d2, next)
 	}
 
@@ -894,6 +1013,9 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 		}
 		if e := v[i]; e != nil {
 			lr.Phase = string(e.Phase)
+			if e != connpool.ErrExpired {
+				lr.Response = errText(e) // whole: only the spool and memory keep it capped
+			}
 		} else if verdicts[i] == vDelivered {
 			lr.Phase = string(outcome.PhaseDot) // the 250 to the end of data
 		}

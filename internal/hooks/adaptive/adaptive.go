@@ -165,11 +165,15 @@ type pairState struct {
 	sessFails int       // consecutive sessions ending with a 421
 	trips     int       // trips since the last success
 	until     time.Time // end of the running pause; zero when none
+	// suspended: the pause is a suspension the scheduler holds (and an
+	// operator may lift), so Maintain does not hold the pair itself.
+	suspended bool
 }
 
 // Adaptive is the breaker. Its hooks are safe for concurrent use.
 type Adaptive struct {
 	cfg   Config
+	reg   *hooks.Registry // for Suspend; nil before Register
 	log   *zap.Logger
 	now   func() time.Time
 	trips prometheus.Counter // nil without a registerer
@@ -210,6 +214,9 @@ func New(c Config, log *zap.Logger, m prometheus.Registerer, now func() time.Tim
 // a held pair is held whatever later hooks would do), last on the observer
 // chains.
 func (a *Adaptive) Register(reg *hooks.Registry) {
+	a.mu.Lock()
+	a.reg = reg
+	a.mu.Unlock()
 	reg.MailQueueMaintain.RegisterFirst(a.Maintain)
 	reg.PostInitiateConnectionSMTP.RegisterLast(a.PostInitiate)
 	reg.PostSessionSMTP.RegisterLast(a.PostSession)
@@ -222,7 +229,7 @@ func (a *Adaptive) Maintain(dr *queue.DomainRecord, slot int, sl *queue.Pair, no
 	defer a.mu.Unlock()
 	k := key{dr.Name, slot}
 	st := a.pairs[k]
-	if st == nil || !a.paused(k, st, now) {
+	if st == nil || !a.paused(k, st, now) || st.suspended {
 		return 0
 	}
 	return hooks.Handled
@@ -245,7 +252,7 @@ func (a *Adaptive) PostInitiate(dr *queue.DomainRecord, slot int, now time.Time,
 		}
 		return
 	}
-	a.failure(k, now, false)
+	a.failure(dr, k, now, false)
 }
 
 // PostSession counts a session ending with a 421, or resets the pair on
@@ -255,7 +262,7 @@ func (a *Adaptive) PostSession(dr *queue.DomainRecord, slot int, now time.Time, 
 	defer a.mu.Unlock()
 	k := key{dr.Name, slot}
 	if r.Code421 {
-		a.failure(k, now, true)
+		a.failure(dr, k, now, true)
 		return
 	}
 	if st := a.pairs[k]; st != nil {
@@ -305,7 +312,7 @@ func (a *Adaptive) paused(k key, st *pairState, now time.Time) bool {
 // failure counts one failure for the pair and trips the breaker at the
 // threshold. Failures during a pause come from connections made before it
 // and are not counted. Called with mu held.
-func (a *Adaptive) failure(k key, now time.Time, is421 bool) {
+func (a *Adaptive) failure(dr *queue.DomainRecord, k key, now time.Time, is421 bool) {
 	st := a.pairs[k]
 	if st == nil {
 		if st = a.track(k); st == nil {
@@ -338,6 +345,10 @@ func (a *Adaptive) failure(k key, now time.Time, is421 bool) {
 	if is421 {
 		reason = "421"
 	}
+	// The pause is a suspension with source "adaptive" where the scheduler
+	// keeps them: listed, logged, liftable by an operator.
+	st.suspended = a.reg != nil && a.reg.Suspend(dr, k.slot, st.until, "adaptive",
+		fmt.Sprintf("%d consecutive %s", a.cfg.Failures, map[bool]string{false: "connection failures", true: "sessions ending with 421"}[is421]))
 	a.log.Info("adaptive pause start",
 		zap.String("event", "adaptive_pause_start"),
 		zap.String("domain", k.domain),

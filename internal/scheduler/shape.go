@@ -1,0 +1,412 @@
+package scheduler
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/connpool"
+	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/policy"
+	"github.com/mtad/mtad/internal/queue"
+)
+
+// Shaping (internal/policy) as the scheduler applies it. A pair's shaping
+// is resolved once its domain's MX set is known (resolve.go) and kept on
+// the domain record until the set or the configuration changes. Budgets
+// are shared by key: a site's (or, with mx_rollup off, a domain's) from
+// one binding, and a provider's from one binding across its sites.
+//
+//   - max_connections and provider_max_connections: counted by the
+//     grantor over the pairs sharing the key (grant.go), and the pair's
+//     own hard cap in the pool; a lowered cap (reload, rule) ends
+//     sessions over it after their transaction (grantor.Yield).
+//   - max_connection_rate: a token per connection the grantor opens.
+//   - max_message_rate and provider_max_message_rate: a token per
+//     delivery a session sends (grantor.Admit); a pair without one is
+//     not given a connection, and its maintenance is run again when the
+//     token is due (a timer, not a loop).
+//   - retry_interval, max_retry_interval, max_age: in settle.
+//   - idle_timeout and max_deliveries_per_connection: the pool's Policy.
+//   - consecutive_connection_failures_before_delay: in ConnectFailed.
+//
+// Suspensions and rule throttles (Overrides) are looked up per pair only
+// when any exist.
+
+// pairShape is a pair's resolved shaping and its budget keys.
+type pairShape struct {
+	sh      *policy.Shaping
+	gen     uint64 // the shaper generation it was resolved with
+	mxKnown bool   // resolved with the domain's MX set
+	binding string
+	where   policy.Where
+	siteKey string // policy.ScopeKey(site, sh.Site, binding): connections and messages
+	provKey string // policy.ScopeKey(provider, sh.Provider, binding); "" without a provider
+	// Throttle bucket keys and rates, in the order TakeAll wants them.
+	msgKeys    []string
+	connKey    string
+	overrideKs []string // override scopes that cover the pair, most specific first
+}
+
+// shapeOf returns the pair's shaping, resolving it when the configuration
+// or the domain's MX set changed since; nil without a Shaper.
+func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
+	sh := s.shaper.Load()
+	if sh == nil {
+		return nil
+	}
+	gen := s.shaperGen.Load()
+	dr, slot := p.Domain(), p.Slot()
+	ds := stateOf(dr)
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if slot < len(ds.shapes) {
+		if ps := ds.shapes[slot]; ps != nil && ps.gen == gen && ps.mxKnown == ds.resolved {
+			return ps
+		}
+	}
+	name := fmt.Sprintf("slot-%d", slot)
+	if b := s.opts.Bindings.Get(slot); b != nil {
+		name = b.Name
+	}
+	r := sh.Resolve(dr.Name, ds.mx, name)
+	ps := &pairShape{sh: r, gen: gen, mxKnown: ds.resolved, binding: name,
+		where: policy.Where{Domain: dr.Name, Site: r.Site, Provider: r.Provider, Binding: name}}
+	ps.siteKey = policy.ScopeKey(policy.ScopeSite, r.Site, name)
+	ps.msgKeys = []string{"msg " + ps.siteKey}
+	if r.Provider != "" {
+		ps.provKey = policy.ScopeKey(policy.ScopeProvider, r.Provider, name)
+		ps.msgKeys = append(ps.msgKeys, "msg "+ps.provKey)
+	}
+	ps.connKey = "conn " + ps.siteKey
+	ps.overrideKs = []string{
+		policy.ScopeKey(policy.ScopePair, dr.Name, name),
+		policy.ScopeKey(policy.ScopeDomain, dr.Name, name),
+		policy.ScopeKey(policy.ScopeDomain, dr.Name, ""),
+		ps.siteKey,
+		policy.ScopeKey(policy.ScopeSite, r.Site, ""),
+	}
+	if r.Provider != "" {
+		ps.overrideKs = append(ps.overrideKs, ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, ""))
+	}
+	ps.overrideKs = append(ps.overrideKs, policy.ScopeKey(policy.ScopeBinding, "", name))
+	for len(ds.shapes) <= slot {
+		ds.shapes = append(ds.shapes, nil)
+	}
+	ds.shapes[slot] = ps
+	return ps
+}
+
+// limits are a pair's budgets at one moment: its shaping with any rule's
+// throttle applied.
+type limits struct {
+	maxConns, provConns int
+	msgRate, provRate   policy.Rate
+}
+
+// limitsOf returns the pair's budgets at now.
+func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
+	l := limits{maxConns: ps.sh.MaxConnections, provConns: ps.sh.ProviderMaxConnections,
+		msgRate: ps.sh.MaxMessageRate, provRate: ps.sh.ProviderMaxMessageRate}
+	if s.overrides.Len() == 0 {
+		return l
+	}
+	for _, k := range ps.overrideKs {
+		o := s.overrides.Get(k, now)
+		if o == nil {
+			continue
+		}
+		if o.MaxConnections != nil {
+			l.maxConns = o.Conns(l.maxConns, now)
+		}
+		if o.MaxMessageRate != nil {
+			l.msgRate = o.Rate(l.msgRate, now)
+		}
+	}
+	return l
+}
+
+// suspended returns the suspension covering the pair at now, if any.
+func (s *Scheduler) suspended(ps *pairShape, now time.Time) (policy.Suspension, bool) {
+	if s.suspensions.Len() == 0 {
+		return policy.Suspension{}, false
+	}
+	return s.suspensions.Check(now, ps.where.Domain, ps.where.Site, ps.where.Provider, ps.binding)
+}
+
+// msgReady reports whether the pair's message budgets have a token at now,
+// taking none; next is when they will.
+func (s *Scheduler) msgReady(ps *pairShape, l limits, now time.Time) (bool, time.Time) {
+	if l.msgRate.Unlimited() && l.provRate.Unlimited() {
+		return true, now
+	}
+	rates := [2]policy.Rate{l.msgRate, l.provRate}
+	return s.throttles.Ready(ps.msgKeys, rates[:len(ps.msgKeys)], now)
+}
+
+// poolPolicy is the pool's connpool.Policy for a pair: its shaping when a
+// Shaper is set, else Options.Pool.Policy.
+func (s *Scheduler) poolPolicy(dr *queue.DomainRecord, slot int) connpool.Policy {
+	ps := s.shapeOf(dr.Pair(slot))
+	if ps == nil {
+		return s.basePolicy(dr, slot)
+	}
+	l := s.limitsOf(ps, s.clock.Now())
+	return connpool.Policy{MaxConnectionsPerBinding: l.maxConns,
+		MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection, IdleTimeout: ps.sh.IdleTimeout}
+}
+
+// hookShaping is hooks.Registry.ShapingOf's answer.
+func (s *Scheduler) hookShaping(dr *queue.DomainRecord, slot int, now time.Time) (hooks.PairShaping, bool) {
+	if !stateOf(dr).isResolved() {
+		return hooks.PairShaping{}, false
+	}
+	ps := s.shapeOf(dr.Pair(slot))
+	if ps == nil {
+		return hooks.PairShaping{}, false
+	}
+	l := s.limitsOf(ps, now)
+	out := hooks.PairShaping{MaxConnections: l.maxConns, MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection,
+		MaxMessageRate: perSecond(l.msgRate), MaxConnectionRate: perSecond(ps.sh.MaxConnectionRate),
+		Provider: ps.sh.Provider, Site: ps.sh.Site}
+	if sp, ok := s.suspended(ps, now); ok {
+		out.Suspended, out.SuspendedUntil, out.Reason = true, sp.Until, sp.Reason
+	}
+	if ok, next := s.msgReady(ps, l, now); !ok {
+		out.ThrottledUntil = next
+	}
+	return out, true
+}
+
+func perSecond(r policy.Rate) float64 {
+	if r.Unlimited() {
+		return 0
+	}
+	return float64(r.Limit())
+}
+
+// wakeAt runs the pair's maintenance at the clock's time at (a throttled
+// pair's next token): one timer per pair, the earliest wins. Close stops
+// them all.
+func (s *Scheduler) wakeAt(p *queue.Pair, at time.Time) {
+	d := at.Sub(s.clock.Now())
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	s.timersMu.Lock()
+	defer s.timersMu.Unlock()
+	if s.timersClosed {
+		return
+	}
+	if w, ok := s.timers[p]; ok && !w.at.After(at) {
+		return
+	} else if ok {
+		w.t.Stop()
+	}
+	s.timers[p] = &wakeTimer{at: at, t: time.AfterFunc(d, func() {
+		s.timersMu.Lock()
+		if s.timersClosed {
+			s.timersMu.Unlock()
+			return
+		}
+		if w := s.timers[p]; w != nil && w.at.Equal(at) {
+			delete(s.timers, p)
+		}
+		s.timersWG.Add(1)
+		s.timersMu.Unlock()
+		defer s.timersWG.Done()
+		if p.Len() > 0 {
+			s.maintain(p, s.clock.Now())
+		}
+	})}
+}
+
+type wakeTimer struct {
+	at time.Time
+	t  *time.Timer
+}
+
+// stopTimers stops every wake timer and waits for those running.
+func (s *Scheduler) stopTimers() {
+	s.timersMu.Lock()
+	s.timersClosed = true
+	for p, w := range s.timers {
+		w.t.Stop()
+		delete(s.timers, p)
+	}
+	s.timersMu.Unlock()
+	s.timersWG.Wait()
+}
+
+// expirePolicies logs the suspensions and throttles that ended (each
+// tick), and forgets full throttle buckets (each sweep).
+func (s *Scheduler) expirePolicies(now time.Time) {
+	for _, sp := range s.suspensions.Expire(now) {
+		logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
+			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason}.Log(s.log)
+	}
+	for _, o := range s.overrides.Expire(now) {
+		kind, name, b := splitScopeKey(o.Scope)
+		logging.Policy{Action: "throttle_ended", Source: policy.SourceRule, Rule: o.Rule, Scope: kind,
+			Name: name, Binding: b, Until: o.Until()}.Log(s.log)
+	}
+}
+
+// splitScopeKey undoes policy.ScopeKey.
+func splitScopeKey(k string) (kind, name, binding string) {
+	kind, rest, _ := strings.Cut(k, ":")
+	i := strings.LastIndexByte(rest, '|')
+	if i < 0 {
+		return kind, rest, ""
+	}
+	return kind, rest[:i], rest[i+1:]
+}
+
+// overrideSettings renders an override's values for its log record.
+func overrideSettings(rate *policy.Rate, conns *int) string {
+	var parts []string
+	if rate != nil {
+		parts = append(parts, "max_message_rate="+rate.String())
+	}
+	if conns != nil {
+		parts = append(parts, fmt.Sprintf("max_connections=%d", *conns))
+	}
+	return strings.Join(parts, " ")
+}
+
+// SetShaper replaces the shaping configuration (a reload); every pair's
+// shaping is resolved again at its next use, and a lowered cap ends
+// sessions over it after their transaction. nil is ignored.
+func (s *Scheduler) SetShaper(sh *policy.Shaper) {
+	if sh == nil {
+		return
+	}
+	s.shaper.Store(sh)
+	s.shaperGen.Add(1)
+}
+
+// SetRules replaces the response rules (a reload); nil removes them.
+func (s *Scheduler) SetRules(r *policy.Rules) { s.rules.Store(r) }
+
+// Suspend puts a suspension in force (an operator's, or adaptive's) and
+// logs it; it returns the suspension in force for its scope.
+func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
+	if sp.Start.IsZero() {
+		sp.Start = s.clock.Now()
+	}
+	got := s.suspensions.Add(sp)
+	logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
+		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID}.Log(s.log)
+	return got
+}
+
+// Resume lifts the suspension id and logs it; false when there is none.
+// The pairs it held get their maintenance at the next tick.
+func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
+	sp, ok := s.suspensions.Lift(id)
+	if ok {
+		logging.Policy{Action: "resume", Source: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
+			Binding: sp.Binding, Reason: reason, ID: sp.ID}.Log(s.log)
+	}
+	return sp, ok
+}
+
+// Suspensions lists the suspensions in force at now.
+func (s *Scheduler) Suspensions(now time.Time) []policy.Suspension { return s.suspensions.List(now) }
+
+// Throttles lists the rule throttles in force at now.
+func (s *Scheduler) Throttles(now time.Time) []policy.Override { return s.overrides.List(now) }
+
+// Unthrottle lifts the rule throttle on scope key at once and logs it.
+func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool) {
+	o, ok := s.overrides.Lift(scope)
+	if ok {
+		kind, name, b := splitScopeKey(scope)
+		logging.Policy{Action: "unthrottle", Source: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
+			Reason: reason}.Log(s.log)
+	}
+	return o, ok
+}
+
+// ResolvedShaping is a pair's shaping as an operator sees it.
+type ResolvedShaping struct {
+	Domain, Binding string
+	MX              []string // the MX set it was resolved with; nil when not resolved yet
+	*policy.Shaping
+}
+
+// ResolveShaping resolves the shaping of domain from binding, looking the
+// domain's MX set up when it is not known yet (bounded by the lookup
+// timeout), with where each value came from.
+func (s *Scheduler) ResolveShaping(domain, binding string) (ResolvedShaping, error) {
+	sh := s.shaper.Load()
+	if sh == nil {
+		return ResolvedShaping{}, fmt.Errorf("scheduler: no shaping configured")
+	}
+	if binding != "" && s.opts.Bindings.ByName(binding) == nil {
+		return ResolvedShaping{}, fmt.Errorf("no binding %q", binding)
+	}
+	key, err := domainOf("x@" + domain)
+	if err != nil || key == "" {
+		return ResolvedShaping{}, fmt.Errorf("bad domain %q: %v", domain, err)
+	}
+	var mxs []string
+	if dr, ok := s.q.Lookup(key); ok && stateOf(dr).isResolved() {
+		mxs = stateOf(dr).mxSet()
+	} else if hosts, err := s.pool.Lookup(s.resolveCtx, key); err == nil {
+		for _, h := range hosts {
+			mxs = append(mxs, h.Name)
+		}
+	} else {
+		s.log.Debug("shaping resolved without an MX set", zap.String("domain", key), zap.Error(err))
+	}
+	return ResolvedShaping{Domain: key, Binding: binding, MX: mxs, Shaping: sh.Resolve(key, mxs, binding)}, nil
+}
+
+// connectFailures counts a failed connection of the pair and reports
+// whether it stays under the pair's
+// consecutive_connection_failures_before_delay (its mail is not delayed
+// yet). Without shaping every failure delays.
+func (s *Scheduler) connectFailures(p *queue.Pair) bool {
+	ps := s.shapeOf(p)
+	if ps == nil || ps.sh.ConsecutiveConnectionFailuresBeforeDelay <= 1 {
+		return false
+	}
+	ds := stateOf(p.Domain())
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	slot := p.Slot()
+	for len(ds.fails) <= slot {
+		ds.fails = append(ds.fails, 0)
+	}
+	ds.fails[slot]++
+	if ds.fails[slot] < ps.sh.ConsecutiveConnectionFailuresBeforeDelay {
+		return true
+	}
+	ds.fails[slot] = 0
+	return false
+}
+
+// connectedOK ends the pair's run of connection failures.
+func (s *Scheduler) connectedOK(dr *queue.DomainRecord, slot int) {
+	ds := stateOf(dr)
+	ds.mu.Lock()
+	if slot < len(ds.fails) {
+		ds.fails[slot] = 0
+	}
+	ds.mu.Unlock()
+}
+
+// suspendPair is the hooks.SuspendFunc: adaptive's pause as a suspension
+// of the pair.
+func (s *Scheduler) suspendPair(dr *queue.DomainRecord, slot int, until time.Time, source, reason string) {
+	name := fmt.Sprintf("slot-%d", slot)
+	if b := s.opts.Bindings.Get(slot); b != nil {
+		name = b.Name
+	}
+	s.Suspend(policy.Suspension{Kind: policy.ScopePair, Name: dr.Name, Binding: name, Source: source,
+		Reason: reason, Start: s.clock.Now(), Until: until})
+}
