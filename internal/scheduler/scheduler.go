@@ -197,7 +197,11 @@ type Scheduler struct {
 
 	mu   sync.Mutex
 	msgs map[string]*msgState
-	owed []string // finished messages whose DSN could not be spooled yet; retried each Tick
+	owed []string // finished messages whose DSN could not be spooled yet; retried by Tick with back-off
+	// owedNext is when retryOwed tries again after a failed round, and
+	// owedWait the wait that set it.
+	owedNext time.Time
+	owedWait time.Duration
 
 	tickMu    sync.Mutex // Tick's buffers; one Tick at a time
 	dueBuf    []*queue.Delivery
@@ -675,6 +679,9 @@ func (s *Scheduler) sweep(now time.Time) {
 	s.throttles.Sweep(now)
 }
 
+// owedMaxWait caps the back-off between rounds of owed DSNs.
+const owedMaxWait = 5 * time.Minute
+
 // dueBatch bounds the deliveries taken from the delayed queue per call.
 const dueBatch = 1024
 
@@ -1097,9 +1104,26 @@ func (s *Scheduler) finish(id string, st *msgState, updates map[int]spool.Recipi
 // their messages finished.
 func (s *Scheduler) retryOwed(now time.Time) {
 	s.mu.Lock()
+	if len(s.owed) == 0 || now.Before(s.owedNext) {
+		// A full spool is not asked every tick: each round that fails
+		// doubles the wait (up to owedMaxWait), as each reads the
+		// headers of every owed message's body again.
+		s.mu.Unlock()
+		return
+	}
 	ids := s.owed
 	s.owed = nil
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.owed) == 0 {
+			s.owedWait = 0
+			return
+		}
+		s.owedWait = min(max(2*s.owedWait, s.opts.MaintainInterval), owedMaxWait)
+		s.owedNext = now.Add(s.owedWait)
+	}()
 	for _, id := range ids {
 		s.mu.Lock()
 		st := s.msgs[id]

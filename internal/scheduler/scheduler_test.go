@@ -391,11 +391,13 @@ func TestDuplicateSubmit(t *testing.T) {
 // the spool lets them on a full disk.
 type fullSpool struct {
 	*spool.Spool
-	full atomic.Bool
+	full    atomic.Bool
+	refused atomic.Int32 // PutBody calls refused
 }
 
 func (f *fullSpool) PutBody(m *spool.Message, w *spool.BodyWriter) error {
 	if f.full.Load() {
+		f.refused.Add(1)
 		return fmt.Errorf("spool put: %w", spool.ErrNoSpace)
 	}
 	return f.Spool.PutBody(m, w)
@@ -424,7 +426,10 @@ func TestDSNKeptWhenSpoolFull(t *testing.T) {
 	if e := h.next(outcomeEvents...); e.name != "bounced" {
 		t.Fatalf("outcome %s %v", e.name, e.fields)
 	}
-	for range 2 { // the bounce, then a Tick that still can't spool the DSN
+	for i := range 2 { // the bounce, then a Tick that still can't spool the DSN
+		if i > 0 {
+			h.clock.Advance(time.Second) // past the first round's back-off
+		}
 		got, err := h.sp.Get(m.ID)
 		if err != nil {
 			t.Fatalf("message left the spool before its DSN was written: %v", err)
@@ -434,8 +439,17 @@ func TestDSNKeptWhenSpoolFull(t *testing.T) {
 		}
 		h.s.Tick(h.clock.Now())
 	}
+	// Point 7: a full spool is not asked every tick. Failed rounds back
+	// off (1s, 2s, 4s, ...): more ticks at the same time try nothing.
+	tried := fs.refused.Load()
+	for range 5 {
+		h.s.Tick(h.clock.Now())
+	}
+	if got := fs.refused.Load(); got != tried {
+		t.Errorf("%d more attempts to spool the DSN within the back-off", got-tried)
+	}
 	fs.full.Store(false)
-	h.s.Tick(h.clock.Now())
+	h.s.Tick(h.clock.Advance(owedMaxWait))
 	h.gone(m.ID)
 	if e := h.next(outcomeEvents...); e.name != "delivered" || e.str("recipient") != "alice@origin.test" {
 		t.Fatalf("DSN outcome %s %v", e.name, e.fields)
