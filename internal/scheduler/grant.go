@@ -125,6 +125,17 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 	return opened
 }
 
+// held reports whether the pair's shaping keeps it from a new connection
+// now whatever the room: a suspension, or an empty message budget.
+func (g *grantor) held(ps *pairShape) bool {
+	now := g.s.clock.Now()
+	if _, ok := g.s.suspended(ps, now); ok {
+		return true
+	}
+	ok, _ := g.s.msgReady(ps, g.s.limitsOf(ps, now), now)
+	return !ok
+}
+
 // shapedRoom is how many of n connections the pair's shaping allows now:
 // none while a suspension covers it or its message budget has no token
 // (its maintenance is run again when the token is due), and within its
@@ -261,6 +272,9 @@ func (g *grantor) Wait(dr *queue.DomainRecord, slot int, n int) {
 		return
 	}
 	pair := dr.Pair(slot)
+	if ps := g.s.shapeOf(pair); ps != nil && g.held(ps) {
+		return // a slot would not help it now
+	}
 	zero := conns(pair) == 0
 	g.mu.Lock()
 	w := g.at[pair]

@@ -49,6 +49,7 @@ type pairShape struct {
 	msgKeys    []string
 	connKey    string
 	overrideKs []string // override scopes that cover the pair, most specific first
+	provIdx    int      // where the provider's two keys are in overrideKs
 }
 
 // shapeOf returns the pair's shaping, resolving it when the configuration
@@ -90,6 +91,7 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 		policy.ScopeKey(policy.ScopeSite, r.Site, ""),
 	}
 	if r.Provider != "" {
+		ps.provIdx = len(ps.overrideKs)
 		ps.overrideKs = append(ps.overrideKs, ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, ""))
 	}
 	ps.overrideKs = append(ps.overrideKs, policy.ScopeKey(policy.ScopeBinding, "", name))
@@ -114,16 +116,22 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 	if s.overrides.Len() == 0 {
 		return l
 	}
-	for _, k := range ps.overrideKs {
+	for i, k := range ps.overrideKs {
 		o := s.overrides.Get(k, now)
 		if o == nil {
 			continue
 		}
+		// A provider's throttle lowers the provider's budgets (all its
+		// sites together); any other, the site's.
+		conns, rate := &l.maxConns, &l.msgRate
+		if ps.provKey != "" && (i == ps.provIdx || i == ps.provIdx+1) {
+			conns, rate = &l.provConns, &l.provRate
+		}
 		if o.MaxConnections != nil {
-			l.maxConns = o.Conns(l.maxConns, now)
+			*conns = o.Conns(*conns, now)
 		}
 		if o.MaxMessageRate != nil {
-			l.msgRate = o.Rate(l.msgRate, now)
+			*rate = o.Rate(*rate, now)
 		}
 	}
 	return l
