@@ -96,7 +96,7 @@ func (s *Scheduler) act(a *policy.Action, d *queue.Delivery, where policy.Where,
 			s.moveQueued(dr.Pair(int(d.Slot)), a.Rebind, now)
 		}
 	}
-	rec.Log(s.log)
+	s.logPolicy(rec)
 }
 
 // rebind is a rule's rebind in force: mail for domain that would leave

@@ -176,6 +176,7 @@ type Scheduler struct {
 	shaper      atomic.Pointer[policy.Shaper]
 	shaperGen   atomic.Uint64
 	rules       atomic.Pointer[policy.Rules]
+	pm          policyMetrics
 	suspensions *policy.Suspensions
 	overrides   *policy.Overrides
 	throttles   *policy.Throttles
@@ -329,6 +330,9 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.Metrics != nil {
 		var err error
 		if s.classes, err = registerClasses(opts.Metrics); err != nil {
+			return nil, fmt.Errorf("scheduler: %w", err)
+		}
+		if err := s.registerPolicy(opts.Metrics); err != nil {
 			return nil, fmt.Errorf("scheduler: %w", err)
 		}
 	}

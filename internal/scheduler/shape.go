@@ -253,13 +253,13 @@ func (s *Scheduler) stopTimers() {
 // tick), and forgets full throttle buckets (each sweep).
 func (s *Scheduler) expirePolicies(now time.Time) {
 	for _, sp := range s.suspensions.Expire(now) {
-		logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
-			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason}.Log(s.log)
+		s.logPolicy(logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
+			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason})
 	}
 	for _, o := range s.overrides.Expire(now) {
 		kind, name, b := splitScopeKey(o.Scope)
-		logging.Policy{Action: "throttle_ended", Source: policy.SourceRule, Rule: o.Rule, Scope: kind,
-			Name: name, Binding: b, Until: o.Until()}.Log(s.log)
+		s.logPolicy(logging.Policy{Action: "throttle_ended", Source: policy.SourceRule, Rule: o.Rule, Scope: kind,
+			Name: name, Binding: b, Until: o.Until()})
 	}
 }
 
@@ -306,8 +306,8 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 		sp.Start = s.clock.Now()
 	}
 	got := s.suspensions.Add(sp)
-	logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
-		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID}.Log(s.log)
+	s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
+		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID})
 	return got
 }
 
@@ -316,8 +316,8 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
 	sp, ok := s.suspensions.Lift(id)
 	if ok {
-		logging.Policy{Action: "resume", Source: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
-			Binding: sp.Binding, Reason: reason, ID: sp.ID}.Log(s.log)
+		s.logPolicy(logging.Policy{Action: "resume", Source: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
+			Binding: sp.Binding, Reason: reason, ID: sp.ID})
 	}
 	return sp, ok
 }
@@ -333,8 +333,8 @@ func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool
 	o, ok := s.overrides.Lift(scope)
 	if ok {
 		kind, name, b := splitScopeKey(scope)
-		logging.Policy{Action: "unthrottle", Source: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
-			Reason: reason}.Log(s.log)
+		s.logPolicy(logging.Policy{Action: "unthrottle", Source: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
+			Reason: reason})
 	}
 	return o, ok
 }
