@@ -168,6 +168,26 @@ func (h handoff) Submit(m *spool.Message) { h.s.Intake(m) }
 // listener answers MAIL with 451 4.3.2 while it is.
 func (h handoff) Busy() bool { return h.s.Busy() }
 
+// adminPolicy adapts the scheduler to the admin API's Policy: the
+// scheduler owns shaping, suspensions and throttles and logs every change;
+// the bindings answer which names exist.
+type adminPolicy struct {
+	*scheduler.Scheduler
+	bindings *binding.Set
+}
+
+// ResolveShaping is admin.Policy's.
+func (p adminPolicy) ResolveShaping(domain, b string) (admin.Shaping, error) {
+	r, err := p.Scheduler.ResolveShaping(domain, b)
+	if err != nil {
+		return admin.Shaping{}, err
+	}
+	return admin.Shaping{Domain: r.Domain, Binding: r.Binding, MX: r.MX, Shaping: r.Shaping}, nil
+}
+
+// HasBinding is admin.Policy's.
+func (p adminPolicy) HasBinding(name string) bool { return p.bindings.ByName(name) != nil }
+
 // runDaemon runs mtad until SIGTERM/SIGINT. Start order: spool, engine,
 // recovery, injection, admin; stop order is the reverse, so nothing is
 // accepted that can't be stored and the spool closes last.
@@ -312,6 +332,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Status: func() any {
 			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
 		},
+		Policy: adminPolicy{sched, st.bindings},
 	})
 	if err := adm.Start(); err != nil {
 		if srv != nil {

@@ -1,9 +1,24 @@
-// Package admin serves mtad's operator HTTP API: health, status and
-// Prometheus metrics. It reads the daemon's state through small interfaces the
-// daemon plugs in; it never changes queues or the spool behind the owner's back.
+// Package admin serves mtad's operator HTTP API: health, status, Prometheus
+// metrics, and the policy endpoints (resolved shaping, suspensions, rule
+// throttles; policy.go). It reads the daemon's state and passes the
+// operator's orders through small interfaces the daemon plugs in; it never
+// changes queues, the spool or policy state behind their owner's back, and
+// never logs a policy change itself (the owner writes the one record).
 //
-// Every error answer is JSON, {"error": "..."} with a fitting HTTP status, so
-// mtactl and scripts can rely on one shape.
+// Every error answer is JSON, {"error": "..."} with a fitting HTTP status
+// (a refused input names its parameter or field first: "domain: required"),
+// so mtactl and scripts can rely on one shape. A method a path does not
+// take gets 405 with an Allow header.
+//
+//	GET    /healthz
+//	GET    /api/v1/status
+//	GET    /api/v1/shaping?domain=D[&binding=B]
+//	GET    /api/v1/suspensions
+//	POST   /api/v1/suspensions          {"scope","name","binding","duration","reason","by"}
+//	DELETE /api/v1/suspensions/{id}[?by=&reason=]
+//	GET    /api/v1/throttles
+//	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
+//	GET    /metrics, /debug/pprof/
 package admin
 
 import (
@@ -13,6 +28,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,7 +46,10 @@ type Options struct {
 	Gatherer prometheus.Gatherer // metrics to expose on /metrics; nil = none
 	Status   StatusFunc          // /api/v1/status; nil = {}
 	Version  string              // reported by /api/v1/status
-	Logger   *zap.Logger
+	// Policy serves the shaping, suspension and throttle endpoints; nil
+	// leaves them out (404).
+	Policy Policy
+	Logger *zap.Logger
 }
 
 // Server is the admin HTTP server. Start it once, Shutdown it once.
@@ -53,6 +72,12 @@ func New(opts Options) *Server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}))
 	mux.HandleFunc("/api/v1/status", s.get(s.status))
+	if opts.Policy != nil {
+		mux.HandleFunc("/api/v1/shaping", methods(route{http.MethodGet, s.shaping}))
+		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
+		mux.HandleFunc("/api/v1/suspensions/{id}", methods(route{http.MethodDelete, s.resume}))
+		mux.HandleFunc("/api/v1/throttles", methods(route{http.MethodGet, s.throttles}, route{http.MethodDelete, s.unthrottle}))
+	}
 	if opts.Gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -123,13 +148,40 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 
 // get wraps a handler so that any method but GET/HEAD answers 405 in JSON.
 func (s *Server) get(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path)
-			return
+	return methods(route{http.MethodGet, h})
+}
+
+// route is one method of a path and its handler.
+type route struct {
+	method string
+	h      http.HandlerFunc
+}
+
+// methods dispatches a path's requests on their method; GET also serves
+// HEAD. Any other method answers 405 in JSON with the Allow header. (The
+// mux's own method patterns would answer 405 in plain text.)
+func methods(routes ...route) http.HandlerFunc {
+	var allow []string
+	for _, rt := range routes {
+		allow = append(allow, rt.method)
+		if rt.method == http.MethodGet {
+			allow = append(allow, http.MethodHead)
 		}
-		h(w, r)
+	}
+	allowed := strings.Join(allow, ", ")
+	return func(w http.ResponseWriter, r *http.Request) {
+		m := r.Method
+		if m == http.MethodHead {
+			m = http.MethodGet
+		}
+		for _, rt := range routes {
+			if rt.method == m {
+				rt.h(w, r)
+				return
+			}
+		}
+		w.Header().Set("Allow", allowed)
+		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path+" (allowed: "+allowed+")")
 	}
 }
 
