@@ -31,6 +31,7 @@ func (p *adminPolicy) ResolveShaping(domain, b string) (admin.Shaping, error) {
 	return admin.Shaping{Domain: domain, Binding: b, MX: testMX[domain], Shaping: p.shaper.Resolve(domain, testMX[domain], b)}, nil
 }
 func (p *adminPolicy) HasBinding(name string) bool                    { return name == "b1" || name == "b2" }
+func (p *adminPolicy) HasProvider(name string) bool                   { return p.shaper.HasProvider(name) }
 func (p *adminPolicy) Suspend(sp policy.Suspension) policy.Suspension { return p.susp.Add(sp) }
 func (p *adminPolicy) Suspensions(now time.Time) []policy.Suspension  { return p.susp.List(now) }
 func (p *adminPolicy) Throttles(now time.Time) []policy.Override      { return p.ovr.List(now) }

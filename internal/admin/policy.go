@@ -33,6 +33,8 @@ type Policy interface {
 	ResolveShaping(domain, binding string) (Shaping, error)
 	// HasBinding reports whether name is a configured binding.
 	HasBinding(name string) bool
+	// HasProvider reports whether name is a provider of shaping.providers.
+	HasProvider(name string) bool
 	// Suspend puts sp in force, logs it, and returns the suspension in
 	// force for its scope (an existing one that ends later is kept).
 	Suspend(sp policy.Suspension) policy.Suspension
@@ -202,7 +204,7 @@ func (e *fieldError) Error() string { return e.field + ": " + e.msg }
 // name (provider), or the binding (binding); binding, where given, is a
 // binding hasBinding knows (required for pair); duration is a Go duration
 // in (0, MaxSuspension]; reason is required. The suspension starts at now.
-func parseSuspend(body []byte, now time.Time, hasBinding func(string) bool) (policy.Suspension, error) {
+func parseSuspend(body []byte, now time.Time, hasBinding, hasProvider func(string) bool) (policy.Suspension, error) {
 	var req suspendRequest
 	if err := decodeStrict(body, &req); err != nil {
 		return policy.Suspension{}, err
@@ -242,6 +244,9 @@ func parseSuspend(body []byte, now time.Time, hasBinding func(string) bool) (pol
 	case policy.ScopeProvider:
 		if name == "" {
 			return sp, &fieldError{"name", "required: the provider's name, as in shaping.providers"}
+		}
+		if !hasProvider(name) {
+			return sp, &fieldError{"name", fmt.Sprintf("no provider %q in shaping.providers", name)}
 		}
 		sp.Name = name
 	case policy.ScopeBinding:
@@ -334,7 +339,7 @@ func (s *Server) suspend(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sp, err := parseSuspend(body, time.Now(), s.opts.Policy.HasBinding)
+	sp, err := parseSuspend(body, time.Now(), s.opts.Policy.HasBinding, s.opts.Policy.HasProvider)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

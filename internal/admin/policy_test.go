@@ -34,6 +34,7 @@ func (p *testPolicy) ResolveShaping(domain, binding string) (Shaping, error) {
 	return Shaping{Domain: domain, Binding: binding, MX: mxs, Shaping: p.shaper.Resolve(domain, mxs, binding)}, nil
 }
 func (p *testPolicy) HasBinding(name string) bool                    { return p.bindings[name] }
+func (p *testPolicy) HasProvider(name string) bool                   { return p.shaper.HasProvider(name) }
 func (p *testPolicy) Suspend(sp policy.Suspension) policy.Suspension { return p.susp.Add(sp) }
 func (p *testPolicy) Suspensions(now time.Time) []policy.Suspension  { return p.susp.List(now) }
 func (p *testPolicy) Throttles(now time.Time) []policy.Override      { return p.ovr.List(now) }
@@ -355,6 +356,7 @@ func TestSuspendRefusals(t *testing.T) {
 		{`{"scope":"site","duration":"1h","reason":"r"}`, "name: required"},
 		{`{"scope":"site","name":"mx1.a,,mx2.a","duration":"1h","reason":"r"}`, `name: MX host ""`},
 		{`{"scope":"provider","name":" ","duration":"1h","reason":"r"}`, "name: required"},
+		{`{"scope":"provider","name":"gmail","duration":"1h","reason":"r"}`, `name: no provider "gmail"`},
 		{`{"scope":"binding","duration":"1h","reason":"r"}`, "name: required"},
 		{`{"scope":"binding","name":"b9","duration":"1h","reason":"r"}`, `binding: no binding "b9"`},
 		{`{"scope":"binding","name":"b1","binding":"b2","duration":"1h","reason":"r"}`, "binding: \"b2\" differs"},
@@ -464,8 +466,9 @@ func FuzzParseSuspend(f *testing.F) {
 	f.Add([]byte(`{"scope":"binding","name":"b1","duration":"1s","reason":"r"}`))
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	known := func(b string) bool { return b == "b1" || b == "b2" }
+	provider := func(p string) bool { return p == "bigmail" }
 	f.Fuzz(func(t *testing.T, body []byte) {
-		sp, err := parseSuspend(body, now, known)
+		sp, err := parseSuspend(body, now, known, provider)
 		if err != nil {
 			fe, ok := err.(*fieldError)
 			if !ok || fe.field == "" || fe.msg == "" {

@@ -404,6 +404,16 @@ func (s *Shaper) Resolve(domain string, mx []string, binding string) *Shaping {
 	return out
 }
 
+// HasProvider reports whether a provider entry is named name.
+func (s *Shaper) HasProvider(name string) bool {
+	for i := range s.providers {
+		if s.providers[i].name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // ProviderOf returns the name of the provider of domain with MX hosts mx,
 // "" when none matches.
 func (s *Shaper) ProviderOf(domain string, mx []string) string {

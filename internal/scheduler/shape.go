@@ -339,6 +339,13 @@ func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool
 	return o, ok
 }
 
+// HasProvider reports whether the shaping configuration names a provider
+// name (an operator's suspension of an unknown provider would do nothing).
+func (s *Scheduler) HasProvider(name string) bool {
+	sh := s.shaper.Load()
+	return sh != nil && sh.HasProvider(name)
+}
+
 // ResolvedShaping is a pair's shaping as an operator sees it.
 type ResolvedShaping struct {
 	Domain, Binding string
