@@ -95,13 +95,18 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	for i, r := range cfg.Routes {
 		routes[i] = mx.Route{Domain: r.Domain, Host: r.Host}
 	}
+	allowed, err := mx.ParseNetworks(cfg.Delivery.AllowedNetworks)
+	if err != nil {
+		return nil, fmt.Errorf("config: delivery.allowed_networks%w", err)
+	}
 	st.resolver, err = mx.New(mx.Options{
-		Servers:       cfg.DNS.Servers,
-		Timeout:       cfg.DNS.Timeout,
-		Port:          cfg.Delivery.Port,
-		AllowLoopback: cfg.Delivery.AllowLoopbackMX,
-		Routes:        routes,
-		CacheSize:     cfg.DNS.CacheSize,
+		Servers:         cfg.DNS.Servers,
+		Timeout:         cfg.DNS.Timeout,
+		Port:            cfg.Delivery.Port,
+		AllowLoopback:   cfg.Delivery.AllowLoopbackMX,
+		AllowedNetworks: allowed,
+		Routes:          routes,
+		CacheSize:       cfg.DNS.CacheSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)

@@ -199,6 +199,12 @@ type Delivery struct {
 	// AllowLoopbackMX permits MX hosts that resolve to loopback addresses;
 	// off in production so a bad MX can't make mtad mail itself.
 	AllowLoopbackMX bool `mapstructure:"allow_loopback_mx"`
+	// AllowedNetworks are CIDR prefixes whose addresses mtad may deliver to
+	// although they are prohibited MX addresses (private, shared,
+	// documentation, reserved, ...: internal/mx), e.g. a recipient domain
+	// hosted on the sender's own private network. Static routes need no
+	// entry here: a route is already the operator's explicit choice.
+	AllowedNetworks []string `mapstructure:"allowed_networks"`
 	// MaxConnections is the global cap on open outbound connections.
 	MaxConnections int `mapstructure:"max_connections"`
 	// Reserve is the part of MaxConnections the default policy leaves to hooks.
@@ -295,6 +301,7 @@ func Default() *Config {
 		Delivery: Delivery{
 			Port:             25,
 			AllowLoopbackMX:  false,
+			AllowedNetworks:  []string{},
 			MaxConnections:   1000,
 			Reserve:          50,
 			MaintainInterval: time.Second,
@@ -423,6 +430,9 @@ func (c *Config) normalize() {
 	}
 	if c.DNS.Servers == nil {
 		c.DNS.Servers = []string{}
+	}
+	if c.Delivery.AllowedNetworks == nil {
+		c.Delivery.AllowedNetworks = []string{}
 	}
 	if c.Hooks.Plugins == nil {
 		c.Hooks.Plugins = []string{}

@@ -186,6 +186,7 @@ routes:
 delivery:
   port: 2525
   allow_loopback_mx: true
+  allowed_networks: [10.0.0.0/8, "fd00::/8"]
   max_connections: 200
   reserve: 10
   maintain_interval: 500ms
@@ -280,7 +281,7 @@ func TestFullRoundTrip(t *testing.T) {
 		DNS:           DNS{Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second, CacheSize: 0},
 		Routes:        []Route{{Domain: "example.test", Host: "127.0.0.1:2526"}},
 		Delivery: Delivery{
-			Port: 2525, AllowLoopbackMX: true, MaxConnections: 200, Reserve: 10,
+			Port: 2525, AllowLoopbackMX: true, AllowedNetworks: []string{"10.0.0.0/8", "fd00::/8"}, MaxConnections: 200, Reserve: 10,
 			MaintainInterval: 500 * time.Millisecond, RetryInterval: time.Minute,
 			MaxRetryInterval: 2 * time.Hour, MaxAge: 72 * time.Hour, DelayWarning: 30 * time.Minute, IdleTimeout: time.Second,
 			TLS: "disabled", TLSFailureTTL: 30 * time.Minute,
@@ -337,6 +338,9 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, `config: log.format: "xml"`},
 		{"listen", func(c *Config) { c.Inject.SMTP.Listen = []string{"127.0.0.1:1", "nope"} }, `config: inject.smtp.listen[1]: "nope" is not host:port`},
 		{"listen port", func(c *Config) { c.Inject.SMTP.Listen = []string{"127.0.0.1:99999"} }, `config: inject.smtp.listen[0]: "127.0.0.1:99999" has a bad port`},
+		{"allowed network", func(c *Config) { c.Delivery.AllowedNetworks = []string{"10.0.0.0/8", "10.0.0/8"} }, `config: delivery.allowed_networks[1]: "10.0.0/8" is not a CIDR prefix`},
+		{"allowed network host bits", func(c *Config) { c.Delivery.AllowedNetworks = []string{"192.168.1.1/16"} }, `config: delivery.allowed_networks[0]: "192.168.1.1/16" has host bits set; the network is 192.168.0.0/16`},
+		{"allowed network mapped", func(c *Config) { c.Delivery.AllowedNetworks = []string{"::ffff:10.0.0.0/104"} }, `config: delivery.allowed_networks[0]: "::ffff:10.0.0.0/104": write an IPv4 network in IPv4 form`},
 		{"relay cidr", func(c *Config) { c.Inject.SMTP.RelayNetworks = []string{"10.0.0.0/8", "10.0.0/8"} }, `config: inject.smtp.relay_networks[1]: "10.0.0/8" is not a CIDR`},
 		{"max size", func(c *Config) { c.Inject.SMTP.MaxMessageSize = 0 }, `config: inject.smtp.max_message_size: 0`},
 		{"max rcpt", func(c *Config) { c.Inject.SMTP.MaxRecipients = 0 }, `config: inject.smtp.max_recipients: 0`},

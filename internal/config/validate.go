@@ -244,6 +244,9 @@ func (c *Config) validateDelivery(v *validator) {
 		v.bad(p+"delay_warning", "%s is not less than delivery.max_age (%s): the message would expire before the warning", d.DelayWarning, d.MaxAge)
 	}
 	v.nonNegative(p+"idle_timeout", d.IdleTimeout)
+	for i, n := range d.AllowedNetworks {
+		v.network(fmt.Sprintf(p+"allowed_networks[%d]", i), n)
+	}
 	v.oneOf(p+"tls", d.TLS, "opportunistic", "disabled")
 	v.nonNegative(p+"tls_failure_ttl", d.TLSFailureTTL)
 	t := d.Timeouts
@@ -267,6 +270,21 @@ func (v *validator) oneOf(key, val string, allowed ...string) {
 		}
 	}
 	v.bad(key, "%q is not one of %s", val, strings.Join(allowed, "|"))
+}
+
+// network checks a CIDR prefix the way mx.ParseNetworks reads it: canonical
+// (no host bits set, which is more likely a typo than a wish) and an IPv4
+// network in IPv4 form.
+func (v *validator) network(key, s string) {
+	p, err := netip.ParsePrefix(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		v.bad(key, "%q is not a CIDR prefix (like 10.0.0.0/8 or fd00::/8)", s)
+	case p.Addr().Is4In6():
+		v.bad(key, "%q: write an IPv4 network in IPv4 form", s)
+	case p.Masked() != p:
+		v.bad(key, "%q has host bits set; the network is %s", s, p.Masked())
+	}
 }
 
 func (v *validator) positive(key string, d time.Duration) {

@@ -91,17 +91,3 @@ func parseRoute(r Route) (route, error) {
 	rt.name = name
 	return rt, nil
 }
-
-// prohibited reports whether a address found in public DNS is one mtad must
-// not connect to: it would reach this machine, nothing, or everything.
-func prohibited(a netip.Addr) bool {
-	a = a.Unmap()
-	if a.Is4() {
-		b := a.As4()
-		if b[0] == 0 || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-			return true // 0.0.0.0/8 "this network", limited broadcast
-		}
-	}
-	return a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
-		a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast()
-}

@@ -31,7 +31,9 @@ const (
 	// a domain whose MX host is being renumbered deserves a retry.
 	KindNoAddress
 	// KindProhibitedIP: every address of every MX host is one mtad never
-	// connects to (loopback, unspecified, multicast, link-local, broadcast).
+	// connects to (loopback, private, shared, link-local, multicast,
+	// documentation, reserved: see prohibited.go) and none is in the
+	// allowed networks.
 	// Permanent, 5.4.4: a domain pointing its MX at 127.0.0.1 is saying
 	// "no mail here" (the convention before RFC 7505), and retrying it for
 	// days only delays the bounce.

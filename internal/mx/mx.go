@@ -12,8 +12,10 @@
 // Kind tells the connection pool which CONN_ERR to report.
 //
 // It must never connect to a mail server, and never hand out an address
-// from public DNS that would reach this machine (loopback, unspecified)
-// unless told to (tests). It imports no mtad package but outcome.
+// from public DNS that is not global unicast (loopback, private, shared,
+// link-local, multicast, documentation, reserved: see prohibited.go)
+// unless the operator allowed its network, or a test allowed loopback. It
+// imports no mtad package but outcome.
 package mx
 
 import (
@@ -35,8 +37,10 @@ import (
 // Route sends all mail for Domain (matched exactly, case-insensitively) to
 // Host, a "host:port" smarthost: an IP literal ("192.0.2.1:25",
 // "[2001:db8::1]:587") or a name resolved with A/AAAA on the same servers.
-// A route bypasses MX entirely, and its addresses are never filtered: the
-// operator asked for them, loopback included.
+// A route bypasses MX entirely, and its addresses are never filtered: a
+// route is the operator's explicit choice of where the domain's mail goes,
+// as deliberate as delivery.allowed_networks, so a smarthost on a private
+// network (10.0.0.25:25) or on loopback needs no second permission.
 type Route struct {
 	Domain string
 	Host   string
@@ -54,8 +58,15 @@ type Options struct {
 	// Port is the port of every MX connection (default 25).
 	Port int
 	// AllowLoopback keeps loopback, unspecified, multicast and link-local
-	// addresses found in DNS answers. Only tests set it.
+	// addresses found in DNS answers. Only tests set it. It does not lift
+	// the other prohibited classes (private, documentation, ...).
 	AllowLoopback bool
+	// AllowedNetworks are networks whose addresses are used even though
+	// they are prohibited (delivery.allowed_networks: an MX on the
+	// sender's own private network). An address that embeds an IPv4
+	// address (NAT64, 6to4) is allowed when the embedded one is in them.
+	// ParseNetworks builds it from configuration.
+	AllowedNetworks []netip.Prefix
 	// Routes are static smarthosts by domain; New rejects a malformed one
 	// or two for the same domain.
 	Routes []Route
@@ -81,6 +92,7 @@ type Resolver struct {
 	timeout       time.Duration
 	port          uint16
 	allowLoopback bool
+	allowed       []netip.Prefix
 	routes        map[string]route
 	now           func() time.Time
 	udp, tcp      *dns.Client
@@ -121,6 +133,7 @@ func New(opts Options) (*Resolver, error) {
 	r := &Resolver{
 		timeout:       opts.Timeout,
 		allowLoopback: opts.AllowLoopback,
+		allowed:       slices.Clone(opts.AllowedNetworks),
 		routes:        make(map[string]route, len(opts.Routes)),
 		now:           opts.Now,
 		inflight:      make(map[string]*call),
@@ -224,8 +237,8 @@ func (r *Resolver) literal(d string) ([]Host, error) {
 	if err != nil { // Canonical parsed it already; kept for safety
 		return nil, newError(KindBadDomain, d, "bad address literal", err)
 	}
-	if _, removed := r.usable([]netip.Addr{a}); removed {
-		return nil, newError(KindProhibitedIP, d, "address literal is a prohibited address (loopback, unspecified, multicast, link-local)", nil)
+	if _, why := r.usable([]netip.Addr{a}); why != "" {
+		return nil, newError(KindProhibitedIP, d, "address literal is a prohibited address: "+why, nil)
 	}
 	return []Host{{Name: a.String(), Addrs: []netip.AddrPort{netip.AddrPortFrom(a, r.port)}}}, nil
 }
@@ -363,7 +376,7 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 
 	ttl := ans.ttl
 	var temps []error
-	filtered := false
+	filtered := ""
 	out := hosts[:0]
 	for i, h := range hosts {
 		f := found[i]
@@ -371,8 +384,10 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 			temps = append(temps, f.temp)
 		}
 		ttl = min(ttl, f.ttl)
-		addrs, removed := r.usable(f.addrs)
-		filtered = filtered || removed
+		addrs, why := r.usable(f.addrs)
+		if filtered == "" && why != "" {
+			filtered = h.Name + " " + why
+		}
 		if len(addrs) == 0 {
 			continue
 		}
@@ -383,8 +398,8 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 		switch {
 		case len(temps) > 0:
 			return result{err: newError(KindTemp, d, "DNS lookup of MX host addresses failed", errors.Join(temps...))}
-		case filtered:
-			return negative(newError(KindProhibitedIP, d, "MX hosts have only prohibited addresses (loopback, unspecified, multicast, link-local)", nil), ttl)
+		case filtered != "":
+			return negative(newError(KindProhibitedIP, d, "MX hosts have only prohibited addresses: "+filtered, nil), ttl)
 		}
 		return negative(newError(KindNoAddress, d, "no MX host has an address", nil), ttl)
 	}
@@ -401,7 +416,7 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 // to treat the domain itself as its only MX host, preference 0.
 func (r *Resolver) resolveImplicit(ctx context.Context, d string, mxTTL uint32) result {
 	f := r.resolveHost(ctx, d, nil)
-	addrs, removed := r.usable(f.addrs)
+	addrs, why := r.usable(f.addrs)
 	ttl := min(mxTTL, f.ttl)
 	switch {
 	case len(addrs) > 0:
@@ -412,8 +427,8 @@ func (r *Resolver) resolveImplicit(ctx context.Context, d string, mxTTL uint32) 
 		return res
 	case f.temp != nil:
 		return result{err: newError(KindTemp, d, "DNS lookup of domain addresses failed", f.temp)}
-	case removed:
-		return negative(newError(KindProhibitedIP, d, "domain has no MX and only prohibited addresses (loopback, unspecified, multicast, link-local)", nil), ttl)
+	case why != "":
+		return negative(newError(KindProhibitedIP, d, "domain has no MX and only prohibited addresses: "+why, nil), ttl)
 	}
 	return negative(newError(KindNXDomain, d, "domain has no MX and no A/AAAA records", nil), ttl)
 }
@@ -441,17 +456,20 @@ func (r *Resolver) resolveRoute(ctx context.Context, d string, rt route) result 
 }
 
 // usable drops prohibited addresses (unless allowed) and applies the port.
-func (r *Resolver) usable(addrs []netip.Addr) ([]netip.AddrPort, bool) {
-	out := make([]netip.AddrPort, 0, len(addrs))
-	removed := false
+// why says what the first dropped address was ("10.1.2.3 is private"), or
+// is "" when none was dropped.
+func (r *Resolver) usable(addrs []netip.Addr) (out []netip.AddrPort, why string) {
+	out = make([]netip.AddrPort, 0, len(addrs))
 	for _, a := range addrs {
-		if !r.allowLoopback && prohibited(a) {
-			removed = true
+		if class, local := classify(a); class != "" && !(local && r.allowLoopback) && !allowedBy(r.allowed, a) {
+			if why == "" {
+				why = a.String() + " is " + class
+			}
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(a, r.port))
 	}
-	return out, removed
+	return out, why
 }
 
 // negative is a cacheable failure kept for its negative TTL.

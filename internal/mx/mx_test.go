@@ -306,7 +306,7 @@ func TestProhibitedAddresses(t *testing.T) {
 	)
 	addr := startDNS(t, z)
 
-	strict := newResolver(t, addr, func(o *Options) { o.AllowLoopback = false })
+	strict := newResolver(t, addr, func(o *Options) { o.AllowLoopback = false; o.AllowedNetworks = docNets })
 	hosts, err := strict.Lookup(t.Context(), "mixed.test")
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +319,7 @@ func TestProhibitedAddresses(t *testing.T) {
 	_, err = strict.Lookup(t.Context(), "implicit.test")
 	wantKind(t, err, KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}, false)
 
-	loose := newResolver(t, addr, nil)
+	loose := newResolver(t, addr, func(o *Options) { o.AllowedNetworks = docNets })
 	hosts, err = loose.Lookup(t.Context(), "mixed.test")
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +338,7 @@ func TestAAAA(t *testing.T) {
 		"dual.six.test. 300 IN AAAA 2001:db8::25",
 		"dual.six.test. 300 IN A 192.0.2.25",
 	)
-	r := newResolver(t, startDNS(t, z), func(o *Options) { o.AllowLoopback = false })
+	r := newResolver(t, startDNS(t, z), func(o *Options) { o.AllowLoopback = false; o.AllowedNetworks = docNets })
 	hosts, err := r.Lookup(t.Context(), "six.test")
 	if err != nil {
 		t.Fatal(err)
@@ -347,7 +347,7 @@ func TestAAAA(t *testing.T) {
 	if got := fmt.Sprint(hosts); got != "[dual.six.test 20 [192.0.2.25:25 [2001:db8::25]:25]]" {
 		t.Fatalf("six.test = %s", got)
 	}
-	r = newResolver(t, startDNS(t, z), nil)
+	r = newResolver(t, startDNS(t, z), func(o *Options) { o.AllowedNetworks = docNets })
 	hosts, err = r.Lookup(t.Context(), "six.test")
 	if err != nil {
 		t.Fatal(err)

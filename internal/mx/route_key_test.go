@@ -129,6 +129,7 @@ func TestLookupAddressLiteral(t *testing.T) {
 	addr := startDNS(t, z)
 	allow := newResolver(t, addr, func(o *Options) { o.Port = 2525 })
 	strict := newResolver(t, addr, func(o *Options) { o.Port = 2525; o.AllowLoopback = false })
+	docs := newResolver(t, addr, func(o *Options) { o.Port = 2525; o.AllowLoopback = false; o.AllowedNetworks = docNets })
 
 	for _, tc := range []struct {
 		r      *Resolver
@@ -139,8 +140,13 @@ func TestLookupAddressLiteral(t *testing.T) {
 	}{
 		{allow, "[127.0.0.1]", "[127.0.0.1 0 [127.0.0.1:2525]]", 0, smtp.EnhancedCode{}},
 		{allow, "[IPv6:::1]", "[::1 0 [[::1]:2525]]", 0, smtp.EnhancedCode{}},
-		{strict, "[192.0.2.1]", "[192.0.2.1 0 [192.0.2.1:2525]]", 0, smtp.EnhancedCode{}},
-		{strict, "[IPv6:2001:DB8::1]", "[2001:db8::1 0 [[2001:db8::1]:2525]]", 0, smtp.EnhancedCode{}},
+		{docs, "[192.0.2.1]", "[192.0.2.1 0 [192.0.2.1:2525]]", 0, smtp.EnhancedCode{}},
+		{docs, "[IPv6:2001:DB8::1]", "[2001:db8::1 0 [[2001:db8::1]:2525]]", 0, smtp.EnhancedCode{}},
+		{strict, "[192.0.2.1]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
+		{strict, "[10.1.2.3]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
+		{docs, "[10.1.2.3]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
+		{strict, "[IPv6:64:ff9b::10.1.2.3]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
+		{allow, "[IPv6:fd00::1]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
 		{strict, "[127.0.0.1]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
 		{strict, "[IPv6:::1]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
 		{strict, "[IPv6:::ffff:127.0.0.1]", "", KindProhibitedIP, smtp.EnhancedCode{5, 4, 4}},
