@@ -852,3 +852,63 @@ func TestRulesIgnoreLocalFailures(t *testing.T) {
 		t.Fatalf("suspend record %v", e.fields)
 	}
 }
+
+// TestProviderThrottleAcrossSites: a throttle rule scoped to a provider
+// (as the shipped Gmail rule is) holds its rate across all the provider's
+// sites from the binding, not at that rate per site; and its
+// max_connections caps the provider's connections, not each site's.
+func TestProviderThrottleAcrossSites(t *testing.T) {
+	t.Parallel()
+	var triggered atomic.Bool
+	addrs := []string{ip(62, 10), ip(62, 11)}
+	sinks, port := loopbacktest.StartSinks(t, addrs, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Rcpt: func(to string) error {
+			if to == "trigger@p1.test" && triggered.CompareAndSwap(false, true) {
+				return loopbacktest.Reply(421, smtp.EnhancedCode{4, 7, 28}, "unusual rate of unsolicited mail")
+			}
+			return nil
+		}}
+	})
+	rules, err := policy.CompileRules([]config.ResponseRule{{Name: "prov-rate", Code: 421, Enhanced: "4.7.28",
+		Scope: "provider", Action: "throttle", Duration: time.Hour,
+		Throttle: &config.RuleThrottle{MaxMessageRate: "2/s", MaxConnections: ptr(1)}}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h *harness
+	var peak atomic.Int64
+	h = newHarness(t, port, func(o *Options) {
+		o.Shaper = testShaper(t, func(s *config.Shaping) {
+			s.Default.MaxMessageRate = ptr("100/s")
+			s.Providers = []config.Provider{{Name: "prov", MatchMX: []string{".prov.test"}}}
+		})
+		o.Rules = rules
+	})
+	h.reg.PostInitiateConnectionSMTP.RegisterFirst(func(*queue.DomainRecord, int, time.Time, int) {
+		if n := int64(h.s.Pool().Total()); n > peak.Load() {
+			peak.Store(n)
+		}
+	})
+	providerSites(h, addrs)
+	h.resolved("p1.test", "p2.test")
+	injectOn(h, "trigger@p1.test")
+	if e := h.policyEvent("throttle"); e.str("scope") != "provider" || e.str("name") != "prov" || e.str("binding") != "b0" {
+		t.Fatalf("throttle record %v", e.fields)
+	}
+	h.quiet()
+	// Let the buckets fill at the throttled rate before counting.
+	h.step(time.Second)
+	peak.Store(0)
+	for i := range 10 {
+		injectOn(h, fmt.Sprintf("r%d@p1.test", i))
+		injectOn(h, fmt.Sprintf("r%d@p2.test", i))
+	}
+	h.quiet()
+	got := countPerSecond(h, 20, 3, nil, sinks...)
+	if want := []int{2, 2, 2, 2}; !eqInts(got, want) {
+		t.Fatalf("the provider's two sites per simulated second %v under a provider throttle of 2/s, want %v", got, want)
+	}
+	if p := peak.Load(); p > 1 {
+		t.Fatalf("%d connections at once to the provider under a throttle of max_connections 1", p)
+	}
+}

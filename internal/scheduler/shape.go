@@ -48,7 +48,11 @@ type pairShape struct {
 	// Throttle bucket keys and rates, in the order TakeAll wants them.
 	msgKeys    []string
 	connKey    string
-	overrideKs []string // override scopes that cover the pair, most specific first
+	overrideKs []string // override scopes that cover the pair's own budgets, most specific first
+	// provOverrideKs are the provider's override scopes: a provider-scoped
+	// throttle lowers the provider's budgets, one across all its sites,
+	// not each site's.
+	provOverrideKs []string
 }
 
 // shapeOf returns the pair's shaping, resolving it when the configuration
@@ -90,7 +94,7 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 		policy.ScopeKey(policy.ScopeSite, r.Site, ""),
 	}
 	if r.Provider != "" {
-		ps.overrideKs = append(ps.overrideKs, ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, ""))
+		ps.provOverrideKs = []string{ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, "")}
 	}
 	ps.overrideKs = append(ps.overrideKs, policy.ScopeKey(policy.ScopeBinding, "", name))
 	for len(ds.shapes) <= slot {
@@ -124,6 +128,18 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 		}
 		if o.MaxMessageRate != nil {
 			l.msgRate = o.Rate(l.msgRate, now)
+		}
+	}
+	for _, k := range ps.provOverrideKs {
+		o := s.overrides.Get(k, now)
+		if o == nil {
+			continue
+		}
+		if o.MaxConnections != nil {
+			l.provConns = o.Conns(l.provConns, now)
+		}
+		if o.MaxMessageRate != nil {
+			l.provRate = o.Rate(l.provRate, now)
 		}
 	}
 	return l
