@@ -685,7 +685,11 @@ func TestLoweredCapClosesSessions(t *testing.T) {
 			t.Fatal("a held DATA did not take its release")
 		}
 	}
-	h.until("two sessions, both in their next DATA", func() bool { return sink.Sessions() == 2 && inData.Load() == 2 })
+	// The sink sees a QUIT before the pool has given the slot back: wait
+	// for both.
+	h.until("two sessions, both in their next DATA", func() bool {
+		return sink.Sessions() == 2 && inData.Load() == 2 && h.s.Pool().Total() == 2
+	})
 	after.Store(true)
 	for range 3 {
 		h.s.Tick(h.clock.Advance(time.Second))
