@@ -916,3 +916,53 @@ func TestProviderThrottleAcrossSites(t *testing.T) {
 		t.Fatalf("%d connections at once to the provider under a throttle of max_connections 1", p)
 	}
 }
+
+// TestBindingThrottleAcrossDestinations: a throttle rule scoped to a
+// binding holds its rate across every destination of that binding, and
+// leaves the other bindings alone.
+func TestBindingThrottleAcrossDestinations(t *testing.T) {
+	t.Parallel()
+	var triggered atomic.Bool
+	addrs := []string{ip(63, 10), ip(63, 11)}
+	sinks, port := loopbacktest.StartSinks(t, addrs, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Rcpt: func(to string) error {
+			if to == "trigger@s1.test" && triggered.CompareAndSwap(false, true) {
+				return loopbacktest.Reply(451, smtp.EnhancedCode{4, 7, 1}, "your IP is listed")
+			}
+			return nil
+		}}
+	})
+	rules, err := policy.CompileRules([]config.ResponseRule{{Name: "ip-listed", Code: 451, Enhanced: "4.7.1",
+		Scope: "binding", Action: "throttle", Duration: time.Hour,
+		Throttle: &config.RuleThrottle{MaxMessageRate: "2/s"}}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, port, func(o *Options) {
+		o.Shaper = testShaper(t, func(s *config.Shaping) { s.Default.MaxMessageRate = ptr("100/s") })
+		o.Rules = rules
+	})
+	h.mxFor("s1.test", addrs[0])
+	h.mxFor("s2.test", addrs[1])
+	h.resolved("s1.test", "s2.test")
+	injectOn(h, "trigger@s1.test")
+	if e := h.policyEvent("throttle"); e.str("scope") != "binding" || e.str("binding") != "b0" {
+		t.Fatalf("throttle record %v", e.fields)
+	}
+	h.quiet()
+	h.step(time.Second)
+	for i := range 6 {
+		injectOn(h, fmt.Sprintf("r%d@s1.test", i))
+		injectOn(h, fmt.Sprintf("r%d@s2.test", i))
+		injectVia(h, "b1", "", fmt.Sprintf("b1-%d@s2.test", i))
+	}
+	h.quiet()
+	b0 := fromIP(bindingIPs[0])
+	got := countPerSecond(h, 12, 3, b0, sinks...)
+	if want := []int{2, 2, 2}; !eqInts(got[:3], want) {
+		t.Fatalf("b0 to both sites per simulated second %v under a binding throttle of 2/s, want %v first", got, want)
+	}
+	if n := count(fromIP(bindingIPs[1]), sinks...); n != 6 {
+		t.Fatalf("b1 delivered %d of 6: the binding throttle held another binding", n)
+	}
+}
