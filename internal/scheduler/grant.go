@@ -8,7 +8,6 @@ import (
 
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
-	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
 )
 
@@ -199,11 +198,11 @@ func (g *grantor) Admit(pair *queue.Pair) time.Duration {
 	}
 	now := g.s.clock.Now()
 	l := g.s.limitsOf(ps, now)
-	if l.msgRate.Unlimited() && l.provRate.Unlimited() {
+	if l.unlimited() {
 		return 0
 	}
-	rates := [2]policy.Rate{l.msgRate, l.provRate}
-	ok, next := g.s.throttles.TakeAll(ps.msgKeys, rates[:len(ps.msgKeys)], now)
+	rates := l.rates()
+	ok, next := g.s.throttles.TakeAll(ps.msgKeys[:], rates[:], now)
 	if ok {
 		return 0
 	}

@@ -185,6 +185,10 @@ func TestManyDomainsFewSlots(t *testing.T) {
 		o.Reserve = 50
 		o.Pool.Policy = capPolicy(10, 100)
 		o.Pool.IdleTimeout = time.Second
+		// DATA is held while 3,000 messages are spooled, which takes
+		// longer than the harness's 5s on a loaded machine.
+		o.Pool.Timeouts.DataTerm = 2 * time.Minute
+		o.Pool.Timeouts.DataBlock = 2 * time.Minute
 	})
 	// One MX host for all.
 	for i := range big {

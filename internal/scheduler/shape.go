@@ -45,11 +45,20 @@ type pairShape struct {
 	where   policy.Where
 	siteKey string // policy.ScopeKey(site, sh.Site, binding): connections and messages
 	provKey string // policy.ScopeKey(provider, sh.Provider, binding); "" without a provider
-	// Throttle bucket keys and rates, in the order TakeAll wants them.
-	msgKeys    []string
+	// Message bucket keys, as limits.rates orders them: the site's, the
+	// provider's ("" without a provider) and the binding's (limited only
+	// while a binding-scoped throttle is in force).
+	msgKeys    [3]string
 	connKey    string
-	overrideKs []string // override scopes that cover the pair, most specific first
-	provIdx    int      // where the provider's two keys are in overrideKs
+	overrideKs []string // override scopes that cover the pair's own budgets, most specific first
+	// provOverrideKs are the provider's override scopes: a provider-scoped
+	// throttle lowers the provider's budgets, one across all its sites,
+	// not each site's.
+	provOverrideKs []string
+	// bindOverrideK is the binding's override scope: a binding-scoped
+	// throttle's rate is one budget across every destination of the
+	// binding; its max_connections caps each site's connections.
+	bindOverrideK string
 }
 
 // shapeOf returns the pair's shaping, resolving it when the configuration
@@ -77,11 +86,13 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 	ps := &pairShape{sh: r, gen: gen, mxKnown: ds.resolved, binding: name,
 		where: policy.Where{Domain: dr.Name, Site: r.Site, Provider: r.Provider, Binding: name}}
 	ps.siteKey = policy.ScopeKey(policy.ScopeSite, r.Site, name)
-	ps.msgKeys = []string{"msg " + ps.siteKey}
+	ps.msgKeys[0] = "msg " + ps.siteKey
 	if r.Provider != "" {
 		ps.provKey = policy.ScopeKey(policy.ScopeProvider, r.Provider, name)
-		ps.msgKeys = append(ps.msgKeys, "msg "+ps.provKey)
+		ps.msgKeys[1] = "msg " + ps.provKey
 	}
+	ps.bindOverrideK = policy.ScopeKey(policy.ScopeBinding, "", name)
+	ps.msgKeys[2] = "msg " + ps.bindOverrideK
 	ps.connKey = "conn " + ps.siteKey
 	ps.overrideKs = []string{
 		policy.ScopeKey(policy.ScopePair, dr.Name, name),
@@ -91,10 +102,8 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 		policy.ScopeKey(policy.ScopeSite, r.Site, ""),
 	}
 	if r.Provider != "" {
-		ps.provIdx = len(ps.overrideKs)
-		ps.overrideKs = append(ps.overrideKs, ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, ""))
+		ps.provOverrideKs = []string{ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, "")}
 	}
-	ps.overrideKs = append(ps.overrideKs, policy.ScopeKey(policy.ScopeBinding, "", name))
 	for len(ds.shapes) <= slot {
 		ds.shapes = append(ds.shapes, nil)
 	}
@@ -107,6 +116,17 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 type limits struct {
 	maxConns, provConns int
 	msgRate, provRate   policy.Rate
+	bindRate            policy.Rate // unlimited but under a binding-scoped throttle
+}
+
+// unlimited reports whether no message budget limits the pair.
+func (l *limits) unlimited() bool {
+	return l.msgRate.Unlimited() && l.provRate.Unlimited() && l.bindRate.Unlimited()
+}
+
+// rates are the message rates in the order of pairShape.msgKeys.
+func (l *limits) rates() [3]policy.Rate {
+	return [3]policy.Rate{l.msgRate, l.provRate, l.bindRate}
 }
 
 // limitsOf returns the pair's budgets at now.
@@ -116,22 +136,36 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 	if s.overrides.Len() == 0 {
 		return l
 	}
-	for i, k := range ps.overrideKs {
+	for _, k := range ps.overrideKs {
 		o := s.overrides.Get(k, now)
 		if o == nil {
 			continue
 		}
-		// A provider's throttle lowers the provider's budgets (all its
-		// sites together); any other, the site's.
-		conns, rate := &l.maxConns, &l.msgRate
-		if ps.provKey != "" && (i == ps.provIdx || i == ps.provIdx+1) {
-			conns, rate = &l.provConns, &l.provRate
-		}
 		if o.MaxConnections != nil {
-			*conns = o.Conns(*conns, now)
+			l.maxConns = o.Conns(l.maxConns, now)
 		}
 		if o.MaxMessageRate != nil {
-			*rate = o.Rate(*rate, now)
+			l.msgRate = o.Rate(l.msgRate, now)
+		}
+	}
+	if o := s.overrides.Get(ps.bindOverrideK, now); o != nil {
+		if o.MaxConnections != nil {
+			l.maxConns = o.Conns(l.maxConns, now)
+		}
+		if o.MaxMessageRate != nil {
+			l.bindRate = o.Rate(l.bindRate, now)
+		}
+	}
+	for _, k := range ps.provOverrideKs {
+		o := s.overrides.Get(k, now)
+		if o == nil {
+			continue
+		}
+		if o.MaxConnections != nil {
+			l.provConns = o.Conns(l.provConns, now)
+		}
+		if o.MaxMessageRate != nil {
+			l.provRate = o.Rate(l.provRate, now)
 		}
 	}
 	return l
@@ -148,11 +182,11 @@ func (s *Scheduler) suspended(ps *pairShape, now time.Time) (policy.Suspension, 
 // msgReady reports whether the pair's message budgets have a token at now,
 // taking none; next is when they will.
 func (s *Scheduler) msgReady(ps *pairShape, l limits, now time.Time) (bool, time.Time) {
-	if l.msgRate.Unlimited() && l.provRate.Unlimited() {
+	if l.unlimited() {
 		return true, now
 	}
-	rates := [2]policy.Rate{l.msgRate, l.provRate}
-	return s.throttles.Ready(ps.msgKeys, rates[:len(ps.msgKeys)], now)
+	rates := l.rates()
+	return s.throttles.Ready(ps.msgKeys[:], rates[:], now)
 }
 
 // poolPolicy is the pool's connpool.Policy for a pair: its shaping when a

@@ -11,7 +11,6 @@ import (
 	"github.com/mtad/mtad/internal/queue"
 )
 
-func ptr[T any](v T) *T { return &v }
 
 // TestHookSeesShaping: a maintain hook reads the pair's shaping through
 // hooks.Registry.ShapingOf — its caps and rates as resolved from the
