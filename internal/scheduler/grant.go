@@ -57,6 +57,10 @@ type grantor struct {
 	// leaving counts, per key, the sessions told to end because the
 	// key's cap was lowered below its connections.
 	leaving map[string]int
+
+	// observe, when set before the scheduler runs (tests), sees each slot
+	// taken, in the order taken.
+	observe func(*queue.Pair)
 }
 
 // keyCount is a pair's connections counted under its budget keys.
@@ -73,6 +77,9 @@ type waiter struct {
 	inFirst bool
 	refused uint64 // bumped by every refusal
 	tick    uint64 // the tick of the last refusal
+	// handed: a freed slot was offered to it and its maintenance has not
+	// answered yet, so the next freed slot goes to the next pair.
+	handed bool
 }
 
 var (
@@ -107,7 +114,10 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 			return 0
 		}
 	}
-	if conns(pair) > 0 && g.nfirst.Load() > 0 && g.othersFirst(pair) {
+	if g.nfirst.Load() > 0 && g.behind(pair) {
+		// Pairs wait for their first connection: this one gets in line
+		// (a second connection, or a first one jumping the queue at a
+		// tick, would take a slot from the head).
 		g.Wait(dr, slot, n)
 		return 0
 	}
@@ -171,6 +181,9 @@ func (g *grantor) shapedRoom(pair *queue.Pair, ps *pairShape, n int) int {
 // Opened is connpool.Grantor's: a session of pair took a slot; it counts
 // under the pair's budget keys until Released.
 func (g *grantor) Opened(pair *queue.Pair) {
+	if g.observe != nil {
+		g.observe(pair)
+	}
 	ps := g.s.shapeOf(pair)
 	if ps == nil {
 		return
@@ -242,6 +255,19 @@ func (g *grantor) overCap(pair *queue.Pair) bool {
 		}
 	}
 	return over
+}
+
+// behind reports whether pair must wait behind a pair in first: it has a
+// connection and another pair waits for its first, or it has none and is
+// not in first itself.
+func (g *grantor) behind(pair *queue.Pair) bool {
+	if conns(pair) > 0 {
+		return g.othersFirst(pair)
+	}
+	g.mu.Lock()
+	_, queued := g.at[pair]
+	g.mu.Unlock()
+	return !queued && g.othersFirst(pair)
 }
 
 // othersFirst reports whether a pair other than pair, with work and no
@@ -358,6 +384,7 @@ func (g *grantor) Released(pair *queue.Pair) {
 	g.s.maintain(w.pair, g.s.clock.Now())
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	w.handed = false
 	if g.at[w.pair] == w && (w.refused == stamp || w.inFirst && conns(w.pair) > 0) {
 		// It took the slot, or its maintenance did not want it (a hook
 		// held it): either way it no longer waits.
@@ -398,6 +425,10 @@ func (g *grantor) nextLocked() *waiter {
 			g.removeLocked(w)
 			continue
 		}
+		if w.handed {
+			continue
+		}
+		w.handed = true
 		return w
 	}
 	for e := g.more.Front(); e != nil; {
