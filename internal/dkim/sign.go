@@ -70,7 +70,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // new body holding the DKIM-Signature fields followed by the message, read
 // back from the old body a chunk at a time, and aborts the old one; else it
 // returns body itself. With no keys configured it returns at once, reading
-// nothing. An error is the spool's or the signing's: the caller still owns
+// nothing. An error is the spool's (a read or write failure): the caller still owns
 // (and should abort) body.
 func (s *Signer) SignBody(store BodyStore, body *spool.BodyWriter) (*spool.BodyWriter, Result, error) {
 	if s == nil || s.keys.Load().Len() == 0 {
@@ -109,13 +109,15 @@ func (s *Signer) SignBody(store BodyStore, body *spool.BodyWriter) (*spool.BodyW
 // Sign reads a message (CRLF line ends, as the injector stores it) and
 // returns its signatures. A message that cannot be signed (no From, a From
 // that does not parse, no key for its domain) gives a Result saying why
-// and no error; an error is a read failure or a signing failure.
+// and no error, and so does a signing failure (the same on every retry);
+// an error is a failure to read the message.
 func (s *Signer) Sign(r io.Reader) (Result, error) {
 	keys := s.keys.Load()
 	if keys.Len() == 0 {
 		return Result{}, nil
 	}
-	br := bufio.NewReaderSize(r, 16<<10)
+	src := &srcReader{r: r}
+	br := bufio.NewReaderSize(src, 16<<10)
 	var hdr bytes.Buffer
 	from, present, why, err := readHeader(br, &hdr)
 	if err != nil {
@@ -166,21 +168,31 @@ func (s *Signer) Sign(r io.Reader) (Result, error) {
 		ws = append(ws, sg)
 	}
 	w := io.MultiWriter(ws...)
-	if _, err := w.Write(hdr.Bytes()); err != nil {
-		return Result{}, fmt.Errorf("dkim: signing: %w", err)
+	_, err = w.Write(hdr.Bytes())
+	if err == nil {
+		_, err = br.WriteTo(w)
 	}
-	if _, err := br.WriteTo(w); err != nil {
-		return Result{}, fmt.Errorf("dkim: signing: %w", err)
+	if src.err != nil {
+		return Result{}, fmt.Errorf("dkim: reading the message: %w", src.err)
+	}
+	if err != nil {
+		// A signer refused the message (go-msgauth could not read its
+		// header section): the message is the same whenever it is
+		// retried, so it goes unsigned, saying why, rather than be
+		// refused with a 4xx it would get again.
+		return Result{Unsigned: "signing failed: " + err.Error()}, nil
 	}
 	closed = true
 	var errs []error
 	for i, sg := range signers {
 		if err := sg.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("dkim: %s (%s): %w", matched[i].configName, matched[i], err))
+			errs = append(errs, fmt.Errorf("%s (%s): %w", matched[i].configName, matched[i], err))
 		}
 	}
 	if len(errs) > 0 {
-		return Result{}, errors.Join(errs...)
+		// As above: the whole message was read, so the fault is the
+		// message's or the key's, and a retry would meet it again.
+		return Result{Unsigned: "signing failed: " + errors.Join(errs...).Error()}, nil
 	}
 	res := Result{Signatures: make([]string, len(matched))}
 	for i, sg := range signers {
@@ -188,6 +200,20 @@ func (s *Signer) Sign(r io.Reader) (Result, error) {
 		res.Signatures[i] = matched[i].String()
 	}
 	return res, nil
+}
+
+// srcReader keeps the source's read error apart from the signers' errors.
+type srcReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *srcReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
 }
 
 // headerList is the h= list for a message whose header section has the
