@@ -70,8 +70,8 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // new body holding the DKIM-Signature fields followed by the message, read
 // back from the old body a chunk at a time, and aborts the old one; else it
 // returns body itself. With no keys configured it returns at once, reading
-// nothing. An error is the spool's (a read or write failure): the caller still owns
-// (and should abort) body.
+// nothing. An error is the spool's (a read or write failure): the caller
+// still owns (and should abort) body.
 func (s *Signer) SignBody(store BodyStore, body *spool.BodyWriter) (*spool.BodyWriter, Result, error) {
 	if s == nil || s.keys.Load().Len() == 0 {
 		return body, Result{}, nil
