@@ -22,6 +22,7 @@ import (
 	"github.com/mtad/mtad/internal/binding"
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool"
+	"github.com/mtad/mtad/internal/dkim"
 	"github.com/mtad/mtad/internal/hooks"
 	_ "github.com/mtad/mtad/internal/hooks/accounting" // registers the "accounting" plugin
 	_ "github.com/mtad/mtad/internal/hooks/adaptive"   // registers the "adaptive" plugin
@@ -49,6 +50,7 @@ type statics struct {
 	bounce    *policy.Classifier
 	shaper    *policy.Shaper
 	rules     *policy.Rules
+	dkim      *dkim.Keys
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -120,6 +122,18 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	}
 	if st.rules, err = policy.LoadRules(cfg); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
+	}
+
+	// Keys are read (and, for dns_check entries, looked up) here, so a
+	// bad key stops the start, --check-config and a reload alike.
+	if st.dkim, err = dkim.Load(cfg.DKIM); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.DNS.Timeout*time.Duration(max(1, len(cfg.DKIM))))
+	err = dkim.CheckDNS(ctx, st.dkim, cfg.DNS.Servers, cfg.DNS.Timeout)
+	cancel()
+	if err != nil {
+		return nil, err
 	}
 
 	st.pluginCfg = make(map[string]map[string]any, len(cfg.Hooks.Settings))
@@ -223,6 +237,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		}
 	}()
 
+	signer := dkim.NewSigner(st.dkim)
+	for _, k := range st.dkim.All() {
+		log.Info("DKIM key loaded", zap.String("key", k.String()), zap.Bool("wildcard", k.Wildcard),
+			zap.Int("bits", k.Bits), zap.String("file", k.File))
+	}
+
 	// The current config, swapped whole on SIGHUP.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
@@ -317,6 +337,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			DataTimeout:          sc.DataTimeout,
 			AuthFailDelay:        sc.AuthFailDelay,
 			Logger:               log,
+			DKIM:                 signer,
 		}, sp, st.bindings, handoff{sched})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)
@@ -359,7 +380,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, &cur, sched, log)
+			reload(cfgPath, &cur, sched, signer, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
@@ -384,10 +405,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // reload re-reads the config on SIGHUP. A bad file is logged and the running
 // config kept. Shaping and the bounce classification rules (the
 // file named by delivery.bounce_classes_file, re-read even when the name is
-// unchanged) take effect at once; keys that shape what is already built
+// unchanged) and the DKIM keys (files re-read; a bad one refuses the
+// reload, so the old keys stay) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, log *zap.Logger) {
+func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -427,7 +449,11 @@ func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Sc
 	sched.SetShaper(st.shaper)
 	sched.SetRules(st.rules)
 	sched.SetBounceClassifier(st.bounce)
-	log.Info("configuration reloaded: shaping, response rules and bounce classes applied",
+	// The key files are re-read even when the config names the same ones:
+	// rotating a key is replacing its file and sending SIGHUP.
+	signer.SetKeys(st.dkim)
+	log.Info("configuration reloaded: shaping, response rules, bounce classes and DKIM keys applied",
+		zap.Int("dkim_keys", st.dkim.Len()),
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
 		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
 		zap.Strings("changed_needing_restart", restart))

@@ -68,6 +68,8 @@ type Config struct {
 	// with the same entries ("" = none; read by internal/policy).
 	ResponseRules     []ResponseRule `mapstructure:"response_rules"`
 	ResponseRulesFile string         `mapstructure:"response_rules_file"`
+	// DKIM are the signing keys (see DKIMKey); empty = nothing is signed.
+	DKIM []DKIMKey `mapstructure:"dkim"`
 }
 
 // Spool configures the durable message store.
@@ -459,6 +461,7 @@ func (c *Config) normalize() {
 		c.Routes[i].Domain = strings.TrimSuffix(strings.ToLower(c.Routes[i].Domain), ".")
 	}
 	c.Shaping.normalize()
+	c.normalizeDKIM()
 }
 
 // decodeError rewrites mapstructure's errors into one line per problem, each

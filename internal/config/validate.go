@@ -80,6 +80,7 @@ func (c *Config) Validate() error {
 	c.validateDelivery(v)
 	c.validateShaping(v)
 	c.validateResponseRules(v)
+	c.validateDKIM(v)
 
 	seenPlugin := map[string]bool{}
 	for i, p := range c.Hooks.Plugins {

@@ -39,6 +39,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mtad/mtad/internal/dkim"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -109,6 +110,9 @@ type Options struct {
 	// Logger receives the "received" and "rejected" records and errors;
 	// nil discards them.
 	Logger *zap.Logger
+	// DKIM signs each accepted message after it is made conformant and
+	// before it is stored; nil signs nothing.
+	DKIM *dkim.Signer
 }
 
 // Handoff receives every stored message, after its 250 has been decided

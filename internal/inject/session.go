@@ -725,6 +725,16 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		}
 		mw.body = body
 	}
+	// Signed after the conformance rewrite (which changes the body) and
+	// before the store: the stored message carries its signatures.
+	body, sig, err := s.opts.DKIM.SignBody(s.store, body)
+	if err != nil {
+		mw.abort()
+		s.log.Error("inject: DKIM signing", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+		c.fail(command, storeRefusal(err))
+		return
+	}
+	mw.body = body
 	m := &spool.Message{
 		ID:         mw.id,
 		Sender:     ss.from,
@@ -760,13 +770,15 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		return
 	}
 	logging.Received{
-		QueueID:    m.ID,
-		MessageID:  m.MessageID,
-		Sender:     m.Sender,
-		Recipients: addrs,
-		Size:       m.Size,
-		ClientIP:   m.ClientIP,
-		AuthUser:   m.AuthUser,
+		QueueID:      m.ID,
+		MessageID:    m.MessageID,
+		Sender:       m.Sender,
+		Recipients:   addrs,
+		Size:         m.Size,
+		ClientIP:     m.ClientIP,
+		AuthUser:     m.AuthUser,
+		DKIM:         sig.Signatures,
+		DKIMUnsigned: sig.Unsigned,
 	}.Log(s.log)
 	if s.handoff != nil {
 		s.handoff.Submit(m)

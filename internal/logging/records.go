@@ -44,11 +44,17 @@ type Received struct {
 	Size       int64
 	ClientIP   string
 	AuthUser   string
+	// DKIM names the message's signatures ("d=example.com s=s2026
+	// a=rsa-sha256"), logged as a list under "dkim"; when there are none,
+	// DKIMUnsigned says why, logged as "dkim": "unsigned: <why>". Both
+	// empty (no keys configured): no "dkim" field.
+	DKIM         []string
+	DKIMUnsigned string
 }
 
 // Fields returns the record's fields, "event" first.
 func (r Received) Fields() []zap.Field {
-	return []zap.Field{
+	f := []zap.Field{
 		zap.String("event", string(EventReceived)),
 		zap.String("queue_id", r.QueueID),
 		zap.String("message_id", r.MessageID),
@@ -58,6 +64,13 @@ func (r Received) Fields() []zap.Field {
 		zap.String("client_ip", r.ClientIP),
 		zap.String("auth_user", r.AuthUser),
 	}
+	switch {
+	case len(r.DKIM) > 0:
+		f = append(f, zap.Strings("dkim", r.DKIM))
+	case r.DKIMUnsigned != "":
+		f = append(f, zap.String("dkim", "unsigned: "+r.DKIMUnsigned))
+	}
+	return f
 }
 
 // Log writes the record as one info entry.
