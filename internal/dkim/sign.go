@@ -54,6 +54,9 @@ func NewSigner(keys *Keys) *Signer {
 // SetKeys replaces the key set; signings under way finish with the old one.
 func (s *Signer) SetKeys(keys *Keys) { s.keys.Store(keys) }
 
+// Active reports whether any key is configured (a nil Signer has none).
+func (s *Signer) Active() bool { return s != nil && s.keys.Load().Len() > 0 }
+
 // Keys returns the current key set.
 func (s *Signer) Keys() *Keys { return s.keys.Load() }
 

@@ -1,18 +1,21 @@
 package inject
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
 
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/dkim"
@@ -52,6 +55,24 @@ func TestDKIMSignsStoredMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Declared 8-bit: made 7-bit before it is signed, so that no
+	// receiver without 8BITMIME makes delivery rewrite (and break) it.
+	eightID, err := send(c, "app@example.com", []string{"u@dest.test"},
+		"From: app@example.com\r\nSubject: eight\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+			"Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln\r\n", &smtp.MailOptions{Body: smtp.Body8BitMIME})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.sp.Get(eightID); err != nil || m.EightBit {
+		t.Errorf("8-bit message stored with EightBit %v (%v), want a 7-bit body", m != nil && m.EightBit, err)
+	}
+	if r, err := e.sp.OpenBody(eightID); err == nil {
+		b, _ := io.ReadAll(r)
+		_ = r.Close()
+		if i := bytes.IndexFunc(b, func(r rune) bool { return r >= 0x80 }); i >= 0 {
+			t.Errorf("signed 8-bit message stored with 8-bit octets at %d:\n%s", i, b)
+		}
+	}
 
 	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey))
 	lookup := func(name string) ([]string, error) {
@@ -67,6 +88,7 @@ func TestDKIMSignsStoredMessage(t *testing.T) {
 	}{
 		{signedID, 1, []any{"d=example.com s=ed a=ed25519-sha256"}},
 		{plainID, 0, "unsigned: no key for example.org"},
+		{eightID, 1, []any{"d=example.com s=ed a=ed25519-sha256"}},
 	} {
 		r, err := e.sp.OpenBody(tc.id)
 		if err != nil {

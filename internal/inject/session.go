@@ -712,7 +712,7 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 	body := mw.body
 	if sc.long {
 		var err error
-		if body, err = conformBody(s.store, body); err != nil {
+		if body, err = conformBody(s.store, body, conform.Options{}); err != nil {
 			mw.abort()
 			var ce *conform.Error
 			if errors.As(err, &ce) {
@@ -725,7 +725,28 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		}
 		mw.body = body
 	}
-	// Signed after the conformance rewrite (which changes the body) and
+	eightBit := ss.mp.eightBit
+	if eightBit && s.opts.DKIM.Active() {
+		// A signature over 8-bit content would break at the first
+		// receiver without 8BITMIME, where delivery converts the body to
+		// 7 bits: so a declared 8-bit message is made 7-bit (its 8-bit
+		// parts re-encoded quoted-printable or base64) before it is
+		// signed, and goes out unchanged everywhere.
+		var err error
+		if body, err = conformBody(s.store, body, conform.Options{To7Bit: true}); err != nil {
+			mw.abort()
+			var ce *conform.Error
+			if errors.As(err, &ce) {
+				c.fail(command, ce.SMTPError())
+				return
+			}
+			s.log.Error("inject: converting a message to 7 bits for signing", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
+			c.fail(command, storeRefusal(err))
+			return
+		}
+		mw.body, eightBit = body, false
+	}
+	// Signed after the conformance rewrites (which change the body) and
 	// before the store: the stored message carries its signatures.
 	body, sig, err := s.opts.DKIM.SignBody(s.store, body)
 	if err != nil {
@@ -747,7 +768,7 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 		Group:      mw.h.group,
 		Binding:    mw.h.binding,
 		SMTPUTF8:   ss.mp.utf8,
-		EightBit:   ss.mp.eightBit,
+		EightBit:   eightBit,
 		EnvID:      ss.mp.envID,
 		Ret:        ss.mp.ret,
 	}
@@ -801,9 +822,9 @@ func storeRefusal(err error) *smtp.SMTPError {
 // from the spool, and drops the original. On error the original is left
 // for the caller to abort; an error wrapping a *conform.Error is the
 // content's fault (a permanent refusal), any other the spool's.
-func conformBody(store Store, orig *spool.BodyWriter) (*spool.BodyWriter, error) {
+func conformBody(store Store, orig *spool.BodyWriter, opts conform.Options) (*spool.BodyWriter, error) {
 	out := store.NewBody()
-	if _, err := conform.Rewrite(orig.Reader, out, conform.Options{}); err != nil {
+	if _, err := conform.Rewrite(orig.Reader, out, opts); err != nil {
 		out.Abort()
 		return nil, err
 	}
