@@ -11,7 +11,6 @@ import (
 	"github.com/mtad/mtad/internal/queue"
 )
 
-
 // TestHookSeesShaping: a maintain hook reads the pair's shaping through
 // hooks.Registry.ShapingOf — its caps and rates as resolved from the
 // config for the pair's site and binding — and sees a suspension put in
@@ -24,7 +23,7 @@ func TestHookSeesShaping(t *testing.T) {
 		ShapingValues: config.ShapingValues{MaxConnections: ptr(4)}}}
 	cfg.Shaping.Domains = []config.ShapingDomain{{Match: "shape.test",
 		ShapingValues: config.ShapingValues{MaxMessageRate: ptr("5/s")},
-		Bindings: []config.BindingShaping{{Binding: "b0", ShapingValues: config.ShapingValues{MaxConnections: ptr(3)}}}}}
+		Bindings:      []config.BindingShaping{{Binding: "b0", ShapingValues: config.ShapingValues{MaxConnections: ptr(3)}}}}}
 	for i, a := range bindingIPs {
 		cfg.Bindings = append(cfg.Bindings, config.Binding{Name: "b" + string(rune('0'+i)), Address: a})
 	}
