@@ -79,6 +79,7 @@ func (c *Config) Validate() error {
 
 	c.validateDelivery(v)
 	c.validateShaping(v)
+	c.validateTLS(v)
 	c.validateResponseRules(v)
 
 	seenPlugin := map[string]bool{}
@@ -244,7 +245,7 @@ func (c *Config) validateDelivery(v *validator) {
 		v.bad(p+"delay_warning", "%s is not less than delivery.max_age (%s): the message would expire before the warning", d.DelayWarning, d.MaxAge)
 	}
 	v.nonNegative(p+"idle_timeout", d.IdleTimeout)
-	v.oneOf(p+"tls", d.TLS, "opportunistic", "disabled")
+	v.oneOf(p+"tls", d.TLS, TLSModes...)
 	v.nonNegative(p+"tls_failure_ttl", d.TLSFailureTTL)
 	t := d.Timeouts
 	for _, x := range []struct {
