@@ -53,7 +53,9 @@ func TestTLSValidationNamesKey(t *testing.T) {
 		{"ca missing", func(c *Config) { c.TLS.CAFile = filepath.Join(dir, "nope.pem") }, `config: tls.ca_file: "` + filepath.Join(dir, "nope.pem") + `": open`},
 		{"ca not pem", func(c *Config) { c.TLS.CAFile = key }, `config: tls.ca_file: "` + key + `" holds no PEM certificate`},
 		{"cache dir", func(c *Config) { c.TLS.MTASTSCacheDir = "." }, `config: tls.mta_sts_cache_dir: "." is the working directory`},
-		{"scope tls", func(c *Config) { c.Shaping.Domains = []ShapingDomain{{Match: "a.test", ShapingValues: ShapingValues{TLS: &bad}}} },
+		{"scope tls", func(c *Config) {
+			c.Shaping.Domains = []ShapingDomain{{Match: "a.test", ShapingValues: ShapingValues{TLS: &bad}}}
+		},
 			`config: shaping.domains[0].tls: "bogus" is not one of opportunistic|opportunistic_no_fallback|required|verified|disabled`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
