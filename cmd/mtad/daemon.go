@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -33,6 +34,7 @@ import (
 	"github.com/mtad/mtad/internal/scheduler"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
+	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
 // statics is what is built from a config without touching the spool or the
@@ -49,6 +51,7 @@ type statics struct {
 	bounce    *policy.Classifier
 	shaper    *policy.Shaper
 	rules     *policy.Rules
+	roots     *x509.CertPool // system + tls.ca_file
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -105,6 +108,10 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)
+	}
+
+	if st.roots, err = cfg.Roots(); err != nil {
+		return nil, err
 	}
 
 	if st.bounce, err = policy.LoadClassifier(cfg.Delivery.BounceClassesFile); err != nil {
@@ -198,6 +205,19 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		}
 	}()
 
+	// MTA-STS policies are cached on disk beside the spool; the refreshes
+	// in the background end before the process does.
+	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: cfg.DNS.Servers, DNSTimeout: cfg.DNS.Timeout,
+		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts")})
+	if err != nil {
+		return fmt.Errorf("tls.mta_sts_cache_dir: %w", err)
+	}
+	defer sts.Close()
+	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, Logger: log, Metrics: st.metrics})
+	if err != nil {
+		return err
+	}
+
 	// The current config, swapped whole on SIGHUP.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
@@ -224,7 +244,9 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 				Mail: d.Timeouts.Mail, Rcpt: d.Timeouts.Rcpt, DataInit: d.Timeouts.DataInit,
 				DataBlock: d.Timeouts.DataBlock, DataTerm: d.Timeouts.DataTerm, Quit: d.Timeouts.Quit,
 			},
-			DisableTLS:      d.TLS == "disabled",
+			// Each pair's TLS policy, mta_sts and dane come from its
+			// shaping (delivery.tls and tls.* are the defaults there).
+			TLSPolicy:       tlsp,
 			DisableChunking: !d.Chunking,
 			TLSFailureTTL:   d.TLSFailureTTL,
 			Logger:          log,

@@ -60,10 +60,10 @@ type STS struct {
 	closed     bool
 }
 
-// STSOptions configure an STS. Servers is required.
+// STSOptions configure an STS.
 type STSOptions struct {
 	// Servers are the DNS servers ("host:port") asked for the TXT record,
-	// in turn: dns.servers.
+	// in turn: dns.servers; empty = those of /etc/resolv.conf.
 	Servers []string
 	// DNSTimeout bounds each query (default 5s).
 	DNSTimeout time.Duration
@@ -112,7 +112,16 @@ const (
 // NewSTS builds an STS and its cache directory.
 func NewSTS(o STSOptions) (*STS, error) {
 	if len(o.Servers) == 0 {
-		return nil, errors.New("tlspolicy: STSOptions.Servers is required")
+		cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("tlspolicy: reading DNS servers: %w", err)
+		}
+		for _, srv := range cfg.Servers {
+			o.Servers = append(o.Servers, net.JoinHostPort(srv, cfg.Port))
+		}
+		if len(o.Servers) == 0 {
+			return nil, errors.New("tlspolicy: no DNS server given or in /etc/resolv.conf")
+		}
 	}
 	if o.DNSTimeout <= 0 {
 		o.DNSTimeout = 5 * time.Second
