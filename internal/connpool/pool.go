@@ -105,7 +105,7 @@ type Attempt struct {
 	// TLSInfo is the TLS the session had and the policy that applied
 	// (only the policy when a TLS policy refused the connection).
 	TLSInfo tlspolicy.Info
-	DSN      bool   // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
+	DSN     bool // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
 }
 
 // Outcomes receives what the pool's sessions did; the scheduler implements
