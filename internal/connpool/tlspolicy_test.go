@@ -1,8 +1,10 @@
 package connpool
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -275,4 +278,113 @@ func TestMTASTS(t *testing.T) {
 	if n := len(w.sinks[1].Messages()); n != 1 {
 		t.Errorf("self-signed sink has %d messages, want testing.test's one", n)
 	}
+}
+
+// TestDANEHookAndMetrics: the DANE hook point. A host whose DANE check
+// passes is used under policy "dane" even with a certificate no CA signed
+// (DANE-EE); a check that fails the handshake, or a failed TLSA lookup,
+// defers (4.7.5) and sends nothing in clear text. DANE wins over the
+// configured policy. The metrics count the delivery and the failures.
+func TestDANEHookAndMetrics(t *testing.T) {
+	t.Parallel()
+	self := loopbacktest.TLSConfig(t)
+	leaf := self.Certificates[0].Certificate[0]
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(52, 10)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{TLS: self}
+	})
+	reg := prometheus.NewRegistry()
+	eng, err := tlspolicy.New(tlspolicy.Options{Metrics: reg,
+		// Stands in for dane.go's Lookup + VerifyConnection: "match"
+		// pins the sink's leaf, "mismatch" pins another, "bogus" fails.
+		DANE: func(_ context.Context, host string) (func(tls.ConnectionState) error, error) {
+			pin := func(want []byte) func(tls.ConnectionState) error {
+				return func(cs tls.ConnectionState) error {
+					if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, want) {
+						return errors.New("no TLSA record matches")
+					}
+					return nil
+				}
+			}
+			switch {
+			case strings.HasPrefix(host, "mx.match."):
+				return pin(leaf), nil
+			case strings.HasPrefix(host, "mx.mismatch."):
+				return pin([]byte("other")), nil
+			case strings.HasPrefix(host, "mx.bogus."):
+				return nil, errors.New("bogus answer")
+			}
+			return nil, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, port, nil, nil, func(o *Options) {
+		o.TLSPolicy = eng
+		o.Policy = func(*queue.DomainRecord, int) Policy {
+			return Policy{TLS: tlspolicy.Settings{Mode: tlspolicy.Opportunistic, DANE: true}}
+		}
+	})
+	for _, d := range []string{"match", "mismatch", "bogus"} {
+		h.dns.Add(t, d+".test. 60 IN MX 10 mx."+d+".test.", "mx."+d+".test. 60 IN A "+ip(52, 10))
+	}
+	h.push("match.test", 0, "x@match.test")
+	h.pool.Open(h.q.Domain("match.test"), 0, 1)
+	r := h.result()
+	delivered(t, r)
+	if got := r.at.TLSInfo; got.Policy != tlspolicy.LabelDANE || !got.Verified {
+		t.Errorf("match: tls %q", got)
+	}
+	for _, d := range []string{"mismatch", "bogus"} {
+		h.push(d+".test", 0, "x@"+d+".test")
+		h.pool.Open(h.q.Domain(d+".test"), 0, 1)
+		f := h.connFail()
+		if e := outcome.As(f.err); e == nil || !e.Temporary || e.Enhanced != (smtp.EnhancedCode{4, 7, 5}) || !strings.Contains(f.err.Error(), "DANE") {
+			t.Errorf("%s: %v, want a temporary 4.7.5 naming DANE", d, f.err)
+		}
+	}
+	if n := sinks[0].ClearMails(); n != 0 {
+		t.Errorf("%d MAIL FROM in clear text", n)
+	}
+	if n := len(sinks[0].Messages()); n != 1 {
+		t.Errorf("%d messages, want 1", n)
+	}
+	for _, m := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"mtad_tls_deliveries_total", map[string]string{"policy": "dane", "verified": "true"}},
+		{"mtad_tls_failures_total", map[string]string{"policy": "dane", "reason": "certificate"}},
+		{"mtad_tls_failures_total", map[string]string{"policy": "dane", "reason": "tlsa_lookup"}},
+	} {
+		if v := counter(t, reg, m.name, m.labels); v != 1 {
+			t.Errorf("%s%v = %v, want 1", m.name, m.labels, v)
+		}
+	}
+}
+
+// counter reads one counter of reg with exactly labels.
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != len(labels) {
+				continue
+			}
+			for _, l := range m.GetLabel() {
+				if labels[l.GetName()] != l.GetValue() {
+					continue next
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

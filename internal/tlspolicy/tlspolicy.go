@@ -219,7 +219,13 @@ func (p *Plan) Host(ctx context.Context, host string) (Host, error) {
 			// The chain is DANE's to judge (DANE-EE needs no CA at all):
 			// Go's own check is off, VerifyConnection does it.
 			h.Config = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12,
-				InsecureSkipVerify: true, VerifyConnection: verify} //nolint:gosec // verified by DANE
+				InsecureSkipVerify: true, //nolint:gosec // verified by DANE
+				VerifyConnection: func(cs tls.ConnectionState) error {
+					if err := verify(cs); err != nil {
+						return &daneMismatch{err}
+					}
+					return nil
+				}}
 			return h, nil
 		}
 	}
@@ -293,7 +299,18 @@ func (h Host) Failure(err error, notOffered bool) *outcome.Error {
 		Message: what + ", and " + by + " requires it", Err: err}
 }
 
+// daneMismatch marks a failure of the DANE check, so that it is told
+// from a handshake that failed for other reasons.
+type daneMismatch struct{ err error }
+
+func (d *daneMismatch) Error() string { return "DANE: " + d.err.Error() }
+func (d *daneMismatch) Unwrap() error { return d.err }
+
 func isCertError(err error) bool {
+	var dm *daneMismatch
+	if errors.As(err, &dm) {
+		return true
+	}
 	var ce *tls.CertificateVerificationError
 	var ue x509.UnknownAuthorityError
 	var he x509.HostnameError
