@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -34,6 +35,7 @@ import (
 	"github.com/mtad/mtad/internal/scheduler"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
+	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
 // statics is what is built from a config without touching the spool or the
@@ -51,6 +53,7 @@ type statics struct {
 	shaper    *policy.Shaper
 	rules     *policy.Rules
 	dkim      *dkim.Keys
+	roots     *x509.CertPool // system + tls.ca_file
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -112,6 +115,10 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)
+	}
+
+	if st.roots, err = cfg.Roots(); err != nil {
+		return nil, err
 	}
 
 	if st.bounce, err = policy.LoadClassifier(cfg.Delivery.BounceClassesFile); err != nil {
@@ -237,6 +244,29 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		}
 	}()
 
+	// MTA-STS policies are cached on disk beside the spool; the refreshes
+	// in the background end before the process does.
+	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: cfg.DNS.Servers, DNSTimeout: cfg.DNS.Timeout,
+		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts")})
+	if err != nil {
+		return fmt.Errorf("tls.mta_sts_cache_dir: %w", err)
+	}
+	defer sts.Close()
+	// DANE (RFC 7672) for the pairs whose shaping says dane: true: TLSA
+	// records through dns.servers, which must validate DNSSEC (the AD
+	// bit); validated records are checked in the handshake itself.
+	dane := tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port)
+	daneCheck := func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
+		recs, secure, err := dane.Lookup(ctx, host)
+		if err != nil || !secure || len(recs) == 0 {
+			return nil, err
+		}
+		return tlspolicy.VerifyConnection(recs, host, st.roots), nil
+	}
+	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: daneCheck, Logger: log, Metrics: st.metrics})
+	if err != nil {
+		return err
+	}
 	signer := dkim.NewSigner(st.dkim)
 	for _, k := range st.dkim.All() {
 		log.Info("DKIM key loaded", zap.String("key", k.String()), zap.Bool("wildcard", k.Wildcard),
@@ -269,7 +299,9 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 				Mail: d.Timeouts.Mail, Rcpt: d.Timeouts.Rcpt, DataInit: d.Timeouts.DataInit,
 				DataBlock: d.Timeouts.DataBlock, DataTerm: d.Timeouts.DataTerm, Quit: d.Timeouts.Quit,
 			},
-			DisableTLS:      d.TLS == "disabled",
+			// Each pair's TLS policy, mta_sts and dane come from its
+			// shaping (delivery.tls and tls.* are the defaults there).
+			TLSPolicy:       tlsp,
 			DisableChunking: !d.Chunking,
 			TLSFailureTTL:   d.TLSFailureTTL,
 			Logger:          log,

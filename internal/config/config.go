@@ -61,6 +61,8 @@ type Config struct {
 	// domains, each narrowable to a binding); internal/policy resolves
 	// them for a domain/binding pair.
 	Shaping Shaping `mapstructure:"shaping"`
+	// TLS holds the outbound TLS checks: extra roots, MTA-STS, DANE.
+	TLS     TLS     `mapstructure:"tls"`
 	Hooks   Hooks   `mapstructure:"hooks"`
 	Runtime Runtime `mapstructure:"runtime"`
 	// ResponseRules react to remote replies (see ResponseRule); they come
@@ -225,7 +227,8 @@ type Delivery struct {
 	// IdleTimeout is how long a session with an empty queue waits for more
 	// work before it QUITs.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
-	// TLS is "opportunistic" (STARTTLS when offered) or "disabled".
+	// TLS is the default TLS policy of every destination, one of
+	// TLSModes; a shaping scope's tls: overrides it.
 	TLS string `mapstructure:"tls"`
 	// TLSFailureTTL is how long a host whose TLS handshake failed is
 	// contacted without STARTTLS.
@@ -329,6 +332,7 @@ func Default() *Config {
 			},
 		},
 		Shaping: defaultShaping(),
+		TLS:     TLS{MTASTS: true},
 		Hooks:   Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
 		Runtime: Runtime{GCPercent: 400},
 	}

@@ -313,6 +313,7 @@ func TestFullRoundTrip(t *testing.T) {
 					Bindings:      []BindingShaping{{Binding: "b", ShapingValues: ShapingValues{MaxConnections: ptr(2)}}}},
 			},
 		},
+		TLS: TLS{MTASTS: true},
 		Hooks: Hooks{
 			Plugins: []string{"accounting", "throttle"},
 			// viper lower-cases keys, as the Hooks doc says.
@@ -391,7 +392,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"max age", func(c *Config) { c.Delivery.MaxAge = 0 }, `config: delivery.max_age: 0s`},
 		{"delay warning", func(c *Config) { c.Delivery.DelayWarning = -time.Hour }, `config: delivery.delay_warning: -1h0m0s is negative`},
 		{"delay warning age", func(c *Config) { c.Delivery.DelayWarning = 120 * time.Hour }, `config: delivery.delay_warning: 120h0m0s is not less than delivery.max_age (120h0m0s)`},
-		{"tls mode", func(c *Config) { c.Delivery.TLS = "required" }, `config: delivery.tls: "required" is not one of opportunistic|disabled`},
+		{"tls mode", func(c *Config) { c.Delivery.TLS = "mandatory" }, `config: delivery.tls: "mandatory" is not one of opportunistic|opportunistic_no_fallback|required|verified|disabled`},
 		{"timeout", func(c *Config) { c.Delivery.Timeouts.DataTerm = 0 }, `config: delivery.timeouts.data_term: 0s must be positive`},
 		{"plugin empty", func(c *Config) { c.Hooks.Plugins = []string{""} }, `config: hooks.plugins[0]: must not be empty`},
 		{"plugin dup", func(c *Config) { c.Hooks.Plugins = []string{"a", "a"} }, `config: hooks.plugins[1]: "a" is listed twice`},

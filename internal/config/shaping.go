@@ -49,6 +49,12 @@ type ShapingValues struct {
 	// ConsecutiveConnectionFailuresBeforeDelay is how many connection
 	// attempts in a row may fail before the pair's queue is delayed.
 	ConsecutiveConnectionFailuresBeforeDelay *int `mapstructure:"consecutive_connection_failures_before_delay"`
+	// TLS is the pair's TLS policy, one of TLSModes (default
+	// delivery.tls); MTASTS and DANE switch those checks on or off for
+	// the scope (defaults tls.mta_sts and tls.dane).
+	TLS    *string `mapstructure:"tls"`
+	MTASTS *bool   `mapstructure:"mta_sts"`
+	DANE   *bool   `mapstructure:"dane"`
 }
 
 // Provider is a named group of sites: a site belongs to it when every one of
@@ -416,6 +422,11 @@ func (c *Config) validateValues(v *validator, scope string, s *ShapingValues, pr
 	}
 	if s.MaxAge != nil && *s.MaxAge <= 0 {
 		v.bad(scope+".max_age", "%s must be positive", *s.MaxAge)
+	}
+	if s.TLS != nil {
+		if err := validTLSMode(*s.TLS); err != nil {
+			v.bad(scope+".tls", "%q %v", *s.TLS, err)
+		}
 	}
 	if s.IdleTimeout != nil && *s.IdleTimeout < 0 {
 		v.bad(scope+".idle_timeout", "%s is negative", *s.IdleTimeout)

@@ -79,6 +79,7 @@ func (c *Config) Validate() error {
 
 	c.validateDelivery(v)
 	c.validateShaping(v)
+	c.validateTLS(v)
 	c.validateResponseRules(v)
 	c.validateDKIM(v)
 
@@ -248,7 +249,7 @@ func (c *Config) validateDelivery(v *validator) {
 	for i, n := range d.AllowedNetworks {
 		v.network(fmt.Sprintf(p+"allowed_networks[%d]", i), n)
 	}
-	v.oneOf(p+"tls", d.TLS, "opportunistic", "disabled")
+	v.oneOf(p+"tls", d.TLS, TLSModes...)
 	v.nonNegative(p+"tls_failure_ttl", d.TLSFailureTTL)
 	t := d.Timeouts
 	for _, x := range []struct {

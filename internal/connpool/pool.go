@@ -18,9 +18,13 @@
 // A session resolves the domain's MX hosts, tries them in preference order
 // and each of their addresses in turn, and firing post_initiate_connection_smtp
 // after every attempt with the socket's file descriptor (taken in the
-// dialer's Control callback) or a CONN_ERR. STARTTLS is opportunistic: when
-// a handshake fails the host is remembered in a smtpclient.TLSMemory and
-// redialed once in clear text. Connected, it pops deliveries from its pair's
+// dialer's Control callback) or a CONN_ERR. TLS follows the pair's policy
+// as internal/tlspolicy plans it (Policy.TLS, the domain's MTA-STS policy,
+// DANE): under opportunistic, when a handshake fails the host is
+// remembered in a smtpclient.TLSMemory and redialed once in clear text;
+// under every other policy a failed handshake, or a required STARTTLS not
+// offered, moves on to the next address without a word in clear text and
+// defers the pair when none is left (4.7.4 / 4.7.5, naming the policy). Connected, it pops deliveries from its pair's
 // active queue and sends them until the queue is empty — then it waits up to
 // IdleTimeout for Wake before saying QUIT — or until the domain's
 // max_deliveries_per_connection. Every result goes to the Outcomes the pool
@@ -55,6 +59,7 @@ import (
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
+	"github.com/mtad/mtad/internal/tlspolicy"
 
 	"github.com/emersion/go-smtp"
 )
@@ -67,6 +72,9 @@ type Policy struct {
 	MaxConnectionsPerBinding   int           // open connections to the domain from one binding
 	MaxDeliveriesPerConnection int           // deliveries one connection carries before QUIT
 	IdleTimeout                time.Duration // how long a session with nothing to send waits for work
+	// TLS is the pair's TLS policy and whether MTA-STS and DANE apply
+	// (the zero value: opportunistic, neither).
+	TLS tlspolicy.Settings
 }
 
 // Resolver finds a domain's mail exchangers; *mx.Resolver is one. Its
@@ -94,7 +102,10 @@ type Attempt struct {
 	MX       string // MX host name, "" when none was reached
 	RemoteIP string // remote address, "" when none was reached
 	TLS      bool   // STARTTLS was in effect
-	DSN      bool   // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
+	// TLSInfo is the TLS the session had and the policy that applied
+	// (only the policy when a TLS policy refused the connection).
+	TLSInfo tlspolicy.Info
+	DSN     bool // the receiver offered DSN (RFC 3461): NOTIFY, RET, ENVID and ORCPT were passed on
 }
 
 // Outcomes receives what the pool's sessions did; the scheduler implements
@@ -142,13 +153,19 @@ type Options struct {
 	LookupTimeout  time.Duration
 	// Timeouts are the SMTP per-phase limits.
 	Timeouts smtpclient.Timeouts
-	// DisableTLS never tries STARTTLS (config delivery.tls: disabled).
+	// DisableTLS never tries STARTTLS, whatever a pair's Policy.TLS says
+	// (an MTA-STS policy in enforce mode still requires it).
 	DisableTLS bool
+	// TLSPolicy makes each session's TLS plan from its pair's Policy.TLS:
+	// MTA-STS, DANE, roots, metrics. nil is one with the system roots and
+	// neither MTA-STS nor DANE.
+	TLSPolicy *tlspolicy.Engine
 	// DisableChunking keeps to DATA where BDAT is offered (config
 	// delivery.chunking: false).
 	DisableChunking bool
-	// TLSMemory remembers hosts whose handshake failed; nil makes one that
-	// forgets after TLSFailureTTL (default 1h).
+	// TLSMemory remembers hosts whose handshake failed under the
+	// opportunistic policy (the only one that then redials in clear
+	// text); nil makes one that forgets after TLSFailureTTL (default 1h).
 	TLSMemory     *smtpclient.TLSMemory
 	TLSFailureTTL time.Duration
 	// Now is the clock for expiry checks and hook calls; nil is time.Now.
@@ -203,6 +220,7 @@ func (noGrantor) Released(*queue.Pair)            {}
 type Pool struct {
 	opts Options
 	tls  *smtpclient.TLSMemory
+	tlsp *tlspolicy.Engine
 	log  *zap.Logger
 	now  func() time.Time
 
@@ -254,6 +272,7 @@ func New(opts Options) (*Pool, error) {
 	p := &Pool{
 		opts:  opts,
 		tls:   opts.TLSMemory,
+		tlsp:  opts.TLSPolicy,
 		log:   opts.Logger,
 		now:   opts.Now,
 		idle:  make(map[*queue.Pair][]*session),
@@ -268,6 +287,13 @@ func New(opts Options) (*Pool, error) {
 	}
 	if p.log == nil {
 		p.log = zap.NewNop()
+	}
+	if p.tlsp == nil {
+		e, err := tlspolicy.New(tlspolicy.Options{Logger: p.log})
+		if err != nil {
+			return nil, err
+		}
+		p.tlsp = e
 	}
 	if p.now == nil {
 		p.now = time.Now

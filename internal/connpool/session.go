@@ -23,6 +23,7 @@ import (
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
+	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
 // session is one connection's goroutine and state.
@@ -190,6 +191,9 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	s.at.TLS = c.TLS()
 	s.at.DSN = c.Offers("DSN")
 	res, err := c.Send(env, body)
+	if err == nil && res.Data == nil {
+		p.tlsp.Delivered(s.at.TLSInfo)
+	}
 	if ce := (*conform.Error)(nil); err != nil && errors.As(convErr, &ce) {
 		// The content cannot be made 7-bit: no retry will change that.
 		// The session is broken (the body stopped mid-DATA), but the
@@ -406,9 +410,27 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 		}
 		return nil, err
 	}
+	set := s.policy.TLS
+	if p.opts.DisableTLS {
+		set.Mode = tlspolicy.Disabled
+	}
+	// The domain's TLS plan (its MTA-STS policy, when on) is made before
+	// any MX host is tried: an enforced policy decides which may be.
+	plan := p.tlsp.Plan(ctx, dr.Name, set)
 	var last error
-	tried := 0
+	tried, permitted := 0, 0
 	for _, h := range hosts {
+		if !plan.Permits(h.Name) {
+			continue // MTA-STS enforce: never used, not even tried
+		}
+		permitted++
+		hp, err := plan.Host(ctx, h.Name)
+		if err != nil {
+			s.at.MX, s.at.TLSInfo = h.Name, tlspolicy.Info{Policy: tlspolicy.LabelDANE}
+			s.report(h.Name, netip.AddrPort{}, int(hooks.ConnErrTLS), err)
+			last = err
+			continue
+		}
 		for _, a := range h.Addrs {
 			if ctx.Err() != nil {
 				return nil, asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
@@ -417,20 +439,43 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 				continue // a v4 binding cannot reach a v6 address, and the reverse
 			}
 			tried++
-			c, err := s.attempt(ctx, h.Name, a, p.opts.DisableTLS || p.tls.Skip(h.Name))
+			// The memory of failed handshakes is opportunistic's alone:
+			// under any other policy it would be a downgrade anyone on
+			// the path could force.
+			c, err := s.attempt(ctx, h.Name, a, hp, !hp.TryTLS || hp.Fallback && p.tls.Skip(h.Name))
 			if err == nil {
 				return c, nil
 			}
 			if isTLSFailure(err) {
-				// Opportunistic TLS: any clear text beats no delivery.
-				p.tls.Failed(h.Name)
-				c, err = s.attempt(ctx, h.Name, a, true)
-				if err == nil {
-					return c, nil
+				if hp.Fallback {
+					// Opportunistic TLS: any clear text beats no delivery.
+					p.tls.Failed(h.Name)
+					c, err = s.attempt(ctx, h.Name, a, hp, true)
+					if err == nil {
+						return c, nil
+					}
+				} else {
+					// Defer; never clear text. Another address or MX
+					// may still do TLS.
+					err = hp.Failure(err, errors.Is(err, smtpclient.ErrTLSNotOffered))
+					s.at.TLSInfo = tlspolicy.Info{Policy: hp.Policy}
 				}
 			}
 			last = err
 		}
+	}
+	if permitted == 0 && len(hosts) > 0 {
+		names := make([]string, len(hosts))
+		for i, h := range hosts {
+			names[i] = h.Name
+		}
+		err := plan.NoPermittedMX(names)
+		s.at.TLSInfo = tlspolicy.Info{Policy: tlspolicy.LabelMTASTS}
+		s.report("", netip.AddrPort{}, int(hooks.ConnErrTLS), err)
+		return nil, err
+	}
+	if tried == 0 && last != nil {
+		return nil, asTemporary(fmt.Errorf("connpool: every MX of %s failed, last: %w", dr.Name, last))
 	}
 	if tried == 0 {
 		err := fmt.Errorf("connpool: no address of %s's MX hosts matches binding %s's address family", dr.Name, src.name)
@@ -440,8 +485,9 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 	return nil, asTemporary(fmt.Errorf("connpool: every MX of %s failed, last: %w", dr.Name, last))
 }
 
-// attempt dials one address and starts SMTP on it.
-func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, noTLS bool) (*smtpclient.Client, error) {
+// attempt dials one address and starts SMTP on it under the host's TLS
+// plan (noTLS: without STARTTLS).
+func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, hp tlspolicy.Host, noTLS bool) (*smtpclient.Client, error) {
 	p := s.pool
 	s.at.MX, s.at.RemoteIP = host, a.Addr().String()
 	fd := -1
@@ -477,6 +523,8 @@ func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, no
 		LocalName:       s.src.ehlo,
 		ServerName:      host,
 		DisableTLS:      noTLS,
+		RequireTLS:      hp.Require,
+		TLSConfig:       hp.Config,
 		DisableChunking: p.opts.DisableChunking,
 		Timeouts:        p.opts.Timeouts,
 	})
@@ -491,6 +539,11 @@ func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, no
 		return nil, err
 	}
 	s.report(host, a, fd, nil)
+	if st, ok := c.TLSConnectionState(); ok {
+		s.at.TLSInfo = hp.Info(&st)
+	} else {
+		s.at.TLSInfo = hp.Info(nil)
+	}
 	return c, nil
 }
 

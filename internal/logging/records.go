@@ -25,6 +25,7 @@ const (
 	EventSpoolRecovered Event = "spool_recovered"
 	EventDSN            Event = "dsn"
 	EventPolicy         Event = "policy"
+	EventTLSPolicy      Event = "tls_policy"
 )
 
 // write logs one record at level if the logger is enabled for it; the fields
@@ -127,6 +128,11 @@ type Delivery struct {
 	// invalid recipient, 51 spam block, ...) on deferred, bounced and
 	// expired records; logged only when non-zero.
 	BounceClass int
+	// TLS is the TLS the attempt had and the policy that applied
+	// (tlspolicy.Info's text: "TLSv1.3 TLS_AES_128_GCM_SHA256 verified
+	// policy=mta-sts", "none policy=opportunistic"); logged only when
+	// non-empty (delivered and deferred records after a connection).
+	TLS string
 }
 
 // Delivered returns d as a "delivered" record.
@@ -167,6 +173,9 @@ func (d Delivery) Fields() []zap.Field {
 	}
 	if d.BounceClass != 0 {
 		f = append(f, zap.Int("bounce_class", d.BounceClass))
+	}
+	if d.TLS != "" {
+		f = append(f, zap.String("tls", d.TLS))
 	}
 	return f
 }
@@ -306,3 +315,30 @@ func (r Policy) Fields() []zap.Field {
 
 // Log writes the record at info level.
 func (r Policy) Log(l *zap.Logger) { write(l, zapcore.InfoLevel, EventPolicy, r.Fields) }
+
+// TLSPolicy is a warning that a domain's TLS policy was not met but the
+// mail went anyway: its MTA-STS policy is in testing mode (RFC 8461 §5),
+// and an MX host it does not list was used, or a certificate that does not
+// verify, or no TLS at all.
+type TLSPolicy struct {
+	Domain string
+	MX     string
+	Policy string // "mta-sts"
+	Mode   string // "testing"
+	Reason string
+}
+
+// Fields returns the record's fields, "event" first.
+func (r TLSPolicy) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventTLSPolicy)),
+		zap.String("domain", r.Domain),
+		zap.String("mx", r.MX),
+		zap.String("policy", r.Policy),
+		zap.String("mode", r.Mode),
+		zap.String("reason", r.Reason),
+	}
+}
+
+// Log writes the record at warn level.
+func (r TLSPolicy) Log(l *zap.Logger) { write(l, zapcore.WarnLevel, EventTLSPolicy, r.Fields) }

@@ -48,6 +48,10 @@ type Shaping struct {
 	ConsecutiveConnectionFailuresBeforeDelay int
 	// MXRollup says whether the domain shares its site's budgets.
 	MXRollup bool
+	// TLS is the pair's TLS policy (config.TLSModes); MTASTS and DANE
+	// say whether those checks apply to it (internal/tlspolicy).
+	TLS          string
+	MTASTS, DANE bool
 	// Provider is the name of the matched provider, "" when none.
 	Provider string
 	// Site keys the budgets the pair shares: SiteKey(mx) when MXRollup
@@ -75,6 +79,9 @@ const (
 	keyIdleTimeout
 	keyConsecutiveConnectionFailures
 	keyMXRollup
+	keyTLS
+	keyMTASTS
+	keyDANE
 	numKeys
 )
 
@@ -84,6 +91,7 @@ var keyNames = [numKeys]string{
 	"provider_max_connections", "provider_max_message_rate",
 	"retry_interval", "max_retry_interval", "max_age", "idle_timeout",
 	"consecutive_connection_failures_before_delay", "mx_rollup",
+	"tls", "mta_sts", "dane",
 }
 
 // layer is what one scope sets: the keys in set, their values in v.
@@ -130,6 +138,12 @@ func (l *layer) apply(dst *Shaping) {
 			dst.ConsecutiveConnectionFailuresBeforeDelay = l.v.ConsecutiveConnectionFailuresBeforeDelay
 		case keyMXRollup:
 			dst.MXRollup = l.v.MXRollup
+		case keyTLS:
+			dst.TLS = l.v.TLS
+		case keyMTASTS:
+			dst.MTASTS = l.v.MTASTS
+		case keyDANE:
+			dst.DANE = l.v.DANE
 		}
 	}
 }
@@ -183,6 +197,10 @@ func NewShaper(cfg *config.Config) (*Shaper, error) {
 	s.builtin.set = 1<<numKeys - 1
 	s.builtin.v.RetryInterval, s.builtin.v.MaxRetryInterval = d.RetryInterval, d.MaxRetryInterval
 	s.builtin.v.MaxAge, s.builtin.v.IdleTimeout = d.MaxAge, d.IdleTimeout
+	s.builtin.v.TLS, s.builtin.v.MTASTS, s.builtin.v.DANE = d.TLS, cfg.TLS.MTASTS, cfg.TLS.DANE
+	if s.builtin.v.TLS == "" {
+		s.builtin.v.TLS = "opportunistic" // a hand-built Config
+	}
 
 	sh := &cfg.Shaping
 	s.def = *b.layer("shaping.default", "default", &sh.Default, nil)
@@ -326,6 +344,18 @@ func (b *shaperBuilder) layer(key, source string, sv *config.ShapingValues, roll
 	setDur(keyMaxAge, sv.MaxAge, &v.MaxAge)
 	setDur(keyIdleTimeout, sv.IdleTimeout, &v.IdleTimeout)
 	setInt(keyConsecutiveConnectionFailures, sv.ConsecutiveConnectionFailuresBeforeDelay, &v.ConsecutiveConnectionFailuresBeforeDelay)
+	if sv.TLS != nil {
+		l.set |= 1 << keyTLS
+		v.TLS = *sv.TLS
+	}
+	if sv.MTASTS != nil {
+		l.set |= 1 << keyMTASTS
+		v.MTASTS = *sv.MTASTS
+	}
+	if sv.DANE != nil {
+		l.set |= 1 << keyDANE
+		v.DANE = *sv.DANE
+	}
 	if rollup != nil {
 		l.set |= 1 << keyMXRollup
 		v.MXRollup = *rollup
@@ -346,9 +376,10 @@ func (s *Shaper) Resolve(domain string, mx []string, binding string) *Shaping {
 	domain = config.NormalizeHost(domain)
 	out := &Shaping{Sources: make(map[string]string, numKeys)}
 	s.builtin.apply(out)
-	for _, k := range []int{keyRetryInterval, keyMaxRetryInterval, keyMaxAge, keyIdleTimeout} {
+	for _, k := range []int{keyRetryInterval, keyMaxRetryInterval, keyMaxAge, keyIdleTimeout, keyTLS} {
 		out.Sources[keyNames[k]] = "delivery"
 	}
+	out.Sources[keyNames[keyMTASTS]], out.Sources[keyNames[keyDANE]] = "tls", "tls"
 	s.def.apply(out)
 
 	// The matching scopes, least specific first; few enough to stay on

@@ -1031,6 +1031,9 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 			lr.Phase = string(outcome.PhaseDot) // the 250 to the end of data
 		}
 		lr.BounceClass = int(classes[i])
+		if verdicts[i] == vDelivered || verdicts[i] == vDeferred {
+			lr.TLS = at.TLSInfo.String() // issue 10: which TLS, and which policy applied
+		}
 		switch verdicts[i] {
 		case vDelivered:
 			logging.Delivered(lr).Log(s.log)

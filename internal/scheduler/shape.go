@@ -12,6 +12,7 @@ import (
 	"github.com/mtad/mtad/internal/logging"
 	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
+	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
 // Shaping (internal/policy) as the scheduler applies it. A pair's shaping
@@ -31,6 +32,8 @@ import (
 //     token is due (a timer, not a loop).
 //   - retry_interval, max_retry_interval, max_age: in settle.
 //   - idle_timeout and max_deliveries_per_connection: the pool's Policy.
+//   - tls, mta_sts and dane: the pool's Policy.TLS, planned per session
+//     by internal/tlspolicy.
 //   - consecutive_connection_failures_before_delay: in ConnectFailed.
 //
 // Suspensions and rule throttles (Overrides) are looked up per pair only
@@ -198,7 +201,8 @@ func (s *Scheduler) poolPolicy(dr *queue.DomainRecord, slot int) connpool.Policy
 	}
 	l := s.limitsOf(ps, s.clock.Now())
 	return connpool.Policy{MaxConnectionsPerBinding: l.maxConns,
-		MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection, IdleTimeout: ps.sh.IdleTimeout}
+		MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection, IdleTimeout: ps.sh.IdleTimeout,
+		TLS: tlspolicy.Settings{Mode: tlspolicy.Mode(ps.sh.TLS), MTASTS: ps.sh.MTASTS, DANE: ps.sh.DANE}}
 }
 
 // hookShaping is hooks.Registry.ShapingOf's answer.

@@ -60,6 +60,7 @@ const maxPath = 512
 var (
 	enhBadConnection = smtp.EnhancedCode{4, 4, 2}
 	enhTLS           = smtp.EnhancedCode{4, 7, 0}
+	enhNoTLS         = smtp.EnhancedCode{4, 7, 4} // RFC 3463 X.7.4: security features not supported
 	enhProtocol      = smtp.EnhancedCode{4, 5, 0}
 	enhNoUTF8        = smtp.EnhancedCode{5, 6, 7}
 	enhLocalRead     = smtp.EnhancedCode{4, 3, 0}
@@ -126,13 +127,18 @@ type Options struct {
 	// TLSConfig is used for STARTTLS. nil means opportunistic TLS: the
 	// certificate is not verified (RFC 7435: any encryption beats none) and
 	// ServerName is sent as SNI. When set without a ServerName, a copy with
-	// ServerName filled in is used.
+	// ServerName filled in is used. TLS 1.2 is the least version either way.
 	TLSConfig *tls.Config
 	// ServerName is the MX host name, for SNI and error messages.
 	ServerName string
 	// DisableTLS skips STARTTLS even when offered; used after a handshake
 	// with this host failed (see TLSMemory).
 	DisableTLS bool
+	// RequireTLS makes a server that does not offer STARTTLS, or refuses
+	// it, an error (phase tls, 4.7.4, NotOffered) instead of a session in
+	// clear text: a TLS policy that requires TLS (internal/tlspolicy).
+	// Nothing but EHLO and QUIT is then said in clear text.
+	RequireTLS bool
 	// DisableChunking keeps to DATA when the server offers CHUNKING, for a
 	// server whose BDAT is broken.
 	DisableChunking bool
@@ -282,8 +288,17 @@ func (c *Client) start() error {
 	if _, ok := c.ext["STARTTLS"]; ok && !c.opts.DisableTLS {
 		return c.startTLS()
 	}
+	if c.opts.RequireTLS {
+		c.quietQuit()
+		return c.markBroken(&outcome.Error{Phase: outcome.PhaseTLS, Enhanced: enhNoTLS, Temporary: true,
+			Message: c.peer() + " does not offer STARTTLS", Err: ErrTLSNotOffered})
+	}
 	return nil
 }
+
+// ErrTLSNotOffered is wrapped by New's error when Options.RequireTLS is
+// set and the server did not offer STARTTLS or refused it.
+var ErrTLSNotOffered = errors.New("smtpclient: STARTTLS not offered")
 
 // hello says EHLO, or HELO when EHLO is refused permanently, and records
 // the extensions.
@@ -361,6 +376,11 @@ func (c *Client) startTLS() error {
 	}
 	if r.code != 220 {
 		if r.class() == 4 || r.class() == 5 {
+			if c.opts.RequireTLS {
+				c.quietQuit()
+				return c.markBroken(&outcome.Error{Phase: outcome.PhaseTLS, Enhanced: enhNoTLS, Temporary: true,
+					Message: c.peer() + " refused STARTTLS: " + strconv.Itoa(r.code) + " " + r.text, Err: ErrTLSNotOffered})
+			}
 			// Refused (typically 454): opportunistic TLS goes on in clear
 			// text; the server's state is unchanged, no new EHLO needed.
 			return nil
@@ -398,12 +418,17 @@ func (c *Client) tlsConfig() *tls.Config {
 			// verify, and an unverified session still beats clear text.
 			InsecureSkipVerify: true, //nolint:gosec // see above
 			ServerName:         c.opts.ServerName,
+			MinVersion:         tls.VersionTLS12,
 		}
 	}
 	cfg := c.opts.TLSConfig
-	if cfg.ServerName == "" && c.opts.ServerName != "" {
+	if cfg.ServerName == "" && c.opts.ServerName != "" || cfg.MinVersion < tls.VersionTLS12 {
+		// TLS 1.2 at least, whatever the caller gave (issue 10).
 		cfg = cfg.Clone()
-		cfg.ServerName = c.opts.ServerName
+		if cfg.ServerName == "" {
+			cfg.ServerName = c.opts.ServerName
+		}
+		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	}
 	return cfg
 }

@@ -19,12 +19,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
 
 // daneZone is a test resolver: it answers from its records like a
 // validating recursive resolver, setting AD unless a name on the way is

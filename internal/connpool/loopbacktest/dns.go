@@ -86,6 +86,29 @@ func (z *DNS) Add(t testing.TB, records ...string) {
 	}
 }
 
+// Replace replaces every record of the names the given records own by
+// those records (a zone change, as a TXT id changing).
+func (z *DNS) Replace(t testing.TB, records ...string) {
+	t.Helper()
+	rrs := make([]dns.RR, len(records))
+	for i, s := range records {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatalf("dns record %q: %v", s, err)
+		}
+		rrs[i] = rr
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, rr := range rrs {
+		delete(z.records, strings.ToLower(rr.Header().Name))
+	}
+	for _, rr := range rrs {
+		name := strings.ToLower(rr.Header().Name)
+		z.records[name] = append(z.records[name], rr)
+	}
+}
+
 // SetRcode makes every query for name (an FQDN) answer with rcode, e.g.
 // dns.RcodeServerFailure.
 func (z *DNS) SetRcode(name string, rcode int) {

@@ -82,6 +82,7 @@ type Sink struct {
 	ehlos     []string
 	remotes   []string
 	pipelined int
+	clearMail int           // MAIL FROM commands received outside TLS
 	notify    chan struct{} // closed and replaced on every change
 	server    *smtp.Server
 	serveDone chan struct{}
@@ -242,6 +243,11 @@ func (ss *session) Reset() {
 }
 
 func (ss *session) Mail(from string, o *smtp.MailOptions) error {
+	if _, isTLS := ss.conn.TLSConnectionState(); !isTLS {
+		ss.sink.mu.Lock()
+		ss.sink.clearMail++
+		ss.sink.mu.Unlock()
+	}
 	ss.from = from
 	if o != nil {
 		ss.body = o.Body
@@ -311,6 +317,14 @@ func (ss *session) Logout() error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// ClearMails returns how many MAIL FROM commands the sink got outside
+// TLS: a test of a policy that must never send in clear text wants 0.
+func (s *Sink) ClearMails() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clearMail
 }
 
 // Messages returns a copy of the messages accepted so far.
