@@ -3,6 +3,10 @@
 #
 #   quick  W1 with 5,000 messages                         (~1-2 min)
 #   full   W1  50,000 × 5 KB → 100 domains,
+#          W1S W1 again with a shaping config (mtad leg only): 100 domain
+#              entries whose rates and caps are far above the offered load,
+#              and provider entries that match none of them, so what it
+#              costs is the shaping bookkeeping alone (BENCH_W1S_N messages),
 #          W2  20,000 × 100 KB → 100 domains,
 #          W3  50,000 × 5 KB → 1 domain,
 #          W1H 20,000 × 5 KB → 100 domains paced at BENCH_HALF_RATE msgs/s
@@ -44,7 +48,9 @@
 # Only 127.0.0.0/8 is used. Every process started here is stopped on exit.
 # Environment knobs:
 #   BENCH_MTAS="ceiling postfix mtad"   legs to run, in this order
-#   BENCH_WORKLOADS="W1 W2 W3 W1H"      workloads of full mode to run
+#   BENCH_WORKLOADS="W1 W1S W2 W3 W1H"  workloads of full mode to run (W1S: mtad only)
+#   BENCH_W1S_N=50000                   W1S's message count (a multiple of 100); the same as
+#                                       W1's by default, so the two are compared like for like
 #   BENCH_RATE=msgs/s                   pace every workload of the run (W1H excepted) at
 #                                       this total injection rate (default empty: unpaced)
 #   BENCH_HALF_RATE=1230                W1H's rate in msgs/s: set it to half of the W1
@@ -58,6 +64,9 @@
 #   BENCH_CONCURRENCY=20                smtp-source sessions (lanes)
 #   BENCH_CONNECTIONS=100               outbound connection cap (mtad delivery.max_connections,
 #                                       Postfix smtp process limit); per domain 50 for both
+#   BENCH_RESERVE=N                     mtad's delivery.reserve; default the shipped proportion
+#                                       (configs/mtad.yaml: 50 of 1,000), 5 of the 100 above, so
+#                                       the default policy opens at most 95 (Postfix: 100)
 set -uo pipefail
 
 MODE=${1:-quick}
@@ -67,6 +76,11 @@ MTAS=${BENCH_MTAS:-ceiling postfix mtad}
 CONC=${BENCH_CONCURRENCY:-20}
 CONNS=${BENCH_CONNECTIONS:-100}
 PER_DOMAIN_CONNS=50
+# The shipped reserve is 50 of 1,000 connections; the benchmark caps both
+# MTAs at CONNS (Postfix's smtp process limit is the same number), so mtad
+# keeps the shipped proportion of it rather than the absolute 50.
+RESERVE=${BENCH_RESERVE:-$((CONNS * 50 / 1000 > 0 ? CONNS * 50 / 1000 : 1))}
+W1S_N=${BENCH_W1S_N:-50000}
 CHUNK=50
 NDOMAINS=100
 
@@ -83,6 +97,14 @@ MTAD=${BENCH_MTAD:-$ROOT/bin/mtad}
 RATE=${BENCH_RATE:-}            # empty: unpaced
 HALF_RATE=${BENCH_HALF_RATE:-1230} # W1H
 PACE_MAX_CHUNK=10
+[[ $RESERVE =~ ^[0-9]+$ ]] && ((RESERVE < CONNS)) || {
+	echo "BENCH_RESERVE=$RESERVE: want a whole number below BENCH_CONNECTIONS ($CONNS)" >&2
+	exit 2
+}
+[[ $W1S_N =~ ^[1-9][0-9]*$ ]] && ((W1S_N % NDOMAINS == 0)) || {
+	echo "BENCH_W1S_N=$W1S_N: want a positive multiple of $NDOMAINS (one share per domain)" >&2
+	exit 2
+}
 for v in RATE HALF_RATE; do
 	[[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || {
 		echo "BENCH_$v=${!v}: want a whole number of messages per second (> 0)" >&2
@@ -96,11 +118,20 @@ die() {
 	exit 1
 }
 now_ns() { date +%s%N; }
+# commas N: N with a comma between groups of three digits (50,000).
+commas() {
+	local n=$1 out=
+	while ((${#n} > 3)); do
+		out=,${n: -3}$out
+		n=${n:0:${#n}-3}
+	done
+	echo "$n$out"
+}
 
-WL=" ${BENCH_WORKLOADS:-W1 W2 W3 W1H} "
+WL=" ${BENCH_WORKLOADS:-W1 W1S W2 W3 W1H} "
 if [[ $MODE == full ]]; then
 	for w in $WL; do
-		[[ $w == W1 || $w == W2 || $w == W3 || $w == W1H ]] || die "BENCH_WORKLOADS: unknown workload $w (W1 W2 W3 W1H)"
+		[[ $w == W1 || $w == W1S || $w == W2 || $w == W3 || $w == W1H ]] || die "BENCH_WORKLOADS: unknown workload $w (W1 W1S W2 W3 W1H)"
 	done
 fi
 
@@ -530,10 +561,49 @@ EOF
 	MTA_LOGS=$d/log/maillog
 }
 
-# start_mtad DIR SINK_PORT: bin/mtad with its own spool in DIR. Sets
+# shaping_w1s: the shaping: section of W1S. Four provider entries as shipped
+# (configs/mtad.yaml) that match none of the benchmark's MX hosts
+# (mx.dN.bench), the "*" entry of every leg, and one entry per test domain
+# whose rate and cap are far above what W1 offers (about 25 msgs/s and a
+# few connections per domain), so nothing is ever throttled: every delivery
+# still takes a token from its site's bucket, which is the cost measured.
+shaping_w1s() {
+	local i
+	cat <<EOF
+shaping:
+  providers:
+    - name: google
+      match_mx: [".google.com", ".googlemail.com"]
+      max_connections: 10
+      max_message_rate: "10/s"
+      provider_max_message_rate: "3000/m"
+    - name: microsoft
+      match_mx: [".outlook.com", ".protection.outlook.com"]
+      match_domain: ["hotmail.com", "outlook.com", "live.com"]
+      max_connections: 5
+      max_message_rate: "5/s"
+    - name: yahoo
+      match_mx: [".yahoodns.net"]
+      max_connections: 10
+      max_message_rate: "5/s"
+    - name: apple
+      match_mx: [".icloud.com", ".mail.icloud.com"]
+      max_connections: 5
+      max_message_rate: "5/s"
+  domains:
+    - match: "*"
+      max_connections: $PER_DOMAIN_CONNS
+EOF
+	for ((i = 0; i < NDOMAINS; i++)); do
+		printf '    - match: "d%d.bench"\n      max_connections: %d\n      max_message_rate: "100000/s"\n' "$i" "$PER_DOMAIN_CONNS"
+	done
+}
+
+# start_mtad DIR SINK_PORT [SHAPING]: bin/mtad with its own spool in DIR;
+# SHAPING "w1s" writes W1S's shaping section instead of the plain one. Sets
 # MTA_PORT, MTA_PID, MTA_LOGS.
 start_mtad() {
-	local d=$1 sink=$2 ports inj adm
+	local d=$1 sink=$2 shaping=${3:-} ports inj adm
 	if [[ ! -x $MTAD ]]; then
 		MTA_ERR="$MTAD not built (make build)"
 		return 1
@@ -563,12 +633,18 @@ delivery:
   port: $sink
   allow_loopback_mx: true
   max_connections: $CONNS
-  reserve: 0
+  reserve: $RESERVE
+EOF
+	if [[ $shaping == w1s ]]; then
+		shaping_w1s >>"$d/mtad.yaml"
+	else
+		cat >>"$d/mtad.yaml" <<EOF
 shaping:
   domains:
     - match: "*"
       max_connections: $PER_DOMAIN_CONNS
 EOF
+	fi
 	"$MTAD" --config "$d/mtad.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
 	MTA_PID=$!
 	PIDS+=("$MTA_PID")
@@ -649,7 +725,7 @@ run_leg() {
 		case $mta in
 		ceiling) MTA_PORT=$sinkport ;;
 		postfix) start_postfix "$d/postfix" "$d/transport" || status=failed reason=$MTA_ERR ;;
-		mtad) start_mtad "$d/mtad" "$sinkport" || status=failed reason=$MTA_ERR ;;
+		mtad) start_mtad "$d/mtad" "$sinkport" "$LEG_SHAPING" || status=failed reason=$MTA_ERR ;;
 		esac
 	fi
 
@@ -703,12 +779,29 @@ run_leg() {
 	} >>"$leg"
 }
 
+# LEG_SHAPING is start_mtad's SHAPING for the legs being run ("" but for W1S).
+LEG_SHAPING=
+
 # run_workload NAME DESC N SIZE RATE DOMAIN...: RATE empty for unpaced.
 run_workload() {
 	local mta
 	for mta in $MTAS; do
 		run_leg "$1" "$2" "$mta" "$3" "$4" "$5" "${@:6}"
 	done
+}
+
+# run_w1s: W1 on mtad with W1S's shaping, right after W1 so that the two
+# mtad legs are as close in time as the run allows. Only mtad shapes: the
+# ceiling and Postfix legs of W1 are the same with or without it.
+run_w1s() {
+	[[ " $MTAS " == *" mtad "* ]] || {
+		log "W1S skipped: it runs mtad only, and BENCH_MTAS has no mtad"
+		return
+	}
+	LEG_SHAPING=w1s
+	run_leg W1S "$(commas "$W1S_N") × 5 KB → 100 domains, W1 with 100 shaped domains (rates far above the load)" \
+		mtad "$W1S_N" 5120 "$RATE" "${DOMS[@]}"
+	LEG_SHAPING=
 }
 
 # ---------------------------------------------------------------- run
@@ -724,7 +817,7 @@ for ((i = 0; i < NDOMAINS; i++)); do DOMS+=("d$i.bench"); done
 	[[ -n $RATE ]] && pacing="paced at $RATE msgs/s in all (BENCH_RATE)"
 	[[ $MODE == full && $WL == *" W1H "* ]] && pacing="W1H paced at $HALF_RATE msgs/s in all (BENCH_HALF_RATE), other workloads $pacing"
 	echo "- injection: smtp-source, $CONC sessions, one message per connection, 1 recipient each; $pacing"
-	echo "- outbound caps: $CONNS connections in all, $PER_DOMAIN_CONNS per domain (mtad delivery.max_connections / domains[*].max_connections; Postfix smtp maxproc / destination concurrency)"
+	echo "- outbound caps: $CONNS connections in all, $PER_DOMAIN_CONNS per domain (mtad delivery.max_connections / shaping.domains[*].max_connections; Postfix smtp maxproc / destination concurrency); mtad's delivery.reserve $RESERVE (the shipped 50 of 1,000, in proportion), so its default policy opens at most $((CONNS - RESERVE))"
 } >"$WORK/meta.md"
 
 case $MODE in
@@ -733,6 +826,7 @@ quick)
 	;;
 full)
 	[[ $WL == *" W1 "* ]] && run_workload W1 "50,000 × 5 KB → 100 domains" 50000 5120 "$RATE" "${DOMS[@]}"
+	[[ $WL == *" W1S "* ]] && run_w1s
 	[[ $WL == *" W2 "* ]] && run_workload W2 "20,000 × 100 KB → 100 domains" 20000 102400 "$RATE" "${DOMS[@]}"
 	[[ $WL == *" W3 "* ]] && run_workload W3 "50,000 × 5 KB → 1 domain (hot.bench)" 50000 5120 "$RATE" hot.bench
 	[[ $WL == *" W1H "* ]] && run_workload W1H "20,000 × 5 KB → 100 domains, W1 at half rate" 20000 5120 "$HALF_RATE" "${DOMS[@]}"

@@ -369,6 +369,40 @@ func TestSweep(t *testing.T) {
 	}
 }
 
+// TestSweepShrinks: a sweep that leaves the domain map under a quarter of
+// its peak moves the records left to a smaller map; they are the same
+// records (their queues and connections go on), found by name, and new
+// domains are added as before.
+func TestSweepShrinks(t *testing.T) {
+	t.Parallel()
+	q := queue.New()
+	now := time.Unix(1000, 0)
+	for i := range 1000 {
+		q.Domain(fmt.Sprintf("gone%d.test", i))
+	}
+	busy := q.Push(mk("1", "busy.test", 0, 0, 1))
+	q.Sweep(now)
+	if n := q.Sweep(now); n != 1000 {
+		t.Fatalf("second sweep dropped %d, want 1000", n)
+	}
+	if dr, ok := q.Lookup("busy.test"); !ok || dr != busy.Domain() {
+		t.Fatalf("busy.test after the shrink: %v, %v; want its record", dr, ok)
+	}
+	if q.Domain("BUSY.test") != busy.Domain() {
+		t.Fatal("Domain made a second record for busy.test")
+	}
+	if d := busy.Pop(); d == nil || d.MsgID != "1" {
+		t.Fatalf("busy.test's queue after the shrink: %v", d)
+	}
+	fresh := q.Domain("new.test")
+	if dr, ok := q.Lookup("new.test"); !ok || dr != fresh {
+		t.Fatal("a domain added after the shrink is not found")
+	}
+	if st := q.Stats(); st.Domains != 2 {
+		t.Fatalf("Domains = %d, want 2", st.Domains)
+	}
+}
+
 // Many goroutines push, pop, delay and take due deliveries at once; every
 // delivery must come out exactly once and the index must end empty.
 func TestConcurrent(t *testing.T) {

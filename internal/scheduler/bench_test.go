@@ -54,6 +54,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			o.Logger = zap.New(cc)
 			o.MaintainInterval = 50 * time.Millisecond
 			o.Pool.MaxConnections = 200
+			o.Reserve = scaleReserve(200) // the shipped proportion
 			o.Pool.IdleTimeout = time.Second
 		})
 		for i := range domains {

@@ -124,7 +124,7 @@ delivery:
   port: %d
   allow_loopback_mx: true
   max_connections: %d
-  reserve: 0
+  reserve: %d
   maintain_interval: 100ms
   retry_interval: %s
   max_retry_interval: %s
@@ -146,7 +146,7 @@ shaping:
       max_connections: %d
 hooks:
   plugins: [accounting]
-`, filepath.Join(e.dir, "spool"), e.logPath, o.dns, o.port, o.maxConnections, o.retry, o.maxRetry, o.perDomain)
+`, filepath.Join(e.dir, "spool"), e.logPath, o.dns, o.port, o.maxConnections, shippedReserve(o.maxConnections), o.retry, o.maxRetry, o.perDomain)
 	if len(o.bindings) > 0 {
 		b.WriteString("bindings:\n")
 		for _, a := range o.bindings {
@@ -154,6 +154,15 @@ hooks:
 		}
 	}
 	return b.String()
+}
+
+// shippedReserve is delivery.reserve in the shipped proportion (50 of
+// configs/mtad.yaml's 1,000 connections: 5%), at least 1. The tests keep
+// their small caps (20 to 60) because they check what happens at the cap
+// with a handful of sinks; the reserve scales with them so that the
+// default policy runs under max − reserve as it does when shipped.
+func shippedReserve(maxConnections int) int {
+	return max(1, maxConnections*50/1000)
 }
 
 func bindingName(addr string) string { return "b" + addr[strings.LastIndexByte(addr, '.')+1:] }

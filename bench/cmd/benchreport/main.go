@@ -331,6 +331,10 @@ func render(rows []row) string {
 	}
 	b.WriteString("\n")
 	b.WriteString(ratios(rows))
+	if sc := shapingCost(rows); sc != "" {
+		b.WriteString("\n")
+		b.WriteString(sc)
+	}
 	b.WriteString("\nWorkloads:\n\n")
 	seen := map[string]bool{}
 	for _, r := range rows {
@@ -409,6 +413,60 @@ func ratios(rows []row) string {
 	return b.String()
 }
 
+// shapingCost compares each shaped workload's mtad leg (a name ending in
+// S, such as W1S) with the unshaped workload's (W1): the same injection,
+// run with a shaping config whose limits are never reached, so the
+// difference is what the shaping bookkeeping costs. Empty when no pair of
+// successful legs is there. The difference is shaped against unshaped:
+// negative delivered/s and positive CPU are the cost.
+func shapingCost(rows []row) string {
+	mtad := map[string]row{}
+	var shaped []string
+	for _, r := range rows {
+		if r.mta != "mtad" || !r.ok {
+			continue
+		}
+		if _, seen := mtad[r.workload]; !seen && len(r.workload) > 1 && strings.HasSuffix(r.workload, "S") {
+			shaped = append(shaped, r.workload)
+		}
+		mtad[r.workload] = r
+	}
+	var b strings.Builder
+	for _, w := range shaped {
+		base, ok := mtad[strings.TrimSuffix(w, "S")]
+		if !ok {
+			continue
+		}
+		s := mtad[w]
+		if b.Len() == 0 {
+			b.WriteString("| shaping cost | unshaped | shaped | difference |\n")
+			b.WriteString("|---|---:|---:|---:|\n")
+		}
+		for _, f := range []struct {
+			name       string
+			base, shap float64
+			prec       int
+		}{
+			{"delivered/s", base.delRate, s.delRate, 0},
+			{"inj/s", base.injRate, s.injRate, 0},
+			{"CPU s/1k msgs", base.cpuPer1k, s.cpuPer1k, 3},
+			{"p99 ms", base.p99 * 1000, s.p99 * 1000, 1},
+		} {
+			fmt.Fprintf(&b, "| %s vs %s: %s | %s | %s | %s |\n", w, base.workload, f.name,
+				num(f.base, f.prec), num(f.shap, f.prec), pctDiff(f.shap, f.base))
+		}
+	}
+	return b.String()
+}
+
+// pctDiff is (v − base)/base as a signed percentage with one decimal.
+func pctDiff(v, base float64) string {
+	if base == 0 || math.IsNaN(v) || math.IsNaN(base) || math.IsInf(v, 0) || math.IsInf(base, 0) {
+		return "–"
+	}
+	return strconv.FormatFloat((v-base)/base*100, 'f', 1, 64) + "%"
+}
+
 const method = `
 ## How each figure is measured
 
@@ -441,4 +499,13 @@ const method = `
   and A records through the benchmark's DNS server on loopback.
 - Both MTAs fsync every message before acknowledging it; both keep their
   queue on the same file system.
+- **shaping cost** (W1S against W1): the same injection into mtad alone,
+  with a shaping config of one entry per test domain (max_message_rate
+  100000/s, max_connections 50) and provider entries that match none of the
+  benchmark's MX hosts. No limit is ever reached, so the difference is what
+  resolving and applying shaping costs (a token taken per delivery, the
+  site's connection count, the suspension check). The difference column is
+  shaped against unshaped: a negative delivered/s or a positive CPU figure
+  is the cost. The two legs run one after the other, so the machine's drift
+  between them is in the figure too.
 `

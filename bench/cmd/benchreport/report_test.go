@@ -234,3 +234,38 @@ func FuzzLogs(f *testing.F) {
 		}
 	})
 }
+
+// TestShapingCost: a W1S mtad leg is compared with W1's mtad leg, figure by
+// figure, with the difference in percent; without both legs (or with one
+// failed) there is no table.
+func TestShapingCost(t *testing.T) {
+	t.Parallel()
+	nan := math.NaN()
+	w1 := row{workload: "W1", mta: "mtad", ok: true, delRate: 2000, injRate: 2000, cpuPer1k: 0.400, p99: 0.020}
+	w1s := row{workload: "W1S", mta: "mtad", ok: true, delRate: 1900, injRate: 2100, cpuPer1k: 0.420, p99: nan}
+	pf := row{workload: "W1", mta: "postfix", ok: true, delRate: 500, cpuPer1k: 3}
+	out := render([]row{pf, w1, w1s})
+	for _, want := range []string{
+		"| shaping cost | unshaped | shaped | difference |",
+		"| W1S vs W1: delivered/s | 2000 | 1900 | -5.0% |",
+		"| W1S vs W1: inj/s | 2000 | 2100 | 5.0% |",
+		"| W1S vs W1: CPU s/1k msgs | 0.400 | 0.420 | 5.0% |",
+		"| W1S vs W1: p99 ms | 20.0 | – | – |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	failed := w1s
+	failed.ok = false
+	for name, rows := range map[string][]row{
+		"no W1S":     {pf, w1},
+		"no W1 mtad": {pf, w1s},
+		"W1S failed": {w1, failed},
+		"W1 postfix": {pf, {workload: "W1S", mta: "postfix", ok: true}},
+	} {
+		if sc := shapingCost(rows); sc != "" {
+			t.Errorf("%s: shaping cost table %q, want none", name, sc)
+		}
+	}
+}
