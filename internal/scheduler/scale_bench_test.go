@@ -372,8 +372,8 @@ func BenchmarkScaleTick(b *testing.B) {
 					dom, _ := pairOf(p)
 					ps := r.s.shapeOf(r.q.Domain(dom).Pair(p % slots))
 					l := r.s.limitsOf(ps, now)
-					rates := [2]policy.Rate{l.msgRate, l.provRate}
-					r.s.throttles.TakeAll(ps.msgKeys, rates[:len(ps.msgKeys)], now)
+					rates := l.rates()
+					r.s.throttles.TakeAll(ps.msgKeys[:], rates[:], now)
 				}
 			}
 			names = nil
