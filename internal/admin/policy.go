@@ -102,6 +102,9 @@ type shapingJSON struct {
 	MaxAge                                   keyValue `json:"max_age"`
 	IdleTimeout                              keyValue `json:"idle_timeout"`
 	ConsecutiveConnectionFailuresBeforeDelay keyValue `json:"consecutive_connection_failures_before_delay"`
+	TLS                                      keyValue `json:"tls"`
+	MTASTS                                   keyValue `json:"mta_sts"`
+	DANE                                     keyValue `json:"dane"`
 }
 
 func shapingOf(r Shaping) shapingJSON {
@@ -127,6 +130,9 @@ func shapingOf(r Shaping) shapingJSON {
 		IdleTimeout:                kv("idle_timeout", sh.IdleTimeout.String()),
 		ConsecutiveConnectionFailuresBeforeDelay: kv("consecutive_connection_failures_before_delay",
 			sh.ConsecutiveConnectionFailuresBeforeDelay),
+		TLS:    kv("tls", sh.TLS),
+		MTASTS: kv("mta_sts", sh.MTASTS),
+		DANE:   kv("dane", sh.DANE),
 	}
 }
 
