@@ -78,7 +78,8 @@ func keyOf(kind ScopeKind, name, binding string) scopeKey {
 // every tick (100k pairs), so while there are none it costs one atomic
 // load, and otherwise a handful of map lookups under a read lock.
 type Suspensions struct {
-	n      atomic.Int64 // len(by), read without the lock
+	n      atomic.Int64  // len(by), read without the lock
+	gen    atomic.Uint64 // bumped by every change, for callers that cache Covering
 	mu     sync.RWMutex
 	by     map[scopeKey]*Suspension
 	byID   map[string]*Suspension
@@ -111,6 +112,7 @@ func (s *Suspensions) Add(sp Suspension) Suspension {
 	s.by[k] = p
 	s.byID[sp.ID] = p
 	s.n.Store(int64(len(s.by)))
+	s.gen.Add(1)
 	return sp
 }
 
@@ -143,6 +145,7 @@ func (s *Suspensions) remove(p *Suspension) {
 	delete(s.by, keyOf(p.Kind, p.Name, p.Binding))
 	delete(s.byID, p.ID)
 	s.n.Store(int64(len(s.by)))
+	s.gen.Add(1)
 }
 
 // List returns the suspensions not ended at now (in force, or starting
@@ -162,6 +165,42 @@ func (s *Suspensions) List(now time.Time) []Suspension {
 
 // Len is the number of suspensions held, ended or not.
 func (s *Suspensions) Len() int { return int(s.n.Load()) }
+
+// Gen changes whenever a suspension is added, lifted or expired: a caller
+// may keep what Covering returned for as long as Gen is the same.
+func (s *Suspensions) Gen() uint64 { return s.gen.Load() }
+
+// Covering returns every suspension held (in force, not yet started, or
+// ended and not yet expired) whose scope covers the pair, as Check judges
+// coverage; the caller checks InForce at its time.
+func (s *Suspensions) Covering(domain, site, provider, binding string) []Suspension {
+	if s.n.Load() == 0 {
+		return nil
+	}
+	var out []Suspension
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	try := func(k scopeKey) {
+		if p := s.by[k]; p != nil {
+			out = append(out, *p)
+		}
+	}
+	if domain != "" {
+		try(scopeKey{ScopeDomain, domain, ""})
+		try(scopeKey{ScopeDomain, domain, binding})
+		try(scopeKey{ScopePair, domain, binding})
+	}
+	if site != "" {
+		try(scopeKey{ScopeSite, site, ""})
+		try(scopeKey{ScopeSite, site, binding})
+	}
+	if provider != "" {
+		try(scopeKey{ScopeProvider, provider, ""})
+		try(scopeKey{ScopeProvider, provider, binding})
+	}
+	try(scopeKey{ScopeBinding, "", binding})
+	return out
+}
 
 // Check returns the suspension in force at now that covers the pair
 // (domain, binding) whose domain is on site of provider (each "" when not

@@ -242,7 +242,8 @@ func (o *Override) Until() time.Time { return o.End.Add(max(o.Ramp, 0)) }
 // concurrent use; Get costs one atomic load while there are none, because
 // the scheduler asks for every pair on every tick.
 type Overrides struct {
-	n  atomic.Int64
+	n   atomic.Int64
+	gen atomic.Uint64 // bumped by every change, for callers that cache Lookup
 	mu sync.RWMutex
 	m  map[string]Override
 }
@@ -256,6 +257,7 @@ func (s *Overrides) Set(o Override) {
 	defer s.mu.Unlock()
 	s.m[o.Scope] = o
 	s.n.Store(int64(len(s.m)))
+	s.gen.Add(1)
 }
 
 // Get returns the override of scope in force at now, or nil; the result is
@@ -297,6 +299,23 @@ func (s *Overrides) List(now time.Time) []Override {
 	return out
 }
 
+// Gen changes whenever an override is set, lifted or expired: a caller
+// may keep what Lookup returned for as long as Gen is the same.
+func (s *Overrides) Gen() uint64 { return s.gen.Load() }
+
+// Lookup returns the override held for scope, expired or not (the caller
+// applies it at its time: Rate and Conns give the normal values once it
+// has expired).
+func (s *Overrides) Lookup(scope string) (Override, bool) {
+	if s.n.Load() == 0 {
+		return Override{}, false
+	}
+	s.mu.RLock()
+	o, ok := s.m[scope]
+	s.mu.RUnlock()
+	return o, ok
+}
+
 // Len is the number of overrides held, expired or not.
 func (s *Overrides) Len() int { return int(s.n.Load()) }
 
@@ -308,6 +327,7 @@ func (s *Overrides) Lift(scope string) (Override, bool) {
 	o, ok := s.m[scope]
 	delete(s.m, scope)
 	s.n.Store(int64(len(s.m)))
+	s.gen.Add(1)
 	return o, ok
 }
 
@@ -326,7 +346,10 @@ func (s *Overrides) Expire(now time.Time) []Override {
 			delete(s.m, k)
 		}
 	}
-	s.n.Store(int64(len(s.m)))
+	if len(out) > 0 {
+		s.n.Store(int64(len(s.m)))
+		s.gen.Add(1)
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Scope < out[j].Scope })
 	return out
 }

@@ -30,8 +30,18 @@ type DomainRecord struct {
 
 	suspendedUntil atomic.Int64 // unix nanos; 0 is not suspended
 
-	ext atomic.Pointer[any] // the scheduler's own per-domain state (Ext)
+	ext      atomic.Pointer[any] // the scheduler's own per-domain state (Ext)
+	resolved atomic.Int64        // Resolved's value
 }
+
+// Resolved returns the time (unix nanoseconds) SetResolved last recorded,
+// 0 for none: when the scheduler last resolved the domain's MX set. It
+// lives here rather than in Ext's state because the tick reads it for
+// every ready pair, next to the record's lock it takes anyway.
+func (dr *DomainRecord) Resolved() int64 { return dr.resolved.Load() }
+
+// SetResolved records when the domain's MX set was resolved.
+func (dr *DomainRecord) SetResolved(unixNano int64) { dr.resolved.Store(unixNano) }
 
 // Ext returns what SetExt stored, or nil. The queues never look at it: it
 // lets a higher layer keep per-domain state (resolved MX set, shaping) that

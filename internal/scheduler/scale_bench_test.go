@@ -632,12 +632,9 @@ func BenchmarkScaleBounceDomains(b *testing.B) {
 		shapedDomains := 0
 		for i := range domains {
 			if dr, ok := h.q.Lookup(fmt.Sprintf("gone%d.test", i)); ok {
-				ds := stateOf(dr)
-				ds.mu.Lock()
-				if len(ds.shapes) > 0 {
+				if sp := stateOf(dr).shapes.Load(); sp != nil && len(*sp) > 0 {
 					shapedDomains++
 				}
-				ds.mu.Unlock()
 			}
 		}
 		afterBounces := heap()

@@ -657,7 +657,7 @@ func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	if dr.Suspended(now) || !s.routable(dr, now) {
 		return
 	}
-	pol := s.pool.Policy(dr, p.Slot())
+	pol := s.policyOf(p)
 	s.maintainMu.Lock()
 	defer s.maintainMu.Unlock()
 	goal := Goal(backlog, p.Open()+p.Connecting(), pol.MaxConnectionsPerBinding,

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -53,7 +54,8 @@ type pairShape struct {
 	// while a binding-scoped throttle is in force).
 	msgKeys    [3]string
 	connKey    string
-	overrideKs []string // override scopes that cover the pair's own budgets, most specific first
+	pc         atomic.Pointer[pairPolicy] // suspensions and overrides covering the pair (policyCache)
+	overrideKs []string                   // override scopes that cover the pair's own budgets, most specific first
 	// provOverrideKs are the provider's override scopes: a provider-scoped
 	// throttle lowers the provider's budgets, one across all its sites,
 	// not each site's.
@@ -74,12 +76,13 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 	gen := s.shaperGen.Load()
 	dr, slot := p.Domain(), p.Slot()
 	ds := stateOf(dr)
+	if ps := cachedShape(ds, slot, gen); ps != nil {
+		return ps // per pair per tick and per transaction: no lock
+	}
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
-	if slot < len(ds.shapes) {
-		if ps := ds.shapes[slot]; ps != nil && ps.gen == gen && ps.mxKnown == ds.resolved {
-			return ps
-		}
+	if ps := cachedShape(ds, slot, gen); ps != nil {
+		return ps
 	}
 	name := fmt.Sprintf("slot-%d", slot)
 	if b := s.opts.Bindings.Get(slot); b != nil {
@@ -107,11 +110,30 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 	if r.Provider != "" {
 		ps.provOverrideKs = []string{ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, "")}
 	}
-	for len(ds.shapes) <= slot {
-		ds.shapes = append(ds.shapes, nil)
+	var shapes []*pairShape
+	if old := ds.shapes.Load(); old != nil {
+		shapes = *old
 	}
-	ds.shapes[slot] = ps
+	shapes = append([]*pairShape(nil), shapes...)
+	for len(shapes) <= slot {
+		shapes = append(shapes, nil)
+	}
+	shapes[slot] = ps
+	ds.shapes.Store(&shapes)
 	return ps
+}
+
+// cachedShape returns the pair's shaping if it was resolved with the
+// shaper generation gen and the domain's current MX set.
+func cachedShape(ds *domainState, slot int, gen uint64) *pairShape {
+	sp := ds.shapes.Load()
+	if sp == nil || slot >= len(*sp) {
+		return nil
+	}
+	if ps := (*sp)[slot]; ps != nil && ps.gen == gen && ps.mxKnown == ds.isResolved() {
+		return ps
+	}
+	return nil
 }
 
 // limits are a pair's budgets at one moment: its shaping with any rule's
@@ -139,11 +161,9 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 	if s.overrides.Len() == 0 {
 		return l
 	}
-	for _, k := range ps.overrideKs {
-		o := s.overrides.Get(k, now)
-		if o == nil {
-			continue
-		}
+	c := s.policyCache(ps)
+	for i := range c.site {
+		o := &c.site[i]
 		if o.MaxConnections != nil {
 			l.maxConns = o.Conns(l.maxConns, now)
 		}
@@ -151,7 +171,7 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 			l.msgRate = o.Rate(l.msgRate, now)
 		}
 	}
-	if o := s.overrides.Get(ps.bindOverrideK, now); o != nil {
+	if o := c.bind; o != nil {
 		if o.MaxConnections != nil {
 			l.maxConns = o.Conns(l.maxConns, now)
 		}
@@ -159,11 +179,8 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 			l.bindRate = o.Rate(l.bindRate, now)
 		}
 	}
-	for _, k := range ps.provOverrideKs {
-		o := s.overrides.Get(k, now)
-		if o == nil {
-			continue
-		}
+	for i := range c.prov {
+		o := &c.prov[i]
 		if o.MaxConnections != nil {
 			l.provConns = o.Conns(l.provConns, now)
 		}
@@ -174,12 +191,62 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 	return l
 }
 
-// suspended returns the suspension covering the pair at now, if any.
+// pairPolicy is what of the suspensions and rule throttles held covers a
+// pair, as of the generations it was read at: the tick asks for every
+// pair, twice, and the transactions for theirs, while these change seldom.
+// Whether each is in force is judged at the caller's time.
+type pairPolicy struct {
+	sgen, ogen uint64
+	susp       []policy.Suspension
+	site, prov []policy.Override // overrides of the pair's own and its provider's budgets
+	bind       *policy.Override  // the binding's
+}
+
+// policyCache returns the pair's pairPolicy, reading it again when a
+// suspension or an override changed since.
+func (s *Scheduler) policyCache(ps *pairShape) *pairPolicy {
+	sg, og := s.suspensions.Gen(), s.overrides.Gen()
+	if c := ps.pc.Load(); c != nil && c.sgen == sg && c.ogen == og {
+		return c
+	}
+	c := &pairPolicy{sgen: sg, ogen: og,
+		susp: s.suspensions.Covering(ps.where.Domain, ps.where.Site, ps.where.Provider, ps.binding)}
+	if s.overrides.Len() > 0 {
+		for _, k := range ps.overrideKs {
+			if o, ok := s.overrides.Lookup(k); ok {
+				c.site = append(c.site, o)
+			}
+		}
+		if o, ok := s.overrides.Lookup(ps.bindOverrideK); ok {
+			c.bind = &o
+		}
+		for _, k := range ps.provOverrideKs {
+			if o, ok := s.overrides.Lookup(k); ok {
+				c.prov = append(c.prov, o)
+			}
+		}
+	}
+	ps.pc.Store(c)
+	return c
+}
+
+// suspended returns the suspension covering the pair at now, if any; of
+// several, the one that ends last.
 func (s *Scheduler) suspended(ps *pairShape, now time.Time) (policy.Suspension, bool) {
 	if s.suspensions.Len() == 0 {
 		return policy.Suspension{}, false
 	}
-	return s.suspensions.Check(now, ps.where.Domain, ps.where.Site, ps.where.Provider, ps.binding)
+	var best *policy.Suspension
+	c := s.policyCache(ps)
+	for i := range c.susp {
+		if sp := &c.susp[i]; sp.InForce(now) && (best == nil || sp.Until.After(best.Until)) {
+			best = sp
+		}
+	}
+	if best == nil {
+		return policy.Suspension{}, false
+	}
+	return *best, true
 }
 
 // msgReady reports whether the pair's message budgets have a token at now,
@@ -195,9 +262,18 @@ func (s *Scheduler) msgReady(ps *pairShape, l limits, now time.Time) (bool, time
 // poolPolicy is the pool's connpool.Policy for a pair: its shaping when a
 // Shaper is set, else Options.Pool.Policy.
 func (s *Scheduler) poolPolicy(dr *queue.DomainRecord, slot int) connpool.Policy {
-	ps := s.shapeOf(dr.Pair(slot))
-	if ps == nil {
+	if s.shaper.Load() == nil {
 		return s.basePolicy(dr, slot)
+	}
+	return s.policyOf(dr.Pair(slot))
+}
+
+// policyOf is poolPolicy for a pair in hand (the tick has it: no lookup
+// of the pair in its domain record).
+func (s *Scheduler) policyOf(p *queue.Pair) connpool.Policy {
+	ps := s.shapeOf(p)
+	if ps == nil {
+		return s.basePolicy(p.Domain(), p.Slot())
 	}
 	l := s.limitsOf(ps, s.clock.Now())
 	return connpool.Policy{MaxConnectionsPerBinding: l.maxConns,
@@ -207,7 +283,7 @@ func (s *Scheduler) poolPolicy(dr *queue.DomainRecord, slot int) connpool.Policy
 
 // hookShaping is hooks.Registry.ShapingOf's answer.
 func (s *Scheduler) hookShaping(dr *queue.DomainRecord, slot int, now time.Time) (hooks.PairShaping, bool) {
-	if !stateOf(dr).isResolved() {
+	if s.shaper.Load() == nil || !stateOf(dr).isResolved() {
 		return hooks.PairShaping{}, false
 	}
 	ps := s.shapeOf(dr.Pair(slot))
