@@ -255,15 +255,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	// DANE (RFC 7672) for the pairs whose shaping says dane: true: TLSA
 	// records through dns.servers, which must validate DNSSEC (the AD
 	// bit); validated records are checked in the handshake itself.
-	dane := tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port)
-	daneCheck := func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
-		recs, secure, err := dane.Lookup(ctx, host)
-		if err != nil || !secure || len(recs) == 0 {
-			return nil, err
-		}
-		return tlspolicy.VerifyConnection(recs, host, st.roots), nil
-	}
-	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: daneCheck, Logger: log, Metrics: st.metrics})
+	dane := tlspolicy.DANEChecker(tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port), st.roots)
+	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: dane, Logger: log, Metrics: st.metrics})
 	if err != nil {
 		return err
 	}

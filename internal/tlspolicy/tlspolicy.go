@@ -64,16 +64,7 @@ type Settings struct {
 // the handshake must pass (for tls.Config.VerifyConnection), or nil verify
 // when the host is not DANE-protected (no records, or an insecure answer).
 // An error means the lookup failed or was bogus: the host is not used.
-//
-// The DANE of dane.go plugs in as:
-//
-//	func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
-//		recs, secure, err := d.Lookup(ctx, host)
-//		if err != nil || !secure || len(recs) == 0 {
-//			return nil, err
-//		}
-//		return VerifyConnection(recs, host, roots), nil
-//	}
+// DANEChecker makes one from dane.go's DANE.
 type DANEFunc func(ctx context.Context, mxHost string) (verify func(tls.ConnectionState) error, err error)
 
 // Options configure an Engine. All fields are optional.
@@ -288,15 +279,15 @@ func (h Host) Failure(err error, notOffered bool) *outcome.Error {
 		what = "the certificate of " + h.host + " did not verify"
 	}
 	h.plan.e.fail(h.Policy, reason)
-	by := "TLS policy " + h.Policy
+	by := "TLS policy " + h.Policy + " requires it"
 	switch h.Policy {
 	case LabelMTASTS:
-		by = "the MTA-STS policy of " + h.plan.domain + " (enforce)"
+		by = "the MTA-STS policy of " + h.plan.domain + " (enforce) requires it"
 	case LabelDANE:
-		by = "the DANE records of " + h.host
+		by = "the DANE (TLSA) records of " + h.host + " require it"
 	}
 	return &outcome.Error{Phase: outcome.PhaseTLS, Enhanced: enh, Temporary: true,
-		Message: what + ", and " + by + " requires it", Err: err}
+		Message: what + ", and " + by, Err: err}
 }
 
 // daneMismatch marks a failure of the DANE check, so that it is told
