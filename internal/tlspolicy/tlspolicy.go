@@ -290,6 +290,18 @@ func (h Host) Failure(err error, notOffered bool) *outcome.Error {
 		Message: what + ", and " + by, Err: err}
 }
 
+// IsPolicyFailure reports whether err (a connection's failure, wrapped or
+// not) is a deferral a TLS policy made: a temporary error in phase tls
+// with no SMTP reply code and 4.7.4 or 4.7.5, as Host.Failure, Plan.Host
+// and Plan.NoPermittedMX make them. Such a failure will not go away on the
+// next try within seconds (the receiver's TLS or DNS must change), so the
+// scheduler delays the mail at once rather than retrying it every tick.
+func IsPolicyFailure(err error) bool {
+	e := outcome.As(err)
+	return e != nil && e.Temporary && e.Phase == outcome.PhaseTLS && e.Code == 0 &&
+		(e.Enhanced == smtp.EnhancedCode{4, 7, 4} || e.Enhanced == smtp.EnhancedCode{4, 7, 5})
+}
+
 // daneMismatch marks a failure of the DANE check, so that it is told
 // from a handshake that failed for other reasons.
 type daneMismatch struct{ err error }
