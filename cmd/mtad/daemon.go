@@ -54,6 +54,7 @@ type statics struct {
 	rules     *policy.Rules
 	dkim      *dkim.Keys
 	roots     *x509.CertPool // system + tls.ca_file
+	allowed   []netip.Prefix // delivery.allowed_networks
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -104,6 +105,7 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: delivery.allowed_networks%w", err)
 	}
+	st.allowed = allowed
 	st.resolver, err = mx.New(mx.Options{
 		Servers:         cfg.DNS.Servers,
 		Timeout:         cfg.DNS.Timeout,
@@ -245,9 +247,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}()
 
 	// MTA-STS policies are cached on disk beside the spool; the refreshes
-	// in the background end before the process does.
+	// in the background end before the process does. The policy servers'
+	// addresses are refused or allowed as MX hosts' are.
 	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: cfg.DNS.Servers, DNSTimeout: cfg.DNS.Timeout,
-		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts")})
+		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts"),
+		AllowLoopback: cfg.Delivery.AllowLoopbackMX, AllowedNetworks: st.allowed})
 	if err != nil {
 		return fmt.Errorf("tls.mta_sts_cache_dir: %w", err)
 	}

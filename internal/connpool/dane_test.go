@@ -101,7 +101,7 @@ func TestDANEEndToEnd(t *testing.T) {
 
 	// both.test also has an enforced MTA-STS policy listing its MX.
 	txt := loopbacktest.StartDNS(t)
-	txt.Add(t, "_mta-sts.both.test. 60 IN TXT \"v=STSv1; id=1\"")
+	txt.Add(t, "_mta-sts.both.test. 60 IN TXT \"v=STSv1; id=1\"", "mta-sts.both.test. 60 IN A 127.0.0.1")
 	web := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("version: STSv1\nmode: enforce\nmx: mx.both.test\nmax_age: 86400\n"))
@@ -110,7 +110,7 @@ func TestDANEEndToEnd(t *testing.T) {
 	web.StartTLS()
 	t.Cleanup(web.Close)
 	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: []string{txt.Addr}, Roots: ca.Pool(),
-		FetchTimeout: 5 * time.Second,
+		FetchTimeout: 5 * time.Second, AllowLoopback: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, network, web.Listener.Addr().String())
