@@ -141,6 +141,18 @@ func (e *Engine) Plan(ctx context.Context, domain string, s Settings) *Plan {
 	return p
 }
 
+// Prefetch makes sure domain's MTA-STS policy is known, waiting for its
+// TXT lookup and HTTPS fetch (at most the STS's FetchTimeout) when none
+// is cached, so that a session's Plan finds it at once. The scheduler
+// calls it on its resolver workers before the domain is granted a slot:
+// a fetch that takes seconds then holds no connection slot. Without an
+// STS it does nothing.
+func (e *Engine) Prefetch(ctx context.Context, domain string) {
+	if e != nil && e.opts.STS != nil {
+		e.opts.STS.Lookup(ctx, domain)
+	}
+}
+
 // Mode returns the configured policy the plan started from.
 func (p *Plan) Mode() Mode { return p.set.Mode }
 
