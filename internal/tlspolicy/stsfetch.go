@@ -40,7 +40,8 @@ import (
 // temporary file, fsync'd and renamed into place, so a crash leaves the old
 // file or the new one. A restart reads it instead of fetching.
 //
-// STS must never follow an HTTP redirect (RFC 8461 §3.3), never read more
+// STS must never follow an HTTP redirect (RFC 8461 §3.3), never connect
+// to a prohibited address (dialPolicyHost), never read more
 // than 64 KiB of a policy, and never outlive Close: its background
 // refreshes are owned by its context and WaitGroup, at most refreshWorkers
 // at a time.

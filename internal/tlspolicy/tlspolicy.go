@@ -12,7 +12,8 @@
 // configured policy. Every policy asks for TLS 1.2 at least.
 //
 // It must never dial an MX host or speak SMTP (connpool and smtpclient
-// do), and never allow clear text after a failed handshake except under
+// do), never fetch an MTA-STS policy from an address mx.Refusal refuses,
+// and never allow clear text after a failed handshake except under
 // opportunistic: that one exception is Host.Fallback.
 package tlspolicy
 
