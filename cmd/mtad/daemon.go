@@ -54,6 +54,7 @@ type statics struct {
 	rules     *policy.Rules
 	dkim      *dkim.Keys
 	roots     *x509.CertPool // system + tls.ca_file
+	allowed   []netip.Prefix // delivery.allowed_networks
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -104,6 +105,7 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: delivery.allowed_networks%w", err)
 	}
+	st.allowed = allowed
 	st.resolver, err = mx.New(mx.Options{
 		Servers:         cfg.DNS.Servers,
 		Timeout:         cfg.DNS.Timeout,
@@ -245,9 +247,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}()
 
 	// MTA-STS policies are cached on disk beside the spool; the refreshes
-	// in the background end before the process does.
+	// in the background end before the process does. The policy servers'
+	// addresses are refused or allowed as MX hosts' are.
 	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: cfg.DNS.Servers, DNSTimeout: cfg.DNS.Timeout,
-		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts")})
+		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts"),
+		AllowLoopback: cfg.Delivery.AllowLoopbackMX, AllowedNetworks: st.allowed})
 	if err != nil {
 		return fmt.Errorf("tls.mta_sts_cache_dir: %w", err)
 	}
@@ -255,15 +259,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	// DANE (RFC 7672) for the pairs whose shaping says dane: true: TLSA
 	// records through dns.servers, which must validate DNSSEC (the AD
 	// bit); validated records are checked in the handshake itself.
-	dane := tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port)
-	daneCheck := func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
-		recs, secure, err := dane.Lookup(ctx, host)
-		if err != nil || !secure || len(recs) == 0 {
-			return nil, err
-		}
-		return tlspolicy.VerifyConnection(recs, host, st.roots), nil
-	}
-	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: daneCheck, Logger: log, Metrics: st.metrics})
+	dane := tlspolicy.DANEChecker(tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port), st.roots)
+	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: dane, Logger: log, Metrics: st.metrics})
 	if err != nil {
 		return err
 	}

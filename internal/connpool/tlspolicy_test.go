@@ -181,11 +181,11 @@ func newSTSWorld(t *testing.T, octet int, policies map[string]string) *stsWorld 
 	// is made with the pool.
 	w := &stsWorld{ca: ca, sinks: sinks, logs: logs, txt: loopbacktest.StartDNS(t)}
 	for d := range policies {
-		w.txt.Add(t, "_mta-sts."+d+". 60 IN TXT \"v=STSv1; id=1\"")
+		w.txt.Add(t, "_mta-sts."+d+". 60 IN TXT \"v=STSv1; id=1\"", "mta-sts."+d+". 60 IN A 127.0.0.1")
 	}
 	w.h = newHarness(t, port, nil, nil, func(o *Options) {
 		sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: []string{w.txt.Addr}, CacheDir: t.TempDir(),
-			Roots: ca.Pool(), FetchTimeout: 5 * time.Second,
+			Roots: ca.Pool(), FetchTimeout: 5 * time.Second, AllowLoopback: true,
 			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, network, srv.Listener.Addr().String())

@@ -461,9 +461,9 @@ func (r *Resolver) resolveRoute(ctx context.Context, d string, rt route) result 
 func (r *Resolver) usable(addrs []netip.Addr) (out []netip.AddrPort, why string) {
 	out = make([]netip.AddrPort, 0, len(addrs))
 	for _, a := range addrs {
-		if class, local := classify(a); class != "" && !(local && r.allowLoopback) && !allowedBy(r.allowed, a) {
+		if w := Refusal(a, r.allowLoopback, r.allowed); w != "" {
 			if why == "" {
-				why = a.String() + " is " + class
+				why = w
 			}
 			continue
 		}

@@ -128,6 +128,19 @@ func embedded4(a netip.Addr) (netip.Addr, string, bool) {
 	return netip.Addr{}, "", false
 }
 
+// Refusal says why mtad must not connect to a ("10.1.2.3 is private"),
+// or returns "" when it may: an address outside global unicast is refused
+// unless allowLoopback lifts its class (the local ones: loopback,
+// link-local, ...) or it is in allowed (delivery.allowed_networks). The
+// resolver judges MX addresses by it, and internal/tlspolicy the MTA-STS
+// policy host's, which a domain's owner names just as freely.
+func Refusal(a netip.Addr, allowLoopback bool, allowed []netip.Prefix) string {
+	if class, local := classify(a); class != "" && !(local && allowLoopback) && !allowedBy(allowed, a) {
+		return a.String() + " is " + class
+	}
+	return ""
+}
+
 // prohibited reports whether a is an address mtad must not connect to
 // when found in DNS, with neither AllowLoopback nor allowed networks.
 func prohibited(a netip.Addr) bool {

@@ -108,33 +108,43 @@ func (s *Scheduler) startResolvers() {
 	}
 }
 
-// resolve looks the domain up, records the answer, and then runs the
-// maintenance of its pairs with work — or settles their mail when the
-// lookup failed.
+// resolve looks the domain up, records the answer, warms its MTA-STS
+// policy when its pairs honour MTA-STS, and then runs the maintenance of
+// its pairs with work — or settles their mail when the lookup failed.
 func (s *Scheduler) resolve(dr *queue.DomainRecord) {
 	hosts, err := s.pool.Lookup(s.resolveCtx, dr.Name)
 	if s.resolveCtx.Err() != nil {
 		return
 	}
-	now := s.clock.Now()
 	ds := stateOf(dr)
-	ds.mu.Lock()
-	ds.resolving = false
+	pairs := dr.Pairs(nil)
 	if err == nil {
 		names := make([]string, len(hosts))
 		for i, h := range hosts {
 			names[i] = h.Name
 		}
+		ds.mu.Lock()
 		if !slices.Equal(names, ds.mx) {
 			ds.shapes.Store(nil) // a new site: shaping again
 		}
-		ds.mx, ds.resolved, ds.at = names, true, now
+		ds.mx = names
+		ds.mu.Unlock()
+		// The domain is not marked resolved until its MTA-STS policy
+		// is known: no slot is granted meanwhile, so a policy fetch of
+		// seconds holds a resolver worker, not a connection slot, and
+		// the first session's plan finds the policy cached.
+		s.prefetchSTS(dr, pairs)
+	}
+	now := s.clock.Now()
+	ds.mu.Lock()
+	ds.resolving = false
+	if err == nil {
+		ds.resolved, ds.at = true, now
 		ds.resolvedAt.Store(now.UnixNano())
 		dr.SetResolved(now.UnixNano())
 	}
 	resolvedBefore := ds.resolved
 	ds.mu.Unlock()
-	pairs := dr.Pairs(nil)
 	if err != nil {
 		if resolvedBefore {
 			// A refresh failed: keep the old answer; sessions resolve
@@ -155,6 +165,21 @@ func (s *Scheduler) resolve(dr *queue.DomainRecord) {
 	for _, p := range pairs {
 		if p.Len() > 0 {
 			s.maintain(p, now)
+		}
+	}
+}
+
+// prefetchSTS warms the domain's MTA-STS policy (tlspolicy's Prefetch)
+// when a pair of it with work has mta_sts on in its shaping.
+func (s *Scheduler) prefetchSTS(dr *queue.DomainRecord, pairs []*queue.Pair) {
+	e := s.opts.Pool.TLSPolicy
+	if e == nil || s.opts.Pool.DisableTLS {
+		return
+	}
+	for _, p := range pairs {
+		if p.Len() > 0 && s.poolPolicy(dr, p.Slot()).TLS.MTASTS {
+			e.Prefetch(s.resolveCtx, dr.Name)
+			return
 		}
 	}
 }

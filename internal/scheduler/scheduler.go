@@ -68,6 +68,7 @@ import (
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
+	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
 // Clock is the scheduler's source of time.
@@ -763,7 +764,12 @@ func (s *Scheduler) ConnectFailed(p *queue.Pair, at connpool.Attempt, err error)
 	if !permanent && p.Open() > 0 {
 		return
 	}
-	if !permanent && s.connectFailures(p) {
+	// A TLS policy that cannot be met (STARTTLS not offered, a
+	// certificate or DANE record that does not match, an MTA-STS policy
+	// permitting no MX) is no network blip: the mail is delayed at once
+	// instead of being tried again every tick up to
+	// consecutive_connection_failures_before_delay.
+	if !permanent && !tlspolicy.IsPolicyFailure(err) && s.connectFailures(p) {
 		// Under consecutive_connection_failures_before_delay: the
 		// mail stays ready, and the next maintenance tries again.
 		return

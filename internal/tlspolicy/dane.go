@@ -335,6 +335,22 @@ func (d *DANE) exchangeOne(ctx context.Context, c *dns.Client, m *dns.Msg, srv s
 	return resp, err
 }
 
+// DANEChecker is the DANEFunc of d (Options.DANE): the host's TLSA
+// records when they are DNSSEC-secure, checked by VerifyConnection with
+// roots (tls.ca_file's, for DANE-TA anchors a server leaves out of its
+// chain); no check at all when the host has no secure records, and the
+// lookup's error when it failed. The daemon and the tests use this one
+// adapter, so a test of it is a test of what the daemon does.
+func DANEChecker(d *DANE, roots *x509.CertPool) DANEFunc {
+	return func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
+		recs, secure, err := d.Lookup(ctx, host)
+		if err != nil || !secure || len(recs) == 0 {
+			return nil, err
+		}
+		return VerifyConnection(recs, host, roots), nil
+	}
+}
+
 // VerifyConnection returns a tls.Config.VerifyConnection function that
 // authenticates the server by recs, for a handshake made with
 // InsecureSkipVerify (Go's own checks off, these on), in the one handshake

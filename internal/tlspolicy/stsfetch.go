@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/mx"
 )
 
 // STS finds, caches and refreshes domains' MTA-STS policies (RFC 8461).
@@ -37,7 +40,8 @@ import (
 // temporary file, fsync'd and renamed into place, so a crash leaves the old
 // file or the new one. A restart reads it instead of fetching.
 //
-// STS must never follow an HTTP redirect (RFC 8461 §3.3), never read more
+// STS must never follow an HTTP redirect (RFC 8461 §3.3), never connect
+// to a prohibited address (dialPolicyHost), never read more
 // than 64 KiB of a policy, and never outlive Close: its background
 // refreshes are owned by its context and WaitGroup, at most refreshWorkers
 // at a time.
@@ -72,9 +76,16 @@ type STSOptions struct {
 	CacheDir string
 	// Roots verify the policy server's certificate (nil: the system's).
 	Roots *x509.CertPool
-	// Dial connects to the policy server; nil dials it. Tests point it
-	// at a loopback HTTPS server.
+	// Dial connects to an address of the policy server ("ip:port",
+	// found through Servers and checked as below); nil dials it. Tests
+	// point it at a loopback HTTPS server.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// AllowLoopback and AllowedNetworks lift the refusal of prohibited
+	// addresses for the policy server exactly as they do for MX hosts
+	// (delivery.allow_loopback_mx, delivery.allowed_networks; see
+	// mx.Refusal).
+	AllowLoopback   bool
+	AllowedNetworks []netip.Prefix
 	// FetchTimeout bounds the TXT lookup plus the HTTPS fetch a delivery
 	// waits for (default 10s).
 	FetchTimeout time.Duration
@@ -146,14 +157,14 @@ func NewSTS(o STSOptions) (*STS, error) {
 			return nil, fmt.Errorf("tlspolicy: mta-sts cache: %w", err)
 		}
 	}
-	dial := o.Dial
-	if dial == nil {
-		dial = (&net.Dialer{Timeout: o.FetchTimeout}).DialContext
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{Timeout: o.FetchTimeout}).DialContext
 	}
 	s := &STS{
 		opts: o,
 		tr: &http.Transport{
-			DialContext:     dial,
+			// TLS is verified for the URL's host name whatever address
+			// dialPolicyHost connects to.
 			TLSClientConfig: &tls.Config{RootCAs: o.Roots, MinVersion: tls.VersionTLS12},
 			// No proxy from the environment, and no idle connections
 			// left behind: one fetch per domain per max_age or id change.
@@ -170,6 +181,7 @@ func NewSTS(o STSOptions) (*STS, error) {
 		none:       map[string]time.Time{},
 		refreshing: map[string]bool{},
 	}
+	s.tr.DialContext = s.dialPolicyHost
 	s.client = &http.Client{
 		Transport: s.tr,
 		Timeout:   o.FetchTimeout,
@@ -374,6 +386,98 @@ func (s *STS) txtID(ctx context.Context, domain string) (string, error) {
 		errs = append(errs, err)
 	}
 	return "", fmt.Errorf("mta-sts TXT _mta-sts.%s: %w", domain, errors.Join(errs...))
+}
+
+// maxPolicyAddrs bounds the addresses of a policy host tried in turn.
+const maxPolicyAddrs = 8
+
+// dialPolicyHost is the HTTPS transport's dialer. The policy host
+// mta-sts.<domain> is named by the domain's owner as freely as its MX
+// hosts are, so it gets their check: its addresses are found through
+// Servers (as the MX hosts' are) and a prohibited one (private, loopback,
+// reserved, ... : mx.Refusal) is never dialled, lest a domain turn mtad
+// into a client of the sender's own network. The check is on the very
+// addresses dialled, so no second lookup can answer otherwise.
+func (s *STS) dialPolicyHost(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("mta-sts: dial %q: %w", addr, err)
+	}
+	var addrs []netip.Addr
+	if a, perr := netip.ParseAddr(host); perr == nil {
+		addrs = []netip.Addr{a}
+	} else if addrs, err = s.lookupAddrs(ctx, host); err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("mta-sts: %s has no address", host)
+	}
+	var errs []error
+	for i, a := range addrs {
+		if i == maxPolicyAddrs {
+			break
+		}
+		if why := mx.Refusal(a, s.opts.AllowLoopback, s.opts.AllowedNetworks); why != "" {
+			errs = append(errs, fmt.Errorf("prohibited IP: %s", why))
+			continue
+		}
+		c, err := s.opts.Dial(ctx, network, net.JoinHostPort(a.String(), port))
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("mta-sts: connecting to %s: %w", host, errors.Join(errs...))
+}
+
+// lookupAddrs asks the servers in turn for host's A and AAAA records.
+func (s *STS) lookupAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(host), qtype)
+		m.SetEdns0(1232, false)
+		var errs []error
+		answered := false
+		for _, srv := range s.opts.Servers {
+			if ctx.Err() != nil {
+				errs = append(errs, ctx.Err())
+				break
+			}
+			resp, _, err := s.udp.ExchangeContext(ctx, m, srv)
+			if err == nil && resp.Truncated {
+				resp, _, err = s.tcp.ExchangeContext(ctx, m, srv)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("server %s: %w", srv, err))
+				continue
+			}
+			if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+				errs = append(errs, fmt.Errorf("server %s: %s", srv, dns.RcodeToString[resp.Rcode]))
+				continue
+			}
+			// The resolver follows CNAMEs; the addresses at the chain's
+			// end are what it answers.
+			for _, rr := range resp.Answer {
+				switch r := rr.(type) {
+				case *dns.A:
+					if a, ok := netip.AddrFromSlice(r.A.To4()); ok {
+						out = append(out, a)
+					}
+				case *dns.AAAA:
+					if a, ok := netip.AddrFromSlice(r.AAAA); ok {
+						out = append(out, a)
+					}
+				}
+			}
+			answered = true
+			break
+		}
+		if !answered {
+			return nil, fmt.Errorf("mta-sts: looking up %s %s: %w", host, dns.TypeToString[qtype], errors.Join(errs...))
+		}
+	}
+	return out, nil
 }
 
 // fetch gets https://mta-sts.<domain>/.well-known/mta-sts.txt.

@@ -74,10 +74,18 @@ func (ps *policyServer) dial(ctx context.Context, network, _ string) (net.Conn, 
 	return d.DialContext(ctx, network, ps.srv.Listener.Addr().String())
 }
 
-func newSTS(t *testing.T, dnsAddr, dir string, ps *policyServer, ca *loopbacktest.CA, edit func(*STSOptions)) *STS {
+// newSTS builds an STS asking dns, where each policy domain's
+// mta-sts.<domain> gets the address 127.0.0.1 (loopback allowed, as
+// delivery.allow_loopback_mx does in tests).
+func newSTS(t *testing.T, dns *loopbacktest.DNS, dir string, ps *policyServer, ca *loopbacktest.CA, edit func(*STSOptions)) *STS {
 	t.Helper()
-	o := STSOptions{Servers: []string{dnsAddr}, DNSTimeout: 2 * time.Second, CacheDir: dir, Roots: ca.Pool(),
-		Dial: ps.dial, FetchTimeout: 5 * time.Second}
+	ps.mu.Lock()
+	for d := range ps.text {
+		dns.Replace(t, "mta-sts."+d+". 60 IN A 127.0.0.1")
+	}
+	ps.mu.Unlock()
+	o := STSOptions{Servers: []string{dns.Addr}, DNSTimeout: 2 * time.Second, CacheDir: dir, Roots: ca.Pool(),
+		Dial: ps.dial, FetchTimeout: 5 * time.Second, AllowLoopback: true}
 	if edit != nil {
 		edit(&o)
 	}
@@ -100,7 +108,7 @@ func TestSTSFetchAndDiskCache(t *testing.T) {
 	ps := startPolicyServer(t, ca, map[string]string{"a.test": enforceA})
 	dir := t.TempDir()
 
-	s := newSTS(t, dns.Addr, dir, ps, ca, nil)
+	s := newSTS(t, dns, dir, ps, ca, nil)
 	p := s.Lookup(context.Background(), "A.test.")
 	if p == nil || p.Mode != STSEnforce || !p.Matches("mx1.a.test") || p.Matches("mx2.a.test") {
 		t.Fatalf("policy %+v", p)
@@ -119,7 +127,7 @@ func TestSTSFetchAndDiskCache(t *testing.T) {
 		t.Fatalf("cache file: %v", err)
 	}
 
-	s2 := newSTS(t, dns.Addr, dir, ps, ca, nil)
+	s2 := newSTS(t, dns, dir, ps, ca, nil)
 	defer s2.Close()
 	if p := s2.Lookup(context.Background(), "a.test"); p == nil || p.Mode != STSEnforce {
 		t.Fatalf("after restart: %+v", p)
@@ -137,7 +145,7 @@ func TestSTSRefreshOnNewID(t *testing.T) {
 	dns := loopbacktest.StartDNS(t)
 	dns.Add(t, `_mta-sts.a.test. 60 IN TXT "v=STSv1; id=1"`)
 	ps := startPolicyServer(t, ca, map[string]string{"a.test": enforceA})
-	s := newSTS(t, dns.Addr, t.TempDir(), ps, ca, func(o *STSOptions) { o.Recheck = time.Nanosecond })
+	s := newSTS(t, dns, t.TempDir(), ps, ca, func(o *STSOptions) { o.Recheck = time.Nanosecond })
 	defer s.Close()
 	if p := s.Lookup(context.Background(), "a.test"); p == nil || p.Mode != STSEnforce {
 		t.Fatalf("policy %+v", p)
@@ -170,7 +178,7 @@ func TestSTSSlowServerBounded(t *testing.T) {
 	dns := loopbacktest.StartDNS(t)
 	dns.Add(t, `_mta-sts.a.test. 60 IN TXT "v=STSv1; id=1"`, `_mta-sts.slow.test. 60 IN TXT "v=STSv1; id=1"`)
 	ps := startPolicyServer(t, ca, map[string]string{"a.test": enforceA, "slow.test": enforceA})
-	s := newSTS(t, dns.Addr, t.TempDir(), ps, ca, func(o *STSOptions) {
+	s := newSTS(t, dns, t.TempDir(), ps, ca, func(o *STSOptions) {
 		o.FetchTimeout = 300 * time.Millisecond
 		o.Recheck = time.Nanosecond
 	})

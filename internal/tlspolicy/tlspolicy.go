@@ -12,7 +12,8 @@
 // configured policy. Every policy asks for TLS 1.2 at least.
 //
 // It must never dial an MX host or speak SMTP (connpool and smtpclient
-// do), and never allow clear text after a failed handshake except under
+// do), never fetch an MTA-STS policy from an address mx.Refusal refuses,
+// and never allow clear text after a failed handshake except under
 // opportunistic: that one exception is Host.Fallback.
 package tlspolicy
 
@@ -64,16 +65,7 @@ type Settings struct {
 // the handshake must pass (for tls.Config.VerifyConnection), or nil verify
 // when the host is not DANE-protected (no records, or an insecure answer).
 // An error means the lookup failed or was bogus: the host is not used.
-//
-// The DANE of dane.go plugs in as:
-//
-//	func(ctx context.Context, host string) (func(tls.ConnectionState) error, error) {
-//		recs, secure, err := d.Lookup(ctx, host)
-//		if err != nil || !secure || len(recs) == 0 {
-//			return nil, err
-//		}
-//		return VerifyConnection(recs, host, roots), nil
-//	}
+// DANEChecker makes one from dane.go's DANE.
 type DANEFunc func(ctx context.Context, mxHost string) (verify func(tls.ConnectionState) error, err error)
 
 // Options configure an Engine. All fields are optional.
@@ -148,6 +140,18 @@ func (e *Engine) Plan(ctx context.Context, domain string, s Settings) *Plan {
 		}
 	}
 	return p
+}
+
+// Prefetch makes sure domain's MTA-STS policy is known, waiting for its
+// TXT lookup and HTTPS fetch (at most the STS's FetchTimeout) when none
+// is cached, so that a session's Plan finds it at once. The scheduler
+// calls it on its resolver workers before the domain is granted a slot:
+// a fetch that takes seconds then holds no connection slot. Without an
+// STS it does nothing.
+func (e *Engine) Prefetch(ctx context.Context, domain string) {
+	if e != nil && e.opts.STS != nil {
+		e.opts.STS.Lookup(ctx, domain)
+	}
 }
 
 // Mode returns the configured policy the plan started from.
@@ -288,15 +292,27 @@ func (h Host) Failure(err error, notOffered bool) *outcome.Error {
 		what = "the certificate of " + h.host + " did not verify"
 	}
 	h.plan.e.fail(h.Policy, reason)
-	by := "TLS policy " + h.Policy
+	by := "TLS policy " + h.Policy + " requires it"
 	switch h.Policy {
 	case LabelMTASTS:
-		by = "the MTA-STS policy of " + h.plan.domain + " (enforce)"
+		by = "the MTA-STS policy of " + h.plan.domain + " (enforce) requires it"
 	case LabelDANE:
-		by = "the DANE records of " + h.host
+		by = "the DANE (TLSA) records of " + h.host + " require it"
 	}
 	return &outcome.Error{Phase: outcome.PhaseTLS, Enhanced: enh, Temporary: true,
-		Message: what + ", and " + by + " requires it", Err: err}
+		Message: what + ", and " + by, Err: err}
+}
+
+// IsPolicyFailure reports whether err (a connection's failure, wrapped or
+// not) is a deferral a TLS policy made: a temporary error in phase tls
+// with no SMTP reply code and 4.7.4 or 4.7.5, as Host.Failure, Plan.Host
+// and Plan.NoPermittedMX make them. Such a failure will not go away on the
+// next try within seconds (the receiver's TLS or DNS must change), so the
+// scheduler delays the mail at once rather than retrying it every tick.
+func IsPolicyFailure(err error) bool {
+	e := outcome.As(err)
+	return e != nil && e.Temporary && e.Phase == outcome.PhaseTLS && e.Code == 0 &&
+		(e.Enhanced == smtp.EnhancedCode{4, 7, 4} || e.Enhanced == smtp.EnhancedCode{4, 7, 5})
 }
 
 // daneMismatch marks a failure of the DANE check, so that it is told

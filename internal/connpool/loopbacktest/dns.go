@@ -22,15 +22,17 @@ type DNS struct {
 	// Addr is "127.0.0.1:port", for mx.Options.Servers.
 	Addr string
 
-	mu      sync.Mutex
-	records map[string][]dns.RR // by lower-case FQDN
-	rcodes  map[string]int      // forced response codes by lower-case FQDN
+	mu       sync.Mutex
+	records  map[string][]dns.RR // by lower-case FQDN
+	rcodes   map[string]int      // forced response codes by lower-case FQDN
+	secure   bool                // answers carry the AD bit (SetSecure)
+	insecure map[string]bool     // names answered without it all the same
 }
 
 // StartDNS starts a server that stops when the test ends.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
-	z := &DNS{records: make(map[string][]dns.RR), rcodes: make(map[string]int)}
+	z := &DNS{records: make(map[string][]dns.RR), rcodes: make(map[string]int), insecure: make(map[string]bool)}
 	// The kernel picks a free UDP port; the same TCP port may be taken (by
 	// another test's connection, say), so a few ports are tried.
 	var pc net.PacketConn
@@ -117,6 +119,26 @@ func (z *DNS) SetRcode(name string, rcode int) {
 	z.rcodes[strings.ToLower(name)] = rcode
 }
 
+// SetSecure makes the server act as a DNSSEC-validating resolver whose
+// answers all validated: a query asking with AD=1 or DO=1 (RFC 6840
+// §5.7) gets the AD bit back, except for the names given to SetInsecure.
+// It does not sign anything: DANE tests need the bit, not the signatures.
+func (z *DNS) SetSecure(on bool) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.secure = on
+}
+
+// SetInsecure makes the answers about names (FQDNs) lack the AD bit, as
+// for names in an unsigned zone.
+func (z *DNS) SetInsecure(names ...string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, n := range names {
+		z.insecure[strings.ToLower(n)] = true
+	}
+}
+
 // ServeDNS answers one query from the records.
 func (z *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp := new(dns.Msg)
@@ -127,6 +149,9 @@ func (z *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		z.mu.Lock()
 		rcode, forced := z.rcodes[strings.ToLower(q.Name)]
 		rrs, known := z.records[strings.ToLower(q.Name)]
+		opt := req.IsEdns0()
+		resp.AuthenticatedData = z.secure && !z.insecure[strings.ToLower(q.Name)] &&
+			(req.AuthenticatedData || opt != nil && opt.Do())
 		for _, rr := range rrs {
 			if rr.Header().Rrtype == q.Qtype {
 				resp.Answer = append(resp.Answer, dns.Copy(rr))
