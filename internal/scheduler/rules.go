@@ -135,6 +135,18 @@ func (s *Scheduler) rebound(domain, binding string, now time.Time) string {
 	return r.group
 }
 
+// sweepRebinds forgets the rebinds that ended, so one for a domain never
+// mailed again does not stay for the life of the process.
+func (s *Scheduler) sweepRebinds(now time.Time) {
+	s.rebindMu.Lock()
+	defer s.rebindMu.Unlock()
+	for k, r := range s.rebinds {
+		if !now.Before(r.until) {
+			delete(s.rebinds, k)
+		}
+	}
+}
+
 // rebindSlot picks a binding of group for a rebound delivery; -1 when the
 // group has none usable (the delivery stays where it was).
 func (s *Scheduler) rebindSlot(group string) int {

@@ -682,6 +682,7 @@ func (s *Scheduler) sweep(now time.Time) {
 		s.log.Debug("idle domain records forgotten", zap.Int("domains", n))
 	}
 	s.throttles.Sweep(now)
+	s.sweepRebinds(now)
 }
 
 // owedMaxWait caps the back-off between rounds of owed DSNs.
