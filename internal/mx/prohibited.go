@@ -141,13 +141,6 @@ func Refusal(a netip.Addr, allowLoopback bool, allowed []netip.Prefix) string {
 	return ""
 }
 
-// prohibited reports whether a is an address mtad must not connect to
-// when found in DNS, with neither AllowLoopback nor allowed networks.
-func prohibited(a netip.Addr) bool {
-	c, _ := classify(a)
-	return c != ""
-}
-
 // allowedBy reports whether a, or the IPv4 address it embeds, is inside one
 // of nets.
 func allowedBy(nets []netip.Prefix, a netip.Addr) bool {

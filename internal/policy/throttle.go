@@ -244,8 +244,8 @@ func (o *Override) Until() time.Time { return o.End.Add(max(o.Ramp, 0)) }
 type Overrides struct {
 	n   atomic.Int64
 	gen atomic.Uint64 // bumped by every change, for callers that cache Lookup
-	mu sync.RWMutex
-	m  map[string]Override
+	mu  sync.RWMutex
+	m   map[string]Override
 }
 
 // NewOverrides returns an empty set.

@@ -37,16 +37,16 @@ const (
 type domainState struct {
 	mu        sync.Mutex
 	resolving bool
-	resolved  bool         // mx holds a successful answer
-	at        time.Time    // when it was resolved
-	mx        []string     // the MX host names, in preference order
+	resolved  bool      // mx holds a successful answer
+	at        time.Time // when it was resolved
+	mx        []string  // the MX host names, in preference order
 	// resolvedAt is at as unix nanos once resolved (0 before), read
 	// without mu by the tick.
 	resolvedAt atomic.Int64
 	// shapes are the pairs' shapings by binding slot (shape.go): read
 	// without mu, replaced whole (copy on write) under it.
 	shapes atomic.Pointer[[]*pairShape]
-	fails     []int        // consecutive connection failures, by binding slot
+	fails  []int // consecutive connection failures, by binding slot
 }
 
 func (ds *domainState) isResolved() bool { return ds.resolvedAt.Load() != 0 }

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,7 +122,6 @@ type Plan struct {
 	domain string
 	set    Settings
 	sts    *STSPolicy // nil when MTA-STS is off or the domain has no policy
-	warned sync.Once
 }
 
 // Plan looks up what applies to domain under s: its MTA-STS policy when s
