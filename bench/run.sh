@@ -7,11 +7,19 @@
 #              entries whose rates and caps are far above the offered load,
 #              and provider entries that match none of them, so what it
 #              costs is the shaping bookkeeping alone (BENCH_W1S_N messages),
+#          W1R W1 with every message DKIM-signed with an RSA-2048 key (mtad
+#              leg only; BENCH_W1R_N messages, 20,000 by default),
+#          W1E the same with an Ed25519 key (BENCH_W1E_N, 20,000): against
+#              W1, the CPU each signature costs per message. The keys are
+#              made with openssl in the run's temp dir; smtp-source's From
+#              field is <bench@src.bench>, so the dkim: entry is for src.bench.
+#              After the leg, every received record of mtad's log must name
+#              the signature, or the leg fails,
 #          W2  20,000 × 100 KB → 100 domains,
 #          W3  50,000 × 5 KB → 1 domain,
 #          W1H 20,000 × 5 KB → 100 domains paced at BENCH_HALF_RATE msgs/s
 #              ("W1 at half rate": the p99 latency target is set at half the
-#              peak rate)                                  (<~25 min)
+#              peak rate)                                  (<~27 min)
 #
 # For each workload, three legs run one after the other on this machine:
 #   ceiling  smtp-source straight into the counting sink
@@ -48,9 +56,17 @@
 # Only 127.0.0.0/8 is used. Every process started here is stopped on exit.
 # Environment knobs:
 #   BENCH_MTAS="ceiling postfix mtad"   legs to run, in this order
-#   BENCH_WORKLOADS="W1 W1S W2 W3 W1H"  workloads of full mode to run (W1S: mtad only)
+#   BENCH_WORKLOADS="W1 W1S W1R W1E W2 W3 W1H"  workloads of full mode to run (W1S, W1R,
+#                                       W1E: mtad only, run right after W1 whatever the order)
+#   BENCH_W1_N=50000                    W1's message count in full mode (a multiple of 100),
+#                                       to shorten a trial run; the figures of BENCHMARKS.md
+#                                       are taken with the default
 #   BENCH_W1S_N=50000                   W1S's message count (a multiple of 100); the same as
 #                                       W1's by default, so the two are compared like for like
+#   BENCH_W1R_N=20000, BENCH_W1E_N=20000  W1R's and W1E's message counts (multiples of 100).
+#                                       Fewer than W1's 50,000 to keep the two legs near a
+#                                       minute: RSA-2048 signing costs ~1.2 ms of CPU a
+#                                       message; the table compares per-message figures
 #   BENCH_RATE=msgs/s                   pace every workload of the run (W1H excepted) at
 #                                       this total injection rate (default empty: unpaced)
 #   BENCH_HALF_RATE=1230                W1H's rate in msgs/s: set it to half of the W1
@@ -80,7 +96,10 @@ PER_DOMAIN_CONNS=50
 # MTAs at CONNS (Postfix's smtp process limit is the same number), so mtad
 # keeps the shipped proportion of it rather than the absolute 50.
 RESERVE=${BENCH_RESERVE:-$((CONNS * 50 / 1000 > 0 ? CONNS * 50 / 1000 : 1))}
+W1_N=${BENCH_W1_N:-50000}
 W1S_N=${BENCH_W1S_N:-50000}
+W1R_N=${BENCH_W1R_N:-20000}
+W1E_N=${BENCH_W1E_N:-20000}
 CHUNK=50
 NDOMAINS=100
 
@@ -101,10 +120,12 @@ PACE_MAX_CHUNK=10
 	echo "BENCH_RESERVE=$RESERVE: want a whole number below BENCH_CONNECTIONS ($CONNS)" >&2
 	exit 2
 }
-[[ $W1S_N =~ ^[1-9][0-9]*$ ]] && ((W1S_N % NDOMAINS == 0)) || {
-	echo "BENCH_W1S_N=$W1S_N: want a positive multiple of $NDOMAINS (one share per domain)" >&2
-	exit 2
-}
+for v in W1_N W1S_N W1R_N W1E_N; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] && ((${!v} % NDOMAINS == 0)) || {
+		echo "BENCH_$v=${!v}: want a positive multiple of $NDOMAINS (one share per domain)" >&2
+		exit 2
+	}
+done
 for v in RATE HALF_RATE; do
 	[[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || {
 		echo "BENCH_$v=${!v}: want a whole number of messages per second (> 0)" >&2
@@ -128,10 +149,10 @@ commas() {
 	echo "$n$out"
 }
 
-WL=" ${BENCH_WORKLOADS:-W1 W1S W2 W3 W1H} "
+WL=" ${BENCH_WORKLOADS:-W1 W1S W1R W1E W2 W3 W1H} "
 if [[ $MODE == full ]]; then
 	for w in $WL; do
-		[[ $w == W1 || $w == W1S || $w == W2 || $w == W3 || $w == W1H ]] || die "BENCH_WORKLOADS: unknown workload $w (W1 W1S W2 W3 W1H)"
+		[[ " W1 W1S W1R W1E W2 W3 W1H " == *" $w "* ]] || die "BENCH_WORKLOADS: unknown workload $w (W1 W1S W1R W1E W2 W3 W1H)"
 	done
 fi
 
@@ -310,6 +331,15 @@ if [[ -f /etc/postfix/main.cf ]] && postfix status >/dev/null 2>&1; then
 	log "note: the system Postfix is running; it is not used nor touched"
 fi
 
+# DKIM_LEGS: W1R or W1E will run, so keys are needed (openssl makes them).
+DKIM_LEGS=0
+[[ $MODE == full && " $MTAS " == *" mtad "* && ($WL == *" W1R "* || $WL == *" W1E "*) ]] && DKIM_LEGS=1
+if ((DKIM_LEGS)) && ! command -v openssl >/dev/null; then
+	log "installing openssl with apt (W1R/W1E make their DKIM keys with it)"
+	{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null; } ||
+		die "apt-get install openssl failed"
+fi
+
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 WORK=$(mktemp -d /tmp/mtad-bench.XXXXXX) || die "mktemp failed"
@@ -320,6 +350,19 @@ mkdir -p "$WORK/bin" "$WORK/legs" "$OUT"
 log "building bench helpers"
 (cd "$ROOT" && go build -o "$WORK/bin/" ./bench/cmd/...) || die "go build ./bench/cmd/... failed"
 B=$WORK/bin
+
+# DKIM keys of W1R and W1E, made for this run only: PEM PKCS#8, mode 0600
+# (mtad refuses a key file readable by group or others).
+DKIM_DOMAIN=src.bench # the domain of smtp-source's From: <bench@src.bench>
+if ((DKIM_LEGS)); then
+	mkdir -p "$WORK/dkim"
+	(umask 077 &&
+		openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/dkim/rsa.pem" 2>"$WORK/dkim/rsa.err" &&
+		openssl genpkey -algorithm ed25519 -out "$WORK/dkim/ed25519.pem" 2>"$WORK/dkim/ed25519.err") ||
+		die "openssl genpkey failed: $(cat "$WORK"/dkim/*.err)"
+	chmod 600 "$WORK/dkim/rsa.pem" "$WORK/dkim/ed25519.pem"
+	log "DKIM keys for $DKIM_DOMAIN: RSA-2048 and Ed25519 ($(openssl version | cut -d' ' -f1-2))"
+fi
 
 "$B/benchdns" -domains "$NDOMAINS" >"$WORK/dns.port" 2>"$WORK/dns.err" &
 DNS_PID=$!
@@ -599,11 +642,12 @@ EOF
 	done
 }
 
-# start_mtad DIR SINK_PORT [SHAPING]: bin/mtad with its own spool in DIR;
-# SHAPING "w1s" writes W1S's shaping section instead of the plain one. Sets
-# MTA_PORT, MTA_PID, MTA_LOGS.
+# start_mtad DIR SINK_PORT [SHAPING] [DKIM]: bin/mtad with its own spool in
+# DIR; SHAPING "w1s" writes W1S's shaping section instead of the plain one;
+# DKIM "rsa" or "ed25519" adds a dkim: entry signing $DKIM_DOMAIN's mail
+# with that key. Sets MTA_PORT, MTA_PID, MTA_LOGS.
 start_mtad() {
-	local d=$1 sink=$2 shaping=${3:-} ports inj adm
+	local d=$1 sink=$2 shaping=${3:-} dkim=${4:-} ports inj adm
 	if [[ ! -x $MTAD ]]; then
 		MTA_ERR="$MTAD not built (make build)"
 		return 1
@@ -643,6 +687,14 @@ shaping:
   domains:
     - match: "*"
       max_connections: $PER_DOMAIN_CONNS
+EOF
+	fi
+	if [[ -n $dkim ]]; then
+		cat >>"$d/mtad.yaml" <<EOF
+dkim:
+  - domain: $DKIM_DOMAIN
+    selector: bench-$dkim
+    key_file: $WORK/dkim/$dkim.pem
 EOF
 	fi
 	"$MTAD" --config "$d/mtad.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
@@ -725,7 +777,7 @@ run_leg() {
 		case $mta in
 		ceiling) MTA_PORT=$sinkport ;;
 		postfix) start_postfix "$d/postfix" "$d/transport" || status=failed reason=$MTA_ERR ;;
-		mtad) start_mtad "$d/mtad" "$sinkport" "$LEG_SHAPING" || status=failed reason=$MTA_ERR ;;
+		mtad) start_mtad "$d/mtad" "$sinkport" "$LEG_SHAPING" "$LEG_DKIM" || status=failed reason=$MTA_ERR ;;
 		esac
 	fi
 
@@ -765,6 +817,9 @@ run_leg() {
 	esac
 	stop_pid "$sink_pid" TERM 10 benchsink
 
+	if [[ $status == ok && $mta == mtad && -n $LEG_DKIM ]]; then
+		check_signed "$d/mtad/mtad.log" "$n" "$LEG_DKIM" "$leg" || status=failed reason=$SIGNED_WHY
+	fi
 	if [[ $status != ok && $mta == mtad && -d $d/mtad ]]; then
 		log "   mtad's last words:"
 		tail -n 5 "$d/mtad/stderr.log" "$d/mtad/mtad.log" 2>/dev/null | sed 's/^/     /' >&2
@@ -779,8 +834,31 @@ run_leg() {
 	} >>"$leg"
 }
 
-# LEG_SHAPING is start_mtad's SHAPING for the legs being run ("" but for W1S).
+# check_signed LOG N KEY LEGFILE: after a signing leg, count the received
+# records of mtad's LOG that name the signature by KEY ("rsa" or "ed25519");
+# fewer than N (a message went unsigned, or the key was not used) fails the
+# leg, so a W1R or W1E figure is never that of unsigned mail. Appends
+# dkim_algo= and dkim_signed= to LEGFILE; sets SIGNED_WHY.
+check_signed() {
+	local log=$1 n=$2 key=$3 legf=$4 algo signed unsigned
+	algo=rsa-sha256
+	[[ $key == ed25519 ]] && algo=ed25519-sha256
+	signed=$(grep -c -F "\"dkim\":[\"d=$DKIM_DOMAIN s=bench-$key a=$algo\"]" "$log" 2>/dev/null)
+	signed=${signed:-0}
+	{
+		echo "dkim_algo=$algo"
+		echo "dkim_signed=$signed"
+	} >>"$legf"
+	((signed >= n)) && return 0
+	unsigned=$(grep -o -m1 '"dkim":"unsigned: [^"]*"' "$log" 2>/dev/null)
+	SIGNED_WHY="$signed of $n received records name the $algo signature${unsigned:+ (first unsigned: $unsigned)}"
+	return 1
+}
+
+# LEG_SHAPING and LEG_DKIM are start_mtad's SHAPING and DKIM for the legs
+# being run ("" but for W1S, and for W1R and W1E).
 LEG_SHAPING=
+LEG_DKIM=
 
 # run_workload NAME DESC N SIZE RATE DOMAIN...: RATE empty for unpaced.
 run_workload() {
@@ -790,18 +868,18 @@ run_workload() {
 	done
 }
 
-# run_w1s: W1 on mtad with W1S's shaping, right after W1 so that the two
-# mtad legs are as close in time as the run allows. Only mtad shapes: the
-# ceiling and Postfix legs of W1 are the same with or without it.
-run_w1s() {
+# run_variant NAME DESC N SHAPING DKIM: W1 on mtad with start_mtad's SHAPING
+# and DKIM, right after W1 so that the mtad legs are as close in time as the
+# run allows. Only mtad runs them: the ceiling and Postfix legs of W1 are the
+# same with or without shaping, and Postfix does not sign.
+run_variant() {
 	[[ " $MTAS " == *" mtad "* ]] || {
-		log "W1S skipped: it runs mtad only, and BENCH_MTAS has no mtad"
+		log "$1 skipped: it runs mtad only, and BENCH_MTAS has no mtad"
 		return
 	}
-	LEG_SHAPING=w1s
-	run_leg W1S "$(commas "$W1S_N") × 5 KB → 100 domains, W1 with 100 shaped domains (rates far above the load)" \
-		mtad "$W1S_N" 5120 "$RATE" "${DOMS[@]}"
-	LEG_SHAPING=
+	LEG_SHAPING=$4 LEG_DKIM=$5
+	run_leg "$1" "$(commas "$3") × 5 KB → 100 domains, $2" mtad "$3" 5120 "$RATE" "${DOMS[@]}"
+	LEG_SHAPING= LEG_DKIM=
 }
 
 # ---------------------------------------------------------------- run
@@ -818,6 +896,7 @@ for ((i = 0; i < NDOMAINS; i++)); do DOMS+=("d$i.bench"); done
 	[[ $MODE == full && $WL == *" W1H "* ]] && pacing="W1H paced at $HALF_RATE msgs/s in all (BENCH_HALF_RATE), other workloads $pacing"
 	echo "- injection: smtp-source, $CONC sessions, one message per connection, 1 recipient each; $pacing"
 	echo "- outbound caps: $CONNS connections in all, $PER_DOMAIN_CONNS per domain (mtad delivery.max_connections / shaping.domains[*].max_connections; Postfix smtp maxproc / destination concurrency); mtad's delivery.reserve $RESERVE (the shipped 50 of 1,000, in proportion), so its default policy opens at most $((CONNS - RESERVE))"
+	((DKIM_LEGS)) && echo "- DKIM (W1R, W1E): one dkim: entry for $DKIM_DOMAIN (the From domain of every injected message), RSA-2048 or Ed25519 key made at the start of the run by $(openssl version | cut -d' ' -f1-2), mtad's default h= list and relaxed/relaxed; a leg fails unless each message's received record names its signature"
 } >"$WORK/meta.md"
 
 case $MODE in
@@ -825,8 +904,10 @@ quick)
 	run_workload W1 "5,000 × 5 KB → 100 domains" 5000 5120 "$RATE" "${DOMS[@]}"
 	;;
 full)
-	[[ $WL == *" W1 "* ]] && run_workload W1 "50,000 × 5 KB → 100 domains" 50000 5120 "$RATE" "${DOMS[@]}"
-	[[ $WL == *" W1S "* ]] && run_w1s
+	[[ $WL == *" W1 "* ]] && run_workload W1 "$(commas "$W1_N") × 5 KB → 100 domains" "$W1_N" 5120 "$RATE" "${DOMS[@]}"
+	[[ $WL == *" W1S "* ]] && run_variant W1S "W1 with 100 shaped domains (rates far above the load)" "$W1S_N" w1s ""
+	[[ $WL == *" W1R "* ]] && run_variant W1R "W1 DKIM-signed with RSA-2048 (d=$DKIM_DOMAIN)" "$W1R_N" "" rsa
+	[[ $WL == *" W1E "* ]] && run_variant W1E "W1 DKIM-signed with Ed25519 (d=$DKIM_DOMAIN)" "$W1E_N" "" ed25519
 	[[ $WL == *" W2 "* ]] && run_workload W2 "20,000 × 100 KB → 100 domains" 20000 102400 "$RATE" "${DOMS[@]}"
 	[[ $WL == *" W3 "* ]] && run_workload W3 "50,000 × 5 KB → 1 domain (hot.bench)" 50000 5120 "$RATE" hot.bench
 	[[ $WL == *" W1H "* ]] && run_workload W1H "20,000 × 5 KB → 100 domains, W1 at half rate" 20000 5120 "$HALF_RATE" "${DOMS[@]}"

@@ -2,11 +2,14 @@
 // table: for each workload and MTA (ceiling, postfix, mtad) the injection
 // rate, delivered rate, reception→delivery latency p50/p99, peak memory and
 // CPU seconds per 1,000 messages, then mtad's ratios to Postfix and to the
-// ceiling. A leg whose injection was paced (rate=, msgs/s offered) shows its
-// offered rate next to the workload's name, in the list of workloads and in
-// the notes, so a latency is never read without the load it was measured at. It reads the *.leg files run.sh writes (key=value lines naming the
-// sink's stats, benchmon's result and the daemon's log), prints the table as
-// Markdown and, with -md, writes it with the run's description to a file.
+// ceiling, and what each mtad-only variant of a workload (W1S shaped, W1R
+// and W1E DKIM-signed) costs against it. A leg whose injection was paced
+// (rate=, msgs/s offered) shows its offered rate next to the workload's
+// name, in the list of workloads and in the notes, so a latency is never
+// read without the load it was measured at. It reads the *.leg files run.sh
+// writes (key=value lines naming the sink's stats, benchmon's result and the
+// daemon's log), prints the table as Markdown and, with -md, writes it with
+// the run's description to a file.
 //
 // It only reads what the run left behind; it must never start or signal
 // anything.
@@ -191,6 +194,9 @@ func compute(l leg) row {
 			r.delRate = float64(st.Count) / (float64(st.LastNs-start) / 1e9)
 		}
 	}
+	if algo := l["dkim_algo"]; algo != "" {
+		r.notes = append(r.notes, fmt.Sprintf("DKIM: %d of %d received records name the a=%s signature", l.int("dkim_signed"), r.n, algo))
+	}
 	if r.delivered > r.n {
 		r.notes = append(r.notes, fmt.Sprintf("%d duplicate deliveries", r.delivered-r.n))
 	}
@@ -331,9 +337,9 @@ func render(rows []row) string {
 	}
 	b.WriteString("\n")
 	b.WriteString(ratios(rows))
-	if sc := shapingCost(rows); sc != "" {
+	if vc := variantCost(rows); vc != "" {
 		b.WriteString("\n")
-		b.WriteString(sc)
+		b.WriteString(vc)
 	}
 	b.WriteString("\nWorkloads:\n\n")
 	seen := map[string]bool{}
@@ -413,58 +419,125 @@ func ratios(rows []row) string {
 	return b.String()
 }
 
-// shapingCost compares each shaped workload's mtad leg (a name ending in
-// S, such as W1S) with the unshaped workload's (W1): the same injection,
-// run with a shaping config whose limits are never reached, so the
-// difference is what the shaping bookkeeping costs. Empty when no pair of
-// successful legs is there. The difference is shaped against unshaped:
-// negative delivered/s and positive CPU are the cost.
-func shapingCost(rows []row) string {
+// variants are the mtad-only workloads that repeat another one (their name
+// less the last letter: W1S, W1R and W1E repeat W1) with one thing changed,
+// so that the difference between the two mtad legs is what that thing costs.
+var variants = map[byte]string{
+	'S': "shaping config whose limits are never reached",
+	'R': "DKIM-signed, RSA-2048",
+	'E': "DKIM-signed, Ed25519",
+}
+
+// variantOf returns the workload a variant repeats and what it changes, or
+// ok false when w is no variant.
+func variantOf(w string) (base, what string, ok bool) {
+	if len(w) < 2 {
+		return "", "", false
+	}
+	what, ok = variants[w[len(w)-1]]
+	return w[:len(w)-1], what, ok
+}
+
+// variantCost compares each variant's mtad leg (W1S, W1R, W1E) with its base
+// workload's (W1): one row for the base's figures, then one per variant with
+// its figures and their change from the base, then for each the CPU per
+// message the change adds (CPU s/1k msgs is ms per message). Empty when no
+// variant has its base's mtad leg in the run. The legs run one after the
+// other, so the machine's drift between them is in the figures too.
+func variantCost(rows []row) string {
 	mtad := map[string]row{}
-	var shaped []string
+	var order []string
 	for _, r := range rows {
-		if r.mta != "mtad" || !r.ok {
+		if r.mta != "mtad" {
 			continue
 		}
-		if _, seen := mtad[r.workload]; !seen && len(r.workload) > 1 && strings.HasSuffix(r.workload, "S") {
-			shaped = append(shaped, r.workload)
+		if _, seen := mtad[r.workload]; !seen {
+			order = append(order, r.workload)
 		}
 		mtad[r.workload] = r
 	}
-	var b strings.Builder
-	for _, w := range shaped {
-		base, ok := mtad[strings.TrimSuffix(w, "S")]
+	type pair struct {
+		base, v row
+		what    string
+	}
+	byBase := map[string][]pair{}
+	var bases []string
+	for _, w := range order {
+		bw, what, ok := variantOf(w)
 		if !ok {
 			continue
 		}
-		s := mtad[w]
-		if b.Len() == 0 {
-			b.WriteString("| shaping cost | unshaped | shaped | difference |\n")
-			b.WriteString("|---|---:|---:|---:|\n")
+		b, ok := mtad[bw]
+		if !ok {
+			continue
 		}
-		for _, f := range []struct {
-			name       string
-			base, shap float64
-			prec       int
-		}{
-			{"delivered/s", base.delRate, s.delRate, 0},
-			{"inj/s", base.injRate, s.injRate, 0},
-			{"CPU s/1k msgs", base.cpuPer1k, s.cpuPer1k, 3},
-			{"p99 ms", base.p99 * 1000, s.p99 * 1000, 1},
-		} {
-			fmt.Fprintf(&b, "| %s vs %s: %s | %s | %s | %s |\n", w, base.workload, f.name,
-				num(f.base, f.prec), num(f.shap, f.prec), pctDiff(f.shap, f.base))
+		if len(byBase[bw]) == 0 {
+			bases = append(bases, bw)
 		}
+		byBase[bw] = append(byBase[bw], pair{b, mtad[w], what})
+	}
+	if len(bases) == 0 {
+		return ""
+	}
+	// cell is a variant's figure and its change from the base's.
+	cell := func(v, base float64, prec int) string {
+		if math.IsNaN(v) {
+			return "–"
+		}
+		if d := pctDiff(v, base); d != "–" {
+			return num(v, prec) + " (" + d + ")"
+		}
+		return num(v, prec)
+	}
+	var b, added strings.Builder
+	b.WriteString("| variant cost (mtad) | against | delivered/s | inj/s | CPU s/1k msgs | p99 ms |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|\n")
+	for _, bw := range bases {
+		base := byBase[bw][0].base
+		if !base.ok {
+			fmt.Fprintf(&b, "| %s | – | failed | – | – | – |\n", bw)
+		} else {
+			fmt.Fprintf(&b, "| %s | – | %s | %s | %s | %s |\n", bw,
+				num(base.delRate, 0), num(base.injRate, 0), num(base.cpuPer1k, 3), ms(base.p99))
+		}
+		for _, p := range byBase[bw] {
+			name := p.v.workload + ": " + p.what
+			switch {
+			case !p.v.ok:
+				fmt.Fprintf(&b, "| %s | %s | failed | – | – | – |\n", name, bw)
+				continue
+			case !base.ok:
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", name, bw,
+					num(p.v.delRate, 0), num(p.v.injRate, 0), num(p.v.cpuPer1k, 3), ms(p.v.p99))
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", name, bw,
+				cell(p.v.delRate, base.delRate, 0), cell(p.v.injRate, base.injRate, 0),
+				cell(p.v.cpuPer1k, base.cpuPer1k, 3), cell(p.v.p99*1000, base.p99*1000, 1))
+			if d := p.v.cpuPer1k - base.cpuPer1k; !math.IsNaN(d) {
+				fmt.Fprintf(&added, "- %s (%s) against %s: CPU per message added: %s ms (%s → %s ms)\n",
+					p.v.workload, p.what, bw, strconv.FormatFloat(d, 'f', 3, 64), num(base.cpuPer1k, 3), num(p.v.cpuPer1k, 3))
+			}
+		}
+	}
+	if added.Len() > 0 {
+		b.WriteString("\n")
+		b.WriteString(added.String())
 	}
 	return b.String()
 }
 
-// pctDiff is (v − base)/base as a signed percentage with one decimal.
+// pctDiff is (v − base)/base as a signed percentage with one decimal
+// ("+5.0%", "-5.0%").
 func pctDiff(v, base float64) string {
 	if base == 0 || math.IsNaN(v) || math.IsNaN(base) || math.IsInf(v, 0) || math.IsInf(base, 0) {
 		return "–"
 	}
-	return strconv.FormatFloat((v-base)/base*100, 'f', 1, 64) + "%"
+	d := strconv.FormatFloat((v-base)/base*100, 'f', 1, 64)
+	if !strings.HasPrefix(d, "-") {
+		d = "+" + d
+	}
+	return d + "%"
 }
 
 const method = `
@@ -499,13 +572,21 @@ const method = `
   and A records through the benchmark's DNS server on loopback.
 - Both MTAs fsync every message before acknowledging it; both keep their
   queue on the same file system.
-- **shaping cost** (W1S against W1): the same injection into mtad alone,
-  with a shaping config of one entry per test domain (max_message_rate
-  100000/s, max_connections 50) and provider entries that match none of the
-  benchmark's MX hosts. No limit is ever reached, so the difference is what
-  resolving and applying shaping costs (a token taken per delivery, the
-  site's connection count, the suspension check). The difference column is
-  shaped against unshaped: a negative delivered/s or a positive CPU figure
-  is the cost. The two legs run one after the other, so the machine's drift
-  between them is in the figure too.
+- **variant cost**: W1 again into mtad alone with one thing changed, each
+  variant's figures with their change from W1's mtad leg (a negative
+  delivered/s or a positive CPU change is the cost), and the CPU per message
+  the change adds (CPU s/1k msgs is ms per message). The legs run one after
+  the other, so the machine's drift between them is in the figures too.
+  - W1S: a shaping config of one entry per test domain (max_message_rate
+    100000/s, max_connections 50) and provider entries that match none of
+    the benchmark's MX hosts. No limit is ever reached, so the difference is
+    what resolving and applying shaping costs (a token taken per delivery,
+    the site's connection count, the suspension check).
+  - W1R, W1E: every message DKIM-signed at injection for src.bench (the
+    From domain smtp-source writes) with an RSA-2048 or an Ed25519 key made
+    for the run by openssl: the signature itself, the body hash, and the
+    second spool write of the body that signing makes. The leg fails unless
+    every message's received record names the signature. They may hold
+    fewer messages than W1 (BENCH_W1R_N, BENCH_W1E_N); the figures compared
+    are per message or per second.
 `

@@ -235,37 +235,93 @@ func FuzzLogs(f *testing.F) {
 	})
 }
 
-// TestShapingCost: a W1S mtad leg is compared with W1's mtad leg, figure by
-// figure, with the difference in percent; without both legs (or with one
-// failed) there is no table.
-func TestShapingCost(t *testing.T) {
+// TestVariantCost: the mtad legs of W1S, W1R and W1E are each compared with
+// W1's, figure by figure with the change in percent, and each gets its CPU
+// per message added; a failed leg is said so; without a variant and its
+// base's mtad leg there is no table.
+func TestVariantCost(t *testing.T) {
 	t.Parallel()
 	nan := math.NaN()
 	w1 := row{workload: "W1", mta: "mtad", ok: true, delRate: 2000, injRate: 2000, cpuPer1k: 0.400, p99: 0.020}
 	w1s := row{workload: "W1S", mta: "mtad", ok: true, delRate: 1900, injRate: 2100, cpuPer1k: 0.420, p99: nan}
+	w1r := row{workload: "W1R", mta: "mtad", ok: true, delRate: 800, injRate: 800, cpuPer1k: 1.600, p99: 0.050}
+	w1e := row{workload: "W1E", mta: "mtad", ok: true, delRate: 1500, injRate: 1500, cpuPer1k: 0.600, p99: 0.025}
 	pf := row{workload: "W1", mta: "postfix", ok: true, delRate: 500, cpuPer1k: 3}
-	out := render([]row{pf, w1, w1s})
+	w1h := row{workload: "W1H", mta: "mtad", ok: true, delRate: 1000, cpuPer1k: 0.5}
+	out := render([]row{pf, w1, w1s, w1r, w1e, w1h})
 	for _, want := range []string{
-		"| shaping cost | unshaped | shaped | difference |",
-		"| W1S vs W1: delivered/s | 2000 | 1900 | -5.0% |",
-		"| W1S vs W1: inj/s | 2000 | 2100 | 5.0% |",
-		"| W1S vs W1: CPU s/1k msgs | 0.400 | 0.420 | 5.0% |",
-		"| W1S vs W1: p99 ms | 20.0 | – | – |",
+		"| variant cost (mtad) | against | delivered/s | inj/s | CPU s/1k msgs | p99 ms |\n",
+		"| W1 | – | 2000 | 2000 | 0.400 | 20.0 |\n",
+		"| W1S: shaping config whose limits are never reached | W1 | 1900 (-5.0%) | 2100 (+5.0%) | 0.420 (+5.0%) | – |\n",
+		"| W1R: DKIM-signed, RSA-2048 | W1 | 800 (-60.0%) | 800 (-60.0%) | 1.600 (+300.0%) | 50.0 (+150.0%) |\n",
+		"| W1E: DKIM-signed, Ed25519 | W1 | 1500 (-25.0%) | 1500 (-25.0%) | 0.600 (+50.0%) | 25.0 (+25.0%) |\n",
+		"- W1S (shaping config whose limits are never reached) against W1: CPU per message added: 0.020 ms (0.400 → 0.420 ms)\n",
+		"- W1R (DKIM-signed, RSA-2048) against W1: CPU per message added: 1.200 ms (0.400 → 1.600 ms)\n",
+		"- W1E (DKIM-signed, Ed25519) against W1: CPU per message added: 0.200 ms (0.400 → 0.600 ms)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
 	}
-	failed := w1s
+	// W1H repeats W1 at another rate: not a variant; Postfix has none.
+	if strings.Contains(out, "| W1H:") || strings.Contains(out, "W1H (") {
+		t.Errorf("W1H shown as a variant:\n%s", out)
+	}
+	// Rows come in run order, the base first.
+	vc := variantCost([]row{w1, w1e, w1r})
+	if i, j, k := strings.Index(vc, "| W1 |"), strings.Index(vc, "| W1E:"), strings.Index(vc, "| W1R:"); !(i >= 0 && i < j && j < k) {
+		t.Errorf("rows out of run order:\n%s", vc)
+	}
+
+	failed := w1r
 	failed.ok = false
-	for name, rows := range map[string][]row{
-		"no W1S":     {pf, w1},
-		"no W1 mtad": {pf, w1s},
-		"W1S failed": {w1, failed},
-		"W1 postfix": {pf, {workload: "W1S", mta: "postfix", ok: true}},
-	} {
-		if sc := shapingCost(rows); sc != "" {
-			t.Errorf("%s: shaping cost table %q, want none", name, sc)
+	vc = variantCost([]row{w1, failed, w1e})
+	for _, want := range []string{"| W1R: DKIM-signed, RSA-2048 | W1 | failed | – | – | – |\n", "- W1E (DKIM-signed, Ed25519) against W1: CPU per message added: 0.200 ms"} {
+		if !strings.Contains(vc, want) {
+			t.Errorf("failed W1R: table lacks %q:\n%s", want, vc)
 		}
+	}
+	if strings.Contains(vc, "W1R (") {
+		t.Errorf("failed W1R has a CPU line:\n%s", vc)
+	}
+	baseFailed := w1
+	baseFailed.ok = false
+	vc = variantCost([]row{baseFailed, w1r})
+	if want := "| W1 | – | failed | – | – | – |\n| W1R: DKIM-signed, RSA-2048 | W1 | 800 | 800 | 1.600 | 50.0 |\n"; !strings.Contains(vc, want) || strings.Contains(vc, "added") {
+		t.Errorf("failed W1: table %q, want %q and no CPU line", vc, want)
+	}
+
+	for name, rows := range map[string][]row{
+		"no variant":  {pf, w1, w1h},
+		"no W1 mtad":  {pf, w1s, w1r, w1e},
+		"postfix W1R": {pf, {workload: "W1R", mta: "postfix", ok: true}},
+	} {
+		if vc := variantCost(rows); vc != "" {
+			t.Errorf("%s: variant cost table %q, want none", name, vc)
+		}
+	}
+}
+
+func TestVariantOf(t *testing.T) {
+	t.Parallel()
+	for w, want := range map[string]string{"W1S": "W1", "W1R": "W1", "W1E": "W1", "W2S": "W2", "W1": "", "W1H": "", "R": "", "": ""} {
+		base, what, ok := variantOf(w)
+		if ok != (want != "") || base != want && ok || ok && what == "" {
+			t.Errorf("variantOf(%q) = %q, %q, %v; want base %q", w, base, what, ok, want)
+		}
+	}
+}
+
+// TestDKIMNote: a signing leg's count of signed messages is in the notes.
+func TestDKIMNote(t *testing.T) {
+	t.Parallel()
+	r := compute(leg{"workload": "W1R", "mta": "mtad", "n": "5000", "status": "ok", "sink_stats": "none",
+		"dkim_algo": "rsa-sha256", "dkim_signed": "4999"})
+	want := "DKIM: 4999 of 5000 received records name the a=rsa-sha256 signature"
+	if !strings.Contains(strings.Join(r.notes, "\n"), want) {
+		t.Errorf("notes %q lack %q", r.notes, want)
+	}
+	if r := compute(leg{"workload": "W1", "mta": "mtad", "n": "1", "status": "ok", "sink_stats": "none"}); strings.Contains(strings.Join(r.notes, "\n"), "DKIM") {
+		t.Errorf("unsigned leg notes %q mention DKIM", r.notes)
 	}
 }
