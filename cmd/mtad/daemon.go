@@ -467,11 +467,19 @@ func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Sc
 	od.BounceClassesFile, nd.BounceClassesFile = "", "" // applied below
 	// Applied below too: the shaping of every pair (the delivery.* timings
 	// are its defaults), and the response rules.
-	od.RetryInterval, od.MaxRetryInterval, od.MaxAge, od.IdleTimeout = 0, 0, 0, 0
-	nd.RetryInterval, nd.MaxRetryInterval, nd.MaxAge, nd.IdleTimeout = 0, 0, 0, 0
+	od.RetryInterval, od.MaxRetryInterval, od.MaxAge, od.IdleTimeout, od.TLS = 0, 0, 0, 0, ""
+	nd.RetryInterval, nd.MaxRetryInterval, nd.MaxAge, nd.IdleTimeout, nd.TLS = 0, 0, 0, 0, ""
 	if fmt.Sprint(old.DNS, old.Routes, od, old.Hooks, old.Log, old.Admin, old.Hostname) !=
 		fmt.Sprint(next.DNS, next.Routes, nd, next.Hooks, next.Log, next.Admin, next.Hostname) {
 		restart = append(restart, "dns/routes/delivery/hooks/log/admin/hostname")
+	}
+	// The TLS engine (tls.ca_file's roots, the MTA-STS cache, DANE) is
+	// built once at start; tls.mta_sts and tls.dane as defaults of the
+	// shaping are applied with it.
+	ot, nt := old.TLS, next.TLS
+	ot.MTASTS, ot.DANE, nt.MTASTS, nt.DANE = false, false, false, false
+	if ot != nt {
+		restart = append(restart, "tls")
 	}
 	sort.Strings(restart)
 	cur.Store(next)

@@ -504,11 +504,14 @@ func checkText(s string) error {
 // readBody reads a JSON request body of at most maxBody bytes, answering
 // 415 for another content type and 413 for a longer body.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: the body must be application/json", ct))
-			return nil, false
-		}
+	// Content-Type is required: a browser sends a cross-site POST without
+	// a preflight only with no type or a form's, never with JSON's, so a
+	// web page cannot make the (loopback, unauthenticated) API suspend
+	// anything.
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: the body must be application/json", ct))
+		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	var tooBig *http.MaxBytesError

@@ -268,7 +268,7 @@ func TestSuspensionsEndpoint(t *testing.T) {
 	}
 
 	// A shorter suspension of the same scope keeps the longer one: 200.
-	resp, v = call(t, http.MethodPost, url, "", `{"scope":"domain","name":"pa.test","duration":"1h","reason":"again"}`)
+	resp, v = call(t, http.MethodPost, url, "application/json", `{"scope":"domain","name":"pa.test","duration":"1h","reason":"again"}`)
 	if resp.StatusCode != 200 || v["id"] != id {
 		t.Errorf("shorter suspension: %d %v, want 200 and %s kept", resp.StatusCode, v, id)
 	}
@@ -321,12 +321,16 @@ func TestSuspensionsEndpoint(t *testing.T) {
 	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "DELETE" {
 		t.Errorf("GET one: %d Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
 	}
-	resp, v = call(t, http.MethodPost, url, "text/plain", `{}`)
-	if resp.StatusCode != 415 || !strings.Contains(errText(v), "application/json") {
-		t.Errorf("text/plain: %d %v", resp.StatusCode, v)
+	for _, ct := range []string{"text/plain", ""} {
+		// No Content-Type is refused too: a browser's cross-site POST
+		// without a preflight can send none, never JSON's.
+		resp, v = call(t, http.MethodPost, url, ct, `{"scope":"domain","name":"x.test","duration":"1h","reason":"r"}`)
+		if resp.StatusCode != 415 || !strings.Contains(errText(v), "application/json") {
+			t.Errorf("Content-Type %q: %d %v", ct, resp.StatusCode, v)
+		}
 	}
 	big := `{"scope":"domain","name":"a.test","duration":"1h","reason":"` + strings.Repeat("x", maxBody) + `"}`
-	resp, v = call(t, http.MethodPost, url, "", big)
+	resp, v = call(t, http.MethodPost, url, "application/json", big)
 	if resp.StatusCode != 413 || !strings.HasPrefix(errText(v), "body: longer than") {
 		t.Errorf("big body: %d %v", resp.StatusCode, v)
 	}
@@ -370,7 +374,7 @@ func TestSuspendRefusals(t *testing.T) {
 		{`{"scope":"domain","name":"a.test","duration":"1h","reason":"` + strings.Repeat("r", maxText+1) + `"}`, "reason: longer than"},
 		{`{"scope":"domain","name":"a.test","duration":"1h","reason":"r","by":"\ud800"}`, ""}, // JSON turns a lone surrogate into U+FFFD: accepted
 	} {
-		resp, v := call(t, http.MethodPost, base+"/api/v1/suspensions", "", c.body)
+		resp, v := call(t, http.MethodPost, base+"/api/v1/suspensions", "application/json", c.body)
 		if c.err == "" {
 			if resp.StatusCode != 201 {
 				t.Errorf("POST %.80s: %d %v, want 201", c.body, resp.StatusCode, v)

@@ -50,7 +50,8 @@ func (c *Config) MTASTSDir() string {
 
 // Roots returns the system roots plus tls.ca_file's. The error names the
 // key; Validate has already read the file once, this reads it again for
-// use (a SIGHUP picks up a changed file the same way).
+// use. The daemon builds its TLS engine with them at start: a changed file
+// takes a restart (a SIGHUP says so).
 func (c *Config) Roots() (*x509.CertPool, error) {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {

@@ -16,6 +16,8 @@ func TestTLSSection(t *testing.T) {
 		t.Errorf("default cache dir %q, want %q", got, want)
 	}
 	p := writeFile(t, "mtad.yaml", `
+dns:
+  servers: [127.0.0.1:53]
 delivery:
   tls: verified
 tls:
@@ -76,5 +78,26 @@ func TestTLSValidationNamesKey(t *testing.T) {
 	pool, err := c.Roots()
 	if err != nil || pool == nil {
 		t.Fatalf("Roots: %v", err)
+	}
+}
+
+// TestDANENeedsServers: DANE on, globally or in any scope, without
+// dns.servers is refused naming the key: it trusts a validating resolver's
+// AD bit, and the system's is not known to validate.
+func TestDANENeedsServers(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ yaml, key string }{
+		{"tls:\n  dane: true\n", "tls.dane"},
+		{"shaping:\n  domains:\n    - match: a.test\n      dane: true\n", "shaping.domains[0].dane"},
+		{"shaping:\n  providers:\n    - name: p\n      match_mx: [.p.test]\n      bindings:\n        - group: default\n          dane: true\n",
+			"shaping.providers[0].bindings[0].dane"},
+	} {
+		_, err := Load(writeFile(t, "mtad.yaml", tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.key+": true needs dns.servers") {
+			t.Errorf("%q: %v, want an error naming %s", tc.yaml, err, tc.key)
+		}
+		if _, err := Load(writeFile(t, "mtad.yaml", "dns:\n  servers: [127.0.0.1:53]\n"+tc.yaml)); err != nil {
+			t.Errorf("with dns.servers, %q: %v", tc.yaml, err)
+		}
 	}
 }

@@ -79,6 +79,7 @@ func (c *Config) Validate() error {
 
 	c.validateDelivery(v)
 	c.validateShaping(v)
+	c.validateDANE(v)
 	c.validateTLS(v)
 	c.validateResponseRules(v)
 	c.validateDKIM(v)
@@ -361,4 +362,40 @@ func validDomain(s string) bool {
 		}
 	}
 	return true
+}
+
+// validateDANE refuses DANE without dns.servers: DANE trusts the AD bit of
+// a DNSSEC-validating resolver, and the servers of /etc/resolv.conf are
+// not known to validate (without them every TLSA lookup would fail and the
+// mail in DANE scopes would be deferred until it expires).
+func (c *Config) validateDANE(v *validator) {
+	if len(c.DNS.Servers) > 0 {
+		return
+	}
+	need := func(key string) {
+		v.bad(key, "true needs dns.servers: DANE trusts the AD bit of a DNSSEC-validating resolver, which must be named")
+	}
+	if c.TLS.DANE {
+		need("tls.dane")
+	}
+	check := func(key string, sv *ShapingValues, ns []BindingShaping) {
+		if sv.DANE != nil && *sv.DANE {
+			need(key + ".dane")
+		}
+		for i := range ns {
+			if d := ns[i].DANE; d != nil && *d {
+				need(fmt.Sprintf("%s.bindings[%d].dane", key, i))
+			}
+		}
+	}
+	check("shaping.default", &c.Shaping.Default, nil)
+	for i := range c.Shaping.Providers {
+		check(fmt.Sprintf("shaping.providers[%d]", i), &c.Shaping.Providers[i].ShapingValues, c.Shaping.Providers[i].Bindings)
+	}
+	for i := range c.Shaping.Sites {
+		check(fmt.Sprintf("shaping.sites[%d]", i), &c.Shaping.Sites[i].ShapingValues, c.Shaping.Sites[i].Bindings)
+	}
+	for i := range c.Shaping.Domains {
+		check(fmt.Sprintf("shaping.domains[%d]", i), &c.Shaping.Domains[i].ShapingValues, c.Shaping.Domains[i].Bindings)
+	}
 }

@@ -117,25 +117,26 @@ func (s *session) serve(c *smtpclient.Client) {
 	}
 }
 
-// admitRetries bounds the waits for a message token in a row: a clock
-// that does not move (a test's) must not keep a session waiting forever.
-const admitRetries = 3
-
 // admit waits for a token of the pair's message budgets (Grantor.Admit)
-// while the wait is within the idle timeout; false means end the session
-// (the wait is longer, or the pool is closing).
+// for as long as its idle timeout, in real time: a session that loses the
+// race for a token to another session of its site waits for the next one
+// rather than hanging up (receivers count connection churn against a
+// sender), and a clock that does not move (a test's) cannot keep it
+// waiting longer. false means end the session (no token within the idle
+// timeout, or the pool is closing).
 func (s *session) admit() bool {
 	p := s.pool
 	idle := s.policy.IdleTimeout
 	if idle <= 0 {
 		idle = p.opts.IdleTimeout
 	}
-	for range admitRetries {
+	start := time.Now()
+	for {
 		wait := p.grant.Admit(s.pair)
 		if wait <= 0 {
 			return true
 		}
-		if wait > idle {
+		if time.Since(start)+wait > idle {
 			return false
 		}
 		t := time.NewTimer(wait)
@@ -146,7 +147,6 @@ func (s *session) admit() bool {
 			return false
 		}
 	}
-	return false
 }
 
 // deliver runs one transaction for d and reports it; false means the
@@ -413,6 +413,12 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 	set := s.policy.TLS
 	if p.opts.DisableTLS {
 		set.Mode = tlspolicy.Disabled
+	}
+	if r, ok := p.opts.Resolver.(interface{ Routed(string) bool }); ok && r.Routed(dr.Name) {
+		// A static route is the operator's explicit choice of host: the
+		// domain's MTA-STS policy lists its MX hosts, not the route, and
+		// would refuse it. The route gets the pair's TLS mode alone.
+		set.MTASTS, set.DANE = false, false
 	}
 	// The domain's TLS plan (its MTA-STS policy, when on) is made before
 	// any MX host is tried: an enforced policy decides which may be.

@@ -301,6 +301,18 @@ func (r *Resolver) cached(ctx context.Context, d string) result {
 	return r.resolve(ctx, d)
 }
 
+// Routed reports whether domain's mail goes to a static route (a
+// smarthost the operator chose) rather than to its MX hosts: the domain's
+// MTA-STS policy, which names MX hosts, does not apply to it.
+func (r *Resolver) Routed(domain string) bool {
+	d, err := Canonical(domain)
+	if err != nil {
+		return false
+	}
+	_, ok := r.routes[d]
+	return ok
+}
+
 // resolve finds d's mail exchangers, asking the DNS.
 func (r *Resolver) resolve(ctx context.Context, d string) result {
 	if rt, ok := r.routes[d]; ok {

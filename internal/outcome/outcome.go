@@ -43,6 +43,11 @@ type Error struct {
 	Message   string
 	Temporary bool
 	Err       error
+	// Local marks a failure mtad decided itself although it carries a
+	// reply code (the client's own 553 for a receiver without SMTPUTF8):
+	// response rules and bounce classes, written for what receivers say,
+	// treat it as mtad's.
+	Local bool
 }
 
 func (e *Error) Error() string {

@@ -179,6 +179,9 @@ func match3(pat, v [3]int) bool {
 // local reports whether e was decided by mtad rather than said by a
 // receiver.
 func local(e *outcome.Error) bool {
+	if e.Local {
+		return true
+	}
 	switch e.Phase {
 	case outcome.PhaseDNS, outcome.PhaseConnect, outcome.PhaseQueue:
 		return true

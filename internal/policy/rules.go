@@ -317,7 +317,10 @@ func (r *Rules) Match(reply Reply, where Where, now time.Time) (a Action, fired 
 		MaxMessageRate: cr.rate, MaxConnections: cr.conns, Rebind: cr.rebind, Reply: reply}
 	a.ScopeKind, a.ScopeName, a.Binding = cr.scopeOf(where)
 	if cr.n > 1 && !r.count(counterKey{idx, a.ScopeKind, a.ScopeName, a.Binding}, cr, now) {
-		return Action{}, false, cr.name
+		// Not fired yet: the action says what the rule would do (the
+		// caller still retries, rather than bounces, a reply a
+		// non-bounce rule is counting), but it must not be put in force.
+		return a, false, cr.name
 	}
 	return a, true, cr.name
 }

@@ -48,6 +48,14 @@ type Shaping struct {
 	ConsecutiveConnectionFailuresBeforeDelay int
 	// MXRollup says whether the domain shares its site's budgets.
 	MXRollup bool
+	// The site's own budgets from one binding, shared by every domain
+	// rolled up on it: the values of default, provider and site scopes
+	// (and their binding narrowings) without the domain entries. They
+	// equal the fields above unless a domain entry set one, which is then
+	// a budget of the domain alone, within the site's.
+	SiteMaxConnections    int
+	SiteMaxMessageRate    Rate
+	SiteMaxConnectionRate Rate
 	// TLS is the pair's TLS policy (config.TLSModes); MTASTS and DANE
 	// say whether those checks apply to it (internal/tlspolicy).
 	TLS          string
@@ -151,8 +159,9 @@ func (l *layer) apply(dst *Shaping) {
 // scope is a compiled config scope: its own layer and, by binding name, the
 // layers of its narrowings that apply to that binding, in order.
 type scope struct {
-	base   *layer
-	narrow map[string][]*layer
+	base     *layer
+	narrow   map[string][]*layer
+	isDomain bool // a shaping.domains entry
 }
 
 type provider struct {
@@ -172,6 +181,7 @@ type Shaper struct {
 	exact     map[string]*scope // domain entries by domain
 	suffix    map[string]*scope // "*.suffix" entries by suffix
 	star      *scope            // the "*" entry
+	maxAgeSet bool              // some scope sets max_age (MaxAge's fast path)
 }
 
 // NewShaper compiles cfg.Shaping, with cfg.Delivery's timings as the
@@ -226,6 +236,7 @@ func NewShaper(cfg *config.Config) (*Shaper, error) {
 		dm := &sh.Domains[i]
 		m := config.NormalizeHost(dm.Match)
 		sc := b.scope(fmt.Sprintf("shaping.domains[%d]", i), "domain "+m, &dm.ShapingValues, dm.MXRollup, dm.Bindings)
+		sc.isDomain = true
 		switch {
 		case m == "*":
 			s.star = &sc
@@ -238,7 +249,18 @@ func NewShaper(cfg *config.Config) (*Shaper, error) {
 	if len(b.errs) > 0 {
 		return nil, fmt.Errorf("shaping: %s", strings.Join(b.errs, "; "))
 	}
+	s.maxAgeSet = b.maxAgeSet
 	return s, nil
+}
+
+// MaxAge is Resolve(domain, nil, binding).MaxAge without the cost of a
+// whole resolution when no scope sets max_age (the injection path asks it
+// for every message).
+func (s *Shaper) MaxAge(domain, binding string) time.Duration {
+	if !s.maxAgeSet {
+		return s.builtin.v.MaxAge
+	}
+	return s.Resolve(domain, nil, binding).MaxAge
 }
 
 // groupMembers maps each binding group to its bindings' names, with the
@@ -265,8 +287,9 @@ func groupMembers(cfg *config.Config) map[string][]string {
 }
 
 type shaperBuilder struct {
-	groups map[string][]string
-	errs   []string
+	groups    map[string][]string
+	errs      []string
+	maxAgeSet bool // some scope sets max_age
 }
 
 func (b *shaperBuilder) scope(key, source string, sv *config.ShapingValues, rollup *bool, ns []config.BindingShaping) scope {
@@ -342,6 +365,9 @@ func (b *shaperBuilder) layer(key, source string, sv *config.ShapingValues, roll
 	setDur(keyRetryInterval, sv.RetryInterval, &v.RetryInterval)
 	setDur(keyMaxRetryInterval, sv.MaxRetryInterval, &v.MaxRetryInterval)
 	setDur(keyMaxAge, sv.MaxAge, &v.MaxAge)
+	if sv.MaxAge != nil {
+		b.maxAgeSet = true
+	}
 	setDur(keyIdleTimeout, sv.IdleTimeout, &v.IdleTimeout)
 	setInt(keyConsecutiveConnectionFailures, sv.ConsecutiveConnectionFailuresBeforeDelay, &v.ConsecutiveConnectionFailuresBeforeDelay)
 	if sv.TLS != nil {
@@ -423,6 +449,29 @@ func (s *Shaper) Resolve(domain string, mx []string, binding string) *Shaping {
 			}
 		}
 	}
+	// The site's own budgets: what default, provider and site scopes say,
+	// without the domain entries. Domains rolled up on one site share
+	// these; a domain entry's own value is a budget of that domain alone
+	// (the scheduler keeps both).
+	out.SiteMaxConnections, out.SiteMaxMessageRate, out.SiteMaxConnectionRate =
+		out.MaxConnections, out.MaxMessageRate, out.MaxConnectionRate
+	if nsite := len(matched) - s.domainScopes(matched); nsite < len(matched) {
+		site := Shaping{Sources: make(map[string]string, numKeys)}
+		s.builtin.apply(&site)
+		s.def.apply(&site)
+		for _, sc := range matched[:nsite] {
+			sc.base.apply(&site)
+		}
+		if binding != "" {
+			for _, sc := range matched[:nsite] {
+				for _, l := range sc.narrow[binding] {
+					l.apply(&site)
+				}
+			}
+		}
+		out.SiteMaxConnections, out.SiteMaxMessageRate, out.SiteMaxConnectionRate =
+			site.MaxConnections, site.MaxMessageRate, site.MaxConnectionRate
+	}
 
 	if out.MaxRetryInterval < out.RetryInterval {
 		out.MaxRetryInterval = out.RetryInterval
@@ -433,6 +482,15 @@ func (s *Shaper) Resolve(domain string, mx []string, binding string) *Shaping {
 		out.Site = "domain:" + domain
 	}
 	return out
+}
+
+// domainScopes counts the domain entries among matched: they come last.
+func (s *Shaper) domainScopes(matched []*scope) int {
+	n := 0
+	for i := len(matched) - 1; i >= 0 && matched[i].isDomain; i-- {
+		n++
+	}
+	return n
 }
 
 // HasProvider reports whether a provider entry is named name.

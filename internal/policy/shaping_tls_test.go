@@ -7,6 +7,8 @@ import "testing"
 func TestShapingTLSKeys(t *testing.T) {
 	t.Parallel()
 	s := loadShaper(t, `
+dns:
+  servers: [127.0.0.1:53]
 delivery:
   tls: opportunistic_no_fallback
 tls:

@@ -96,13 +96,21 @@ func NewSuspensions() *Suspensions {
 // than sp.Until, the existing one (sp is then dropped: a rule firing again
 // never shortens an operator's longer suspension).
 func (s *Suspensions) Add(sp Suspension) Suspension {
+	got, _ := s.Put(sp)
+	return got
+}
+
+// Put is Add that also reports whether sp was put in force (false: the
+// scope was suspended until as late already, and that one is returned),
+// so that a rule firing again on a scope it suspended is not logged twice.
+func (s *Suspensions) Put(sp Suspension) (Suspension, bool) {
 	k := keyOf(sp.Kind, sp.Name, sp.Binding)
 	sp.Kind, sp.Name = k.kind, k.name
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old := s.by[k]; old != nil {
 		if !sp.Until.After(old.Until) {
-			return *old
+			return *old, false
 		}
 		delete(s.byID, old.ID)
 	}
@@ -113,7 +121,7 @@ func (s *Suspensions) Add(sp Suspension) Suspension {
 	s.byID[sp.ID] = p
 	s.n.Store(int64(len(s.by)))
 	s.gen.Add(1)
-	return sp
+	return sp, true
 }
 
 // Lift ends the suspension id now, returning it.

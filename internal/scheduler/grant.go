@@ -8,6 +8,7 @@ import (
 
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
 )
 
@@ -65,9 +66,20 @@ type grantor struct {
 
 // keyCount is a pair's connections counted under its budget keys.
 type keyCount struct {
-	site, prov string
-	n          int
-	leaving    int // of n, sessions ending for a lowered cap
+	site, prov, dom string // "" for none
+	n               int
+	leaving         int // of n, sessions ending for a lowered cap
+}
+
+// keys are the budget keys the pair's connections count under.
+func (c *keyCount) keys() []string {
+	ks := make([]string, 0, 3)
+	for _, k := range [...]string{c.site, c.prov, c.dom} {
+		if k != "" {
+			ks = append(ks, k)
+		}
+	}
+	return ks
 }
 
 // waiter is a pair in first or more.
@@ -109,8 +121,9 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 	}
 	pair := dr.Pair(slot)
 	ps := g.s.shapeOf(pair)
+	var l limits
 	if ps != nil {
-		if n = g.shapedRoom(pair, ps, n); n <= 0 {
+		if n, l = g.shapedRoom(pair, ps, n); n <= 0 {
 			return 0
 		}
 	}
@@ -120,6 +133,11 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 		// tick, would take a slot from the head).
 		g.Wait(dr, slot, n)
 		return 0
+	}
+	if ps != nil {
+		if n = g.connTokens(pair, ps, l, n); n <= 0 {
+			return 0
+		}
 	}
 	opened := g.pool.Open(dr, slot, n)
 	g.mu.Lock()
@@ -135,44 +153,68 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 }
 
 // held reports whether the pair's shaping keeps it from a new connection
-// now whatever the room: a suspension, or an empty message budget.
+// now whatever the room: a suspension, an empty message budget, or a
+// connection cap of its site, domain or provider already reached.
 func (g *grantor) held(ps *pairShape) bool {
 	now := g.s.clock.Now()
 	if _, ok := g.s.suspended(ps, now); ok {
 		return true
 	}
-	ok, _ := g.s.msgReady(ps, g.s.limitsOf(ps, now), now)
-	return !ok
+	l := g.s.limitsOf(ps, now)
+	if ok, _ := g.s.msgReady(ps, l, now); !ok {
+		return true
+	}
+	return g.capRoom(ps, l, 1) <= 0
+}
+
+// capRoom is how many of n connections the pair's connection caps (its
+// site's, its domain's, its provider's) leave room for.
+func (g *grantor) capRoom(ps *pairShape, l limits, n int) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if l.maxConns > 0 {
+		n = min(n, l.maxConns-g.byKey[ps.siteKey])
+	}
+	if ps.domKey != "" && l.domConns > 0 {
+		n = min(n, l.domConns-g.byKey[ps.domKey])
+	}
+	if ps.provKey != "" && l.provConns > 0 {
+		n = min(n, l.provConns-g.byKey[ps.provKey])
+	}
+	return n
 }
 
 // shapedRoom is how many of n connections the pair's shaping allows now:
 // none while a suspension covers it or its message budget has no token
 // (its maintenance is run again when the token is due), and within its
-// site's and provider's connection caps and connection rate.
-func (g *grantor) shapedRoom(pair *queue.Pair, ps *pairShape, n int) int {
+// connection caps. Connection-rate tokens are taken later, by connTokens,
+// once the pair is sure to get its slots.
+func (g *grantor) shapedRoom(pair *queue.Pair, ps *pairShape, n int) (int, limits) {
 	now := g.s.clock.Now()
 	if _, ok := g.s.suspended(ps, now); ok {
-		return 0
+		return 0, limits{}
 	}
 	l := g.s.limitsOf(ps, now)
 	if ok, next := g.s.msgReady(ps, l, now); !ok {
 		g.s.wakeAt(pair, next)
-		return 0
+		return 0, l
 	}
-	g.mu.Lock()
-	if l.maxConns > 0 {
-		n = min(n, l.maxConns-g.byKey[ps.siteKey])
+	return g.capRoom(ps, l, n), l
+}
+
+// connTokens takes a connection-rate token (the site's and the domain's)
+// for each of n connections and returns for how many it got one; short,
+// the pair is woken when the next is due.
+func (g *grantor) connTokens(pair *queue.Pair, ps *pairShape, l limits, n int) int {
+	if l.connRate.Unlimited() && l.domConnRate.Unlimited() {
+		return n
 	}
-	if ps.provKey != "" && l.provConns > 0 {
-		n = min(n, l.provConns-g.byKey[ps.provKey])
-	}
-	g.mu.Unlock()
-	if r := ps.sh.MaxConnectionRate; n > 0 && !r.Unlimited() {
-		for i := range n {
-			if ok, next := g.s.throttles.Take(ps.connKey, r, now); !ok {
-				g.s.wakeAt(pair, next)
-				return i
-			}
+	now := g.s.clock.Now()
+	rates := [2]policy.Rate{l.connRate, l.domConnRate}
+	for i := range n {
+		if ok, next := g.s.throttles.TakeAll(ps.connKeys[:], rates[:], now); !ok {
+			g.s.wakeAt(pair, next)
+			return i
 		}
 	}
 	return n
@@ -192,13 +234,12 @@ func (g *grantor) Opened(pair *queue.Pair) {
 	defer g.mu.Unlock()
 	c := g.counts[pair]
 	if c == nil {
-		c = &keyCount{site: ps.siteKey, prov: ps.provKey}
+		c = &keyCount{site: ps.siteKey, prov: ps.provKey, dom: ps.domKey}
 		g.counts[pair] = c
 	}
 	c.n++
-	g.byKey[c.site]++
-	if c.prov != "" {
-		g.byKey[c.prov]++
+	for _, k := range c.keys() {
+		g.byKey[k]++
 	}
 }
 
@@ -243,18 +284,17 @@ func (g *grantor) overCap(pair *queue.Pair) bool {
 	if c == nil {
 		return false
 	}
-	over := l.maxConns > 0 && g.byKey[c.site]-g.leaving[c.site] > l.maxConns
-	if !over && c.prov != "" && l.provConns > 0 {
-		over = g.byKey[c.prov]-g.leaving[c.prov] > l.provConns
+	over := func(k string, max int) bool {
+		return k != "" && max > 0 && g.byKey[k]-g.leaving[k] > max
 	}
-	if over {
-		c.leaving++
-		g.leaving[c.site]++
-		if c.prov != "" {
-			g.leaving[c.prov]++
-		}
+	if !over(c.site, l.maxConns) && !over(c.dom, l.domConns) && !over(c.prov, l.provConns) {
+		return false
 	}
-	return over
+	c.leaving++
+	for _, k := range c.keys() {
+		g.leaving[k]++
+	}
+	return true
 }
 
 // behind reports whether pair must wait behind a pair in first: it has a
@@ -403,12 +443,14 @@ func (g *grantor) uncountLocked(pair *queue.Pair, c *keyCount) {
 		}
 	}
 	c.n--
-	dec(g.byKey, c.site)
-	dec(g.byKey, c.prov)
+	for _, k := range c.keys() {
+		dec(g.byKey, k)
+	}
 	if c.leaving > 0 {
 		c.leaving--
-		dec(g.leaving, c.site)
-		dec(g.leaving, c.prov)
+		for _, k := range c.keys() {
+			dec(g.leaving, k)
+		}
 	}
 	if c.n <= 0 {
 		delete(g.counts, pair)

@@ -64,6 +64,12 @@ func (s *Scheduler) applyRules(d *queue.Delivery, at connpool.Attempt, v []*outc
 			if matched != "" {
 				s.log.Debug("response rule matched, trigger not reached", zap.String("rule", matched),
 					zap.String("domain", d.Domain), zap.String("reply", reply.String()))
+				if a.Kind != policy.ActionBounce {
+					// A rule counting toward a suspend, throttle,
+					// defer or rebind says the reply is about the
+					// sender: retried meanwhile, not bounced.
+					out[i] = &policy.Action{Rule: a.Rule, Kind: actionCounting}
+				}
 			}
 			continue
 		}
@@ -73,13 +79,22 @@ func (s *Scheduler) applyRules(d *queue.Delivery, at connpool.Attempt, v []*outc
 	return out
 }
 
+// actionCounting marks a recipient whose reply a rule is counting toward
+// its threshold: retried with the normal backoff, nothing put in force.
+const actionCounting = "counting"
+
 // act puts a fired rule's action in force and writes its one log record.
 func (s *Scheduler) act(a *policy.Action, d *queue.Delivery, where policy.Where, now time.Time) {
 	rec := logging.Policy{Action: a.Kind, Rule: a.Rule, Source: policy.SourceRule, Scope: string(a.ScopeKind),
 		Name: a.ScopeName, Binding: a.Binding, Reason: a.Reply.String(), Domain: d.Domain, QueueID: d.MsgID}
 	switch a.Kind {
 	case policy.ActionSuspend:
-		sp := s.suspensions.Add(a.Suspension(now))
+		sp, added := s.suspensions.Put(a.Suspension(now))
+		if !added {
+			// Already suspended as long (another session got the same
+			// reply at the same moment): one record is enough.
+			return
+		}
 		rec.Until, rec.ID = sp.Until, sp.ID
 	case policy.ActionThrottle:
 		o := a.Override(policy.ScopeKey(a.ScopeKind, a.ScopeName, a.Binding), now)

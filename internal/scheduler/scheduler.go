@@ -569,7 +569,7 @@ func (s *Scheduler) expiresFor(m *spool.Message, dom string, derr error, slot in
 	if b := s.opts.Bindings.Get(slot); b != nil {
 		name = b.Name
 	}
-	if ma := sh.Resolve(dom, nil, name).MaxAge; ma > 0 {
+	if ma := sh.MaxAge(dom, name); ma > 0 {
 		return m.Received.Add(ma).UnixNano()
 	}
 	return def
@@ -770,19 +770,60 @@ func (s *Scheduler) ConnectFailed(p *queue.Pair, at connpool.Attempt, err error)
 	// permitting no MX) is no network blip: the mail is delayed at once
 	// instead of being tried again every tick up to
 	// consecutive_connection_failures_before_delay.
-	if !permanent && !tlspolicy.IsPolicyFailure(err) && s.connectFailures(p) {
+	now := s.clock.Now()
+	// A reply at the greeting or EHLO (Yahoo's 421 [TSS04] comes there)
+	// is judged by the response rules once for the pair, now, rather than
+	// once per queued delivery, and after the failure count.
+	act, ruled := s.connectRule(p, err, now)
+	if act == nil && !permanent && !tlspolicy.IsPolicyFailure(err) && s.connectFailures(p) {
 		// Under consecutive_connection_failures_before_delay: the
 		// mail stays ready, and the next maintenance tries again.
 		return
 	}
-	now := s.clock.Now()
+	e := outcome.As(err)
+	if e == nil {
+		e = outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
+	}
 	for range p.Len() {
 		d := p.Pop()
 		if d == nil {
 			return
 		}
-		s.settleAll(d, at, err, now)
+		v := make([]*outcome.Error, len(d.Rcpts))
+		var acts []*policy.Action
+		if ruled {
+			acts = make([]*policy.Action, len(d.Rcpts))
+		}
+		for i := range v {
+			v[i] = e
+			if ruled {
+				acts[i] = act
+			}
+		}
+		s.settleRuled(d, at, v, nil, false, now, acts)
 	}
+}
+
+// connectRule runs the response rules on a connection failure that
+// carries a remote reply: it puts a fired action in force (logged once)
+// and returns it for every delivery of the pair; ruled says the rules
+// were asked (so the deliveries' settles do not ask again).
+func (s *Scheduler) connectRule(p *queue.Pair, err error, now time.Time) (*policy.Action, bool) {
+	rules := s.rules.Load()
+	e := outcome.As(err)
+	if rules == nil || rules.Len() == 0 || e == nil {
+		return nil, false
+	}
+	reply := policy.ReplyOf(e)
+	if reply.Local {
+		return nil, false
+	}
+	d := &queue.Delivery{Domain: p.Domain().Name, Slot: int32(p.Slot())}
+	if h := p.Peek(); h != nil {
+		d.MsgID = h.MsgID
+	}
+	acts := s.applyRules(d, connpool.Attempt{}, []*outcome.Error{e}, s.shapeOf(p), now)
+	return acts[0], true
 }
 
 // Result implements connpool.Outcomes.
@@ -842,6 +883,13 @@ const (
 // without one, noAttempt) for each recipient of d: v[i] nil is delivered.
 // Spool first, log second, requeue last.
 func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.Error, res *smtpclient.Result, noAttempt bool, now time.Time) {
+	s.settleRuled(d, at, v, res, noAttempt, now, nil)
+}
+
+// settleRuled is settle with the response rules' verdicts per recipient
+// already decided (acts non-nil: a connection-level reply judged once for
+// every delivery of its pair), or not yet (nil).
+func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*outcome.Error, res *smtpclient.Result, noAttempt bool, now time.Time, acts []*policy.Action) {
 	s.mu.Lock()
 	st := s.msgs[d.MsgID]
 	s.mu.Unlock()
@@ -870,7 +918,9 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 	}
 	// The response rules, once per distinct reply (one reply may fail
 	// every recipient of the transaction).
-	acts := s.applyRules(d, at, v, ps, now)
+	if acts == nil {
+		acts = s.applyRules(d, at, v, ps, now)
+	}
 	rebindSlot := -1
 
 	verdicts := make([]verdict, len(d.Rcpts))
@@ -907,11 +957,21 @@ func (s *Scheduler) settle(d *queue.Delivery, at connpool.Attempt, v []*outcome.
 				switch {
 				case a.Kind == policy.ActionDefer && a.Duration > 0:
 					rec.NextAttempt = now.Add(a.Duration)
+					if exp := time.Unix(0, d.Expires); rec.NextAttempt.After(exp) {
+						rec.NextAttempt = exp
+					}
 				case a.Kind == policy.ActionRebind:
-					rec.NextAttempt = now // at once, from the new binding
-					rebindSlot = s.rebindSlot(a.Rebind)
+					// At once from a new binding; when the group has
+					// none but this one, or none usable, the normal
+					// backoff (the same block would answer again).
+					if sl := s.rebindSlot(a.Rebind); sl >= 0 && sl != int(d.Slot) {
+						rebindSlot = sl
+						rec.NextAttempt = now
+					}
 				}
-				next = rec.NextAttempt
+				if a.Kind == policy.ActionDefer || rebindSlot >= 0 {
+					next = rec.NextAttempt // the deferred group's time
+				}
 			}
 			deferred = append(deferred, r)
 		default:

@@ -49,21 +49,27 @@ type pairShape struct {
 	where   policy.Where
 	siteKey string // policy.ScopeKey(site, sh.Site, binding): connections and messages
 	provKey string // policy.ScopeKey(provider, sh.Provider, binding); "" without a provider
+	// domKey keys the domain's own budgets from the binding, within its
+	// site's, when the domain is rolled up on a site: a domain entry's
+	// max_connections or rates, or a domain- or pair-scoped rule's
+	// throttle, limit that domain alone and never set the rate of the
+	// bucket its site-mates share. "" without rollup (the site's budgets
+	// are then the domain's).
+	domKey string
 	// Message bucket keys, as limits.rates orders them: the site's, the
-	// provider's ("" without a provider) and the binding's (limited only
-	// while a binding-scoped throttle is in force).
-	msgKeys    [3]string
-	connKey    string
-	pc         atomic.Pointer[pairPolicy] // suspensions and overrides covering the pair (policyCache)
-	overrideKs []string                   // override scopes that cover the pair's own budgets, most specific first
-	// provOverrideKs are the provider's override scopes: a provider-scoped
-	// throttle lowers the provider's budgets, one across all its sites,
-	// not each site's.
-	provOverrideKs []string
-	// bindOverrideK is the binding's override scope: a binding-scoped
-	// throttle's rate is one budget across every destination of the
-	// binding; its max_connections caps each site's connections.
-	bindOverrideK string
+	// provider's ("" without a provider), the binding's (limited only
+	// while a binding-scoped throttle is in force) and the domain's.
+	msgKeys [4]string
+	// Connection-rate bucket keys: the site's and the domain's.
+	connKeys [2]string
+	pc       atomic.Pointer[pairPolicy] // suspensions and overrides covering the pair (policyCache)
+	// Override scopes, most specific first: those of the site's budgets,
+	// the domain's (pair and domain scopes; the site's when domKey is ""),
+	// the provider's, and the binding's (its rate is one budget across
+	// every destination of the binding; its max_connections caps each
+	// site's connections).
+	siteOverrideKs, domOverrideKs, provOverrideKs []string
+	bindOverrideK                                 string
 }
 
 // shapeOf returns the pair's shaping, resolving it when the configuration
@@ -99,13 +105,17 @@ func (s *Scheduler) shapeOf(p *queue.Pair) *pairShape {
 	}
 	ps.bindOverrideK = policy.ScopeKey(policy.ScopeBinding, "", name)
 	ps.msgKeys[2] = "msg " + ps.bindOverrideK
-	ps.connKey = "conn " + ps.siteKey
-	ps.overrideKs = []string{
+	ps.connKeys[0] = "conn " + ps.siteKey
+	ps.siteOverrideKs = []string{ps.siteKey, policy.ScopeKey(policy.ScopeSite, r.Site, "")}
+	ps.domOverrideKs = []string{
 		policy.ScopeKey(policy.ScopePair, dr.Name, name),
 		policy.ScopeKey(policy.ScopeDomain, dr.Name, name),
 		policy.ScopeKey(policy.ScopeDomain, dr.Name, ""),
-		ps.siteKey,
-		policy.ScopeKey(policy.ScopeSite, r.Site, ""),
+	}
+	if r.Site != "domain:"+dr.Name {
+		ps.domKey = policy.ScopeKey(policy.ScopeDomain, dr.Name, name)
+		ps.msgKeys[3] = "msg " + ps.domKey
+		ps.connKeys[1] = "conn " + ps.domKey
 	}
 	if r.Provider != "" {
 		ps.provOverrideKs = []string{ps.provKey, policy.ScopeKey(policy.ScopeProvider, r.Provider, "")}
@@ -137,55 +147,98 @@ func cachedShape(ds *domainState, slot int, gen uint64) *pairShape {
 }
 
 // limits are a pair's budgets at one moment: its shaping with any rule's
-// throttle applied.
+// throttle applied. 0 and the zero Rate are no limit.
 type limits struct {
-	maxConns, provConns int
-	msgRate, provRate   policy.Rate
-	bindRate            policy.Rate // unlimited but under a binding-scoped throttle
+	maxConns, provConns, domConns int
+	msgRate, provRate, domRate    policy.Rate
+	bindRate                      policy.Rate // unlimited but under a binding-scoped throttle
+	connRate, domConnRate         policy.Rate
 }
 
 // unlimited reports whether no message budget limits the pair.
 func (l *limits) unlimited() bool {
-	return l.msgRate.Unlimited() && l.provRate.Unlimited() && l.bindRate.Unlimited()
+	return l.msgRate.Unlimited() && l.provRate.Unlimited() && l.bindRate.Unlimited() && l.domRate.Unlimited()
 }
 
 // rates are the message rates in the order of pairShape.msgKeys.
-func (l *limits) rates() [3]policy.Rate {
-	return [3]policy.Rate{l.msgRate, l.provRate, l.bindRate}
+func (l *limits) rates() [4]policy.Rate {
+	return [4]policy.Rate{l.msgRate, l.provRate, l.bindRate, l.domRate}
+}
+
+// pairConns is the most connections the pair itself may have: the
+// tighter of its site's cap and its domain's.
+func (l *limits) pairConns() int {
+	switch {
+	case l.domConns > 0 && (l.maxConns <= 0 || l.domConns < l.maxConns):
+		return l.domConns
+	}
+	return l.maxConns
+}
+
+// fromDomain reports whether a domain entry set the shaping key k.
+func fromDomain(sh *policy.Shaping, k string) bool {
+	return strings.HasPrefix(sh.Sources[k], "domain ")
 }
 
 // limitsOf returns the pair's budgets at now.
 func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
-	l := limits{maxConns: ps.sh.MaxConnections, provConns: ps.sh.ProviderMaxConnections,
-		msgRate: ps.sh.MaxMessageRate, provRate: ps.sh.ProviderMaxMessageRate}
+	sh := ps.sh
+	l := limits{provConns: sh.ProviderMaxConnections, provRate: sh.ProviderMaxMessageRate}
+	if ps.domKey == "" {
+		l.maxConns, l.msgRate, l.connRate = sh.MaxConnections, sh.MaxMessageRate, sh.MaxConnectionRate
+	} else {
+		// Rolled up: the site's budgets are shared by its domains, but
+		// a value a domain entry set is that domain's own budget, in
+		// place of the site's (the most specific scope wins, and the
+		// domain's rate never becomes the rate of the bucket its
+		// site-mates share).
+		l.maxConns, l.msgRate, l.connRate = sh.SiteMaxConnections, sh.SiteMaxMessageRate, sh.SiteMaxConnectionRate
+		if fromDomain(sh, "max_connections") {
+			l.domConns, l.maxConns = sh.MaxConnections, 0
+		}
+		if fromDomain(sh, "max_message_rate") {
+			l.domRate, l.msgRate = sh.MaxMessageRate, policy.Rate{}
+		}
+		if fromDomain(sh, "max_connection_rate") {
+			l.domConnRate, l.connRate = sh.MaxConnectionRate, policy.Rate{}
+		}
+	}
 	if s.overrides.Len() == 0 {
 		return l
 	}
 	c := s.policyCache(ps)
-	for i := range c.site {
-		o := &c.site[i]
-		if o.MaxConnections != nil {
-			l.maxConns = o.Conns(l.maxConns, now)
-		}
-		if o.MaxMessageRate != nil {
-			l.msgRate = o.Rate(l.msgRate, now)
+	apply := func(os []policy.Override, conns *int, rate *policy.Rate) {
+		for i := range os {
+			o := &os[i]
+			if o.MaxConnections != nil {
+				*conns = o.Conns(*conns, now)
+			}
+			if o.MaxMessageRate != nil {
+				*rate = o.Rate(*rate, now)
+			}
 		}
 	}
+	apply(c.site, &l.maxConns, &l.msgRate)
+	if ps.domKey != "" {
+		// A throttle of the site holds the domains with budgets of
+		// their own too.
+		if l.domConns > 0 {
+			apply(c.site, &l.domConns, new(policy.Rate))
+		}
+		if !l.domRate.Unlimited() {
+			apply(c.site, new(int), &l.domRate)
+		}
+		apply(c.dom, &l.domConns, &l.domRate)
+	} else {
+		apply(c.dom, &l.maxConns, &l.msgRate)
+	}
+	apply(c.prov, &l.provConns, &l.provRate)
 	if o := c.bind; o != nil {
 		if o.MaxConnections != nil {
 			l.maxConns = o.Conns(l.maxConns, now)
 		}
 		if o.MaxMessageRate != nil {
 			l.bindRate = o.Rate(l.bindRate, now)
-		}
-	}
-	for i := range c.prov {
-		o := &c.prov[i]
-		if o.MaxConnections != nil {
-			l.provConns = o.Conns(l.provConns, now)
-		}
-		if o.MaxMessageRate != nil {
-			l.provRate = o.Rate(l.provRate, now)
 		}
 	}
 	return l
@@ -196,10 +249,10 @@ func (s *Scheduler) limitsOf(ps *pairShape, now time.Time) limits {
 // pair, twice, and the transactions for theirs, while these change seldom.
 // Whether each is in force is judged at the caller's time.
 type pairPolicy struct {
-	sgen, ogen uint64
-	susp       []policy.Suspension
-	site, prov []policy.Override // overrides of the pair's own and its provider's budgets
-	bind       *policy.Override  // the binding's
+	sgen, ogen      uint64
+	susp            []policy.Suspension
+	site, dom, prov []policy.Override // overrides of the site's, the domain's and the provider's budgets
+	bind            *policy.Override  // the binding's
 }
 
 // policyCache returns the pair's pairPolicy, reading it again when a
@@ -212,9 +265,14 @@ func (s *Scheduler) policyCache(ps *pairShape) *pairPolicy {
 	c := &pairPolicy{sgen: sg, ogen: og,
 		susp: s.suspensions.Covering(ps.where.Domain, ps.where.Site, ps.where.Provider, ps.binding)}
 	if s.overrides.Len() > 0 {
-		for _, k := range ps.overrideKs {
+		for _, k := range ps.siteOverrideKs {
 			if o, ok := s.overrides.Lookup(k); ok {
 				c.site = append(c.site, o)
+			}
+		}
+		for _, k := range ps.domOverrideKs {
+			if o, ok := s.overrides.Lookup(k); ok {
+				c.dom = append(c.dom, o)
 			}
 		}
 		if o, ok := s.overrides.Lookup(ps.bindOverrideK); ok {
@@ -276,7 +334,7 @@ func (s *Scheduler) policyOf(p *queue.Pair) connpool.Policy {
 		return s.basePolicy(p.Domain(), p.Slot())
 	}
 	l := s.limitsOf(ps, s.clock.Now())
-	return connpool.Policy{MaxConnectionsPerBinding: l.maxConns,
+	return connpool.Policy{MaxConnectionsPerBinding: l.pairConns(),
 		MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection, IdleTimeout: ps.sh.IdleTimeout,
 		TLS: tlspolicy.Settings{Mode: tlspolicy.Mode(ps.sh.TLS), MTASTS: ps.sh.MTASTS, DANE: ps.sh.DANE}}
 }
@@ -291,8 +349,8 @@ func (s *Scheduler) hookShaping(dr *queue.DomainRecord, slot int, now time.Time)
 		return hooks.PairShaping{}, false
 	}
 	l := s.limitsOf(ps, now)
-	out := hooks.PairShaping{MaxConnections: l.maxConns, MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection,
-		MaxMessageRate: perSecond(l.msgRate), MaxConnectionRate: perSecond(ps.sh.MaxConnectionRate),
+	out := hooks.PairShaping{MaxConnections: l.pairConns(), MaxDeliveriesPerConnection: ps.sh.MaxDeliveriesPerConnection,
+		MaxMessageRate: perSecond(tighter(l.msgRate, l.domRate)), MaxConnectionRate: perSecond(tighter(l.connRate, l.domConnRate)),
 		Provider: ps.sh.Provider, Site: ps.sh.Site}
 	if sp, ok := s.suspended(ps, now); ok {
 		out.Suspended, out.SuspendedUntil, out.Reason = true, sp.Until, sp.Reason
@@ -301,6 +359,17 @@ func (s *Scheduler) hookShaping(dr *queue.DomainRecord, slot int, now time.Time)
 		out.ThrottledUntil = next
 	}
 	return out, true
+}
+
+// tighter is the lower of two rates (the zero Rate is no limit).
+func tighter(a, b policy.Rate) policy.Rate {
+	switch {
+	case a.Unlimited():
+		return b
+	case b.Unlimited() || float64(a.Limit()) <= float64(b.Limit()):
+		return a
+	}
+	return b
 }
 
 func perSecond(r policy.Rate) float64 {

@@ -532,7 +532,7 @@ func (c *Client) downgrade(env Envelope, res *Result) (Envelope, *outcome.Error)
 	case !ok:
 		return env, outcome.Perm(outcome.PhaseMail, enhBadSender, "invalid sender domain name")
 	case from == "" && env.From != "":
-		return env, &outcome.Error{Phase: outcome.PhaseMail, Code: 553, Enhanced: enhNoUTF8,
+		return env, &outcome.Error{Phase: outcome.PhaseMail, Code: 553, Enhanced: enhNoUTF8, Local: true,
 			Message: "sender requires SMTPUTF8, not offered by " + c.peer()}
 	}
 	out := env
@@ -544,7 +544,7 @@ func (c *Client) downgrade(env Envelope, res *Result) (Envelope, *outcome.Error)
 		case !ok:
 			res.Rcpt[i] = outcome.Perm(outcome.PhaseRcpt, enhBadRcpt, "invalid recipient domain name")
 		case a == "" && to != "":
-			res.Rcpt[i] = &outcome.Error{Phase: outcome.PhaseRcpt, Code: 553, Enhanced: enhNoUTF8,
+			res.Rcpt[i] = &outcome.Error{Phase: outcome.PhaseRcpt, Code: 553, Enhanced: enhNoUTF8, Local: true,
 				Message: "recipient requires SMTPUTF8, not offered by " + c.peer()}
 		}
 		out.To[i] = a

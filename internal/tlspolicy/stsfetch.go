@@ -118,6 +118,13 @@ const (
 	// maxNoPolicy bounds the negative cache; it is emptied when full
 	// (forgetting costs one TXT query per domain).
 	maxNoPolicy = 100000
+	// maxMem bounds the policies held in memory (each up to 64 KiB of
+	// text); the disk cache holds them all.
+	maxMem = 10000
+	// failedTTL is how long a failed TXT lookup or policy fetch of a
+	// domain with no cached policy means "no policy" before it is tried
+	// again.
+	failedTTL = 5 * time.Minute
 )
 
 // NewSTS builds an STS and its cache directory.
@@ -270,13 +277,14 @@ func (s *STS) refresh(ctx context.Context, domain string, old *stsEntry) (*stsEn
 	now := s.opts.Now()
 	id, err := s.txtID(ctx, domain)
 	if err != nil {
-		if errors.Is(err, errNoSTSRecord) && old == nil {
-			s.mu.Lock()
-			if len(s.none) >= maxNoPolicy {
-				clear(s.none)
+		if old == nil {
+			ttl := s.opts.NoPolicyTTL
+			if !errors.Is(err, errNoSTSRecord) {
+				// A lookup that failed (a timeout, SERVFAIL) is not
+				// asked again by every connection meanwhile either.
+				ttl = min(ttl, failedTTL)
 			}
-			s.none[domain] = now.Add(s.opts.NoPolicyTTL)
-			s.mu.Unlock()
+			s.noPolicy(domain, now.Add(ttl))
 		}
 		if old != nil {
 			// RFC 8461 §5.1: a TXT record that vanished does not end
@@ -293,11 +301,27 @@ func (s *STS) refresh(ctx context.Context, domain string, old *stsEntry) (*stsEn
 	if err != nil {
 		if old != nil {
 			s.touch(old, now)
+		} else {
+			// A policy host that is down or answers badly costs each
+			// connection up to FetchTimeout: for failedTTL, none does.
+			s.noPolicy(domain, now.Add(min(s.opts.NoPolicyTTL, failedTTL)))
 		}
 		return nil, err
 	}
 	e := &stsEntry{Domain: domain, ID: id, Fetched: now, Text: text, policy: p, checked: now}
 	s.mu.Lock()
+	if len(s.mem) >= maxMem {
+		// Bounded: the expired go first; a policy dropped from memory
+		// is read back from the disk cache when next needed.
+		for d, x := range s.mem {
+			if !now.Before(x.expires()) || len(s.mem) >= maxMem {
+				delete(s.mem, d)
+			}
+			if len(s.mem) < maxMem*3/4 {
+				break
+			}
+		}
+	}
 	s.mem[domain] = e
 	delete(s.none, domain)
 	s.mu.Unlock()
@@ -305,6 +329,16 @@ func (s *STS) refresh(ctx context.Context, domain string, old *stsEntry) (*stsEn
 		s.opts.Logger.Warn("mta-sts: writing the cache", zap.String("domain", domain), zap.Error(err))
 	}
 	return e, nil
+}
+
+// noPolicy remembers that domain has no usable policy until until.
+func (s *STS) noPolicy(domain string, until time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.none) >= maxNoPolicy {
+		clear(s.none)
+	}
+	s.none[domain] = until
 }
 
 func (s *STS) touch(e *stsEntry, now time.Time) {
