@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/outcome"
 	"github.com/mtad/mtad/internal/queue"
 	"github.com/mtad/mtad/internal/tlspolicy"
@@ -147,7 +149,7 @@ type stsWorld struct {
 	txt   *loopbacktest.DNS
 }
 
-func newSTSWorld(t *testing.T, octet int, policies map[string]string) *stsWorld {
+func newSTSWorld(t *testing.T, octet int, policies map[string]string, routes ...func(port int) mx.Route) *stsWorld {
 	t.Helper()
 	ca := loopbacktest.NewCA(t)
 	// Sinks: 0 CA-signed for the allowed MX names, 1 self-signed, 2 CA-signed (an unlisted MX).
@@ -183,7 +185,11 @@ func newSTSWorld(t *testing.T, octet int, policies map[string]string) *stsWorld 
 	for d := range policies {
 		w.txt.Add(t, "_mta-sts."+d+". 60 IN TXT \"v=STSv1; id=1\"", "mta-sts."+d+". 60 IN A 127.0.0.1")
 	}
-	w.h = newHarness(t, port, nil, nil, func(o *Options) {
+	var rts []mx.Route
+	for _, r := range routes {
+		rts = append(rts, r(port))
+	}
+	w.h = newHarness(t, port, nil, rts, func(o *Options) {
 		sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: []string{w.txt.Addr}, CacheDir: t.TempDir(),
 			Roots: ca.Pool(), FetchTimeout: 5 * time.Second, AllowLoopback: true,
 			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -387,4 +393,24 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[str
 		}
 	}
 	return 0
+}
+
+// TestRouteExemptFromMTASTS: a domain sent to a static route is not held
+// to its MTA-STS policy, which lists its MX hosts and not the route the
+// operator chose (an enforce policy would refuse every delivery).
+func TestRouteExemptFromMTASTS(t *testing.T) {
+	t.Parallel()
+	w := newSTSWorld(t, 51, map[string]string{
+		"routed.test": "version: STSv1\nmode: enforce\nmx: mx.elsewhere.test\nmax_age: 86400\n",
+	}, func(port int) mx.Route {
+		return mx.Route{Domain: "routed.test", Host: fmt.Sprintf("%s:%d", ip(51, 10), port)}
+	})
+	h := w.h
+	h.push("routed.test", 0, "x@routed.test")
+	h.pool.Open(h.q.Domain("routed.test"), 0, 1)
+	r := h.result()
+	delivered(t, r)
+	if r.at.TLSInfo.Policy != string(tlspolicy.Opportunistic) {
+		t.Errorf("routed: tls %q, want the pair's own policy, not MTA-STS", r.at.TLSInfo)
+	}
 }
