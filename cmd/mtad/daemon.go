@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"sync/atomic"
 	"syscall"
@@ -285,6 +286,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		// timeout come from its shaping once its MX set is known.
 		Shaper: st.shaper,
 		Rules:  st.rules,
+		// Operators' and rules' suspensions survive a restart.
+		SuspensionsFile: filepath.Join(cfg.Spool.Dir, "suspensions.json"),
 		Pool: connpool.Options{
 			MaxConnections: d.MaxConnections,
 			Resolver:       st.resolver,
@@ -409,7 +412,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, &cur, sched, signer, log)
+			reload(cfgPath, cfg, &cur, sched, signer, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
@@ -438,7 +441,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // reload, so the old keys stay) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, log *zap.Logger) {
+func reload(path string, started *config.Config, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -449,7 +452,10 @@ func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Sc
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
 		return
 	}
-	old := cur.Load()
+	// What a reload does not apply is still as it was at start: compare
+	// with that, not with the last reload's file, so a change waiting for
+	// a restart is reported until it is made or undone.
+	old := started
 	var restart []string
 	if fmt.Sprint(old.Inject) != fmt.Sprint(next.Inject) {
 		restart = append(restart, "inject")
@@ -469,9 +475,17 @@ func reload(path string, cur *atomic.Pointer[config.Config], sched *scheduler.Sc
 	// are its defaults), and the response rules.
 	od.RetryInterval, od.MaxRetryInterval, od.MaxAge, od.IdleTimeout, od.TLS = 0, 0, 0, 0, ""
 	nd.RetryInterval, nd.MaxRetryInterval, nd.MaxAge, nd.IdleTimeout, nd.TLS = 0, 0, 0, 0, ""
-	if fmt.Sprint(old.DNS, old.Routes, od, old.Hooks, old.Log, old.Admin, old.Hostname) !=
-		fmt.Sprint(next.DNS, next.Routes, nd, next.Hooks, next.Log, next.Admin, next.Hostname) {
-		restart = append(restart, "dns/routes/delivery/hooks/log/admin/hostname")
+	for _, c := range []struct {
+		key      string
+		old, new any
+	}{
+		{"dns", old.DNS, next.DNS}, {"routes", old.Routes, next.Routes}, {"delivery", od, nd},
+		{"hooks", old.Hooks, next.Hooks}, {"log", old.Log, next.Log}, {"admin", old.Admin, next.Admin},
+		{"hostname", old.Hostname, next.Hostname},
+	} {
+		if fmt.Sprint(c.old) != fmt.Sprint(c.new) {
+			restart = append(restart, c.key)
+		}
 	}
 	// The TLS engine (tls.ca_file's roots, the MTA-STS cache, DANE) is
 	// built once at start; tls.mta_sts and tls.dane as defaults of the

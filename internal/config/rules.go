@@ -115,7 +115,7 @@ type RuleError struct {
 // (response_rules) and the rules file (internal/policy) check with it, so
 // a rule means the same wherever it is written. A rate's syntax is
 // checked here as "N/unit"; internal/policy parses it.
-func (r *ResponseRule) Check(hasGroup func(string) bool) []RuleError {
+func (r *ResponseRule) Check(hasGroup func(string) bool, hasProvider ...func(string) bool) []RuleError {
 	var errs []RuleError
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, RuleError{key, fmt.Sprintf(format, args...)})
@@ -142,8 +142,13 @@ func (r *ResponseRule) Check(hasGroup func(string) bool) []RuleError {
 		}
 	}
 	for i, p := range r.MatchProvider {
-		if !validName(p) {
+		switch {
+		case !validName(p):
 			bad(fmt.Sprintf("match_provider[%d]", i), "%q is not a provider name", p)
+		case len(hasProvider) > 0 && hasProvider[0] != nil && !hasProvider[0](p):
+			// A rule that names a provider no shaping entry has would
+			// never match: a typo, or a name in the wrong case.
+			bad(fmt.Sprintf("match_provider[%d]", i), "no provider %q in shaping.providers", p)
 		}
 	}
 	for i, d := range r.MatchDomain {
@@ -259,6 +264,16 @@ func validRuleRate(s string) bool {
 	return err == nil && n > 0 // a throttle lowers a rate: "unlimited" is no throttle
 }
 
+// HasProvider reports whether name is the name of a shaping.providers entry.
+func (c *Config) HasProvider(name string) bool {
+	for _, p := range c.Shaping.Providers {
+		if p.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // HasBindingGroup reports whether name is a binding group: one of
 // binding_groups, or "default", which always exists.
 func (c *Config) HasBindingGroup(name string) bool {
@@ -277,7 +292,7 @@ func (c *Config) validateResponseRules(v *validator) {
 	seen := map[string]int{}
 	for i, r := range c.ResponseRules {
 		key := fmt.Sprintf("response_rules[%d]", i)
-		for _, e := range r.Check(c.HasBindingGroup) {
+		for _, e := range r.Check(c.HasBindingGroup, c.HasProvider) {
 			k := key
 			if e.Key != "" {
 				k += "." + e.Key

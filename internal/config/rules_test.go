@@ -17,6 +17,10 @@ func TestResponseRulesLoad(t *testing.T) {
 binding_groups:
   - name: g2
     bindings: [{name: default}]
+shaping:
+  providers:
+    - name: google
+      match_mx: [.google.com]
 response_rules:
   - name: yahoo-tss04
     code: 421
@@ -176,6 +180,23 @@ func TestParseTrigger(t *testing.T) {
 	for _, bad := range []string{"now", "3", "/10m", "x/10m", "3/", "3/-1m", "3/10"} {
 		if _, _, err := ParseTrigger(bad); err == nil {
 			t.Errorf("ParseTrigger(%q) accepted", bad)
+		}
+	}
+}
+
+// TestRuleUnknownProviderAndStarDot: a rule's match_provider must name a
+// shaping provider (else it never matches), and a shaping domain match
+// "*." is refused rather than read as the catch-all "*".
+func TestRuleUnknownProviderAndStarDot(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ yaml, want string }{
+		{"response_rules:\n  - name: r\n    code: 421\n    match_provider: [Google]\n    action: defer\n",
+			`response_rules[0].match_provider[0]: no provider "Google" in shaping.providers`},
+		{"shaping:\n  domains:\n    - match: \"*.\"\n      max_connections: 2\n", "shaping.domains[0].match"},
+	} {
+		_, err := Load(writeFile(t, "mtad.yaml", tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
 }

@@ -250,7 +250,11 @@ func (s *Shaping) normalize() {
 		}
 	}
 	for i := range s.Domains {
-		s.Domains[i].Match = NormalizeHost(s.Domains[i].Match)
+		if m := s.Domains[i].Match; !strings.HasSuffix(m, "*.") {
+			// "*." is kept as written, for Validate to refuse: made
+			// "*" it would be a catch-all beating every provider.
+			s.Domains[i].Match = NormalizeHost(m)
+		}
 	}
 }
 

@@ -278,6 +278,7 @@ type Policy struct {
 	Action   string // suspend, throttle, bounce, defer, rebind, suspension_ended, throttle_ended, resume, unthrottle
 	Rule     string // the rule's name; "" when not a rule's
 	Source   string // rule, operator, adaptive, config
+	By       string // who, for an operator's action (mtactl --by); "" when not said
 	Scope    string // domain, site, provider, binding, pair
 	Name     string // the domain, site key or provider name
 	Binding  string // "" = every binding
@@ -299,6 +300,7 @@ func (r Policy) Fields() []zap.Field {
 	}
 	add("rule", r.Rule)
 	add("source", r.Source)
+	add("by", r.By)
 	add("scope", r.Scope)
 	add("name", r.Name)
 	add("binding", r.Binding)

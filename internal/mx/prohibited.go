@@ -135,10 +135,21 @@ func embedded4(a netip.Addr) (netip.Addr, string, bool) {
 // resolver judges MX addresses by it, and internal/tlspolicy the MTA-STS
 // policy host's, which a domain's owner names just as freely.
 func Refusal(a netip.Addr, allowLoopback bool, allowed []netip.Prefix) string {
-	if class, local := classify(a); class != "" && !(local && allowLoopback) && !allowedBy(allowed, a) {
-		return a.String() + " is " + class
+	class, local := classify(a)
+	switch {
+	case class == "":
+		return ""
+	case local:
+		// Loopback, unspecified, link-local, multicast and broadcast are
+		// lifted by allow_loopback_mx alone: an allowed_networks entry
+		// as wide as 0.0.0.0/0 must not make mtad mail itself.
+		if allowLoopback {
+			return ""
+		}
+	case allowedBy(allowed, a):
+		return ""
 	}
-	return ""
+	return a.String() + " is " + class
 }
 
 // allowedBy reports whether a, or the IPv4 address it embeds, is inside one

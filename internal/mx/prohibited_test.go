@@ -234,3 +234,31 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// TestRefusalLoopbackNeedsItsSwitch: loopback and the other local ranges
+// are lifted by allow_loopback_mx alone, never by an allowed_networks
+// entry, however wide; private ranges are lifted by allowed_networks.
+func TestRefusalLoopbackNeedsItsSwitch(t *testing.T) {
+	t.Parallel()
+	all := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	for _, tc := range []struct {
+		addr          string
+		allowLoopback bool
+		nets          []netip.Prefix
+		refused       bool
+	}{
+		{"127.0.0.1", false, all, true},
+		{"127.0.0.1", false, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, true},
+		{"::1", false, all, true},
+		{"0.0.0.0", false, all, true},
+		{"127.0.0.1", true, nil, false},
+		{"10.1.2.3", false, all, false},
+		{"10.1.2.3", false, nil, true},
+		{"10.1.2.3", true, nil, true},
+	} {
+		got := Refusal(netip.MustParseAddr(tc.addr), tc.allowLoopback, tc.nets)
+		if (got != "") != tc.refused {
+			t.Errorf("Refusal(%s, loopback %v, %v) = %q, refused want %v", tc.addr, tc.allowLoopback, tc.nets, got, tc.refused)
+		}
+	}
+}

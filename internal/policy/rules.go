@@ -153,21 +153,22 @@ type Rules struct {
 // for an inline rule, the file, line, rule and key for a file's. Binding
 // groups named by rebind are not checked (LoadRules does).
 func CompileRules(inline []config.ResponseRule, file string) (*Rules, error) {
-	return compileRules(inline, file, nil)
+	return compileRules(inline, file, nil, nil)
 }
 
 // LoadRules compiles cfg's response_rules and response_rules_file, checking
-// that each rebind names one of cfg's binding groups.
+// that each rebind names one of cfg's binding groups and each
+// match_provider one of its shaping providers.
 func LoadRules(cfg *config.Config) (*Rules, error) {
-	return compileRules(cfg.ResponseRules, cfg.ResponseRulesFile, cfg.HasBindingGroup)
+	return compileRules(cfg.ResponseRules, cfg.ResponseRulesFile, cfg.HasBindingGroup, cfg.HasProvider)
 }
 
-func compileRules(inline []config.ResponseRule, file string, hasGroup func(string) bool) (*Rules, error) {
+func compileRules(inline []config.ResponseRule, file string, hasGroup, hasProvider func(string) bool) (*Rules, error) {
 	rs := &Rules{counters: map[counterKey][]time.Time{}}
 	var errs []error
 	seen := map[string]string{} // name → where
 	add := func(r *config.ResponseRule, where func(key string) string) {
-		for _, e := range r.Check(hasGroup) {
+		for _, e := range r.Check(hasGroup, hasProvider) {
 			errs = append(errs, fmt.Errorf("%s%s", where(e.Key), e.Msg))
 		}
 		if prev, dup := seen[r.Name]; dup && r.Name != "" {

@@ -279,3 +279,61 @@ func sortSuspensions(ss []Suspension) {
 func ScopeKey(kind ScopeKind, name, binding string) string {
 	return string(kind) + ":" + name + "|" + binding
 }
+
+// All returns every suspension held, ended or not, sorted by Until (for
+// saving them).
+func (s *Suspensions) All() []Suspension {
+	s.mu.RLock()
+	out := make([]Suspension, 0, len(s.by))
+	for _, p := range s.by {
+		out = append(out, *p)
+	}
+	s.mu.RUnlock()
+	sortSuspensions(out)
+	return out
+}
+
+// Restore puts a saved suspension back with its id (a restart), unless its
+// scope holds one ending later; new ids continue after the highest
+// restored, so a saved id never names another suspension.
+func (s *Suspensions) Restore(sp Suspension) {
+	k := keyOf(sp.Kind, sp.Name, sp.Binding)
+	sp.Kind, sp.Name = k.kind, k.name
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, err := strconv.ParseUint(strings.TrimPrefix(sp.ID, "s"), 10, 64); err == nil && n > s.lastID {
+		s.lastID = n
+	}
+	if sp.ID == "" || s.byID[sp.ID] != nil {
+		s.lastID++
+		sp.ID = "s" + strconv.FormatUint(s.lastID, 10)
+	}
+	if old := s.by[k]; old != nil {
+		if !sp.Until.After(old.Until) {
+			return
+		}
+		delete(s.byID, old.ID)
+	}
+	p := &sp
+	s.by[k] = p
+	s.byID[sp.ID] = p
+	s.n.Store(int64(len(s.by)))
+	s.gen.Add(1)
+}
+
+// LastID is the number of the last id handed out ("s42" → 42), for saving.
+func (s *Suspensions) LastID() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.lastID
+}
+
+// NoteID makes new ids start after n (a restart: ids handed out before it,
+// even of suspensions since ended, are not handed out again).
+func (s *Suspensions) NoteID(n uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > s.lastID {
+		s.lastID = n
+	}
+}

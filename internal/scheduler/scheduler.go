@@ -151,6 +151,9 @@ type Options struct {
 	// Rules are the response rules (config response_rules:); nil is none.
 	// SetRules replaces them.
 	Rules *policy.Rules
+	// SuspensionsFile keeps the suspensions across restarts (persist.go);
+	// "" keeps them in memory only. The daemon puts it in spool.dir.
+	SuspensionsFile string
 
 	Clock  Clock       // nil is the system clock
 	Logger *zap.Logger // delivery log; nil discards
@@ -178,6 +181,8 @@ type Scheduler struct {
 	shaperGen   atomic.Uint64
 	rules       atomic.Pointer[policy.Rules]
 	pm          policyMetrics
+	saveMu      sync.Mutex    // one write of SuspensionsFile at a time
+	savedGen    atomic.Uint64 // the suspensions' Gen last written
 	suspensions *policy.Suspensions
 	overrides   *policy.Overrides
 	throttles   *policy.Throttles
@@ -343,6 +348,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	s.pool = pool
 	s.grant.pool = pool
+	if err := s.loadSuspensions(opts.Clock.Now()); err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
 	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(s.grant))
 	s.hooks.SetShaping(s.hookShaping)
 	s.hooks.SetSuspender(s.suspendPair)

@@ -435,6 +435,7 @@ func (s *Scheduler) stopTimers() {
 // expirePolicies logs the suspensions and throttles that ended (each
 // tick), and forgets full throttle buckets (each sweep).
 func (s *Scheduler) expirePolicies(now time.Time) {
+	defer s.saveSuspensions() // those a rule put in force, and those ended
 	for _, sp := range s.suspensions.Expire(now) {
 		s.logPolicy(logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
 			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason})
@@ -489,6 +490,7 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 		sp.Start = s.clock.Now()
 	}
 	got := s.suspensions.Add(sp)
+	s.saveSuspensions()
 	s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
 		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID})
 	return got
@@ -499,7 +501,8 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
 	sp, ok := s.suspensions.Lift(id)
 	if ok {
-		s.logPolicy(logging.Policy{Action: "resume", Source: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
+		s.saveSuspensions()
+		s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, By: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
 			Binding: sp.Binding, Reason: reason, ID: sp.ID})
 	}
 	return sp, ok
@@ -516,7 +519,7 @@ func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool
 	o, ok := s.overrides.Lift(scope)
 	if ok {
 		kind, name, b := splitScopeKey(scope)
-		s.logPolicy(logging.Policy{Action: "unthrottle", Source: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
+		s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, By: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
 			Reason: reason})
 	}
 	return o, ok

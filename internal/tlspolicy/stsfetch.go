@@ -508,6 +508,12 @@ func (s *STS) lookupAddrs(ctx context.Context, host string) ([]netip.Addr, error
 			break
 		}
 		if !answered {
+			if qtype == dns.TypeAAAA && len(out) > 0 {
+				// The A records answered: a resolver or server that
+				// fails AAAA queries must not cost the domain its
+				// policy (an MX lookup tolerates the same).
+				break
+			}
 			return nil, fmt.Errorf("mta-sts: looking up %s %s: %w", host, dns.TypeToString[qtype], errors.Join(errs...))
 		}
 	}
