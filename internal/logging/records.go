@@ -51,6 +51,9 @@ type Received struct {
 	// empty (no keys configured): no "dkim" field.
 	DKIM         []string
 	DKIMUnsigned string
+	// Metadata is what an HTTP injection asked to carry to its log
+	// records (logged as "metadata" when not empty).
+	Metadata map[string]string
 }
 
 // Fields returns the record's fields, "event" first.
@@ -70,6 +73,9 @@ func (r Received) Fields() []zap.Field {
 		f = append(f, zap.Strings("dkim", r.DKIM))
 	case r.DKIMUnsigned != "":
 		f = append(f, zap.String("dkim", "unsigned: "+r.DKIMUnsigned))
+	}
+	if len(r.Metadata) > 0 {
+		f = append(f, zap.Any("metadata", r.Metadata))
 	}
 	return f
 }
