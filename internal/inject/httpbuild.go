@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/conform"
@@ -122,6 +123,17 @@ func decodeAddr(field string, raw json.RawMessage) (httpAddr, *httpError) {
 	return a, nil
 }
 
+// checkHTTPAddress parses a bare addr-spec as an SMTP client's path would
+// be (net/mail: quoted local parts unquoted, one '@' outside quotes), then
+// applies checkAddress, so both APIs accept the same addresses.
+func checkHTTPAddress(addr string, kind addrKind) (string, *smtp.SMTPError) {
+	a, err := mail.ParseAddress("<" + addr + ">")
+	if err != nil || a.Name != "" {
+		return checkAddress("", true, kind) // the syntax refusal
+	}
+	return checkAddress(a.Address, true, kind)
+}
+
 // decode reads and checks the request's shape (not yet its addresses).
 func (h *HTTPServer) decode(w http.ResponseWriter, r *http.Request) (*httpRequest, *httpError) {
 	// Base64 attachments take 4/3 of their size; each recipient may bring
@@ -174,7 +186,7 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 	if e != nil {
 		return nil, e
 	}
-	canon, se := checkAddress(from.Email, true, senderAddr)
+	canon, se := checkHTTPAddress(from.Email, senderAddr)
 	if se != nil {
 		return nil, badField("from", "from %s: %d %d.%d.%d %s", quote(from.Email), se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
 	}
@@ -195,7 +207,7 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		if e != nil {
 			return nil, e
 		}
-		c, se := checkAddress(a.Email, true, recipientAddr)
+		c, se := checkHTTPAddress(a.Email, recipientAddr)
 		switch {
 		case se != nil:
 			d.refused = append(d.refused, HTTPRefusal{a.Email, fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)})

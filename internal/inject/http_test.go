@@ -1,0 +1,267 @@
+package inject
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/mtad/mtad/internal/spool"
+)
+
+type httpEnv struct {
+	url  string
+	sp   *spool.Spool
+	logs *observer.ObservedLogs
+	srv  *HTTPServer
+}
+
+func startHTTP(t *testing.T, sp *spool.Spool, mods ...func(*HTTPOptions)) *httpEnv {
+	t.Helper()
+	if sp == nil {
+		sp = openSpool(t, nil)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	opts := HTTPOptions{
+		Listen:         []string{"127.0.0.1:0"},
+		Hostname:       "mx.test",
+		MaxMessageSize: testMaxSize,
+		MaxRecipients:  5,
+		Logger:         zap.New(core),
+	}
+	for _, m := range mods {
+		m(&opts)
+	}
+	srv, err := NewHTTP(opts, sp, testBindings(t), make(chanHandoff, 100))
+	if err != nil {
+		t.Fatalf("NewHTTP: %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &httpEnv{url: "http://" + srv.Addrs()[0].String() + HTTPPath, sp: sp, logs: logs, srv: srv}
+}
+
+// post sends body and returns the status and decoded JSON answer.
+func (e *httpEnv) post(t *testing.T, body, token string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, e.url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("answer %d is not JSON: %q", resp.StatusCode, b)
+	}
+	return resp.StatusCode, out
+}
+
+func (e *httpEnv) body(t *testing.T, id string) string {
+	t.Helper()
+	r, err := e.sp.OpenBody(id)
+	if err != nil {
+		t.Fatalf("stored body %s: %v", id, err)
+	}
+	defer r.Close()
+	b, _ := io.ReadAll(r)
+	return string(b)
+}
+
+func ids(t *testing.T, out map[string]any) []string {
+	t.Helper()
+	var s []string
+	for _, v := range out["ids"].([]any) {
+		s = append(s, v.(string))
+	}
+	return s
+}
+
+// TestHTTPSubstitutionsPerRecipient: one message per recipient, each stored
+// (in the real spool) with its own values, the html part escaped, a bad
+// address refused alone, metadata in the received record.
+func TestHTTPSubstitutionsPerRecipient(t *testing.T) {
+	t.Parallel()
+	e := startHTTP(t, nil)
+	code, out := e.post(t, `{"from": {"email": "app@example.com", "name": "App"},
+		"recipients": [{"email": "a@dest.test", "name": "Ann", "substitutions": {"who": "Ann"}},
+			{"email": "b@dest.test", "substitutions": {"who": "<Bob>"}}, "bad@@x", "c@-bad-.test"],
+		"subject": "Hi {{who}}", "text": "Hello {{who}}, {{greeting}}", "html": "<p>{{who}}</p>",
+		"substitutions": {"greeting": "welcome"}, "metadata": {"campaign": "c1"}}`, "")
+	if code != http.StatusAccepted {
+		t.Fatalf("status %d: %v", code, out)
+	}
+	if out["accepted"].(float64) != 2 || len(out["refused"].([]any)) != 2 {
+		t.Fatalf("answer %v, want 2 accepted and 2 refused", out)
+	}
+	got := ids(t, out)
+	if len(got) != 2 {
+		t.Fatalf("ids %v, want one per recipient", got)
+	}
+	for i, want := range []struct{ rcpt, text, html string }{
+		{"a@dest.test", "Hello Ann, welcome", "<p>Ann</p>"},
+		{"b@dest.test", "Hello <Bob>, welcome", "<p>&lt;Bob&gt;</p>"},
+	} {
+		m, err := e.sp.Get(got[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Recipients) != 1 || m.Recipients[0].Addr != want.rcpt {
+			t.Errorf("message %d recipients %v, want %s", i, m.Recipients, want.rcpt)
+		}
+		b := e.body(t, got[i])
+		for _, s := range []string{want.text, want.html, "with HTTP id " + got[i], "\r\nMIME-Version: 1.0\r\n", "multipart/alternative", "Message-ID: <"} {
+			if !strings.Contains(b, s) {
+				t.Errorf("message %d lacks %q:\n%s", i, s, b)
+			}
+		}
+		if strings.Contains(strings.ReplaceAll(b, "\r\n", ""), "\n") {
+			t.Errorf("message %d has a bare LF", i)
+		}
+		if recs := e.logs.FilterField(zap.String("queue_id", got[i])).FilterMessage("received").All(); len(recs) != 1 ||
+			recs[0].ContextMap()["metadata"] == nil {
+			t.Errorf("message %d: received records %v, want one with metadata", i, recs)
+		}
+	}
+}
+
+// TestHTTPOneMessageWithoutSubstitutions: raw content for two recipients
+// is one message, LF made CRLF, binding group kept.
+func TestHTTPOneMessageWithoutSubstitutions(t *testing.T) {
+	t.Parallel()
+	e := startHTTP(t, nil)
+	code, out := e.post(t, `{"from": "app@example.com", "recipients": ["a@dest.test", "b@dest.test"],
+		"content": "From: app@example.com\nSubject: raw\n\nbody\n", "binding_group": "bulk"}`, "")
+	if code != http.StatusAccepted || out["accepted"].(float64) != 2 {
+		t.Fatalf("status %d: %v", code, out)
+	}
+	got := ids(t, out)
+	if len(got) != 1 {
+		t.Fatalf("ids %v, want one message", got)
+	}
+	m, _ := e.sp.Get(got[0])
+	if len(m.Recipients) != 2 || m.Group != "bulk" {
+		t.Errorf("stored %+v", m)
+	}
+	if b := e.body(t, got[0]); !strings.HasSuffix(b, "\r\nFrom: app@example.com\r\nSubject: raw\r\n\r\nbody\r\n") {
+		t.Errorf("stored body %q", b)
+	}
+}
+
+// TestHTTPBadFields: each bad field gets 400 naming it, header injection
+// included, and nothing is stored.
+func TestHTTPBadFields(t *testing.T) {
+	t.Parallel()
+	e := startHTTP(t, nil)
+	for _, tc := range []struct{ body, field string }{
+		{`{"recipients": ["a@dest.test"], "text": "x"}`, "from"},
+		{`{"from": "nope", "recipients": ["a@dest.test"], "text": "x"}`, "from"},
+		{`{"from": "a@example.com", "text": "x"}`, "recipients"},
+		{`{"from": "a@example.com", "recipients": ["1@d.test","2@d.test","3@d.test","4@d.test","5@d.test","6@d.test"], "text": "x"}`, "recipients"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"]}`, "text"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "content": "x", "subject": "y"}`, "content"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x", "bogus": 1}`, "bogus"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": 5}`, "text"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x", "binding_group": "nope"}`, "binding_group"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "{{#if}}"}`, "text"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x", "attachments": [{"name": "f", "data": "!!"}]}`, "attachments[0].data"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x", "headers": {"From": "x@y.test"}}`, "headers.From"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "content": "a\u0000b\n"}`, "content"},
+		// header injection
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "subject": "x\r\nBcc: v@x.test", "text": "x"}`, "subject"},
+		{`{"from": {"email": "a@example.com", "name": "A\nBcc: v@x.test"}, "recipients": ["a@dest.test"], "text": "x"}`, "from.name"},
+		{`{"from": "a@example.com", "recipients": [{"email": "a@dest.test\nBcc: v@x.test"}], "text": "x"}`, "recipients[0].email"},
+		{`{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x", "headers": {"X-A": "1\r\nBcc: v@x.test"}}`, "headers.X-A"},
+		{`{"from": "a@example.com", "recipients": [{"email": "a@dest.test", "substitutions": {"s": "1\nBcc: v@x.test"}}], "subject": "{{s}}", "text": "x"}`, "subject"},
+	} {
+		code, out := e.post(t, tc.body, "")
+		if code != http.StatusBadRequest || out["field"] != tc.field {
+			t.Errorf("%s: %d %v, want 400 naming %s", tc.body, code, out, tc.field)
+		}
+	}
+	if n := len(e.logs.FilterMessage("received").All()); n != 0 {
+		t.Errorf("%d messages received from bad requests", n)
+	}
+}
+
+// TestHTTPStatusCodes: 413, 415, 401, 405 and 503 on a closed spool.
+func TestHTTPStatusCodes(t *testing.T) {
+	t.Parallel()
+	tokFile := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokFile, []byte("# ops\ns3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	toks, err := LoadTokens(tokFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startHTTP(t, sp, func(o *HTTPOptions) { o.Tokens = toks })
+	good := `{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "x"}`
+	if code, out := e.post(t, good, ""); code != http.StatusUnauthorized {
+		t.Errorf("no token: %d %v", code, out)
+	}
+	if code, out := e.post(t, good, "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("bad token: %d %v", code, out)
+	}
+	if code, out := e.post(t, good, "s3cret"); code != http.StatusAccepted {
+		t.Errorf("good token: %d %v", code, out)
+	}
+	big := `{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "` + strings.Repeat("x", testMaxSize) + `"}`
+	if code, out := e.post(t, big, "s3cret"); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("too big: %d %v", code, out)
+	}
+	req, _ := http.NewRequest(http.MethodPost, e.url, strings.NewReader(good))
+	req.Header.Set("Content-Type", "text/plain")
+	req.Header.Set("Authorization", "Bearer s3cret")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Errorf("text/plain: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if resp, err := http.Get(e.url); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if err := sp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := e.post(t, good, "s3cret"); code != http.StatusServiceUnavailable {
+		t.Errorf("closed spool: %d %v", code, out)
+	}
+}
+
+// TestHTTPRefusesOpenListenWithoutTokens: no tokens, no non-loopback.
+func TestHTTPRefusesOpenListenWithoutTokens(t *testing.T) {
+	t.Parallel()
+	_, err := NewHTTP(HTTPOptions{Listen: []string{"0.0.0.0:0"}, Hostname: "h", MaxMessageSize: 1}, openSpool(t, nil), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "no tokens") {
+		t.Errorf("NewHTTP on 0.0.0.0 without tokens: %v", err)
+	}
+}
