@@ -381,6 +381,15 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			log.Info("listening for SMTP injection", zap.String("addr", a.String()))
 		}
 	}
+	hsrv, err := startHTTPInject(cfg, sp, st.bindings, handoff{sched}, signer, log)
+	if err != nil {
+		if srv != nil {
+			ctx, cancel := stopCtx(sc.ShutdownGrace)
+			_ = srv.Shutdown(ctx)
+			cancel()
+		}
+		return err
+	}
 
 	adm := admin.New(admin.Options{
 		Listen:   cfg.Admin.Listen,
@@ -393,6 +402,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Policy: adminPolicy{sched, st.bindings},
 	})
 	if err := adm.Start(); err != nil {
+		if hsrv != nil {
+			ctx, cancel := stopCtx(sc.ShutdownGrace)
+			_ = hsrv.Shutdown(ctx)
+			cancel()
+		}
 		if srv != nil {
 			ctx, cancel := stopCtx(sc.ShutdownGrace)
 			_ = srv.Shutdown(ctx)
@@ -425,6 +439,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	if srv != nil {
 		if err := srv.Shutdown(ctx); err != nil {
 			log.Warn("injection sessions cut at the shutdown deadline", zap.Error(err))
+		}
+	}
+	if hsrv != nil {
+		if err := hsrv.Shutdown(ctx); err != nil {
+			log.Warn("HTTP injection requests cut at the shutdown deadline", zap.Error(err))
 		}
 	}
 	if err := adm.Shutdown(ctx); err != nil {
@@ -508,4 +527,45 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
 		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
 		zap.Strings("changed_needing_restart", restart))
+}
+
+// startHTTPInject starts the HTTP injection API when inject.http.listen
+// names addresses; nil when it does not.
+func startHTTPInject(cfg *config.Config, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, log *zap.Logger) (*inject.HTTPServer, error) {
+	hc := cfg.Inject.HTTP
+	if len(hc.Listen) == 0 {
+		return nil, nil
+	}
+	var toks []string
+	if hc.TokensFile != "" {
+		var err error
+		if toks, err = inject.LoadTokens(hc.TokensFile); err != nil {
+			return nil, fmt.Errorf("config: inject.http.tokens_file: %w", err)
+		}
+	}
+	longLines := inject.LongLinesConvert
+	if cfg.Inject.SMTP.LongLines == "reject" {
+		longLines = inject.LongLinesReject
+	}
+	srv, err := inject.NewHTTP(inject.HTTPOptions{
+		Listen:             hc.Listen,
+		Tokens:             toks,
+		Hostname:           cfg.Hostname,
+		MaxMessageSize:     int64(hc.MaxMessageSize),
+		MaxRecipients:      hc.MaxRecipients,
+		MaxReceivedHeaders: cfg.Inject.SMTP.MaxReceivedHeaders,
+		LongLines:          longLines,
+		Logger:             log,
+		DKIM:               signer,
+	}, sp, b, h)
+	if err != nil {
+		return nil, fmt.Errorf("inject.http: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("inject.http: %w", err)
+	}
+	for _, a := range srv.Addrs() {
+		log.Info("listening for HTTP injection", zap.String("addr", a.String()))
+	}
+	return srv, nil
 }

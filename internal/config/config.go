@@ -90,6 +90,20 @@ type Log struct {
 // Inject groups the injection listeners.
 type Inject struct {
 	SMTP SMTPInject `mapstructure:"smtp"`
+	HTTP HTTPInject `mapstructure:"http"`
+}
+
+// HTTPInject configures the HTTP injection API (POST /api/v1/messages).
+type HTTPInject struct {
+	// Listen is the list of host:port addresses to serve on; empty means
+	// no HTTP injection.
+	Listen []string `mapstructure:"listen"`
+	// TokensFile holds the accepted bearer tokens, one a line; "" means no
+	// authentication, allowed only on loopback addresses.
+	TokensFile     string `mapstructure:"tokens_file"`
+	MaxMessageSize Size   `mapstructure:"max_message_size"`
+	// MaxRecipients bounds the recipients of one request.
+	MaxRecipients int `mapstructure:"max_recipients"`
 }
 
 // SMTPInject configures the SMTP injection listener.
@@ -300,7 +314,9 @@ func Default() *Config {
 			MaxAuthChecks:      0,
 			MaxReceivedHeaders: 50,
 			LongLines:          "convert",
-		}},
+		},
+			HTTP: HTTPInject{Listen: []string{}, MaxMessageSize: 25 * MiB, MaxRecipients: 10000},
+		},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		DNS:   DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
 		Delivery: Delivery{

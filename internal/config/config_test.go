@@ -271,7 +271,9 @@ func TestFullRoundTrip(t *testing.T) {
 			MaxCommands:        10000,
 			MaxReceivedHeaders: 50,
 			LongLines:          "convert",
-		}},
+		},
+			HTTP: HTTPInject{Listen: []string{}, MaxMessageSize: 25 * MiB, MaxRecipients: 10000},
+		},
 		Admin: Admin{Listen: "127.0.0.1:9000"},
 		Bindings: []Binding{
 			{Name: "a", Address: "127.0.0.2", EHLO: "a.example.com"},

@@ -104,6 +104,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) validateInject(v *validator) {
+	c.validateHTTPInject(v)
 	s := c.Inject.SMTP
 	const p = "inject.smtp."
 	for i, a := range s.Listen {
@@ -397,5 +398,26 @@ func (c *Config) validateDANE(v *validator) {
 	}
 	for i := range c.Shaping.Domains {
 		check(fmt.Sprintf("shaping.domains[%d]", i), &c.Shaping.Domains[i].ShapingValues, c.Shaping.Domains[i].Bindings)
+	}
+}
+
+func (c *Config) validateHTTPInject(v *validator) {
+	h := c.Inject.HTTP
+	const p = "inject.http."
+	for i, a := range h.Listen {
+		v.hostPort(fmt.Sprintf(p+"listen[%d]", i), a, true)
+	}
+	if h.MaxMessageSize <= 0 {
+		v.bad(p+"max_message_size", "%d must be positive", h.MaxMessageSize)
+	}
+	if h.MaxRecipients < 1 {
+		v.bad(p+"max_recipients", "%d must be at least 1", h.MaxRecipients)
+	}
+	if h.TokensFile != "" {
+		if fi, err := os.Stat(h.TokensFile); err != nil {
+			v.bad(p+"tokens_file", "%q: %v", h.TokensFile, err)
+		} else if !fi.Mode().IsRegular() {
+			v.bad(p+"tokens_file", "%q is not a regular file", h.TokensFile)
+		}
 	}
 }
