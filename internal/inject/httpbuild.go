@@ -106,6 +106,15 @@ func decodeAddr(field string, raw json.RawMessage) (httpAddr, *httpError) {
 		if err := json.Unmarshal(raw, &a.Email); err != nil {
 			return a, jsonFieldError(field, err)
 		}
+		if strings.ContainsRune(a.Email, '<') && !strings.ContainsAny(a.Email, "\r\n") {
+			// "Name <addr>", as a From field is written: the name and
+			// the address, as the object form gives them.
+			pa, err := mail.ParseAddress(a.Email)
+			if err != nil {
+				return a, badField(field, "%s: %q is neither an address nor \"Name <address>\": %v", field, a.Email, err)
+			}
+			a.Email, a.Name = pa.Address, pa.Name
+		}
 	} else if err := strictDecode(bytes.NewReader(raw), &a); err != nil {
 		return a, jsonFieldError(field, err)
 	}
