@@ -46,8 +46,13 @@ type tokenEntry struct {
 	sum  [sha256.Size]byte
 }
 
-// Len is the number of tokens.
-func (t *Tokens) Len() int { return len(t.entries) }
+// Len is the number of tokens; 0 for a nil *Tokens.
+func (t *Tokens) Len() int {
+	if t == nil {
+		return 0
+	}
+	return len(t.entries)
+}
 
 // Lookup returns the name of the token equal to token. It compares
 // token's SHA-256 with every entry's, always all of them and in constant
