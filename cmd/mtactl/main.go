@@ -4,6 +4,7 @@
 //
 //	mtactl [--admin URL] status         queue and connection state, as JSON
 //	mtactl [--admin URL] health         exits 0 when the daemon answers healthy
+//	mtactl [--admin URL] ready          exits 0 when /readyz says ready (spool, listeners, scheduler)
 //	mtactl [--admin URL] metrics        the Prometheus metrics text
 //	mtactl shaping resolve DOMAIN [--binding B] [--json]
 //	                                    the pair's shaping: key, value, the scope it came from
@@ -13,6 +14,9 @@
 //	mtactl resume ID [--reason WHY] [--by WHO]
 //	mtactl throttles [--json]           the rule throttles in force
 //	mtactl unthrottle SCOPE_KEY [--reason WHY] [--by WHO]
+//
+// --token (or MTAD_ADMIN_TOKEN, better: a flag shows in ps) is sent as
+// "Authorization: Bearer" when the daemon has admin.tokens_file.
 //
 // Exit codes: 0 done, 1 the daemon refused or could not be reached (the
 // HTTP status and the API's error are printed), 2 a usage error.
@@ -38,10 +42,10 @@ import (
 
 var version = "dev"
 
-const usage = `usage: mtactl [--admin URL] [--timeout D] COMMAND [ARGS]
+const usage = `usage: mtactl [--admin URL] [--token T] [--timeout D] COMMAND [ARGS]
 
 commands:
-  status | health | metrics
+  status | health | ready | metrics
   shaping resolve DOMAIN [--binding B] [--json]
   suspensions [--json]
   suspend SCOPE NAME --duration D --reason WHY [--binding B] [--by WHO] [--json]
@@ -69,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	admin := fs.String("admin", envOr("MTAD_ADMIN", "http://127.0.0.1:8025"), "admin API base URL (env MTAD_ADMIN)")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	// The environment is the better place for a token: a flag shows in ps.
+	token := fs.String("token", os.Getenv("MTAD_ADMIN_TOKEN"), "admin bearer token, one of admin.tokens_file's (env MTAD_ADMIN_TOKEN)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, usage)
@@ -85,10 +91,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	c := &client{http: &http.Client{Timeout: *timeout}, base: strings.TrimRight(*admin, "/")}
+	c := &client{http: &http.Client{Timeout: *timeout}, base: strings.TrimRight(*admin, "/"), token: strings.TrimSpace(*token)}
 	cmds := map[string]func(*client, []string, io.Writer) error{
 		"status":      raw("/api/v1/status"),
 		"health":      raw("/healthz"),
+		"ready":       raw("/readyz"),
 		"metrics":     raw("/metrics"),
 		"shaping":     shapingCmd,
 		"suspensions": suspensionsCmd,
@@ -122,8 +129,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // client calls the admin API.
 type client struct {
-	http *http.Client
-	base string
+	http  *http.Client
+	base  string
+	token string // sent as "Authorization: Bearer"; "" = none
 }
 
 // apiError is a non-2xx answer: the status and the API's error text.
@@ -155,6 +163,9 @@ func (c *client) do(method, path string, body any) (int, []byte, error) {
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

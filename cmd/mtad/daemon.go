@@ -56,6 +56,7 @@ type statics struct {
 	dkim      *dkim.Keys
 	roots     *x509.CertPool // system + tls.ca_file
 	allowed   []netip.Prefix // delivery.allowed_networks
+	adminToks *admin.Tokens  // admin.tokens_file; nil = none
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -95,6 +96,12 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	if sc.AuthUsersFile != "" {
 		if st.users, err = inject.LoadUsers(sc.AuthUsersFile); err != nil {
 			return nil, fmt.Errorf("config: inject.smtp.auth_users_file: %w", err)
+		}
+	}
+
+	if cfg.Admin.TokensFile != "" {
+		if st.adminToks, err = admin.LoadTokens(cfg.Admin.TokensFile); err != nil {
+			return nil, fmt.Errorf("config: admin.tokens_file: %w", err)
 		}
 	}
 
@@ -216,6 +223,31 @@ func (p adminPolicy) ResolveShaping(domain, b string) (admin.Shaping, error) {
 
 // HasBinding is admin.Policy's.
 func (p adminPolicy) HasBinding(name string) bool { return p.bindings.ByName(name) != nil }
+
+// listenerCheck is /readyz's listener check: the injection listener has
+// every address it was configured with bound, and shutdown has not begun.
+type listenerCheck struct {
+	srv      *inject.Server // nil when no injection address is configured
+	want     int
+	stopping *atomic.Bool
+}
+
+// Listening is admin.ListenerCheck's.
+func (l listenerCheck) Listening() error {
+	if l.stopping.Load() {
+		return errors.New("shutting down: no longer accepting mail")
+	}
+	if l.want == 0 {
+		return nil
+	}
+	if l.srv == nil {
+		return errors.New("SMTP injection not started")
+	}
+	if n := len(l.srv.Addrs()); n != l.want {
+		return fmt.Errorf("SMTP injection listens on %d of its %d addresses", n, l.want)
+	}
+	return nil
+}
 
 // runDaemon runs mtad until SIGTERM/SIGINT. Start order: spool, engine,
 // recovery, injection, admin; stop order is the reverse, so nothing is
@@ -391,8 +423,16 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		return err
 	}
 
+	var stopping atomic.Bool // set when shutdown begins: /readyz says so
 	adm := admin.New(admin.Options{
-		Listen:   cfg.Admin.Listen,
+		Listen:       cfg.Admin.Listen,
+		Tokens:       st.adminToks,
+		Pprof:        cfg.Admin.Pprof,
+		ReadTimeout:  cfg.Admin.ReadTimeout,
+		WriteTimeout: cfg.Admin.WriteTimeout,
+		IdleTimeout:  cfg.Admin.IdleTimeout,
+		Ready: admin.Readiness{Spool: sp, Scheduler: sched, MaintainInterval: d.MaintainInterval,
+			Listeners: listenerCheck{srv: srv, want: len(sc.Listen) + len(sc.TLSListen), stopping: &stopping}},
 		Gatherer: st.metrics,
 		Version:  version,
 		Logger:   log,
@@ -426,13 +466,14 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(cfgPath, cfg, &cur, sched, signer, log)
+			reload(cfgPath, cfg, &cur, sched, signer, adm, log)
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
 		break
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	stopping.Store(true)
 
 	ctx, cancel := stopCtx(sc.ShutdownGrace)
 	defer cancel()
@@ -460,7 +501,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // reload, so the old keys stay) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, started *config.Config, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, log *zap.Logger) {
+func reload(path string, started *config.Config, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, adm *admin.Server, log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -488,6 +529,9 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 	if fmt.Sprint(old.Bindings, old.BindingGroups) != fmt.Sprint(next.Bindings, next.BindingGroups) {
 		restart = append(restart, "bindings")
 	}
+	// admin.tokens_file is re-read and applied below.
+	oa, na := old.Admin, next.Admin
+	oa.TokensFile, na.TokensFile = "", ""
 	od, nd := old.Delivery, next.Delivery
 	od.BounceClassesFile, nd.BounceClassesFile = "", "" // applied below
 	// Applied below too: the shaping of every pair (the delivery.* timings
@@ -499,7 +543,7 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 		old, new any
 	}{
 		{"dns", old.DNS, next.DNS}, {"routes", old.Routes, next.Routes}, {"delivery", od, nd},
-		{"hooks", old.Hooks, next.Hooks}, {"log", old.Log, next.Log}, {"admin", old.Admin, next.Admin},
+		{"hooks", old.Hooks, next.Hooks}, {"log", old.Log, next.Log}, {"admin", oa, na},
 		{"hostname", old.Hostname, next.Hostname},
 	} {
 		if fmt.Sprint(c.old) != fmt.Sprint(c.new) {
@@ -522,10 +566,18 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 	// The key files are re-read even when the config names the same ones:
 	// rotating a key is replacing its file and sending SIGHUP.
 	signer.SetKeys(st.dkim)
+	// The tokens file too: adding or revoking a token is editing it and
+	// sending SIGHUP. A file that does not load refused the reload above.
+	// Removing tokens_file opens the API only on loopback (config
+	// validation refused it otherwise, and SetTokens checks again).
+	if err := adm.SetTokens(st.adminToks); err != nil {
+		log.Error("admin tokens not changed", zap.Error(err))
+	}
 	log.Info("configuration reloaded: shaping, response rules, bounce classes and DKIM keys applied",
 		zap.Int("dkim_keys", st.dkim.Len()),
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
 		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
+		zap.Int("admin_tokens", st.adminToks.Len()),
 		zap.Strings("changed_needing_restart", restart))
 }
 

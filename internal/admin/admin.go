@@ -5,12 +5,18 @@
 // changes queues, the spool or policy state behind their owner's back, and
 // never logs a policy change itself (the owner writes the one record).
 //
+// Access: with tokens (admin.tokens_file) every request needs
+// "Authorization: Bearer TOKEN" and is logged under the token's name;
+// without, Start refuses any listen address but loopback (auth.go). The
+// profiler is served only when Options.Pprof is set.
+//
 // Every error answer is JSON, {"error": "..."} with a fitting HTTP status
 // (a refused input names its parameter or field first: "domain: required"),
 // so mtactl and scripts can rely on one shape. A method a path does not
 // take gets 405 with an Allow header.
 //
-//	GET    /healthz
+//	GET    /healthz                      process alive
+//	GET    /readyz                       spool writable, listeners up, scheduler ticking (health.go)
 //	GET    /api/v1/status
 //	GET    /api/v1/shaping?domain=D[&binding=B]
 //	GET    /api/v1/suspensions
@@ -18,23 +24,29 @@
 //	DELETE /api/v1/suspensions/{id}[?by=&reason=]
 //	GET    /api/v1/throttles
 //	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
-//	GET    /metrics, /debug/pprof/
+//	GET    /metrics
+//	GET    /debug/pprof/                 only with Options.Pprof
 package admin
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/config"
 )
 
 // StatusFunc returns a JSON-encodable snapshot of the daemon's state.
@@ -49,16 +61,39 @@ type Options struct {
 	// Policy serves the shaping, suspension and throttle endpoints; nil
 	// leaves them out (404).
 	Policy Policy
+	// Tokens, when set, are required on every request; nil leaves the API
+	// open, which Start allows only on a loopback Listen.
+	Tokens *Tokens
+	// Pprof serves /debug/pprof/; off, those paths answer 404.
+	Pprof bool
+	// ReadTimeout bounds reading a request (headers and body);
+	// WriteTimeout writing its answer (a profile's or trace's ?seconds=
+	// come on top); IdleTimeout a kept-alive connection's wait. Zero
+	// means the defaults below.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Ready is what /readyz checks.
+	Ready  Readiness
 	Logger *zap.Logger
 }
 
+// Timeout defaults, the config's (internal/config Default).
+const (
+	defaultReadTimeout  = 10 * time.Second
+	defaultWriteTimeout = 30 * time.Second
+	defaultIdleTimeout  = 2 * time.Minute
+	// maxProfileSeconds bounds a profile's or trace's ?seconds=, and so
+	// how long one request may hold the connection.
+	maxProfileSeconds = 600
+)
+
 // Server is the admin HTTP server. Start it once, Shutdown it once.
 type Server struct {
-	opts  Options
-	ln    net.Listener
-	srv   *http.Server
-	wg    sync.WaitGroup
-	start time.Time
+	opts   Options
+	tokens atomic.Pointer[Tokens] // nil: open (loopback only)
+	ln     net.Listener
+	srv    *http.Server
+	wg     sync.WaitGroup
+	start  time.Time
 }
 
 // New builds the server; it does not listen yet.
@@ -66,11 +101,20 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = defaultReadTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = defaultWriteTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
 	s := &Server{opts: opts, start: time.Now()}
+	s.tokens.Store(opts.Tokens)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", s.get(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	}))
+	mux.HandleFunc("/healthz", s.get(s.healthz))
+	mux.HandleFunc("/readyz", s.get(s.readyz))
 	mux.HandleFunc("/api/v1/status", s.get(s.status))
 	if opts.Policy != nil {
 		mux.HandleFunc("/api/v1/shaping", methods(route{http.MethodGet, s.shaping}))
@@ -81,18 +125,105 @@ func New(opts Options) *Server {
 	if opts.Gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
-	// Go's profiler, for finding where time goes in production. The admin
-	// listener is private (loopback by default), like the rest of this API.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Go's profiler, for finding where time goes in production; only
+	// when asked for, as a profile shows the process's internals (and its
+	// command line) to whoever holds a token.
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The write timeout is set per request (writeDeadline), not as
+	// http.Server.WriteTimeout: a CPU profile or a trace writes only after
+	// its ?seconds=, and pprof refuses any duration past the server's
+	// WriteTimeout. The header timeout equals the read timeout: an admin
+	// request's body is small, so one bound covers both.
+	s.srv = &http.Server{
+		Handler:           s.logRequests(s.authenticate(s.writeDeadline(mux))),
+		ReadHeaderTimeout: opts.ReadTimeout,
+		ReadTimeout:       opts.ReadTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		ErrorLog:          zap.NewStdLog(opts.Logger.Named("admin-http")),
+	}
 	return s
+}
+
+// SetTokens swaps the tokens in force (a reload of admin.tokens_file);
+// requests already authenticated finish. nil opens the API, which is
+// refused unless the listen address is loopback.
+func (s *Server) SetTokens(t *Tokens) error {
+	if t == nil && !config.LoopbackListen(s.opts.Listen) {
+		return fmt.Errorf("admin: %q is not a loopback address: its tokens cannot be removed", s.opts.Listen)
+	}
+	s.tokens.Store(t)
+	return nil
+}
+
+// writeDeadline sets each request's write deadline: WriteTimeout from now,
+// plus a profile's or a trace's ?seconds=. A duration past
+// maxProfileSeconds is refused.
+func (s *Server) writeDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := s.opts.WriteTimeout
+		if s.opts.Pprof && strings.HasPrefix(r.URL.Path, "/debug/pprof/") && r.URL.Query().Has("seconds") {
+			sec, err := strconv.ParseFloat(r.URL.Query().Get("seconds"), 64)
+			if err != nil || sec < 0 || sec > maxProfileSeconds {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("seconds: %q is not a number of seconds from 0 to %d", r.URL.Query().Get("seconds"), maxProfileSeconds))
+				return
+			}
+			d += time.Duration(sec * float64(time.Second))
+		}
+		// An error means the connection cannot take deadlines (not a
+		// net.Conn the server made); nothing to bound then.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d))
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusWriter remembers the status code for the request log.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// logRequests logs every request that may change something (any method
+// but GET and HEAD) at info, with who made it, and the reads at debug.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		var who string
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), whoSlot{}, &who)))
+		lvl := zap.DebugLevel
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			lvl = zap.InfoLevel
+		}
+		if ce := s.opts.Logger.Check(lvl, "admin request"); ce != nil {
+			ce.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path),
+				zap.Int("status", sw.code), zap.String("token", who), zap.String("remote", r.RemoteAddr))
+		}
+	})
 }
 
 // Start listens on Options.Listen and serves in a goroutine that Shutdown
@@ -100,6 +231,11 @@ func New(opts Options) *Server {
 func (s *Server) Start() error {
 	if s.opts.Listen == "" {
 		return nil
+	}
+	// Checked before listening, so an open API is never reachable from
+	// the network even for a moment.
+	if s.tokens.Load() == nil && !config.LoopbackListen(s.opts.Listen) {
+		return fmt.Errorf("admin: admin.listen %q is not a loopback address and admin.tokens_file gives no tokens", s.opts.Listen)
 	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {

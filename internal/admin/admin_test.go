@@ -58,6 +58,7 @@ func TestEndpoints(t *testing.T) {
 	reg.MustRegister(c)
 	c.Add(3)
 	base := startServer(t, Options{
+		Pprof:    true,
 		Gatherer: reg,
 		Version:  "v-test",
 		Status:   func() any { return map[string]int{"active": 7} },

@@ -367,7 +367,7 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	sp, ok := s.opts.Policy.Resume(id, byOf(q), q["reason"])
+	sp, ok := s.opts.Policy.Resume(id, byOf(q, Who(r)), q["reason"])
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no suspension %q in force", id))
 		return
@@ -442,7 +442,7 @@ func (s *Server) unthrottle(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "scope: required: a throttle's scope key as GET /api/v1/throttles lists it")
 		return
 	}
-	o, ok := s.opts.Policy.Unthrottle(q["scope"], byOf(q), q["reason"])
+	o, ok := s.opts.Policy.Unthrottle(q["scope"], byOf(q, Who(r)), q["reason"])
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("scope: no throttle on %q", q["scope"]))
 		return
@@ -475,10 +475,14 @@ func params(q url.Values, allowed ...string) (map[string]string, error) {
 	return out, nil
 }
 
-// byOf is who acts: the "by" parameter, "operator" when absent.
-func byOf(q map[string]string) string {
+// byOf is who acts: the "by" parameter; when absent, the name of the
+// token that authenticated the request (token), else "operator".
+func byOf(q map[string]string, token string) string {
 	if by := strings.TrimSpace(q["by"]); by != "" {
 		return by
+	}
+	if token != "" {
+		return token
 	}
 	return defaultBy
 }

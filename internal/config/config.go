@@ -170,6 +170,22 @@ type Runtime struct {
 // Admin configures the admin HTTP API and metrics.
 type Admin struct {
 	Listen string `mapstructure:"listen"` // host:port
+	// TokensFile holds the bearer tokens the admin API accepts, one a
+	// line ("name:token" or "token"); "" = no tokens, allowed only on a
+	// loopback Listen. With a file, every request needs a token, on
+	// loopback too. Re-read on SIGHUP.
+	TokensFile string `mapstructure:"tokens_file"`
+	// Pprof serves Go's profiler under /debug/pprof/; off by default, as
+	// a profile shows the process's internals to whoever asks.
+	Pprof bool `mapstructure:"pprof"`
+	// ReadTimeout bounds reading a request, headers and body.
+	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+	// WriteTimeout bounds writing an answer (a CPU profile or a trace
+	// gets its duration on top).
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	// IdleTimeout is how long a kept-alive connection may wait for its
+	// next request.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 }
 
 // Binding is one source address with its EHLO name.
@@ -317,8 +333,9 @@ func Default() *Config {
 		},
 			HTTP: HTTPInject{Listen: []string{}, MaxMessageSize: 25 * MiB, MaxRecipients: 10000},
 		},
-		Admin: Admin{Listen: "127.0.0.1:8025"},
-		DNS:   DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
+		Admin: Admin{Listen: "127.0.0.1:8025", ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
+		DNS: DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
 		Delivery: Delivery{
 			Port:             25,
 			AllowLoopbackMX:  false,

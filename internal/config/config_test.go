@@ -274,7 +274,7 @@ func TestFullRoundTrip(t *testing.T) {
 		},
 			HTTP: HTTPInject{Listen: []string{}, MaxMessageSize: 25 * MiB, MaxRecipients: 10000},
 		},
-		Admin: Admin{Listen: "127.0.0.1:9000"},
+		Admin: Admin{Listen: "127.0.0.1:9000", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
 		Bindings: []Binding{
 			{Name: "a", Address: "127.0.0.2", EHLO: "a.example.com"},
 			{Name: "b", Address: "::1"},
@@ -363,6 +363,14 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"read timeout", func(c *Config) { c.Inject.SMTP.ReadTimeout = 0 }, `config: inject.smtp.read_timeout: 0s must be positive`},
 		{"auth delay", func(c *Config) { c.Inject.SMTP.AuthFailDelay = -time.Second }, `config: inject.smtp.auth_fail_delay: -1s is negative`},
 		{"admin", func(c *Config) { c.Admin.Listen = "8025" }, `config: admin.listen: "8025"`},
+		{"admin open to all", func(c *Config) { c.Admin.Listen = "0.0.0.0:8025" }, `config: admin.listen: "0.0.0.0:8025" is not a loopback address, so admin.tokens_file must name a tokens file`},
+		{"admin no host", func(c *Config) { c.Admin.Listen = ":8025" }, `config: admin.listen: ":8025" is not a loopback address, so admin.tokens_file`},
+		{"admin host name", func(c *Config) { c.Admin.Listen = "admin.example.com:8025" }, `config: admin.listen: "admin.example.com:8025" is not a loopback address, so admin.tokens_file`},
+		{"admin tokens missing", func(c *Config) { c.Admin.TokensFile = missing }, `config: admin.tokens_file: "` + missing},
+		{"admin tokens dir", func(c *Config) { c.Admin.TokensFile = dir }, `config: admin.tokens_file: "` + dir + `" is not a regular file`},
+		{"admin read timeout", func(c *Config) { c.Admin.ReadTimeout = 0 }, `config: admin.read_timeout: 0s must be positive`},
+		{"admin write timeout", func(c *Config) { c.Admin.WriteTimeout = -time.Second }, `config: admin.write_timeout: -1s must be positive`},
+		{"admin idle timeout", func(c *Config) { c.Admin.IdleTimeout = 0 }, `config: admin.idle_timeout: 0s must be positive`},
 		{"gc percent", func(c *Config) { c.Runtime.GCPercent = -2 }, `config: runtime.gc_percent: -2 is below -1`},
 		{"gc off without limit", func(c *Config) { c.Runtime.GCPercent = -1 }, `config: runtime.gc_percent: -1 (collector off) needs runtime.memory_limit`},
 		{"memory limit", func(c *Config) { c.Runtime.MemoryLimit = -1 }, `config: runtime.memory_limit: -1 is negative`},
@@ -731,5 +739,38 @@ func TestDelayWarningOff(t *testing.T) {
 	c.Delivery.DelayWarning = 0
 	if err := c.Validate(); err != nil {
 		t.Errorf("delay_warning 0: %v", err)
+	}
+}
+
+func TestLoopbackListen(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8025": true, "127.9.9.9:0": true, "[::1]:8025": true, "localhost:8025": true,
+		"LocalHost:1": true, "[::ffff:127.0.0.1]:1": true,
+		"0.0.0.0:8025": false, ":8025": false, "[::]:8025": false, "192.0.2.1:8025": false,
+		"admin.example.com:8025": false, "8025": false, "": false,
+	} {
+		if got := LoopbackListen(addr); got != want {
+			t.Errorf("LoopbackListen(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// A tokens file opens a non-loopback admin listener; a loopback one needs none.
+func TestAdminListenWithTokens(t *testing.T) {
+	t.Parallel()
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte("ops:"+strings.Repeat("x", 40)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	c.Admin.Listen = "0.0.0.0:8025"
+	c.Admin.TokensFile = tokens
+	if err := c.Validate(); err != nil {
+		t.Errorf("non-loopback with tokens: %v", err)
+	}
+	c.Admin.Listen, c.Admin.TokensFile = "[::1]:0", ""
+	if err := c.Validate(); err != nil {
+		t.Errorf("loopback without tokens: %v", err)
 	}
 }

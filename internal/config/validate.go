@@ -54,7 +54,7 @@ func (c *Config) Validate() error {
 	if c.Runtime.MemoryLimit < 0 {
 		v.bad("runtime.memory_limit", "%d is negative", c.Runtime.MemoryLimit)
 	}
-	v.hostPort("admin.listen", c.Admin.Listen, true)
+	c.validateAdmin(v)
 	c.validateBindings(v)
 
 	for i, s := range c.DNS.Servers {
@@ -101,6 +101,43 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(v.errs...)
+}
+
+func (c *Config) validateAdmin(v *validator) {
+	a := c.Admin
+	n := len(v.errs)
+	v.hostPort("admin.listen", a.Listen, true)
+	if len(v.errs) == n && a.TokensFile == "" && !LoopbackListen(a.Listen) {
+		v.bad("admin.listen", "%q is not a loopback address, so admin.tokens_file must name a tokens file: "+
+			"without one anyone who reaches the port could suspend, bounce and read mail", a.Listen)
+	}
+	if a.TokensFile != "" {
+		if fi, err := os.Stat(a.TokensFile); err != nil {
+			v.bad("admin.tokens_file", "%q: %v", a.TokensFile, err)
+		} else if !fi.Mode().IsRegular() {
+			v.bad("admin.tokens_file", "%q is not a regular file", a.TokensFile)
+		}
+	}
+	v.positive("admin.read_timeout", a.ReadTimeout)
+	v.positive("admin.write_timeout", a.WriteTimeout)
+	v.positive("admin.idle_timeout", a.IdleTimeout)
+}
+
+// LoopbackListen reports whether the listen address addr ("host:port")
+// can only be reached from this host: its host is a loopback IP
+// (127.0.0.0/8, ::1) or "localhost". An empty host, 0.0.0.0, :: and any
+// other name are not: a name is not resolved here, so one that happens to
+// point at loopback still counts as reachable from outside.
+func LoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func (c *Config) validateInject(v *validator) {

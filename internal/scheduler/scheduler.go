@@ -171,6 +171,10 @@ type Scheduler struct {
 
 	maintainMu sync.Mutex // one pair's maintain chain at a time, so the reserve holds
 
+	// lastTick is the wall-clock time (UnixNano) the maintenance loop last
+	// finished a tick; 0 before the first. The readiness check reads it.
+	lastTick atomic.Int64
+
 	classifier atomic.Pointer[policy.Classifier] // swapped whole by a reload
 	classes    *prometheus.CounterVec            // nil without Options.Metrics
 
@@ -417,9 +421,21 @@ func (s *Scheduler) Start() {
 				return
 			case <-t.C:
 				s.Tick(s.clock.Now())
+				s.lastTick.Store(time.Now().UnixNano())
 			}
 		}
 	}()
+}
+
+// LastTick is the wall-clock time the maintenance loop started by Start
+// last finished a tick, zero before its first. Wall clock, not the
+// scheduler's Clock: it tells an operator whether the loop is turning,
+// whatever time the scheduler believes it is.
+func (s *Scheduler) LastTick() time.Time {
+	if n := s.lastTick.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Close stops the intake, the ticker and the pool: sessions finish their

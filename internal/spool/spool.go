@@ -54,6 +54,7 @@ package spool
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -660,4 +661,38 @@ func deleteOps(id string, l layout) []op {
 		ops = append(ops, op{key: rcptKey(id, i), del: true})
 	}
 	return ops
+}
+
+// probeKey is written and deleted in one synced batch by Probe; it is in
+// no message's key space, so Recover never meets it.
+var probeKey = []byte("p/probe")
+
+// Probe shows the spool can take a message now: it writes a key and its
+// delete in one batch through the committer, as a Put would (refused below
+// MinFreeBytes, and while the store is unavailable after a write failure),
+// and returns after the fsync. ctx bounds the wait, not the write: a probe
+// given up on is still committed (and is harmless). Concurrent probes
+// share group commits with the mail.
+func (s *Spool) Probe(ctx context.Context) error {
+	r := &commitReq{ops: []op{{key: probeKey, val: [][]byte{[]byte("probe")}}, {key: probeKey, del: true}},
+		put: true, done: make(chan error, 1)}
+	r.size = r.ops[0].size() + r.ops[1].size()
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("spool probe: %w", ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		if err != nil {
+			return fmt.Errorf("spool probe: %w", err)
+		}
+		return nil
+	case <-s.stopped:
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("spool probe: %w", ctx.Err())
+	}
 }

@@ -1,0 +1,130 @@
+package admin
+
+// Liveness and readiness. /healthz says the process answers; /readyz says
+// it can do its job: the spool takes a synced write, the listeners accept,
+// and the scheduler's maintenance loop is turning. A load balancer or an
+// orchestrator stops sending mail to a node whose /readyz is 503, and the
+// body says which check failed.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// SpoolProbe is what /readyz asks of the spool: a real write, synced and
+// undone, through the same path as a message's (so a full disk, a store
+// left read-only after a write failure, or a closed spool all fail it).
+type SpoolProbe interface {
+	Probe(ctx context.Context) error
+}
+
+// ListenerCheck reports nil while every listener that takes mail in is
+// accepting, or an error naming the one that is not.
+type ListenerCheck interface {
+	Listening() error
+}
+
+// TickSource is the scheduler's maintenance loop: the wall-clock time of
+// its last completed tick, zero before the first.
+type TickSource interface {
+	LastTick() time.Time
+}
+
+// Readiness is what /readyz checks. A nil check fails ("not wired"):
+// readiness is never claimed without evidence.
+type Readiness struct {
+	Spool     SpoolProbe
+	Listeners ListenerCheck
+	Scheduler TickSource
+	// MaintainInterval is the scheduler's tick period: it is stalled when
+	// it has not ticked for StaleTicks of them.
+	MaintainInterval time.Duration
+}
+
+// StaleTicks is how many maintenance intervals may pass without a tick
+// before /readyz says the scheduler is stalled: one late tick (a long
+// walk, a GC pause) is not an outage, three are.
+const StaleTicks = 3
+
+// probeTimeout bounds the spool probe: a synced write that takes longer
+// than this means the disk cannot take mail at a useful pace.
+const probeTimeout = 5 * time.Second
+
+// readyCheck is one named check's result; err nil means passing.
+type readyCheck struct {
+	name string
+	err  error
+}
+
+// checks runs the readiness checks in a fixed order.
+func (rd Readiness) checks(ctx context.Context, now time.Time) []readyCheck {
+	out := make([]readyCheck, 0, 3)
+	notWired := fmt.Errorf("not wired")
+
+	err := notWired
+	if rd.Spool != nil {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err = rd.Spool.Probe(pctx)
+		cancel()
+	}
+	out = append(out, readyCheck{"spool", err})
+
+	err = notWired
+	if rd.Listeners != nil {
+		err = rd.Listeners.Listening()
+	}
+	out = append(out, readyCheck{"listeners", err})
+
+	err = notWired
+	if rd.Scheduler != nil {
+		err = tickFresh(rd.Scheduler.LastTick(), now, rd.MaintainInterval)
+	}
+	out = append(out, readyCheck{"scheduler", err})
+	return out
+}
+
+// tickFresh says whether a last tick at last is recent enough at now.
+func tickFresh(last, now time.Time, interval time.Duration) error {
+	limit := StaleTicks * interval
+	switch {
+	case last.IsZero():
+		return fmt.Errorf("no maintenance tick yet")
+	case interval <= 0:
+		return fmt.Errorf("maintain interval unknown")
+	case now.Sub(last) > limit:
+		return fmt.Errorf("last maintenance tick %s ago, more than %d intervals (%s)",
+			now.Sub(last).Round(time.Millisecond), StaleTicks, limit)
+	}
+	return nil
+}
+
+// healthz serves GET /healthz: the process is alive and serving HTTP.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz serves GET /readyz: 200 with every check "ok", or 503 with an
+// error naming each failing check and the checks' results.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	res := map[string]string{}
+	var failed []string
+	for _, c := range s.opts.Ready.checks(r.Context(), time.Now()) {
+		if c.err != nil {
+			res[c.name] = c.err.Error()
+			failed = append(failed, c.name+": "+c.err.Error())
+			continue
+		}
+		res[c.name] = "ok"
+	}
+	if len(failed) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"error":  "not ready: " + strings.Join(failed, "; "),
+			"checks": res,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": res})
+}
