@@ -221,11 +221,11 @@ func (p adminPolicy) HasBinding(name string) bool { return p.bindings.ByName(nam
 // recovery, injection, admin; stop order is the reverse, so nothing is
 // accepted that can't be stored and the spool closes last.
 func runDaemon(cfgPath string, cfg *config.Config) (err error) {
-	log, closeLog, err := logging.Open(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File})
+	log, logOut, err := logging.Open(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File})
 	if err != nil {
 		return fmt.Errorf("log: %w", err)
 	}
-	defer func() { _ = log.Sync(); _ = closeLog() }()
+	defer func() { _ = log.Sync(); _ = logOut.Close() }()
 	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
 	gc, limit := applyRuntime(cfg.Runtime, os.Getenv)
 	log.Info("go runtime", zap.String("gc_percent", gc), zap.String("memory_limit", limit))
