@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -271,6 +270,15 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			zap.Int("bits", k.Bits), zap.String("file", k.File))
 	}
 
+	// systemd's notify protocol and watchdog (notify.go); the watchdog is
+	// fed by the scheduler's ticks and stops after the scheduler does.
+	notify, err := newNotifier(log, cfg.Delivery.MaintainInterval)
+	if err != nil {
+		return err
+	}
+	defer notify.stopWatchdog()
+	notify.start()
+
 	// The current config, swapped whole on SIGHUP.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
@@ -314,6 +322,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Reserve:          d.Reserve,
 		Bounce:           st.bounce,
 		Metrics:          st.metrics,
+		OnTick:           notify.beat,
 		Logger:           log,
 	})
 	if err != nil {
@@ -405,20 +414,27 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	notify.ready("delivering")
 	log.Info("ready")
 
 	for sig := range sigs {
-		if sig == syscall.SIGHUP {
+		switch sig {
+		case syscall.SIGUSR1: // logrotate's postrotate (deploy/logrotate/mtad)
+			reopenLog(logOut, log)
+			continue
+		case syscall.SIGHUP: // ExecReload=
+			notify.reloading()
+			reopenLog(logOut, log)
 			reload(cfgPath, cfg, &cur, sched, signer, log)
+			notify.ready("delivering; configuration reloaded")
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
 		break
 	}
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	notify.stopping()
 
 	ctx, cancel := stopCtx(sc.ShutdownGrace)
 	defer cancel()
