@@ -55,9 +55,12 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
 
+# Binaries to $(PREFIX)/bin, the unit to $(UNITDIR), the config to
+# /etc/mtad (an existing one is kept), the logrotate file, /var/spool/mtad,
+# and the mtad system user (only as root without DESTDIR); see deploy/install.sh.
+UNITDIR ?= /lib/systemd/system
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BIN)/mtad $(BIN)/mtactl $(DESTDIR)$(PREFIX)/bin/
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BIN='$(BIN)' UNITDIR='$(UNITDIR)' bash deploy/install.sh
 
 clean:
 	rm -rf $(BIN)

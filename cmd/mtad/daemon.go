@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -253,11 +252,11 @@ func (l listenerCheck) Listening() error {
 // recovery, injection, admin; stop order is the reverse, so nothing is
 // accepted that can't be stored and the spool closes last.
 func runDaemon(cfgPath string, cfg *config.Config) (err error) {
-	log, closeLog, err := logging.Open(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File})
+	log, logOut, err := logging.Open(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File})
 	if err != nil {
 		return fmt.Errorf("log: %w", err)
 	}
-	defer func() { _ = log.Sync(); _ = closeLog() }()
+	defer func() { _ = log.Sync(); _ = logOut.Close() }()
 	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
 	gc, limit := applyRuntime(cfg.Runtime, os.Getenv)
 	log.Info("go runtime", zap.String("gc_percent", gc), zap.String("memory_limit", limit))
@@ -303,6 +302,15 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			zap.Int("bits", k.Bits), zap.String("file", k.File))
 	}
 
+	// systemd's notify protocol and watchdog (notify.go); the watchdog is
+	// fed by the scheduler's ticks and stops after the scheduler does.
+	notify, err := newNotifier(log, cfg.Delivery.MaintainInterval)
+	if err != nil {
+		return err
+	}
+	defer notify.stopWatchdog()
+	notify.start()
+
 	// The current config, swapped whole on SIGHUP.
 	var cur atomic.Pointer[config.Config]
 	cur.Store(cfg)
@@ -346,6 +354,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Reserve:          d.Reserve,
 		Bounce:           st.bounce,
 		Metrics:          st.metrics,
+		OnTick:           notify.beat,
 		Logger:           log,
 	})
 	if err != nil {
@@ -459,20 +468,27 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	notify.ready("delivering")
 	log.Info("ready")
 
 	for sig := range sigs {
-		if sig == syscall.SIGHUP {
+		switch sig {
+		case syscall.SIGUSR1: // logrotate's postrotate (deploy/logrotate/mtad)
+			reopenLog(logOut, log)
+			continue
+		case syscall.SIGHUP: // ExecReload=
+			notify.reloading()
+			reopenLog(logOut, log)
 			reload(cfgPath, cfg, &cur, sched, signer, adm, log)
+			notify.ready("delivering; configuration reloaded")
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
 		break
 	}
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	notify.stopping()
 	stopping.Store(true)
 
 	ctx, cancel := stopCtx(sc.ShutdownGrace)

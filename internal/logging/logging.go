@@ -18,7 +18,8 @@
 // # Output
 //
 // JSON to standard output by default (journald captures it), or appended to
-// a file. Common keys: "ts" (ISO8601 time), "level", "msg" (for records, the
+// a file, which Output.Reopen opens again at its path after logrotate moved
+// it. Common keys: "ts" (ISO8601 time), "level", "msg" (for records, the
 // same as event), "logger" (a named logger's name, if any).
 //
 // # Delivery-log fields
@@ -79,32 +80,30 @@ type Options struct {
 }
 
 // New builds the process logger. A file named by o.File stays open for the
-// life of the process; use Open to be able to close it.
+// life of the process; use Open to be able to reopen or close it.
 func New(o Options) (*zap.Logger, error) {
 	l, _, err := Open(o)
 	return l, err
 }
 
-// Open is New that also returns a function that flushes and closes the log
-// file (a no-op for standard output). Call it after the last log write.
-func Open(o Options) (*zap.Logger, func() error, error) {
+// Open is New that also returns the logger's Output: Reopen it when
+// logrotate has moved the file (SIGUSR1), Close it after the last log write.
+func Open(o Options) (*zap.Logger, *Output, error) {
 	if o.File == "" {
 		l, err := NewWriter(o, os.Stdout)
-		return l, func() error { return nil }, err
+		return l, &Output{}, err
 	}
-	f, err := os.OpenFile(o.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := openLogFile(o.File)
 	if err != nil {
-		return nil, nil, fmt.Errorf("logging: open log file: %w", err)
+		return nil, nil, err
 	}
-	l, err := NewWriter(o, f)
+	out := &Output{path: o.File, f: f}
+	l, err := NewWriter(o, out)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
 	}
-	return l, func() error {
-		_ = l.Sync()
-		return f.Close()
-	}, nil
+	return l, out, nil
 }
 
 // NewWriter builds a logger writing to w, ignoring o.File. The logger

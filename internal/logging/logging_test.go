@@ -227,12 +227,12 @@ func TestFileOutput(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "mtad.log")
 	for i := range 2 { // the second open appends
-		l, closeLog, err := Open(Options{File: path})
+		l, out, err := Open(Options{File: path})
 		if err != nil {
 			t.Fatal(err)
 		}
 		Received{QueueID: []string{"first", "second"}[i]}.Log(l)
-		if err := closeLog(); err != nil {
+		if err := out.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}

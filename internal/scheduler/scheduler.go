@@ -155,6 +155,13 @@ type Options struct {
 	// "" keeps them in memory only. The daemon puts it in spool.dir.
 	SuspensionsFile string
 
+	// OnTick, when set, is called on the ticker's goroutine after each
+	// Tick that Start's ticker runs, with the tick's time: a heartbeat
+	// that stops when the loop is stuck (a hung hook, a lock never
+	// released). cmd/mtad drives systemd's watchdog from it. It must
+	// return quickly and must not call back into the Scheduler.
+	OnTick func(time.Time)
+
 	Clock  Clock       // nil is the system clock
 	Logger *zap.Logger // delivery log; nil discards
 }
@@ -420,8 +427,12 @@ func (s *Scheduler) Start() {
 			case <-s.stop:
 				return
 			case <-t.C:
-				s.Tick(s.clock.Now())
+				now := s.clock.Now()
+				s.Tick(now)
 				s.lastTick.Store(time.Now().UnixNano())
+				if s.opts.OnTick != nil {
+					s.opts.OnTick(now)
+				}
 			}
 		}
 	}()

@@ -220,11 +220,20 @@ type daemon struct {
 // record, reading the injection and admin addresses from the log.
 func start(t *testing.T, e *env) *daemon {
 	t.Helper()
+	return startEnv(t, e, nil)
+}
+
+// startEnv is start with extra "KEY=value" environment variables.
+func startEnv(t *testing.T, e *env, extraEnv []string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, env: e, done: make(chan struct{})}
 	if fi, err := os.Stat(e.logPath); err == nil {
 		d.logStart = fi.Size()
 	}
 	d.cmd = exec.Command(mtadBin, "--config", e.cfgPath)
+	if extraEnv != nil {
+		d.cmd.Env = append(os.Environ(), extraEnv...)
+	}
 	d.cmd.Dir = e.dir
 	d.cmd.Stdout = &d.stderr
 	d.cmd.Stderr = &d.stderr
