@@ -115,6 +115,7 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		AllowedNetworks: allowed,
 		Routes:          routes,
 		CacheSize:       cfg.DNS.CacheSize,
+		Metrics:         st.metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)
@@ -314,6 +315,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Reserve:          d.Reserve,
 		Bounce:           st.bounce,
 		Metrics:          st.metrics,
+		TopDomains:       cfg.Metrics.TopDomains,
 		Logger:           log,
 	})
 	if err != nil {

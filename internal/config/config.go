@@ -46,6 +46,8 @@ type Config struct {
 	Log      Log    `mapstructure:"log"`
 	Inject   Inject `mapstructure:"inject"`
 	Admin    Admin  `mapstructure:"admin"`
+	// Metrics tunes the Prometheus metrics served by the admin listener.
+	Metrics Metrics `mapstructure:"metrics"`
 	// Bindings are the source addresses mail leaves from. Empty means one
 	// binding "default" with the system-chosen source address and EHLO =
 	// Hostname.
@@ -157,6 +159,18 @@ type Runtime struct {
 type Admin struct {
 	Listen string `mapstructure:"listen"` // host:port
 }
+
+// Metrics tunes the Prometheus metrics.
+type Metrics struct {
+	// TopDomains is how many destination domains, the busiest by recent
+	// volume, get per-domain series of their own; the others count under
+	// domain="other", so the number of series stays bounded.
+	TopDomains int `mapstructure:"top_domains"`
+}
+
+// maxTopDomains bounds metrics.top_domains: each labelled domain costs a
+// few series in every scrape, and a dashboard's top list is read by people.
+const maxTopDomains = 1000
 
 // Binding is one source address with its EHLO name.
 type Binding struct {
@@ -301,8 +315,9 @@ func Default() *Config {
 			MaxReceivedHeaders: 50,
 			LongLines:          "convert",
 		}},
-		Admin: Admin{Listen: "127.0.0.1:8025"},
-		DNS:   DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
+		Admin:   Admin{Listen: "127.0.0.1:8025"},
+		Metrics: Metrics{TopDomains: 20},
+		DNS:     DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
 		Delivery: Delivery{
 			Port:             25,
 			AllowLoopbackMX:  false,

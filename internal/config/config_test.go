@@ -164,6 +164,8 @@ inject:
     shutdown_grace: 3s
 admin:
   listen: 127.0.0.1:9000
+metrics:
+  top_domains: 50
 bindings:
   - name: a
     address: 127.0.0.2
@@ -272,7 +274,8 @@ func TestFullRoundTrip(t *testing.T) {
 			MaxReceivedHeaders: 50,
 			LongLines:          "convert",
 		}},
-		Admin: Admin{Listen: "127.0.0.1:9000"},
+		Admin:   Admin{Listen: "127.0.0.1:9000"},
+		Metrics: Metrics{TopDomains: 50},
 		Bindings: []Binding{
 			{Name: "a", Address: "127.0.0.2", EHLO: "a.example.com"},
 			{Name: "b", Address: "::1"},
@@ -361,6 +364,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"read timeout", func(c *Config) { c.Inject.SMTP.ReadTimeout = 0 }, `config: inject.smtp.read_timeout: 0s must be positive`},
 		{"auth delay", func(c *Config) { c.Inject.SMTP.AuthFailDelay = -time.Second }, `config: inject.smtp.auth_fail_delay: -1s is negative`},
 		{"admin", func(c *Config) { c.Admin.Listen = "8025" }, `config: admin.listen: "8025"`},
+		{"top domains zero", func(c *Config) { c.Metrics.TopDomains = 0 }, `config: metrics.top_domains: 0 is not in 1-1000`},
+		{"top domains many", func(c *Config) { c.Metrics.TopDomains = 1001 }, `config: metrics.top_domains: 1001 is not in 1-1000`},
 		{"gc percent", func(c *Config) { c.Runtime.GCPercent = -2 }, `config: runtime.gc_percent: -2 is below -1`},
 		{"gc off without limit", func(c *Config) { c.Runtime.GCPercent = -1 }, `config: runtime.gc_percent: -1 (collector off) needs runtime.memory_limit`},
 		{"memory limit", func(c *Config) { c.Runtime.MemoryLimit = -1 }, `config: runtime.memory_limit: -1 is negative`},
