@@ -121,6 +121,7 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		AllowedNetworks: allowed,
 		Routes:          routes,
 		CacheSize:       cfg.DNS.CacheSize,
+		Metrics:         st.metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dns/routes: %w", err)
@@ -355,6 +356,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Bounce:           st.bounce,
 		Metrics:          st.metrics,
 		OnTick:           notify.beat,
+		TopDomains:       cfg.Metrics.TopDomains,
 		Logger:           log,
 	})
 	if err != nil {

@@ -46,6 +46,8 @@ type Config struct {
 	Log      Log    `mapstructure:"log"`
 	Inject   Inject `mapstructure:"inject"`
 	Admin    Admin  `mapstructure:"admin"`
+	// Metrics tunes the Prometheus metrics served by the admin listener.
+	Metrics Metrics `mapstructure:"metrics"`
 	// Bindings are the source addresses mail leaves from. Empty means one
 	// binding "default" with the system-chosen source address and EHLO =
 	// Hostname.
@@ -187,6 +189,18 @@ type Admin struct {
 	// next request.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 }
+
+// Metrics tunes the Prometheus metrics.
+type Metrics struct {
+	// TopDomains is how many destination domains, the busiest by recent
+	// volume, get per-domain series of their own; the others count under
+	// domain="other", so the number of series stays bounded.
+	TopDomains int `mapstructure:"top_domains"`
+}
+
+// maxTopDomains bounds metrics.top_domains: each labelled domain costs a
+// few series in every scrape, and a dashboard's top list is read by people.
+const maxTopDomains = 1000
 
 // Binding is one source address with its EHLO name.
 type Binding struct {
@@ -335,7 +349,8 @@ func Default() *Config {
 		},
 		Admin: Admin{Listen: "127.0.0.1:8025", ReadTimeout: 10 * time.Second,
 			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
-		DNS: DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
+		Metrics: Metrics{TopDomains: 20},
+		DNS:     DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
 		Delivery: Delivery{
 			Port:             25,
 			AllowLoopbackMX:  false,

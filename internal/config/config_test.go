@@ -164,6 +164,8 @@ inject:
     shutdown_grace: 3s
 admin:
   listen: 127.0.0.1:9000
+metrics:
+  top_domains: 50
 bindings:
   - name: a
     address: 127.0.0.2
@@ -274,7 +276,8 @@ func TestFullRoundTrip(t *testing.T) {
 		},
 			HTTP: HTTPInject{Listen: []string{}, MaxMessageSize: 25 * MiB, MaxRecipients: 10000},
 		},
-		Admin: Admin{Listen: "127.0.0.1:9000", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
+		Admin:   Admin{Listen: "127.0.0.1:9000", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
+		Metrics: Metrics{TopDomains: 50},
 		Bindings: []Binding{
 			{Name: "a", Address: "127.0.0.2", EHLO: "a.example.com"},
 			{Name: "b", Address: "::1"},
@@ -371,6 +374,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"admin read timeout", func(c *Config) { c.Admin.ReadTimeout = 0 }, `config: admin.read_timeout: 0s must be positive`},
 		{"admin write timeout", func(c *Config) { c.Admin.WriteTimeout = -time.Second }, `config: admin.write_timeout: -1s must be positive`},
 		{"admin idle timeout", func(c *Config) { c.Admin.IdleTimeout = 0 }, `config: admin.idle_timeout: 0s must be positive`},
+		{"top domains zero", func(c *Config) { c.Metrics.TopDomains = 0 }, `config: metrics.top_domains: 0 is not in 1-1000`},
+		{"top domains many", func(c *Config) { c.Metrics.TopDomains = 1001 }, `config: metrics.top_domains: 1001 is not in 1-1000`},
 		{"gc percent", func(c *Config) { c.Runtime.GCPercent = -2 }, `config: runtime.gc_percent: -2 is below -1`},
 		{"gc off without limit", func(c *Config) { c.Runtime.GCPercent = -1 }, `config: runtime.gc_percent: -1 (collector off) needs runtime.memory_limit`},
 		{"memory limit", func(c *Config) { c.Runtime.MemoryLimit = -1 }, `config: runtime.memory_limit: -1 is negative`},

@@ -45,6 +45,9 @@ func (c *Config) Validate() error {
 	v.oneOf("log.format", c.Log.Format, "json", "console")
 
 	c.validateInject(v)
+	if c.Metrics.TopDomains < 1 || c.Metrics.TopDomains > maxTopDomains {
+		v.bad("metrics.top_domains", "%d is not in 1-%d", c.Metrics.TopDomains, maxTopDomains)
+	}
 	if c.Runtime.GCPercent < -1 {
 		v.bad("runtime.gc_percent", "%d is below -1 (-1 turns the collector off)", c.Runtime.GCPercent)
 	}

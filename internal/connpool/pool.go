@@ -50,6 +50,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
@@ -175,6 +176,9 @@ type Options struct {
 	// Grantor is asked whether a session should give up its slot between
 	// transactions, and told when a slot is back; nil never yields.
 	Grantor Grantor
+	// Metrics registers mtad_smtp_transaction_seconds (reused when
+	// already there); nil measures nothing.
+	Metrics prometheus.Registerer
 	// Control, when set, runs in the dialer's Control callback after the
 	// pool has taken the socket's descriptor (tests use it to make a
 	// connect fail in a chosen way).
@@ -225,6 +229,8 @@ type Pool struct {
 	now  func() time.Time
 
 	total atomic.Int64 // open + connecting, all pairs
+
+	txTime prometheus.Observer // nil without Options.Metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -297,6 +303,13 @@ func New(opts Options) (*Pool, error) {
 	}
 	if p.now == nil {
 		p.now = time.Now
+	}
+	if opts.Metrics != nil {
+		h, err := transactionHistogram(opts.Metrics)
+		if err != nil {
+			return nil, err
+		}
+		p.txTime = h
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
@@ -477,4 +490,25 @@ func (p *Pool) source(slot int) (source, error) {
 		return source{name: fmt.Sprintf("slot-%d", slot)}, fmt.Errorf("connpool: no binding in slot %d", slot)
 	}
 	return source{name: b.Name, addr: b.Addr, ehlo: b.EHLO}, nil
+}
+
+// transactionHistogram registers mtad_smtp_transaction_seconds on m, or
+// returns the one a pool before this one registered.
+func transactionHistogram(m prometheus.Registerer) (prometheus.Histogram, error) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "mtad_smtp_transaction_seconds",
+		Help: "Time of one outbound SMTP transaction, MAIL FROM to the reply to the end of data (or its failure), on an open connection.",
+		// 5 ms (a loopback sink) to 10 min (RFC 5321's DATA termination timeout).
+		Buckets: prometheus.ExponentialBucketsRange(0.005, 600, 14),
+	})
+	err := m.Register(h)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(prometheus.Histogram); ok {
+			return existing, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connpool: registering mtad_smtp_transaction_seconds: %w", err)
+	}
+	return h, nil
 }

@@ -190,7 +190,13 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 	}
 	s.at.TLS = c.TLS()
 	s.at.DSN = c.Offers("DSN")
+	// Wall time, not p.now: the pool's clock may be a test's, and this
+	// measures the remote side.
+	t0 := time.Now()
 	res, err := c.Send(env, body)
+	if p.txTime != nil {
+		p.txTime.Observe(time.Since(t0).Seconds())
+	}
 	if err == nil && res.Data == nil {
 		p.tlsp.Delivered(s.at.TLSInfo)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -28,6 +29,21 @@ type answer struct {
 // timeout, a network error, a reply to another question) moves on to the
 // next server; when none is left the error lists what each said.
 func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	if r.lookupTime != nil {
+		t0 := time.Now()
+		resp, err := r.exchangeAll(ctx, name, qtype)
+		result := "answer"
+		if err != nil {
+			result = "error"
+		}
+		r.lookupTime.WithLabelValues(dns.TypeToString[qtype], result).Observe(time.Since(t0).Seconds())
+		return resp, err
+	}
+	return r.exchangeAll(ctx, name, qtype)
+}
+
+// exchangeAll is exchange without its measurement.
+func (r *Resolver) exchangeAll(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	var errs []error
 	for _, srv := range r.servers {
 		if ctx.Err() != nil {

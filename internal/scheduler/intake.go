@@ -76,6 +76,7 @@ func (s *Scheduler) Intake(m *spool.Message) {
 	}
 	in.waiting.Add(1)
 	in.mu.Unlock()
+	s.received(len(m.Recipients))
 	select {
 	case in.wake <- struct{}{}:
 	default: // already signalled

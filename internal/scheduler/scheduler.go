@@ -138,9 +138,13 @@ type Options struct {
 	// its log record, its DSN and the metrics; nil is policy.DefaultClassifier().
 	// SetBounceClassifier replaces it (a reload).
 	Bounce *policy.Classifier
-	// Metrics registers mtad_bounce_class_total{class,event}; nil counts
-	// nothing.
+	// Metrics registers mtad_bounce_class_total{class,event}, the policy
+	// metrics (metrics.go), the operator's metrics (metrics_ops.go) and,
+	// unless Pool.Metrics is set, the pool's; nil counts nothing.
 	Metrics prometheus.Registerer
+	// TopDomains is how many domains get per-domain series of their own
+	// (config metrics.top_domains; 0 is DefaultTopDomains).
+	TopDomains int
 
 	// Shaper resolves each pair's shaping (internal/policy, config
 	// shaping:); with one, the pool's caps, the retry schedule, max_age,
@@ -188,16 +192,20 @@ type Scheduler struct {
 	in *intake // injection's hand-off (intake.go)
 
 	// Shaping and policy (shape.go, rules.go).
-	shaper      atomic.Pointer[policy.Shaper]
-	shaperGen   atomic.Uint64
-	rules       atomic.Pointer[policy.Rules]
-	pm          policyMetrics
-	saveMu      sync.Mutex    // one write of SuspensionsFile at a time
-	savedGen    atomic.Uint64 // the suspensions' Gen last written
-	suspensions *policy.Suspensions
-	overrides   *policy.Overrides
-	throttles   *policy.Throttles
-	basePolicy  func(*queue.DomainRecord, int) connpool.Policy
+	shaper    atomic.Pointer[policy.Shaper]
+	shaperGen atomic.Uint64
+	rules     atomic.Pointer[policy.Rules]
+	pm        policyMetrics
+	om        opsMetrics // metrics_ops.go; zero without Options.Metrics
+	// pendingRcpts counts recipients still pending, for a gauge that
+	// must not walk every message at each scrape.
+	pendingRcpts atomic.Int64
+	saveMu       sync.Mutex    // one write of SuspensionsFile at a time
+	savedGen     atomic.Uint64 // the suspensions' Gen last written
+	suspensions  *policy.Suspensions
+	overrides    *policy.Overrides
+	throttles    *policy.Throttles
+	basePolicy   func(*queue.DomainRecord, int) connpool.Policy
 
 	rebindMu sync.Mutex
 	rebinds  map[[2]string]rebind // (domain, binding) → group, from rebind rules
@@ -340,6 +348,9 @@ func New(opts Options) (*Scheduler, error) {
 	if po.Logger == nil {
 		po.Logger = opts.Logger
 	}
+	if po.Metrics == nil {
+		po.Metrics = opts.Metrics
+	}
 	if opts.Bounce == nil {
 		opts.Bounce = policy.DefaultClassifier()
 	}
@@ -359,6 +370,11 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	s.pool = pool
 	s.grant.pool = pool
+	if opts.Metrics != nil {
+		if err := s.registerOps(opts.Metrics, opts.TopDomains); err != nil {
+			return nil, fmt.Errorf("scheduler: %w", err)
+		}
+	}
 	if err := s.loadSuspensions(opts.Clock.Now()); err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
@@ -558,6 +574,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 	}
 	s.msgs[m.ID] = st
 	s.mu.Unlock()
+	s.pendingRcpts.Add(int64(st.pending))
 
 	if st.pending == 0 {
 		// Every recipient final but the message not deleted: finish it.
@@ -738,6 +755,7 @@ func (s *Scheduler) Tick(now time.Time) {
 	s.retryOwed(now)
 	s.sweep(now)
 	s.expirePolicies(now)
+	s.tickMetrics(now)
 	t := now.UnixNano()
 	for {
 		s.dueBuf = s.q.Due(now, dueBatch, s.dueBuf[:0])
@@ -901,8 +919,18 @@ func (s *Scheduler) settleAll(d *queue.Delivery, at connpool.Attempt, err error,
 
 func (s *Scheduler) forget(id string) {
 	s.mu.Lock()
+	st := s.msgs[id]
 	delete(s.msgs, id)
 	s.mu.Unlock()
+	if st != nil {
+		// A message that left the spool with recipients pending
+		// (cancelled) takes them out of the gauge.
+		st.mu.Lock()
+		if st.pending > 0 {
+			s.pendingRcpts.Add(-int64(st.pending))
+		}
+		st.mu.Unlock()
+	}
 }
 
 type verdict int
@@ -1069,6 +1097,7 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 		}
 	}
 	st.pending -= finals
+	s.pendingRcpts.Add(-int64(finals))
 	var dsnMsg *spool.Message
 	var err error
 	finished, done := false, false
@@ -1152,6 +1181,7 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 			s.countClass(classes[i], lr.Event)
 		}
 	}
+	s.countOutcomes(domain, binding, verdicts, classes, now.Sub(time.Unix(0, arrival)))
 
 	s.submitDSN(dsnMsg)
 }
