@@ -229,6 +229,8 @@ func (p adminPolicy) HasBinding(name string) bool { return p.bindings.ByName(nam
 type listenerCheck struct {
 	srv      *inject.Server // nil when no injection address is configured
 	want     int
+	http     *inject.HTTPServer // nil when inject.http.listen is empty
+	httpWant int
 	stopping *atomic.Bool
 }
 
@@ -237,14 +239,21 @@ func (l listenerCheck) Listening() error {
 	if l.stopping.Load() {
 		return errors.New("shutting down: no longer accepting mail")
 	}
-	if l.want == 0 {
-		return nil
+	if l.want > 0 {
+		if l.srv == nil {
+			return errors.New("SMTP injection not started")
+		}
+		if n := len(l.srv.Addrs()); n != l.want {
+			return fmt.Errorf("SMTP injection listens on %d of its %d addresses", n, l.want)
+		}
 	}
-	if l.srv == nil {
-		return errors.New("SMTP injection not started")
-	}
-	if n := len(l.srv.Addrs()); n != l.want {
-		return fmt.Errorf("SMTP injection listens on %d of its %d addresses", n, l.want)
+	if l.httpWant > 0 {
+		if l.http == nil {
+			return errors.New("HTTP injection not started")
+		}
+		if n := len(l.http.Addrs()); n != l.httpWant {
+			return fmt.Errorf("HTTP injection listens on %d of its %d addresses", n, l.httpWant)
+		}
 	}
 	return nil
 }
@@ -443,7 +452,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		WriteTimeout: cfg.Admin.WriteTimeout,
 		IdleTimeout:  cfg.Admin.IdleTimeout,
 		Ready: admin.Readiness{Spool: sp, Scheduler: sched, MaintainInterval: d.MaintainInterval,
-			Listeners: listenerCheck{srv: srv, want: len(sc.Listen) + len(sc.TLSListen), stopping: &stopping}},
+			Listeners: listenerCheck{srv: srv, want: len(sc.Listen) + len(sc.TLSListen),
+				http: hsrv, httpWant: len(cfg.Inject.HTTP.Listen), stopping: &stopping}},
 		Gatherer: st.metrics,
 		Version:  version,
 		Logger:   log,

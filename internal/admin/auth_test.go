@@ -157,7 +157,8 @@ func TestBearerTokens(t *testing.T) {
 	})
 	base := "http://" + s.Addr().String()
 
-	// With a tokens file, loopback needs a token too, on every path.
+	// With a tokens file, loopback needs a token too, on every path but
+	// the probes.
 	for _, c := range []struct{ name, auth, challenge, err string }{
 		{"missing", "", `Bearer realm="mtad admin"`, "a bearer token is required"},
 		{"basic", "Basic " + tokA, `Bearer realm="mtad admin"`, "a bearer token is required"},
@@ -165,7 +166,7 @@ func TestBearerTokens(t *testing.T) {
 		{"wrong", "Bearer " + tokC, `Bearer realm="mtad admin", error="invalid_token"`, "not one of admin.tokens_file's"},
 		{"one char off", "Bearer " + tokA[:31] + "B", `Bearer realm="mtad admin", error="invalid_token"`, "not one of"},
 	} {
-		for _, path := range []string{"/healthz", "/readyz", "/api/v1/status", "/nope"} {
+		for _, path := range []string{"/api/v1/status", "/api/v1/suspensions", "/nope"} {
 			resp, v := do(t, http.MethodGet, base+path, c.auth)
 			if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != c.challenge {
 				t.Errorf("%s %s: %d, WWW-Authenticate %q; want 401 and %q", c.name, path, resp.StatusCode, resp.Header.Get("WWW-Authenticate"), c.challenge)
@@ -176,9 +177,17 @@ func TestBearerTokens(t *testing.T) {
 		}
 	}
 	for _, auth := range []string{"Bearer " + tokA, "bearer " + tokA, "Bearer  " + tokA} {
-		if resp, v := do(t, http.MethodGet, base+"/healthz", auth); resp.StatusCode != 200 || v["status"] != "ok" {
+		if resp, v := do(t, http.MethodGet, base+"/api/v1/status", auth); resp.StatusCode != 200 || v == nil {
 			t.Errorf("%q: %d %v, want 200", auth, resp.StatusCode, v)
 		}
+	}
+	// The probes answer without a token: a load balancer's health check
+	// cannot send one.
+	if resp, v := do(t, http.MethodGet, base+"/healthz", ""); resp.StatusCode != 200 || v["status"] != "ok" {
+		t.Errorf("/healthz without a token: %d %v, want 200", resp.StatusCode, v)
+	}
+	if resp, _ := do(t, http.MethodGet, base+"/readyz", ""); resp.StatusCode == http.StatusUnauthorized {
+		t.Errorf("/readyz without a token: 401, want its own answer")
 	}
 
 	// A reload swaps the tokens: the new one works, the old is refused.
@@ -189,10 +198,10 @@ func TestBearerTokens(t *testing.T) {
 	if err := s.SetTokens(toks2); err != nil {
 		t.Fatal(err)
 	}
-	if resp, _ := do(t, http.MethodGet, base+"/healthz", "Bearer "+tokA); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := do(t, http.MethodGet, base+"/api/v1/status", "Bearer "+tokA); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("old token after reload: %d, want 401", resp.StatusCode)
 	}
-	if resp, _ := do(t, http.MethodGet, base+"/healthz", "Bearer "+tokC); resp.StatusCode != 200 {
+	if resp, _ := do(t, http.MethodGet, base+"/api/v1/status", "Bearer "+tokC); resp.StatusCode != 200 {
 		t.Errorf("new token after reload: %d, want 200", resp.StatusCode)
 	}
 	// On loopback, tokens may be removed: the API is open again.
