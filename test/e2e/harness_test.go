@@ -76,6 +76,7 @@ type cfgOpts struct {
 // env is one test's daemon files: config, spool, log, all in t.TempDir().
 type env struct {
 	dir, cfgPath, logPath string
+	environ               []string // MTAD_* overrides added to the daemon's environment
 }
 
 func newEnv(t *testing.T, o cfgOpts) *env {
@@ -226,6 +227,9 @@ func start(t *testing.T, e *env) *daemon {
 	}
 	d.cmd = exec.Command(mtadBin, "--config", e.cfgPath)
 	d.cmd.Dir = e.dir
+	if e.environ != nil {
+		d.cmd.Env = append(os.Environ(), e.environ...)
+	}
 	d.cmd.Stdout = &d.stderr
 	d.cmd.Stderr = &d.stderr
 	if err := d.cmd.Start(); err != nil {
