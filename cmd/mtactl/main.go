@@ -2,10 +2,10 @@
 // to the daemon's admin HTTP API and prints what it answers; it holds no
 // state and changes nothing but through that API.
 //
-//	mtactl [--admin URL] status         queue and connection state, as JSON
-//	mtactl [--admin URL] health         exits 0 when the daemon answers healthy
-//	mtactl [--admin URL] ready          exits 0 when /readyz says ready (spool, listeners, scheduler)
-//	mtactl [--admin URL] metrics        the Prometheus metrics text
+//	mtactl status                       queue and connection state, as JSON
+//	mtactl health                       exits 0 when the daemon answers healthy
+//	mtactl ready                        exits 0 when /readyz says ready (spool, listeners, scheduler)
+//	mtactl metrics                      the Prometheus metrics text
 //	mtactl shaping resolve DOMAIN [--binding B] [--json]
 //	                                    the pair's shaping: key, value, the scope it came from
 //	mtactl suspensions [--json]         the suspensions in force
@@ -15,6 +15,8 @@
 //	mtactl throttles [--json]           the rule throttles in force
 //	mtactl unthrottle SCOPE_KEY [--reason WHY] [--by WHO]
 //
+// --admin (env MTAD_ADMIN, default 127.0.0.1:8025) is where the daemon's
+// admin API listens: admin.listen's host:port, or a base URL.
 // --token (or MTAD_ADMIN_TOKEN, better: a flag shows in ps) is sent as
 // "Authorization: Bearer" when the daemon has admin.tokens_file.
 //
@@ -32,9 +34,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -42,7 +46,7 @@ import (
 
 var version = "dev"
 
-const usage = `usage: mtactl [--admin URL] [--token T] [--timeout D] COMMAND [ARGS]
+const usage = `usage: mtactl [--admin HOST:PORT|URL] [--token T] [--timeout D] COMMAND [ARGS]
 
 commands:
   status | health | ready | metrics
@@ -71,7 +75,7 @@ func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(form
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("mtactl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", envOr("MTAD_ADMIN", "http://127.0.0.1:8025"), "admin API base URL (env MTAD_ADMIN)")
+	admin := fs.String("admin", envOr("MTAD_ADMIN", "127.0.0.1:8025"), "the daemon's admin.listen as host:port, or a base URL http(s)://host:port[/prefix] (env MTAD_ADMIN)")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
 	// The environment is the better place for a token: a flag shows in ps.
 	token := fs.String("token", os.Getenv("MTAD_ADMIN_TOKEN"), "admin bearer token, one of admin.tokens_file's (env MTAD_ADMIN_TOKEN)")
@@ -91,7 +95,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	c := &client{http: &http.Client{Timeout: *timeout}, base: strings.TrimRight(*admin, "/"), token: strings.TrimSpace(*token)}
+	// The value's source is named in its error: a bad MTAD_ADMIN must not
+	// be blamed on a --admin the user never typed.
+	source := "--admin"
+	if !flagSet(fs, "admin") && os.Getenv("MTAD_ADMIN") != "" {
+		source = "MTAD_ADMIN"
+	}
+	base, err := adminBase(*admin)
+	if err != nil {
+		fmt.Fprintf(stderr, "mtactl: %s: %v\n", source, err)
+		return 2
+	}
+	c := &client{http: &http.Client{Timeout: *timeout}, base: base, token: strings.TrimSpace(*token)}
 	cmds := map[string]func(*client, []string, io.Writer) error{
 		"status":      raw("/api/v1/status"),
 		"health":      raw("/healthz"),
@@ -110,7 +125,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	err := cmd(c, fs.Args()[1:], stdout)
+	err = cmd(c, fs.Args()[1:], stdout)
 	c.http.CloseIdleConnections()
 	var ue *usageError
 	switch {
@@ -123,6 +138,69 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "mtactl:", err)
 	return 1
+}
+
+// flagSet reports whether the named flag was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// adminBase turns the --admin value into the base URL requests go to. It
+// takes what an operator has at hand: admin.listen as the config writes it
+// (127.0.0.1:8025, [::1]:8025, localhost:8025) or a URL (http://127.0.0.1:8025,
+// https://mtad.example.com/admin behind a proxy). Anything else is refused
+// with what was wrong, rather than a request to a nonsense address.
+func adminBase(v string) (string, error) {
+	if v == "" {
+		return "", errors.New("empty; want host:port (e.g. 127.0.0.1:8025) or http://host:port")
+	}
+	if !strings.Contains(v, "://") {
+		host, port, err := net.SplitHostPort(v)
+		if err != nil {
+			return "", fmt.Errorf("%q: want host:port (e.g. 127.0.0.1:8025) or http://host:port", v)
+		}
+		if host == "" {
+			return "", fmt.Errorf("%q: no host; the daemon listens on one address, e.g. 127.0.0.1%s", v, v)
+		}
+		if err := checkPort(v, port); err != nil {
+			return "", err
+		}
+		if strings.ContainsAny(host, "/?#@ ") {
+			return "", fmt.Errorf("%q: %q is not a host name or address", v, host)
+		}
+		return "http://" + net.JoinHostPort(host, port), nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return "", fmt.Errorf("%q: not a URL: %w", v, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", fmt.Errorf("%q: scheme %q; want http or https", v, u.Scheme)
+	case u.Hostname() == "":
+		return "", fmt.Errorf("%q: no host", v)
+	case u.User != nil:
+		return "", fmt.Errorf("%q: user info in the URL; the admin API takes no password there", v)
+	case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(v, "?") || strings.HasSuffix(v, "#"):
+		return "", fmt.Errorf("%q: a query or fragment; want only http(s)://host:port[/prefix]", v)
+	}
+	if p := u.Port(); p != "" || strings.HasSuffix(u.Host, ":") {
+		if err := checkPort(v, p); err != nil {
+			return "", err
+		}
+	}
+	return strings.TrimRight(v, "/"), nil
+}
+
+// checkPort refuses a port that is not a number in 1-65535.
+func checkPort(v, port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 || strings.TrimLeft(port, "0123456789") != "" {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", v, port)
+	}
+	return nil
 }
 
 // ------------------------------------------------------------------ client

@@ -321,10 +321,11 @@ func (p *Pool) Max() int { return p.opts.MaxConnections }
 // Total returns the connections open or being set up, system-wide.
 func (p *Pool) Total() int { return int(p.total.Load()) }
 
-// Stats is a snapshot of the pool for metrics.
+// Stats is a snapshot of the pool for metrics and /api/v1/status (JSON
+// keys snake_case, as every key of the admin API).
 type Stats struct {
-	Total int // open + connecting
-	Idle  int // sessions waiting for work
+	Total int `json:"total"` // open + connecting
+	Idle  int `json:"idle"`  // sessions waiting for work
 }
 
 // Stats returns the current counts. Per-domain counts are the domain

@@ -116,12 +116,13 @@ func (d *Delivery) markQueued() {
 
 func (d *Delivery) markUnqueued() { atomic.StoreUint32(&d.queued, 0) }
 
-// Stats is a snapshot of the queues' sizes.
+// Stats is a snapshot of the queues' sizes. Its JSON keys are snake_case,
+// as every key of the admin API (/api/v1/status shows it).
 type Stats struct {
-	Active     int // deliveries in active queues
-	Delayed    int // deliveries in the delayed queue
-	Domains    int // domain records held
-	ReadyPairs int // pairs with at least one active delivery
+	Active     int `json:"active"`      // deliveries in active queues
+	Delayed    int `json:"delayed"`     // deliveries in the delayed queue
+	Domains    int `json:"domains"`     // domain records held
+	ReadyPairs int `json:"ready_pairs"` // pairs with at least one active delivery
 }
 
 // Queues is the set of domain records, their active queues, the delayed

@@ -76,6 +76,7 @@ type cfgOpts struct {
 // env is one test's daemon files: config, spool, log, all in t.TempDir().
 type env struct {
 	dir, cfgPath, logPath string
+	environ               []string // MTAD_* overrides added to the daemon's environment
 }
 
 func newEnv(t *testing.T, o cfgOpts) *env {
@@ -235,6 +236,9 @@ func startEnv(t *testing.T, e *env, extraEnv []string) *daemon {
 		d.cmd.Env = append(os.Environ(), extraEnv...)
 	}
 	d.cmd.Dir = e.dir
+	if e.environ != nil {
+		d.cmd.Env = append(os.Environ(), e.environ...)
+	}
 	d.cmd.Stdout = &d.stderr
 	d.cmd.Stderr = &d.stderr
 	if err := d.cmd.Start(); err != nil {
