@@ -98,6 +98,8 @@ func TestShippedConfig(t *testing.T) {
 	want := Default()
 	want.Hostname = "localhost"
 	want.Shaping.Providers = c.Shaping.Providers
+	// make run's capture sink: the reserved .test names README sends to.
+	want.Routes = []Route{{Domain: "example.test", Host: "127.0.0.1:2526"}, {Domain: "mtad.test", Host: "127.0.0.1:2526"}}
 	want.ResponseRulesFile = "configs/response-rules.yaml" // relative to the repo root, where make run starts
 	sameConfig(t, c, want)
 	var names []string
