@@ -182,6 +182,9 @@ func (g spoolGauge) Collect(ch chan<- prometheus.Metric) {
 
 // received counts a message handed over by injection.
 func (s *Scheduler) received(rcpts int) {
+	now := s.clock.Now()
+	s.sum.add(now, sumReceived, 1)
+	s.sum.add(now, sumReceivedRecipients, rcpts)
 	if s.om.msgsReceived != nil {
 		s.om.msgsReceived.Inc()
 		s.om.rcptsReceived.Add(float64(rcpts))

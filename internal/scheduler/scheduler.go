@@ -196,7 +196,8 @@ type Scheduler struct {
 	shaperGen atomic.Uint64
 	rules     atomic.Pointer[policy.Rules]
 	pm        policyMetrics
-	om        opsMetrics // metrics_ops.go; zero without Options.Metrics
+	om        opsMetrics    // metrics_ops.go; zero without Options.Metrics
+	sum       summaryCounts // summary.go; always kept
 	// pendingRcpts counts recipients still pending, for a gauge that
 	// must not walk every message at each scrape.
 	pendingRcpts atomic.Int64
@@ -321,6 +322,7 @@ func New(opts Options) (*Scheduler, error) {
 		throttles:   policy.NewThrottles(),
 		timers:      make(map[*queue.Pair]*wakeTimer),
 	}
+	s.sum.since = opts.Clock.Now()
 	if opts.Shaper != nil {
 		s.shaper.Store(opts.Shaper)
 	}
@@ -1139,6 +1141,10 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 		}
 		s.q.Delay(d2, next)
 	}
+
+	// Counted before the log records, so that whoever has read a record
+	// finds it in the summary.
+	s.countOutcomesSummary(verdicts, now)
 
 	binding := at.Binding
 	if binding == "" {
