@@ -18,6 +18,7 @@
 //	GET    /healthz                      process alive
 //	GET    /readyz                       spool writable, listeners up, scheduler ticking (health.go)
 //	GET    /api/v1/status
+//	GET    /api/v1/summary               totals, last-minute counts, queue, connections, spool, suspensions (summary.go)
 //	GET    /api/v1/shaping?domain=D[&binding=B]
 //	GET    /api/v1/suspensions
 //	POST   /api/v1/suspensions          {"scope","name","binding","duration","reason","by"}
@@ -58,6 +59,7 @@ type Options struct {
 	Gatherer prometheus.Gatherer // metrics to expose on /metrics; nil = none
 	Status   StatusFunc          // /api/v1/status; nil = {}
 	Version  string              // reported by /api/v1/status
+	Summary  SummaryFunc         // /api/v1/summary; nil leaves it out (404)
 	// Policy serves the shaping, suspension and throttle endpoints; nil
 	// leaves them out (404).
 	Policy Policy
@@ -116,6 +118,9 @@ func New(opts Options) *Server {
 	mux.HandleFunc("/healthz", s.get(s.healthz))
 	mux.HandleFunc("/readyz", s.get(s.readyz))
 	mux.HandleFunc("/api/v1/status", s.get(s.status))
+	if opts.Summary != nil {
+		mux.HandleFunc("/api/v1/summary", s.get(s.summary))
+	}
 	if opts.Policy != nil {
 		mux.HandleFunc("/api/v1/shaping", methods(route{http.MethodGet, s.shaping}))
 		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
