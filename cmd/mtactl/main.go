@@ -3,6 +3,7 @@
 // state and changes nothing but through that API.
 //
 //	mtactl status                       queue and connection state, as JSON
+//	mtactl summary [--json]             totals and last-minute counts, queue, connections, spool, suspensions
 //	mtactl health                       exits 0 when the daemon answers healthy
 //	mtactl ready                        exits 0 when /readyz says ready (spool, listeners, scheduler)
 //	mtactl metrics                      the Prometheus metrics text
@@ -50,6 +51,7 @@ const usage = `usage: mtactl [--admin HOST:PORT|URL] [--token T] [--timeout D] C
 
 commands:
   status | health | ready | metrics
+  summary [--json]
   shaping resolve DOMAIN [--binding B] [--json]
   suspensions [--json]
   suspend SCOPE NAME --duration D --reason WHY [--binding B] [--by WHO] [--json]
@@ -112,6 +114,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"health":      raw("/healthz"),
 		"ready":       raw("/readyz"),
 		"metrics":     raw("/metrics"),
+		"summary":     summaryCmd,
 		"shaping":     shapingCmd,
 		"suspensions": suspensionsCmd,
 		"suspend":     suspendCmd,

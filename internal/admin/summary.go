@@ -8,14 +8,15 @@ package admin
 
 import (
 	"net/http"
-
-	"github.com/mtad/mtad/internal/scheduler"
 )
 
-// SummaryFunc returns the daemon's summary; cmd/mtad plugs the
-// scheduler's Summary in. It must be safe for concurrent use and cheap:
-// an operator's terminal may poll it every second.
-type SummaryFunc func() scheduler.Summary
+// SummaryFunc returns the daemon's summary as a JSON-encodable value;
+// cmd/mtad plugs in the scheduler's Summary (scheduler.Summary, whose
+// JSON is the endpoint's shape). A func rather than the scheduler's type:
+// the scheduler's tests import this package. It must be safe for
+// concurrent use and cheap: an operator's terminal may poll it every
+// second.
+type SummaryFunc func() any
 
 func (s *Server) summary(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.opts.Summary())

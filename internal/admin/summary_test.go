@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,7 +33,10 @@ func TestSummaryEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := startServer(t, Options{Summary: func() scheduler.Summary { return sum }, Tokens: toks})
+	// The server reads the summary on its goroutines; the test swaps it.
+	var cur atomic.Pointer[scheduler.Summary]
+	cur.Store(&sum)
+	base := startServer(t, Options{Summary: func() any { return *cur.Load() }, Tokens: toks})
 	do := func(method, token string) (int, map[string]any) {
 		t.Helper()
 		req, err := http.NewRequest(method, base+"/api/v1/summary", nil)
@@ -62,7 +66,9 @@ func TestSummaryEndpoint(t *testing.T) {
 	}
 
 	// A spool that cannot say is null, not 0.
-	sum.SpoolBytes, sum.SpoolFreeBytes = nil, nil
+	noSpool := sum
+	noSpool.SpoolBytes, noSpool.SpoolFreeBytes = nil, nil
+	cur.Store(&noSpool)
 	if _, v := do(http.MethodGet, tokA); v["spool_bytes"] != nil || v["spool_free_bytes"] != nil {
 		t.Errorf("unknown spool figures: %v %v, want null", v["spool_bytes"], v["spool_free_bytes"])
 	}
