@@ -20,7 +20,9 @@
 // are buffered and flushed only when the client's input is drained (RFC
 // 2920 3.2) or before anything that may block. Every reply with a code of
 // 400 or more is also a "rejected" record. go-smtp is used only for its
-// reply type, *smtp.SMTPError.
+// reply type, *smtp.SMTPError. The AUTH users, the TLS configuration and
+// the HTTP tokens may be replaced while sessions run (reload.go); nothing
+// else is, and the listeners themselves are never re-bound.
 package inject
 
 import (
