@@ -56,6 +56,7 @@ type statics struct {
 	roots     *x509.CertPool // system + tls.ca_file
 	allowed   []netip.Prefix // delivery.allowed_networks
 	adminToks *admin.Tokens  // admin.tokens_file; nil = none
+	httpToks  []string       // inject.http.tokens_file; nil = none
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -95,6 +96,20 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	if sc.AuthUsersFile != "" {
 		if st.users, err = inject.LoadUsers(sc.AuthUsersFile); err != nil {
 			return nil, fmt.Errorf("config: inject.smtp.auth_users_file: %w", err)
+		}
+	}
+
+	if hc := cfg.Inject.HTTP; hc.TokensFile != "" {
+		if st.httpToks, err = inject.LoadTokens(hc.TokensFile); err != nil {
+			return nil, fmt.Errorf("config: inject.http.tokens_file: %w", err)
+		}
+	} else {
+		// Checked here, not only when the server starts, so that a reload
+		// removing the tokens from an open listener is refused whole.
+		for i, a := range hc.Listen {
+			if !config.LoopbackListen(a) {
+				return nil, fmt.Errorf("config: inject.http.tokens_file: must be set, inject.http.listen[%d] %q is not a loopback address", i, a)
+			}
 		}
 	}
 
@@ -433,7 +448,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			log.Info("listening for SMTP injection", zap.String("addr", a.String()))
 		}
 	}
-	hsrv, err := startHTTPInject(cfg, sp, st.bindings, handoff{sched}, signer, log)
+	hsrv, err := startHTTPInject(cfg, st.httpToks, sp, st.bindings, handoff{sched}, signer, log)
 	if err != nil {
 		if srv != nil {
 			ctx, cancel := stopCtx(sc.ShutdownGrace)
@@ -494,7 +509,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		case syscall.SIGHUP: // ExecReload=
 			notify.reloading()
 			reopenLog(logOut, log)
-			reload(cfgPath, cfg, &cur, sched, signer, adm, log)
+			reload(cfgPath, cfg, &cur, sched, signer, adm, injectors{srv, hsrv}, log)
 			notify.ready("delivering; configuration reloaded")
 			continue
 		}
@@ -527,10 +542,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 // config kept. Shaping and the bounce classification rules (the
 // file named by delivery.bounce_classes_file, re-read even when the name is
 // unchanged) and the DKIM keys (files re-read; a bad one refuses the
-// reload, so the old keys stay) take effect at once; keys that shape what is already built
+// reload, so the old keys stay), and the injection's AUTH users file, TLS
+// certificate and HTTP tokens file (likewise) take effect at once; keys that shape what is already built
 // (listeners, spool, bindings, DNS) are reported as needing a restart
 // rather than half-applied.
-func reload(path string, started *config.Config, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, adm *admin.Server, log *zap.Logger) {
+func reload(path string, started *config.Config, cur *atomic.Pointer[config.Config], sched *scheduler.Scheduler, signer *dkim.Signer, adm *admin.Server, inj injectors, log *zap.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: the running configuration is kept", zap.Error(err))
@@ -546,7 +562,7 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 	// a restart is reported until it is made or undone.
 	old := started
 	var restart []string
-	if fmt.Sprint(old.Inject) != fmt.Sprint(next.Inject) {
+	if fmt.Sprint(injectNeedingRestart(old.Inject)) != fmt.Sprint(injectNeedingRestart(next.Inject)) {
 		restart = append(restart, "inject")
 	}
 	if old.Spool != next.Spool {
@@ -602,27 +618,59 @@ func reload(path string, started *config.Config, cur *atomic.Pointer[config.Conf
 	if err := adm.SetTokens(st.adminToks); err != nil {
 		log.Error("admin tokens not changed", zap.Error(err))
 	}
-	log.Info("configuration reloaded: shaping, response rules, bounce classes and DKIM keys applied",
+	// The injection files likewise: the AUTH users, the certificate and
+	// the HTTP tokens, read and checked by buildStatics above, so these
+	// do not fail but for a listener's own refusal (logged).
+	inj.apply(st, log)
+	log.Info("configuration reloaded: shaping, response rules, bounce classes, DKIM keys and injection files applied",
 		zap.Int("dkim_keys", st.dkim.Len()),
 		zap.String("bounce_classes_file", next.Delivery.BounceClassesFile),
 		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
 		zap.Int("admin_tokens", st.adminToks.Len()),
+		zap.Int("auth_users", len(st.users)), zap.Bool("inject_tls", st.tls != nil),
+		zap.Int("http_inject_tokens", len(st.httpToks)),
 		zap.Strings("changed_needing_restart", restart))
+}
+
+// injectors are the injection listeners a reload applies the users,
+// certificate and tokens files to; either may be nil (not configured).
+type injectors struct {
+	smtp *inject.Server
+	http *inject.HTTPServer
+}
+
+// apply gives the listeners the files' new contents. Each session reads
+// them when it next uses them (inject's reload.go).
+func (i injectors) apply(st *statics, log *zap.Logger) {
+	if i.smtp != nil {
+		if err := i.smtp.SetAuthUsers(st.users); err != nil {
+			log.Error("inject.smtp.auth_users_file not changed", zap.Error(err))
+		}
+		if err := i.smtp.SetTLSConfig(st.tls); err != nil {
+			log.Error("inject.smtp.tls_cert not changed", zap.Error(err))
+		}
+	}
+	if i.http != nil {
+		if err := i.http.SetTokens(st.httpToks); err != nil {
+			log.Error("inject.http.tokens_file not changed", zap.Error(err))
+		}
+	}
+}
+
+// injectNeedingRestart is the inject section less what a reload applies:
+// the users, certificate and tokens files (names and contents).
+func injectNeedingRestart(in config.Inject) config.Inject {
+	in.SMTP.AuthUsersFile, in.SMTP.TLSCert, in.SMTP.TLSKey = "", "", ""
+	in.HTTP.TokensFile = ""
+	return in
 }
 
 // startHTTPInject starts the HTTP injection API when inject.http.listen
 // names addresses; nil when it does not.
-func startHTTPInject(cfg *config.Config, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, log *zap.Logger) (*inject.HTTPServer, error) {
+func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, log *zap.Logger) (*inject.HTTPServer, error) {
 	hc := cfg.Inject.HTTP
 	if len(hc.Listen) == 0 {
 		return nil, nil
-	}
-	var toks []string
-	if hc.TokensFile != "" {
-		var err error
-		if toks, err = inject.LoadTokens(hc.TokensFile); err != nil {
-			return nil, fmt.Errorf("config: inject.http.tokens_file: %w", err)
-		}
 	}
 	longLines := inject.LongLinesConvert
 	if cfg.Inject.SMTP.LongLines == "reject" {

@@ -260,9 +260,15 @@ func (c *conn) flushIfDrained() error {
 // startTLS puts TLS on the connection. Anything the client sent after
 // STARTTLS in the clear is dropped, so it cannot be taken as sent under
 // TLS (CVE-2011-0411, the STARTTLS command injection).
-func (c *conn) startTLS(timeout time.Duration) error {
+//
+// conf is the TLS configuration read once by the caller: a reload may
+// swap or remove it at any moment.
+func (c *conn) startTLS(conf *tls.Config, timeout time.Duration) error {
 	c.r, c.w = 0, 0
-	tc := tls.Server(c.nc, c.srv.opts.TLSConfig)
+	if conf == nil {
+		return errors.New("inject: TLS is no longer configured")
+	}
+	tc := tls.Server(c.nc, conf)
 	if timeout > 0 {
 		c.nc.SetDeadline(time.Now().Add(timeout))
 	}

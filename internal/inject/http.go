@@ -29,6 +29,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,8 +76,8 @@ const DefaultHTTPMaxRecipients = 10000
 // Start; stop it with Shutdown. Not restartable.
 type HTTPServer struct {
 	opts    HTTPOptions
-	tokens  [][sha256.Size]byte
-	core    *Server // the content rules and store path shared with SMTP; never started
+	tokens  atomic.Pointer[tokenSet] // swapped by SetTokens; nil = none
+	core    *Server                  // the content rules and store path shared with SMTP; never started
 	handoff Handoff
 	busy    busyHandoff
 	log     *zap.Logger
@@ -145,12 +146,11 @@ func NewHTTP(opts HTTPOptions, store Store, bindings Bindings, handoff Handoff) 
 			traceHost: traceToken(strings.TrimSpace(opts.Hostname)),
 		},
 	}
-	for _, t := range opts.Tokens {
-		if t == "" {
-			return nil, errors.New("inject http: empty token")
-		}
-		h.tokens = append(h.tokens, sha256.Sum256([]byte(t)))
+	toks, err := newTokenSet(opts.Tokens)
+	if err != nil {
+		return nil, fmt.Errorf("inject http: %w", err)
 	}
+	h.tokens.Store(&toks)
 	h.busy, _ = handoff.(busyHandoff)
 	mux := http.NewServeMux()
 	mux.HandleFunc(HTTPPath, h.serveMessages)
@@ -293,7 +293,8 @@ func (h *HTTPServer) Shutdown(ctx context.Context) error {
 // constant time (hashes of equal length, no early exit), so neither a
 // token's content nor its length leaks through timing.
 func (h *HTTPServer) authorized(r *http.Request) bool {
-	if len(h.tokens) == 0 {
+	toks := h.tokenList()
+	if len(toks) == 0 {
 		return true
 	}
 	a := r.Header.Get("Authorization")
@@ -303,8 +304,8 @@ func (h *HTTPServer) authorized(r *http.Request) bool {
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(a[len(pfx):])))
 	ok := 0
-	for i := range h.tokens {
-		ok |= subtle.ConstantTimeCompare(sum[:], h.tokens[i][:])
+	for i := range toks {
+		ok |= subtle.ConstantTimeCompare(sum[:], toks[i][:])
 	}
 	return ok == 1
 }

@@ -528,7 +528,7 @@ func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTT
 		return nil, e
 	}
 	ip, _ := netip.ParseAddrPort(r.RemoteAddr)
-	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: len(h.tokens) > 0, utf8: d.utf8}
+	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: len(h.tokenList()) > 0, utf8: d.utf8}
 	type outcome struct {
 		id string
 		e  *httpError

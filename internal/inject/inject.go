@@ -20,7 +20,9 @@
 // are buffered and flushed only when the client's input is drained (RFC
 // 2920 3.2) or before anything that may block. Every reply with a code of
 // 400 or more is also a "rejected" record. go-smtp is used only for its
-// reply type, *smtp.SMTPError.
+// reply type, *smtp.SMTPError. The AUTH users, the TLS configuration and
+// the HTTP tokens may be replaced while sessions run (reload.go); nothing
+// else is, and the listeners themselves are never re-bound.
 package inject
 
 import (
@@ -37,7 +39,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mtad/mtad/internal/dkim"
 	"github.com/mtad/mtad/internal/spool"
@@ -95,9 +96,10 @@ type Options struct {
 	// LongLines is the policy for body lines over 998 octets.
 	LongLines LongLines
 	// TLSConfig enables STARTTLS and TLSListen; nil means neither.
+	// SetTLSConfig replaces it.
 	TLSConfig *tls.Config
 	// AuthUsers maps a user name to its bcrypt hash (see LoadUsers). Empty
-	// means AUTH is never offered.
+	// means AUTH is not offered. SetAuthUsers replaces them.
 	AuthUsers map[string][]byte
 	// ReadTimeout bounds the wait for each command line, WriteTimeout each
 	// reply, DataTimeout each read of the message body (an inactivity
@@ -152,7 +154,10 @@ type Server struct {
 	// traceHost is Hostname as written in Received fields.
 	traceHost string
 
-	dummyHash []byte // compared against for unknown users, so they take as long as known ones
+	// auth and tlsConf start as Options' AuthUsers and TLSConfig and are
+	// swapped by SetAuthUsers and SetTLSConfig (reload.go).
+	auth      atomic.Pointer[authState]
+	tlsConf   atomic.Pointer[tls.Config]
 	fails     *authFailures
 	authSlots chan struct{} // a token per running password check
 	authWait  time.Duration // authWait, shortened by tests
@@ -223,24 +228,12 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		perIP:     make(map[netip.Prefix]int),
 	}
 	s.busy, _ = handoff.(busyHandoff)
-	if len(opts.AuthUsers) > 0 {
-		// The dummy hash has the cost of a real one, so that "no such user"
-		// and "wrong password" cost the same time.
-		cost := bcrypt.DefaultCost
-		for _, h := range opts.AuthUsers {
-			c, err := bcrypt.Cost(h)
-			if err != nil {
-				return nil, fmt.Errorf("inject: new server: auth users: %w", err)
-			}
-			cost = c
-			break
-		}
-		h, err := bcrypt.GenerateFromPassword([]byte("mtad dummy password"), cost)
-		if err != nil {
-			return nil, fmt.Errorf("inject: new server: dummy hash: %w", err)
-		}
-		s.dummyHash = h
+	a, err := newAuthState(opts.AuthUsers, nil)
+	if err != nil {
+		return nil, fmt.Errorf("inject: new server: auth users: %w", err)
 	}
+	s.auth.Store(a)
+	s.tlsConf.Store(opts.TLSConfig)
 	return s, nil
 }
 

@@ -127,7 +127,7 @@ func (c *conn) serve() {
 	defer s.blocks.Put(c.buf)
 	defer c.abortBdat()
 	if c.implicitTLS {
-		if err := c.startTLS(s.handshakeTimeout()); err != nil {
+		if err := c.startTLS(s.tlsConfig(), s.handshakeTimeout()); err != nil {
 			s.log.Debug("inject: implicit TLS handshake", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
 			return
 		}
@@ -351,7 +351,7 @@ func (c *conn) hello(verb, arg string) bool {
 		"ENHANCEDSTATUSCODES",
 		"DSN",
 	}
-	if c.srv.opts.TLSConfig != nil && !ss.tls {
+	if c.srv.tlsConfig() != nil && !ss.tls {
 		exts = append(exts, "STARTTLS")
 	}
 	if c.srv.authOffered(ss.tls, c.ip) {
@@ -372,6 +372,7 @@ func (c *conn) hello(verb, arg string) bool {
 
 func (c *conn) cmdStartTLS(arg string) bool {
 	ss := &c.sess
+	conf := c.srv.tlsConfig() // once: a reload may swap it
 	switch {
 	case arg != "":
 		c.fail("STARTTLS", errNoArgs)
@@ -379,7 +380,7 @@ func (c *conn) cmdStartTLS(arg string) bool {
 	case ss.tls:
 		c.fail("STARTTLS", errTLSAgain)
 		return true
-	case c.srv.opts.TLSConfig == nil:
+	case conf == nil:
 		c.fail("STARTTLS", errNoTLS)
 		return true
 	case c.inTxn.Load():
@@ -390,7 +391,7 @@ func (c *conn) cmdStartTLS(arg string) bool {
 	if c.flush() != nil {
 		return false
 	}
-	if err := c.startTLS(c.srv.handshakeTimeout()); err != nil {
+	if err := c.startTLS(conf, c.srv.handshakeTimeout()); err != nil {
 		c.srv.log.Debug("inject: STARTTLS handshake", zap.String("client_ip", ipString(c.ip)), zap.Error(err))
 		return false
 	}
@@ -946,7 +947,7 @@ func (c *conn) auth(arg string) bool {
 
 // authOffered is the AUTH policy: users configured, and TLS or loopback.
 func (s *Server) authOffered(isTLS bool, ip netip.Addr) bool {
-	return len(s.opts.AuthUsers) > 0 && (isTLS || ip.IsLoopback())
+	return len(s.authState().users) > 0 && (isTLS || ip.IsLoopback())
 }
 
 // authRefusal is why AUTH is refused on this connection, or nil:
@@ -955,10 +956,10 @@ func (s *Server) authOffered(isTLS bool, ip netip.Addr) bool {
 // transaction in progress (503 5.5.1, RFC 4954 4).
 func (s *Server) authRefusal(isTLS bool, ip netip.Addr, inTxn bool) *smtp.SMTPError {
 	switch {
-	case len(s.opts.AuthUsers) == 0:
+	case len(s.authState().users) == 0:
 		return errAuthNone
 	case !s.authOffered(isTLS, ip):
-		if s.opts.TLSConfig != nil {
+		if s.tlsConfig() != nil {
 			return errAuthTLS
 		}
 		return errAuthNone
@@ -1009,10 +1010,11 @@ func (c *conn) authenticate(identity, user, password string) error {
 // checkPassword compares against a dummy hash for an unknown user, so the
 // reply time does not tell which users exist.
 func (s *Server) checkPassword(identity, user, password string) bool {
-	hash, known := s.opts.AuthUsers[user]
+	a := s.authState()
+	hash, known := a.users[user]
 	known = known && user != ""
 	if !known {
-		hash = s.dummyHash
+		hash = a.dummyHash
 	}
 	match := compareHash(hash, password)
 	// PLAIN's authorization identity may only name the user itself: mtad

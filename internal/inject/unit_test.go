@@ -252,7 +252,9 @@ func TestAuthPolicy(t *testing.T) {
 		{name: "in a transaction", users: users, ip: loop, inTxn: true, offered: true, refusal: &smtpErr{503, "5.5.1"}},
 	}
 	for _, tt := range tests {
-		s := &Server{opts: Options{AuthUsers: tt.users, TLSConfig: tt.tlsConf}}
+		s := &Server{}
+		s.auth.Store(&authState{users: tt.users})
+		s.tlsConf.Store(tt.tlsConf)
 		if got := s.authOffered(tt.isTLS, tt.ip); got != tt.offered {
 			t.Errorf("%s: authOffered = %v, want %v", tt.name, got, tt.offered)
 		}
