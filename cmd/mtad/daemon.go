@@ -460,7 +460,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Status: func() any {
 			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
 		},
-		Policy: adminPolicy{sched, st.bindings},
+		Policy:  adminPolicy{sched, st.bindings},
+		Actions: adminActions{sched, st.bindings},
 	})
 	if err := adm.Start(); err != nil {
 		if hsrv != nil {
