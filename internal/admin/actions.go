@@ -116,6 +116,11 @@ func parseFlush(body []byte, who string, hasBinding func(string) bool) (domain, 
 	if err := decodeStrict(body, &req); err != nil {
 		return "", "", "", err
 	}
+	if strings.TrimSpace(string(body))[0] != '{' {
+		// JSON's null decodes to the empty request, which flushes
+		// everything: only {} may say that.
+		return "", "", "", &fieldError{"body", "must be a JSON object, not null"}
+	}
 	for _, f := range []struct{ name, v string }{{"domain", req.Domain}, {"binding", req.Binding}, {"by", req.By}} {
 		if err := checkText(f.v); err != nil {
 			return "", "", "", &fieldError{f.name, err.Error()}

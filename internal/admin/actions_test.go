@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mtad/mtad/internal/mx"
 )
 
 // testActions is the Actions the tests plug in: it records each order it
@@ -111,6 +113,7 @@ func TestCancelFlushRefused(t *testing.T) {
 		{"/api/v1/flush", "application/json", `{"domain":"-bad-.test"}`, http.StatusBadRequest, "domain: "},
 		{"/api/v1/flush", "", `{}`, http.StatusUnsupportedMediaType, "Content-Type"},
 		{"/api/v1/flush", "application/json", `[]`, http.StatusBadRequest, "body: must be a JSON object"},
+		{"/api/v1/flush", "application/json", ` null `, http.StatusBadRequest, "body: must be a JSON object"},
 	} {
 		resp, v := call(t, http.MethodPost, base+c.path, c.ctype, c.body)
 		if resp.StatusCode != c.code || !strings.HasPrefix(errText(v), c.field) {
@@ -132,4 +135,58 @@ func TestActionsOff(t *testing.T) {
 	if resp, _ := call(t, http.MethodPost, base+"/api/v1/cancel", "application/json", `{}`); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("cancel without Actions: %d, want 404", resp.StatusCode)
 	}
+}
+
+// FuzzParseCancel: any body is refused naming a field, or gives an order
+// with exactly one selector, a domain in canonical form and a reason.
+func FuzzParseCancel(f *testing.F) {
+	f.Add([]byte(`{"queue_id":"01ABC","reason":"r","by":"alice","dsn":true}`))
+	f.Add([]byte(`{"domain":"Example.TEST.","reason":"r"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c, err := parseCancel(body, "tok")
+		if err != nil {
+			if fe, ok := err.(*fieldError); !ok || fe.field == "" || fe.msg == "" {
+				t.Fatalf("error %#v does not name a field", err)
+			}
+			return
+		}
+		set := 0
+		for _, v := range []string{c.QueueID, c.Domain, c.Sender} {
+			if v != "" {
+				set++
+			}
+		}
+		if set != 1 || c.Reason == "" || c.By == "" {
+			t.Fatalf("order %+v accepted", c)
+		}
+		if c.Domain != "" {
+			if d, err := mx.Canonical(c.Domain); err != nil || d != c.Domain {
+				t.Fatalf("domain %q not canonical (%q, %v)", c.Domain, d, err)
+			}
+		}
+	})
+}
+
+// FuzzParseFlush: any body is refused naming a field, or gives a known
+// binding (or none) and a canonical domain (or none).
+func FuzzParseFlush(f *testing.F) {
+	f.Add([]byte(`{"domain":"X.test","binding":"b1","by":"bob"}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		dom, b, by, err := parseFlush(body, "", func(n string) bool { return n == "b1" })
+		if err != nil {
+			if fe, ok := err.(*fieldError); !ok || fe.field == "" || fe.msg == "" {
+				t.Fatalf("error %#v does not name a field", err)
+			}
+			return
+		}
+		if (b != "" && b != "b1") || by == "" {
+			t.Fatalf("binding %q by %q accepted", b, by)
+		}
+		if dom != "" {
+			if d, err := mx.Canonical(dom); err != nil || d != dom {
+				t.Fatalf("domain %q not canonical (%q, %v)", dom, d, err)
+			}
+		}
+	})
 }
