@@ -105,6 +105,10 @@ func (s *Scheduler) Cancel(sel Selector, reason, who string, dsn bool) (int, err
 			return 0, fmt.Errorf("scheduler: cancel %s: %w", sel.QueueID, ErrNotQueued)
 		}
 	}
+	// Tick moves due deliveries from the delayed queue to the active
+	// ones under tickMu: holding it, no delivery is between the two
+	// while they are walked, where neither walk would see it.
+	s.tickMu.Lock()
 	var found []*queue.Delivery
 	if sel.Domain != "" {
 		dom, _ := mx.Canonical(sel.Domain)
@@ -117,6 +121,7 @@ func (s *Scheduler) Cancel(sel Selector, reason, who string, dsn bool) (int, err
 		}
 	}
 	found = s.q.RemoveDelayed(match, found)
+	s.tickMu.Unlock()
 
 	byMsg := map[string][]*queue.Delivery{}
 	var order []string
@@ -229,6 +234,9 @@ func (s *Scheduler) Flush(domain, binding, who string) (int, error) {
 			return 0, fmt.Errorf("scheduler: flush: domain %q: %w", domain, err)
 		}
 	}
+	// Under tickMu, as Tick's own moves from the delayed queue are.
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
 	ds := s.q.RemoveDelayed(func(d *queue.Delivery) bool {
 		return (dom == "" || d.Domain == dom) && (slot < 0 || int(d.Slot) == slot)
 	}, nil)
