@@ -15,6 +15,10 @@
 //	mtactl resume ID [--reason WHY] [--by WHO]
 //	mtactl throttles [--json]           the rule throttles in force
 //	mtactl unthrottle SCOPE_KEY [--reason WHY] [--by WHO]
+//	mtactl cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO]
+//	                                    end queued recipients now (logged as cancelled)
+//	mtactl flush [DOMAIN] [--binding B] [--by WHO]
+//	                                    retry delayed mail now; no DOMAIN is every domain
 //
 // --admin (env MTAD_ADMIN, default 127.0.0.1:8025) is where the daemon's
 // admin API listens: admin.listen's host:port, or a base URL.
@@ -60,6 +64,11 @@ commands:
   resume ID [--reason WHY] [--by WHO] [--json]
   throttles [--json]
   unthrottle SCOPE_KEY [--reason WHY] [--by WHO] [--json]
+  cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO] [--json]
+      ends the chosen queued recipients now; a domain's leaves the
+      messages' other recipients queued; --dsn tells the sender
+  flush [DOMAIN] [--binding B] [--by WHO] [--json]
+      retries delayed mail now; without DOMAIN, every domain's
 
 global flags:`
 
@@ -121,6 +130,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"resume":      resumeCmd,
 		"throttles":   throttlesCmd,
 		"unthrottle":  unthrottleCmd,
+		"cancel":      cancelCmd,
+		"flush":       flushCmd,
 	}
 	cmd := cmds[fs.Arg(0)]
 	if cmd == nil {

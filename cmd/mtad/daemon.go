@@ -477,6 +477,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		},
 		Policy:  adminPolicy{sched, st.bindings},
 		Summary: func() any { return sched.Summary() },
+		Actions: adminActions{sched, st.bindings},
 	})
 	if err := adm.Start(); err != nil {
 		if hsrv != nil {

@@ -25,6 +25,8 @@
 //	DELETE /api/v1/suspensions/{id}[?by=&reason=]
 //	GET    /api/v1/throttles
 //	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
+//	POST   /api/v1/cancel               {"queue_id"|"domain"|"sender","reason","by","dsn"} (actions.go)
+//	POST   /api/v1/flush                {"domain","binding","by"}
 //	GET    /metrics
 //	GET    /debug/pprof/                 only with Options.Pprof
 package admin
@@ -63,6 +65,9 @@ type Options struct {
 	// Policy serves the shaping, suspension and throttle endpoints; nil
 	// leaves them out (404).
 	Policy Policy
+	// Actions serves cancel and flush (actions.go); nil leaves them out
+	// (404).
+	Actions Actions
 	// Tokens, when set, are required on every request; nil leaves the API
 	// open, which Start allows only on a loopback Listen.
 	Tokens *Tokens
@@ -126,6 +131,10 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
 		mux.HandleFunc("/api/v1/suspensions/{id}", methods(route{http.MethodDelete, s.resume}))
 		mux.HandleFunc("/api/v1/throttles", methods(route{http.MethodGet, s.throttles}, route{http.MethodDelete, s.unthrottle}))
+	}
+	if opts.Actions != nil {
+		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))
+		mux.HandleFunc("/api/v1/flush", methods(route{http.MethodPost, s.flush}))
 	}
 	if opts.Gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

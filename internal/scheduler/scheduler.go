@@ -959,7 +959,9 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 	st := s.msgs[d.MsgID]
 	s.mu.Unlock()
 	if st == nil {
-		s.log.Error("outcome for a message the scheduler does not know", zap.String("queue_id", d.MsgID))
+		// An operator cancelled it while a session had it in flight (or
+		// a bug): nothing is owed for it any more.
+		s.log.Warn("outcome for a message no longer queued (cancelled?) dropped", zap.String("queue_id", d.MsgID))
 		return
 	}
 	attempt := int(d.Attempts)
