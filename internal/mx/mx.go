@@ -99,7 +99,7 @@ type Resolver struct {
 	allowed       []netip.Prefix
 	routes        map[string]route
 	now           func() time.Time
-	udp, tcp      *dns.Client
+	x             *Exchanger
 	lookupTime    *prometheus.HistogramVec // nil without Options.Metrics
 
 	mu       sync.Mutex
@@ -196,8 +196,7 @@ func New(opts Options) (*Resolver, error) {
 			return nil, fmt.Errorf("mx: DNS server %q: want host:port: %w", s, err)
 		}
 	}
-	r.udp = &dns.Client{Net: "udp", Timeout: r.timeout}
-	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout}
+	r.x = NewExchanger(r.servers, r.timeout)
 	if opts.Metrics != nil {
 		h, err := lookupHistogram(opts.Metrics)
 		if err != nil {

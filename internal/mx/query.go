@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,61 +43,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 
 // exchangeAll is exchange without its measurement.
 func (r *Resolver) exchangeAll(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	var errs []error
-	for _, srv := range r.servers {
-		if ctx.Err() != nil {
-			break
-		}
-		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(name), qtype)
-		// 1232 octets is the EDNS buffer size that avoids IP fragmentation
-		// (DNS Flag Day 2020); larger answers come back truncated and are
-		// asked again over TCP.
-		m.SetEdns0(1232, false)
-		resp, err := r.exchangeOne(ctx, r.udp, m, srv)
-		if err == nil && resp.Truncated {
-			m.Id = dns.Id()
-			resp, err = r.exchangeOne(ctx, r.tcp, m, srv)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("server %s: %w", srv, err))
-			continue
-		}
-		if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, m.Question[0].Name) ||
-			resp.Question[0].Qtype != qtype {
-			errs = append(errs, fmt.Errorf("server %s: answer is for another question", srv))
-			continue
-		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess, dns.RcodeNameError:
-			return resp, nil
-		}
-		errs = append(errs, fmt.Errorf("server %s: %s", srv, dns.RcodeToString[resp.Rcode]))
-	}
-	if err := ctx.Err(); err != nil {
-		errs = append(errs, err)
-	}
-	return nil, fmt.Errorf("query %s %s: %w", name, dns.TypeToString[qtype], errors.Join(errs...))
-}
-
-// exchangeOne sends m to one server with the per-query timeout. The
-// connection is closed when ctx is cancelled, because miekg/dns only obeys
-// a context's deadline, and a shutting-down caller should not wait for it.
-func (r *Resolver) exchangeOne(ctx context.Context, c *dns.Client, m *dns.Msg, srv string) (*dns.Msg, error) {
-	qctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	conn, err := c.DialContext(qctx, srv)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(qctx, func() { conn.Close() })
-	defer stop()
-	resp, _, err := c.ExchangeWithConnContext(qctx, m, conn)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return resp, err
+	return r.x.Exchange(ctx, name, qtype, nil)
 }
 
 // lookupType resolves name/qtype, following CNAMEs in the answer and asking

@@ -20,7 +20,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/mtad/mtad/internal/mx"
 )
 
 // TLSA is one TLSA record (RFC 6698 §2.1): certificate usage, selector,
@@ -83,10 +84,8 @@ func (r TLSA) usable() bool {
 // DANE looks up TLSA records. It is safe for concurrent use and holds no
 // goroutine, so it needs no Close.
 type DANE struct {
-	servers  []string
-	timeout  time.Duration
-	port     int
-	udp, tcp *dns.Client
+	x    *mx.Exchanger
+	port int
 }
 
 // maxCNAME bounds the CNAME hops followed, inside one answer and across
@@ -105,13 +104,7 @@ func NewDANE(servers []string, timeout time.Duration, port int) *DANE {
 	if port <= 0 || port > 65535 {
 		port = 25
 	}
-	return &DANE{
-		servers: slices.Clone(servers),
-		timeout: timeout,
-		port:    port,
-		udp:     &dns.Client{Net: "udp", Timeout: timeout},
-		tcp:     &dns.Client{Net: "tcp", Timeout: timeout},
-	}
+	return &DANE{x: mx.NewExchanger(slices.Clone(servers), timeout), port: port}
 }
 
 // Lookup returns the TLSA records of _port._tcp.<mxHost> (RFC 7672 §2.2)
@@ -271,68 +264,26 @@ func chase(msg *dns.Msg, qname string, qtype uint16) (rrs []dns.RR, end string, 
 	return rrs, cur, false
 }
 
-// exchange asks the servers in turn until one answers NOERROR or NXDOMAIN.
-// SERVFAIL (a validating resolver's answer to bogus data), REFUSED, a
-// timeout or a reply to another question moves on to the next server; when
-// none is left the error says what each did.
+// exchange asks the servers in turn until one answers NOERROR or NXDOMAIN
+// (mx.Exchanger). SERVFAIL, a validating resolver's answer to bogus data,
+// moves on to the next server like REFUSED or a timeout; when none is
+// left the error says what each did.
 func (d *DANE) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	var errs []error
-	for _, srv := range d.servers {
-		if ctx.Err() != nil {
-			break
-		}
-		m := new(dns.Msg)
-		m.SetQuestion(name, qtype)
+	if len(d.x.Servers()) == 0 {
+		return nil, fmt.Errorf("dane: query %s %s: no DNSSEC-validating resolver configured (dns.servers)",
+			name, dns.TypeToString[qtype])
+	}
+	resp, err := d.x.Exchange(ctx, name, qtype, func(m *dns.Msg) {
 		// AD=1 asks a validating resolver to report validation in the AD
 		// bit (RFC 6840 §5.7); DO=1 is what resolvers that predate it need
 		// (RFC 4035 §3.2.3). CD stays 0: the resolver must validate.
 		m.AuthenticatedData = true
 		m.SetEdns0(1232, true)
-		resp, err := d.exchangeOne(ctx, d.udp, m, srv)
-		if err == nil && resp.Truncated {
-			m.Id = dns.Id()
-			resp, err = d.exchangeOne(ctx, d.tcp, m, srv)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("server %s: %w", srv, err))
-			continue
-		}
-		if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, name) || resp.Question[0].Qtype != qtype {
-			errs = append(errs, fmt.Errorf("server %s: answer is for another question", srv))
-			continue
-		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess, dns.RcodeNameError:
-			return resp, nil
-		}
-		errs = append(errs, fmt.Errorf("server %s: %s", srv, dns.RcodeToString[resp.Rcode]))
-	}
-	if len(d.servers) == 0 {
-		errs = append(errs, errors.New("no DNSSEC-validating resolver configured (dns.servers)"))
-	}
-	if err := ctx.Err(); err != nil {
-		errs = append(errs, err)
-	}
-	return nil, fmt.Errorf("dane: query %s %s: %w", name, dns.TypeToString[qtype], errors.Join(errs...))
-}
-
-// exchangeOne sends m to srv within the per-query timeout, closing the
-// connection when ctx ends (miekg/dns obeys only the deadline).
-func (d *DANE) exchangeOne(ctx context.Context, c *dns.Client, m *dns.Msg, srv string) (*dns.Msg, error) {
-	qctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	conn, err := c.DialContext(qctx, srv)
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dane: %w", err)
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(qctx, func() { conn.Close() })
-	defer stop()
-	resp, _, err := c.ExchangeWithConnContext(qctx, m, conn)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return resp, err
+	return resp, nil
 }
 
 // DANEChecker is the DANEFunc of d (Options.DANE): the host's TLSA

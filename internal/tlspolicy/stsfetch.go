@@ -49,8 +49,7 @@ type STS struct {
 	opts   STSOptions
 	client *http.Client
 	tr     *http.Transport
-	udp    *dns.Client
-	tcp    *dns.Client
+	x      *mx.Exchanger // dns.servers, as the resolver asks them
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -181,8 +180,7 @@ func NewSTS(o STSOptions) (*STS, error) {
 			ResponseHeaderTimeout:  o.FetchTimeout,
 			MaxResponseHeaderBytes: 16 << 10,
 		},
-		udp:        &dns.Client{Net: "udp", Timeout: o.DNSTimeout},
-		tcp:        &dns.Client{Net: "tcp", Timeout: o.DNSTimeout},
+		x:          mx.NewExchanger(o.Servers, o.DNSTimeout),
 		sem:        make(chan struct{}, refreshWorkers),
 		mem:        map[string]*stsEntry{},
 		none:       map[string]time.Time{},
@@ -382,44 +380,23 @@ func (s *STS) refreshAsync(domain string) {
 	}()
 }
 
-// txtID asks the servers in turn for _mta-sts.<domain> TXT and parses it.
+// txtID asks the servers in turn (mx.Exchanger) for _mta-sts.<domain>
+// TXT and parses it.
 func (s *STS) txtID(ctx context.Context, domain string) (string, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn("_mta-sts."+domain), dns.TypeTXT)
-	m.SetEdns0(1232, false)
-	var errs []error
-	for _, srv := range s.opts.Servers {
-		if ctx.Err() != nil {
-			break
-		}
-		resp, _, err := s.udp.ExchangeContext(ctx, m, srv)
-		if err == nil && resp.Truncated {
-			resp, _, err = s.tcp.ExchangeContext(ctx, m, srv)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("server %s: %w", srv, err))
-			continue
-		}
-		switch resp.Rcode {
-		case dns.RcodeNameError:
-			return "", errNoSTSRecord
-		case dns.RcodeSuccess:
-		default:
-			errs = append(errs, fmt.Errorf("server %s: %s", srv, dns.RcodeToString[resp.Rcode]))
-			continue
-		}
-		var txts []string
-		for _, rr := range resp.Answer {
-			if t, ok := rr.(*dns.TXT); ok {
-				txts = append(txts, strings.Join(t.Txt, ""))
-			}
-		}
-		return ParseSTSRecord(txts)
+	resp, err := s.x.Exchange(ctx, "_mta-sts."+domain, dns.TypeTXT, nil)
+	if err != nil {
+		return "", fmt.Errorf("mta-sts TXT: %w", err)
 	}
-	if err := ctx.Err(); err != nil {
-		errs = append(errs, err)
+	if resp.Rcode == dns.RcodeNameError {
+		return "", errNoSTSRecord
 	}
-	return "", fmt.Errorf("mta-sts TXT _mta-sts.%s: %w", domain, errors.Join(errs...))
+	var txts []string
+	for _, rr := range resp.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			txts = append(txts, strings.Join(t.Txt, ""))
+		}
+	}
+	return ParseSTSRecord(txts)
 }
 
 // maxPolicyAddrs bounds the addresses of a policy host tried in turn.
@@ -464,57 +441,34 @@ func (s *STS) dialPolicyHost(ctx context.Context, network, addr string) (net.Con
 	return nil, fmt.Errorf("mta-sts: connecting to %s: %w", host, errors.Join(errs...))
 }
 
-// lookupAddrs asks the servers in turn for host's A and AAAA records.
+// lookupAddrs asks the servers in turn (mx.Exchanger) for host's A and
+// AAAA records.
 func (s *STS) lookupAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(host), qtype)
-		m.SetEdns0(1232, false)
-		var errs []error
-		answered := false
-		for _, srv := range s.opts.Servers {
-			if ctx.Err() != nil {
-				errs = append(errs, ctx.Err())
-				break
-			}
-			resp, _, err := s.udp.ExchangeContext(ctx, m, srv)
-			if err == nil && resp.Truncated {
-				resp, _, err = s.tcp.ExchangeContext(ctx, m, srv)
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("server %s: %w", srv, err))
-				continue
-			}
-			if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
-				errs = append(errs, fmt.Errorf("server %s: %s", srv, dns.RcodeToString[resp.Rcode]))
-				continue
-			}
-			// The resolver follows CNAMEs; the addresses at the chain's
-			// end are what it answers.
-			for _, rr := range resp.Answer {
-				switch r := rr.(type) {
-				case *dns.A:
-					if a, ok := netip.AddrFromSlice(r.A.To4()); ok {
-						out = append(out, a)
-					}
-				case *dns.AAAA:
-					if a, ok := netip.AddrFromSlice(r.AAAA); ok {
-						out = append(out, a)
-					}
-				}
-			}
-			answered = true
-			break
-		}
-		if !answered {
+		resp, err := s.x.Exchange(ctx, host, qtype, nil)
+		if err != nil {
 			if qtype == dns.TypeAAAA && len(out) > 0 {
 				// The A records answered: a resolver or server that
 				// fails AAAA queries must not cost the domain its
 				// policy (an MX lookup tolerates the same).
 				break
 			}
-			return nil, fmt.Errorf("mta-sts: looking up %s %s: %w", host, dns.TypeToString[qtype], errors.Join(errs...))
+			return nil, fmt.Errorf("mta-sts: looking up %s: %w", host, err)
+		}
+		// The resolver follows CNAMEs; the addresses at the chain's end
+		// are what it answers.
+		for _, rr := range resp.Answer {
+			switch r := rr.(type) {
+			case *dns.A:
+				if a, ok := netip.AddrFromSlice(r.A.To4()); ok {
+					out = append(out, a)
+				}
+			case *dns.AAAA:
+				if a, ok := netip.AddrFromSlice(r.AAAA); ok {
+					out = append(out, a)
+				}
+			}
 		}
 	}
 	return out, nil
