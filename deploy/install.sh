@@ -84,9 +84,12 @@ put_config() { # put_config SRC NAME [sed args...]: install unless present
 		chgrp mtad "$dst" # read by the daemon as mtad, not written
 	fi
 }
+# make run's routes of the reserved .test names to its capture sink on
+# 127.0.0.1:2526 are for a developer's machine, not a host: "routes: []".
 put_config "$root/configs/mtad.yaml" mtad.yaml \
 	-e "s|^  dir: \./var/spool$|  dir: /var/spool/mtad|" \
-	-e "s|^response_rules_file: configs/|response_rules_file: $SYSCONFDIR/mtad/|"
+	-e "s|^response_rules_file: configs/|response_rules_file: $SYSCONFDIR/mtad/|" \
+	-e "/^routes:$/,/^$/{/^routes:$/s|.*|routes: []|;/^  /d}"
 put_config "$root/configs/response-rules.yaml" response-rules.yaml -e ''
 put_config "$root/configs/bounce-classes.yaml" bounce-classes.yaml -e ''
 # A shipped config whose layout changed would silently keep a path that

@@ -282,6 +282,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		return fmt.Errorf("log: %w", err)
 	}
 	defer func() { _ = log.Sync(); _ = logOut.Close() }()
+	// Until the signal loop runs (after recovery, which can take minutes),
+	// a SIGHUP or logrotate's SIGUSR1 must not kill the daemon by their
+	// default action: they are ignored until then (signal.Notify below
+	// takes them over).
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR1)
 	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
 	gc, limit := applyRuntime(cfg.Runtime, os.Getenv)
 	log.Info("go runtime", zap.String("gc_percent", gc), zap.String("memory_limit", limit))

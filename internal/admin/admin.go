@@ -101,6 +101,7 @@ type Server struct {
 	srv    *http.Server
 	wg     sync.WaitGroup
 	start  time.Time
+	probes probeCache // /readyz's spool probe, at most one a second
 }
 
 // New builds the server; it does not listen yet.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -60,15 +61,13 @@ type readyCheck struct {
 }
 
 // checks runs the readiness checks in a fixed order.
-func (rd Readiness) checks(ctx context.Context, now time.Time) []readyCheck {
+func (rd Readiness) checks(ctx context.Context, now time.Time, pc *probeCache) []readyCheck {
 	out := make([]readyCheck, 0, 3)
 	notWired := fmt.Errorf("not wired")
 
 	err := notWired
 	if rd.Spool != nil {
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		err = rd.Spool.Probe(pctx)
-		cancel()
+		err = pc.probe(ctx, now, rd.Spool)
 	}
 	out = append(out, readyCheck{"spool", err})
 
@@ -111,7 +110,7 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	res := map[string]string{}
 	var failed []string
-	for _, c := range s.opts.Ready.checks(r.Context(), time.Now()) {
+	for _, c := range s.opts.Ready.checks(r.Context(), time.Now(), &s.probes) {
 		if c.err != nil {
 			res[c.name] = c.err.Error()
 			failed = append(failed, c.name+": "+c.err.Error())
@@ -127,4 +126,30 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": res})
+}
+
+// probeFresh is how long a spool probe's answer stands: /readyz needs no
+// token (a load balancer asks it), and each probe is a synced write in the
+// same group commit as mail, so a flood of requests must not become a
+// flood of fsyncs. Callers arriving while a probe runs wait for it.
+const probeFresh = time.Second
+
+// probeCache holds the last spool probe's answer.
+type probeCache struct {
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+func (pc *probeCache) probe(ctx context.Context, now time.Time, sp SpoolProbe) error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if !pc.at.IsZero() && now.Sub(pc.at) >= 0 && now.Sub(pc.at) < probeFresh {
+		return pc.err
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	pc.err = sp.Probe(pctx)
+	pc.at = now
+	return pc.err
 }
