@@ -138,8 +138,19 @@ func (s *Scheduler) Cancel(sel Selector, reason, who string, dsn bool) (int, err
 	slices.Sort(order) // oldest first: queue ids sort by time
 	whole := sel.Domain == ""
 	n := 0
+	var failed []string
 	for _, id := range order {
-		n += s.cancelMessage(id, byMsg[id], whole, reason, who, dsn)
+		k, err := s.cancelMessage(id, byMsg[id], whole, reason, who, dsn)
+		n += k
+		if err != nil {
+			failed = append(failed, id)
+		}
+	}
+	if len(failed) > 0 {
+		// Out of the queues and logged, but the spool has the old state:
+		// a restart would deliver them. The operator must know.
+		return n, fmt.Errorf("scheduler: cancel: the spool did not record the cancel of %d message(s) (%s); "+
+			"they are out of the queues now, but a restart would queue them again", len(failed), strings.Join(failed, ", "))
 	}
 	return n, nil
 }
@@ -147,7 +158,7 @@ func (s *Scheduler) Cancel(sel Selector, reason, who string, dsn bool) (int, err
 // cancelMessage applies a cancel to one message: ds are its deliveries
 // taken out of the queues, whole says the message goes even with
 // recipients in flight. It returns the recipients cancelled.
-func (s *Scheduler) cancelMessage(id string, ds []*queue.Delivery, whole bool, reason, who string, dsn bool) int {
+func (s *Scheduler) cancelMessage(id string, ds []*queue.Delivery, whole bool, reason, who string, dsn bool) (int, error) {
 	now := s.clock.Now()
 	s.mu.Lock()
 	st := s.msgs[id]
@@ -155,7 +166,7 @@ func (s *Scheduler) cancelMessage(id string, ds []*queue.Delivery, whole bool, r
 	if st == nil {
 		// Ended between the walk and now (its last outcome came in);
 		// nothing is left to cancel.
-		return 0
+		return 0, nil
 	}
 	text := "cancelled by " + who + ": " + reason
 	updates := map[int]spool.Recipient{}
@@ -209,7 +220,7 @@ func (s *Scheduler) cancelMessage(id string, ds []*queue.Delivery, whole bool, r
 		s.countCancelled(len(d.Rcpts)) // the summary's count
 	}
 	s.submitDSN(dsnMsg)
-	return n
+	return n, err
 }
 
 // Flush moves the delayed deliveries to domain ("" = every domain) —

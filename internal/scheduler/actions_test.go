@@ -249,3 +249,38 @@ func TestFlush(t *testing.T) {
 		t.Fatalf("outcome %s %v, want b@y.test delivered", e.name, e.fields)
 	}
 }
+
+// brokenUpdates is a spool whose updates and deletions fail while broken.
+type brokenUpdates struct {
+	*spool.Spool
+	broken atomic.Bool
+}
+
+func (b *brokenUpdates) Update(id string, rcpts map[int]spool.Recipient, done bool) error {
+	if b.broken.Load() {
+		return errors.New("spool update: disk I/O error")
+	}
+	return b.Spool.Update(id, rcpts, done)
+}
+
+// TestCancelSpoolFailureIsAnError: a cancel the spool does not record is
+// reported to the operator (a restart would queue the mail again), not
+// answered as done.
+func TestCancelSpoolFailureIsAnError(t *testing.T) {
+	t.Parallel()
+	var deferring atomic.Bool
+	deferring.Store(true)
+	bu := &brokenUpdates{}
+	h := newHarness(t, deferringSink(t, ip(90, 20), &deferring), func(o *Options) {
+		bu.Spool = o.Spool.(*spool.Spool)
+		o.Spool = bu
+	})
+	h.mxFor("x.test", ip(90, 20))
+	m := h.inject("s@src.test", "a@x.test")
+	h.deferredAll(1)
+	bu.broken.Store(true)
+	n, err := h.s.Cancel(Selector{QueueID: m.ID}, "wrong list", "alice", false)
+	if err == nil || n != 1 || !strings.Contains(err.Error(), m.ID) {
+		t.Fatalf("Cancel with a failing spool = %d, %v; want 1 and an error naming %s", n, err, m.ID)
+	}
+}

@@ -1141,7 +1141,15 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 		if rebindSlot >= 0 {
 			d2.Slot = int32(rebindSlot)
 		}
-		s.q.Delay(d2, next)
+		// Under the message's lock, and not when it has finished since
+		// this settle released it (an operator's cancel in between): a
+		// cancelled message must not come back to the queue. st.mu before
+		// the delayed queue's lock is the only order they are taken in.
+		st.mu.Lock()
+		if !st.finished {
+			s.q.Delay(d2, next)
+		}
+		st.mu.Unlock()
 	}
 
 	// Counted before the log records, so that whoever has read a record
