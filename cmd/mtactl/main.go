@@ -433,22 +433,33 @@ type suspension struct {
 	Reason  string    `json:"reason"`
 }
 
-// suspensionsCmd: suspensions [--json].
-func suspensionsCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("suspensions", flag.ContinueOnError)
+// getView starts a read-only listing command (no arguments but --json):
+// it GETs path and, with --json or on an error, prints the answer or
+// returns the error and says done; otherwise the caller renders body.
+func getView(c *client, name, path string, args []string, out io.Writer) (body []byte, done bool, err error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the API's JSON")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
-		return err
+		return nil, true, err
 	}
 	if len(pos) != 0 {
-		return usagef("takes no arguments, got %q", pos)
+		return nil, true, usagef("takes no arguments, got %q", pos)
 	}
-	_, b, err := c.do(http.MethodGet, "/api/v1/suspensions", nil)
+	_, b, err := c.do(http.MethodGet, path, nil)
 	if err != nil || *asJSON {
 		if err == nil {
 			_, err = out.Write(b)
 		}
+		return nil, true, err
+	}
+	return b, false, nil
+}
+
+// suspensionsCmd: suspensions [--json].
+func suspensionsCmd(c *client, args []string, out io.Writer) error {
+	b, done, err := getView(c, "suspensions", "/api/v1/suspensions", args, out)
+	if done {
 		return err
 	}
 	var list struct {
@@ -584,20 +595,8 @@ type throttle struct {
 
 // throttlesCmd: throttles [--json].
 func throttlesCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("throttles", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return usagef("takes no arguments, got %q", pos)
-	}
-	_, b, err := c.do(http.MethodGet, "/api/v1/throttles", nil)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
+	b, done, err := getView(c, "throttles", "/api/v1/throttles", args, out)
+	if done {
 		return err
 	}
 	var list struct {

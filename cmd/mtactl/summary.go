@@ -2,10 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -42,20 +40,8 @@ type summary struct {
 // start, the last minute, and that minute as a rate per second), then the
 // state of the moment, one line each.
 func summaryCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("summary", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return usagef("takes no arguments, got %q", pos)
-	}
-	_, b, err := c.do(http.MethodGet, "/api/v1/summary", nil)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
+	b, done, err := getView(c, "summary", "/api/v1/summary", args, out)
+	if done {
 		return err
 	}
 	var s summary
