@@ -7,6 +7,15 @@
 // an internationalised name by its A-label, and an address literal
 // ("[192.0.2.1]") as that one address, without any DNS query.
 //
+// What one resolution fans out to is bounded: at most Options.MaxMXHosts
+// MX hosts resolved, Options.MaxAddrsPerHost addresses kept per host, and
+// Options.MaxAddrs addresses returned by one Lookup, so a domain publishing
+// 100 MX records or hosts with 50 addresses each costs a bounded number of
+// queries and, downstream, of connection attempts. Queries go through one
+// Exchanger, which shares each query's time among the DNS servers and
+// moves a server that stopped answering to the back for a while (see
+// Exchanger for the algorithm).
+//
 // Every failure is an *Error that wraps an *outcome.Error in the DNS phase,
 // so the scheduler decides retry or bounce without knowing this package; its
 // Kind tells the connection pool which CONN_ERR to report.
@@ -19,6 +28,7 @@
 package mx
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,9 +63,26 @@ type Options struct {
 	// Servers are the recursive DNS servers, "host:port", asked in order
 	// until one answers. Empty means those of /etc/resolv.conf.
 	Servers []string
-	// Timeout bounds each query to each server (default 5s); a truncated
-	// UDP answer's TCP retry gets its own.
+	// Timeout bounds each query (default 5s), shared among the servers
+	// (see Exchanger): each server asked gets the time left divided by the
+	// servers still to ask, and a truncated UDP answer's TCP retry comes
+	// out of its server's share.
 	Timeout time.Duration
+	// MaxMXHosts bounds the MX hosts resolved per domain (default 10): the
+	// lowest preferences first, equal preferences shuffled before the cut
+	// so a domain with 100 MX records at one preference is not always
+	// served by the same alphabetically-first few.
+	MaxMXHosts int
+	// MaxAddrsPerHost bounds the addresses kept per MX host (default 4),
+	// IPv4 and IPv6 alternated when both must be cut, so a host with many
+	// addresses of one family does not crowd out the other.
+	MaxAddrsPerHost int
+	// MaxAddrs bounds the addresses one Lookup returns over all its hosts
+	// (default 10), in the order of the hosts: what one delivery attempt
+	// may try. (Postfix's smtp_mx_address_limit, 5 by default, is the same
+	// bound; mtad keeps a few more because it spreads concurrent
+	// connections over a domain's hosts.)
+	MaxAddrs int
 	// Port is the port of every MX connection (default 25).
 	Port int
 	// AllowLoopback keeps loopback, unspecified, multicast and link-local
@@ -73,7 +100,8 @@ type Options struct {
 	Routes []Route
 	// CacheSize bounds the number of domains cached (default 10000).
 	CacheSize int
-	// Now is the cache's clock; nil means time.Now.
+	// Now is the clock of the cache and of the DNS servers' health table;
+	// nil means time.Now.
 	Now func() time.Time
 	// Metrics registers mtad_dns_lookup_seconds{type,result} (reused
 	// when already there, as after a reload); nil measures nothing.
@@ -95,6 +123,9 @@ type Resolver struct {
 	servers       []string
 	timeout       time.Duration
 	port          uint16
+	maxHosts      int
+	maxHostAddrs  int
+	maxAddrs      int
 	allowLoopback bool
 	allowed       []netip.Prefix
 	routes        map[string]route
@@ -123,9 +154,12 @@ type call struct {
 const (
 	defaultTimeout   = 5 * time.Second
 	defaultCacheSize = 10000
-	// maxHosts bounds the MX hosts resolved per domain, after sorting by
-	// preference; a domain listing more gains nothing from the rest.
-	maxHosts = 16
+	// The defaults of Options.MaxMXHosts, MaxAddrsPerHost and MaxAddrs: a
+	// domain listing more hosts or addresses gains nothing from the rest,
+	// and a hostile one must not make mtad resolve and dial hundreds.
+	defaultMaxHosts     = 10
+	defaultMaxHostAddrs = 4
+	defaultMaxAddrs     = 10
 	// hostParallel bounds the MX hosts resolved at once (each asks A and
 	// AAAA concurrently, so twice as many queries are in flight).
 	hostParallel = 4
@@ -156,6 +190,21 @@ func New(opts Options) (*Resolver, error) {
 		return nil, fmt.Errorf("mx: port %d is not in 1-65535", opts.Port)
 	default:
 		r.port = uint16(opts.Port)
+	}
+	for _, b := range []struct {
+		name string
+		v    int
+		dst  *int
+		def  int
+	}{
+		{"max MX hosts", opts.MaxMXHosts, &r.maxHosts, defaultMaxHosts},
+		{"max addresses per host", opts.MaxAddrsPerHost, &r.maxHostAddrs, defaultMaxHostAddrs},
+		{"max addresses", opts.MaxAddrs, &r.maxAddrs, defaultMaxAddrs},
+	} {
+		if b.v < 0 {
+			return nil, fmt.Errorf("mx: %s %d is negative", b.name, b.v)
+		}
+		*b.dst = cmp.Or(b.v, b.def)
 	}
 	size := opts.CacheSize
 	if size < 0 {
@@ -197,6 +246,7 @@ func New(opts Options) (*Resolver, error) {
 		}
 	}
 	r.x = NewExchanger(r.servers, r.timeout)
+	r.x.now = r.now
 	if opts.Metrics != nil {
 		h, err := lookupHistogram(opts.Metrics)
 		if err != nil {
@@ -257,7 +307,51 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 		hosts[i] = Host{Name: h.Name, Pref: h.Pref, Addrs: slices.Clone(h.Addrs)}
 	}
 	shuffleEqual(hosts)
-	return hosts, nil
+	return capAddrs(hosts, r.maxAddrs), nil
+}
+
+// capAddrs keeps at most max addresses over hosts, in their order, and
+// drops the hosts left without one. It runs after the shuffle, so hosts of
+// equal preference take turns at the addresses the cap leaves.
+func capAddrs(hosts []Host, max int) []Host {
+	out := hosts[:0]
+	for _, h := range hosts {
+		if max == 0 {
+			break
+		}
+		if len(h.Addrs) > max {
+			h.Addrs = h.Addrs[:max]
+		}
+		max -= len(h.Addrs)
+		out = append(out, h)
+	}
+	return out
+}
+
+// capHostAddrs keeps at most max of one host's addresses (IPv4 first, then
+// IPv6), taking the two families in turn when both must be cut.
+func capHostAddrs(addrs []netip.AddrPort, max int) []netip.AddrPort {
+	if len(addrs) <= max {
+		return addrs
+	}
+	var v4, v6 []netip.AddrPort
+	for _, a := range addrs {
+		if a.Addr().Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
+		}
+	}
+	out := make([]netip.AddrPort, 0, max)
+	for i := 0; len(out) < max; i++ {
+		if i < len(v4) {
+			out = append(out, v4[i])
+		}
+		if i < len(v6) && len(out) < max {
+			out = append(out, v6[i])
+		}
+	}
+	return out
 }
 
 // literal answers for an address literal (RFC 5321 §5.1: the address is
@@ -401,8 +495,12 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	if len(hosts) > maxHosts {
-		hosts = hosts[:maxHosts]
+	if len(hosts) > r.maxHosts {
+		// Shuffle within each preference first, so the cut through a run
+		// of equal preferences does not always keep the same names (the
+		// order by preference stays).
+		shuffleEqual(hosts)
+		hosts = hosts[:r.maxHosts]
 	}
 	g := buildGlue(ans.extra, targets)
 
@@ -435,7 +533,7 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 		if len(addrs) == 0 {
 			continue
 		}
-		h.Addrs = addrs
+		h.Addrs = capHostAddrs(addrs, r.maxHostAddrs)
 		out = append(out, h)
 	}
 	if len(out) == 0 {
@@ -464,7 +562,7 @@ func (r *Resolver) resolveImplicit(ctx context.Context, d string, mxTTL uint32) 
 	ttl := min(mxTTL, f.ttl)
 	switch {
 	case len(addrs) > 0:
-		res := result{hosts: []Host{{Name: d, Addrs: addrs}}, ttl: clampTTL(ttl, maxTTL), cache: true}
+		res := result{hosts: []Host{{Name: d, Addrs: capHostAddrs(addrs, r.maxHostAddrs)}}, ttl: clampTTL(ttl, maxTTL), cache: true}
 		if f.temp != nil {
 			res.ttl = minTTL
 		}
