@@ -173,9 +173,18 @@ func (z *zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		m.Extra = extra
 	}
-	if truncate {
+	switch {
+	case truncate:
 		m.Truncated = true
 		m.Answer, m.Ns, m.Extra = nil, nil, nil
+	case udp:
+		// As a real server does: what does not fit the client's buffer is
+		// cut and the answer marked truncated, for a retry over TCP.
+		size := dns.MinMsgSize
+		if o := req.IsEdns0(); o != nil {
+			size = int(o.UDPSize())
+		}
+		m.Truncate(size)
 	}
 	_ = w.WriteMsg(m)
 }

@@ -451,56 +451,22 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 	if ans.nx {
 		return negative(newError(KindNXDomain, d, "domain does not exist", nil), ans.ttl)
 	}
-	var mxs []*dns.MX
-	for _, rr := range ans.rrs {
-		if mx, ok := rr.(*dns.MX); ok {
-			mxs = append(mxs, mx)
-		}
-	}
-	if len(mxs) == 0 {
+	hosts, kind, why := mxTargets(ans.rrs, r.maxHosts)
+	switch kind {
+	case KindNXDomain: // no MX record at all
 		return r.resolveImplicit(ctx, d, ans.ttl)
-	}
-	// RFC 7505 null MX. A lone "." of any preference is taken as one too:
-	// it names nothing to connect to either way.
-	if len(mxs) == 1 && mxs[0].Mx == "." {
+	case KindNullMX:
 		return result{
 			err:   newError(KindNullMX, d, "domain accepts no mail (null MX)", nil),
 			ttl:   clampTTL(ans.ttl, maxTTL),
 			cache: true,
 		}
+	case KindNoAddress:
+		return negative(newError(KindNoAddress, d, "no MX host is a host name: "+why, nil), ans.ttl)
 	}
-
-	// Keep each target once, at its best preference, dropping "." (a
-	// domain must not mix it with real MX records; if it does, the real
-	// ones are where the mail goes).
-	best := map[string]uint16{}
-	for _, mx := range mxs {
-		t := dns.CanonicalName(mx.Mx)
-		if t == "." {
-			continue
-		}
-		if p, ok := best[t]; !ok || mx.Preference < p {
-			best[t] = mx.Preference
-		}
-	}
-	hosts := make([]Host, 0, len(best))
-	targets := make(map[string]bool, len(best))
-	for t, p := range best {
-		hosts = append(hosts, Host{Name: strings.TrimSuffix(t, "."), Pref: p})
-		targets[t] = true
-	}
-	slices.SortFunc(hosts, func(a, b Host) int {
-		if a.Pref != b.Pref {
-			return int(a.Pref) - int(b.Pref)
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
-	if len(hosts) > r.maxHosts {
-		// Shuffle within each preference first, so the cut through a run
-		// of equal preferences does not always keep the same names (the
-		// order by preference stays).
-		shuffleEqual(hosts)
-		hosts = hosts[:r.maxHosts]
+	targets := make(map[string]bool, len(hosts))
+	for _, h := range hosts {
+		targets[h.Name+"."] = true
 	}
 	g := buildGlue(ans.extra, targets)
 
@@ -552,6 +518,80 @@ func (r *Resolver) resolve(ctx context.Context, d string) result {
 		res.ttl = minTTL
 	}
 	return res
+}
+
+// mxTargets turns the records of an MX answer into the hosts to resolve:
+// each target once at its best preference, lowest preference first, at
+// most max of them (equal preferences shuffled before the cut, so the cut
+// through a run of them does not always keep the same names). kind is 0
+// when there are hosts, KindNXDomain when rrs hold no MX record (the
+// implicit MX applies), KindNullMX for a null MX (RFC 7505), and
+// KindNoAddress when every target was dropped; why then says which.
+//
+// Dropped: "." mixed with real MX records (a domain must not mix them; if
+// it does, the real ones are where the mail goes), and a target that is an
+// IP address written as a name ("MX 10 192.0.2.1"). RFC 5321 §5.1 and RFC
+// 2181 §10.3 want a host name there; asking the DNS for "192.0.2.1." could
+// only find what a hostile or broken zone put there, and connecting to the
+// address would let any zone point mail at any address without the name
+// an MX host needs for TLS. Postfix refuses it the same way, and defers:
+// KindNoAddress is temporary, as for a domain whose MX host is being
+// renumbered, and a zone fixed within the retry period loses no mail.
+//
+// A target that is a CNAME is followed (resolveHost asks A/AAAA, and
+// lookupType follows the chain, maxChain hops at most): RFC 2181 §10.3
+// forbids it, but RFC 5321 §5.1 leaves it to the client, and refusing mail
+// over it would bounce domains every other MTA delivers to.
+func mxTargets(rrs []dns.RR, max int) (hosts []Host, kind Kind, why string) {
+	var mxs []*dns.MX
+	for _, rr := range rrs {
+		if mx, ok := rr.(*dns.MX); ok {
+			mxs = append(mxs, mx)
+		}
+	}
+	if len(mxs) == 0 {
+		return nil, KindNXDomain, ""
+	}
+	// RFC 7505 null MX: only "." targets. One of any preference is taken
+	// as one too: it names nothing to connect to either way.
+	best := map[string]uint16{}
+	for _, mx := range mxs {
+		t := dns.CanonicalName(mx.Mx)
+		if t == "." {
+			continue
+		}
+		if _, err := netip.ParseAddr(strings.TrimSuffix(t, ".")); err == nil {
+			if why == "" {
+				why = strings.TrimSuffix(t, ".") + " is an IP address"
+			}
+			continue
+		}
+		if p, ok := best[t]; !ok || mx.Preference < p {
+			best[t] = mx.Preference
+		}
+	}
+	switch {
+	case len(best) > 0:
+	case why == "": // several "." records: still a null MX
+		return nil, KindNullMX, ""
+	default:
+		return nil, KindNoAddress, why
+	}
+	hosts = make([]Host, 0, len(best))
+	for t, p := range best {
+		hosts = append(hosts, Host{Name: strings.TrimSuffix(t, "."), Pref: p})
+	}
+	slices.SortFunc(hosts, func(a, b Host) int {
+		if a.Pref != b.Pref {
+			return int(a.Pref) - int(b.Pref)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	if len(hosts) > max {
+		shuffleEqual(hosts)
+		hosts = hosts[:max]
+	}
+	return hosts, 0, ""
 }
 
 // resolveImplicit handles a domain without MX records: RFC 5321 §5.1 says
