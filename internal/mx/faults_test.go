@@ -581,4 +581,3 @@ func FuzzMXAnswer(f *testing.F) {
 		}
 	})
 }
-
