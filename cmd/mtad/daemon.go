@@ -136,6 +136,9 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		AllowedNetworks: allowed,
 		Routes:          routes,
 		CacheSize:       cfg.DNS.CacheSize,
+		MaxMXHosts:      cfg.DNS.MaxMXHosts,
+		MaxAddrsPerHost: cfg.DNS.MaxAddressesPerHost,
+		MaxAddrs:        cfg.DNS.MaxAddresses,
 		Metrics:         st.metrics,
 	})
 	if err != nil {

@@ -232,6 +232,13 @@ type DNS struct {
 	Timeout time.Duration `mapstructure:"timeout"`
 	// CacheSize is the number of cached answers; 0 disables the cache.
 	CacheSize int `mapstructure:"cache_size"`
+	// MaxMXHosts, MaxAddressesPerHost and MaxAddresses bound what one
+	// resolution fans out to: the MX hosts resolved (lowest preference
+	// first), the addresses kept per host, and the addresses one delivery
+	// attempt may try over all hosts (Postfix's smtp_mx_address_limit).
+	MaxMXHosts          int `mapstructure:"max_mx_hosts"`
+	MaxAddressesPerHost int `mapstructure:"max_addresses_per_host"`
+	MaxAddresses        int `mapstructure:"max_addresses"`
 }
 
 // Route sends mail for Domain to Host (host:port) instead of its MX hosts.
@@ -350,7 +357,8 @@ func Default() *Config {
 		Admin: Admin{Listen: "127.0.0.1:8025", ReadTimeout: 10 * time.Second,
 			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute},
 		Metrics: Metrics{TopDomains: 20},
-		DNS:     DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000},
+		DNS: DNS{Servers: []string{}, Timeout: 5 * time.Second, CacheSize: 10000,
+			MaxMXHosts: 10, MaxAddressesPerHost: 4, MaxAddresses: 10},
 		Delivery: Delivery{
 			Port:             25,
 			AllowLoopbackMX:  false,

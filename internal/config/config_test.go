@@ -184,6 +184,9 @@ dns:
   servers: [127.0.0.1:5353]
   timeout: 2s
   cache_size: 0
+  max_mx_hosts: 3
+  max_addresses_per_host: 2
+  max_addresses: 5
 routes:
   - domain: Example.TEST.
     host: 127.0.0.1:2526
@@ -285,8 +288,9 @@ func TestFullRoundTrip(t *testing.T) {
 			{Name: "b", Address: "::1"},
 		},
 		BindingGroups: []BindingGroup{{Name: "bulk", Bindings: []GroupMember{{"a", 3}, {"b", 1}}}},
-		DNS:           DNS{Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second, CacheSize: 0},
-		Routes:        []Route{{Domain: "example.test", Host: "127.0.0.1:2526"}},
+		DNS: DNS{Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second, CacheSize: 0,
+			MaxMXHosts: 3, MaxAddressesPerHost: 2, MaxAddresses: 5},
+		Routes: []Route{{Domain: "example.test", Host: "127.0.0.1:2526"}},
 		Delivery: Delivery{
 			Port: 2525, AllowLoopbackMX: true, AllowedNetworks: []string{"10.0.0.0/8", "fd00::/8"}, MaxConnections: 200, Reserve: 10,
 			MaintainInterval: 500 * time.Millisecond, RetryInterval: time.Minute,
@@ -399,6 +403,9 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"dns server", func(c *Config) { c.DNS.Servers = []string{"127.0.0.1"} }, `config: dns.servers[0]: "127.0.0.1" is not host:port`},
 		{"dns timeout", func(c *Config) { c.DNS.Timeout = 0 }, `config: dns.timeout: 0s`},
 		{"dns cache", func(c *Config) { c.DNS.CacheSize = -1 }, `config: dns.cache_size: -1`},
+		{"dns max mx hosts", func(c *Config) { c.DNS.MaxMXHosts = 0 }, `config: dns.max_mx_hosts: 0 is not in 1-100`},
+		{"dns max addresses per host", func(c *Config) { c.DNS.MaxAddressesPerHost = 101 }, `config: dns.max_addresses_per_host: 101 is not in 1-100`},
+		{"dns max addresses", func(c *Config) { c.DNS.MaxAddresses = -3 }, `config: dns.max_addresses: -3 is not in 1-100`},
 		{"route domain", func(c *Config) { c.Routes = []Route{{Domain: "a..b", Host: "h:25"}} }, `config: routes[0].domain: "a..b"`},
 		{"route host", func(c *Config) { c.Routes = []Route{{Domain: "a.b", Host: "h"}} }, `config: routes[0].host: "h"`},
 		{"route dup", func(c *Config) { c.Routes = []Route{{Domain: "a.b", Host: "h:25"}, {Domain: "A.b", Host: "h:25"}} }, `config: routes[1].domain: "A.b" is routed twice`},

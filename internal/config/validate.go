@@ -67,6 +67,20 @@ func (c *Config) Validate() error {
 	if c.DNS.CacheSize < 0 {
 		v.bad("dns.cache_size", "%d is negative", c.DNS.CacheSize)
 	}
+	// 0 is refused, not taken as "no limit": the unbounded fan-out is what
+	// these keys exist to stop. 100 is far beyond any real domain's need.
+	for _, b := range []struct {
+		key string
+		n   int
+	}{
+		{"dns.max_mx_hosts", c.DNS.MaxMXHosts},
+		{"dns.max_addresses_per_host", c.DNS.MaxAddressesPerHost},
+		{"dns.max_addresses", c.DNS.MaxAddresses},
+	} {
+		if b.n < 1 || b.n > 100 {
+			v.bad(b.key, "%d is not in 1-100", b.n)
+		}
+	}
 
 	seenRoute := map[string]bool{}
 	for i, r := range c.Routes {
