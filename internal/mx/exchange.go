@@ -25,7 +25,8 @@ const serverPenalty = 30 * time.Second
 //
 // The time budget of one Exchange is its timeout (or the context's
 // deadline, when sooner), shared among the servers: each server asked gets
-// the time left divided by the number of servers still to ask, so a server
+// the time left divided by the number of servers still to ask (not
+// counting those down, below, while any other is left), so a server
 // that does not answer spends only its share, and a fast failure (REFUSED,
 // ICMP unreachable) leaves more for the rest. With servers [dead, good] and
 // 5 s, dead gets 2.5 s and good the rest.
@@ -72,6 +73,7 @@ func (x *Exchanger) Servers() []string { return x.servers }
 type attempt struct {
 	i     int
 	probe bool // the one query let through after the server's penalty
+	down  bool // asked only after the others failed
 }
 
 // order returns the servers to ask: the healthy ones and a due probe at
@@ -91,10 +93,26 @@ func (x *Exchanger) order() []attempt {
 			h.probing = true
 			out = append(out, attempt{i: i, probe: true})
 		default:
-			down = append(down, attempt{i: i})
+			down = append(down, attempt{i: i, down: true})
 		}
 	}
 	return append(out, down...)
+}
+
+// sharers is the number of servers in rest that the time left is divided
+// among: those not down, or, when only down ones are left, all of them. A
+// server known to be down reserves no share of the healthy ones' time.
+func sharers(rest []attempt) int {
+	n := 0
+	for _, a := range rest {
+		if !a.down {
+			n++
+		}
+	}
+	if n == 0 {
+		return len(rest)
+	}
+	return n
 }
 
 // settle records what asking server a.i showed: up (it answered), down
@@ -138,7 +156,7 @@ func (x *Exchanger) Exchange(ctx context.Context, name string, qtype uint16, edn
 			break
 		}
 		srv := x.servers[a.i]
-		share := time.Until(deadline) / time.Duration(len(order)-k)
+		share := time.Until(deadline) / time.Duration(sharers(order[k:]))
 		resp, err := x.ask(ctx, share, name, qtype, edns, srv)
 		x.settle(a, resp != nil, resp == nil && caller.Err() != nil)
 		if err != nil {
