@@ -230,7 +230,7 @@ type DNS struct {
 	// Servers are host:port; empty = the servers of /etc/resolv.conf.
 	Servers []string      `mapstructure:"servers"`
 	Timeout time.Duration `mapstructure:"timeout"`
-	// CacheSize is the number of cached answers; 0 disables the cache.
+	// CacheSize bounds the domains whose answers are cached; at least 1.
 	CacheSize int `mapstructure:"cache_size"`
 	// MaxMXHosts, MaxAddressesPerHost and MaxAddresses bound what one
 	// resolution fans out to: the MX hosts resolved (lowest preference

@@ -183,7 +183,7 @@ binding_groups:
 dns:
   servers: [127.0.0.1:5353]
   timeout: 2s
-  cache_size: 0
+  cache_size: 500
   max_mx_hosts: 3
   max_addresses_per_host: 2
   max_addresses: 5
@@ -288,7 +288,7 @@ func TestFullRoundTrip(t *testing.T) {
 			{Name: "b", Address: "::1"},
 		},
 		BindingGroups: []BindingGroup{{Name: "bulk", Bindings: []GroupMember{{"a", 3}, {"b", 1}}}},
-		DNS: DNS{Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second, CacheSize: 0,
+		DNS: DNS{Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second, CacheSize: 500,
 			MaxMXHosts: 3, MaxAddressesPerHost: 2, MaxAddresses: 5},
 		Routes: []Route{{Domain: "example.test", Host: "127.0.0.1:2526"}},
 		Delivery: Delivery{
@@ -403,6 +403,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"dns server", func(c *Config) { c.DNS.Servers = []string{"127.0.0.1"} }, `config: dns.servers[0]: "127.0.0.1" is not host:port`},
 		{"dns timeout", func(c *Config) { c.DNS.Timeout = 0 }, `config: dns.timeout: 0s`},
 		{"dns cache", func(c *Config) { c.DNS.CacheSize = -1 }, `config: dns.cache_size: -1`},
+		{"dns cache off", func(c *Config) { c.DNS.CacheSize = 0 }, `config: dns.cache_size: 0: must be at least 1`},
 		{"dns max mx hosts", func(c *Config) { c.DNS.MaxMXHosts = 0 }, `config: dns.max_mx_hosts: 0 is not in 1-100`},
 		{"dns max addresses per host", func(c *Config) { c.DNS.MaxAddressesPerHost = 101 }, `config: dns.max_addresses_per_host: 101 is not in 1-100`},
 		{"dns max addresses", func(c *Config) { c.DNS.MaxAddresses = -3 }, `config: dns.max_addresses: -3 is not in 1-100`},

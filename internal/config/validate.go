@@ -64,8 +64,10 @@ func (c *Config) Validate() error {
 		v.hostPort(fmt.Sprintf("dns.servers[%d]", i), s, false)
 	}
 	v.positive("dns.timeout", c.DNS.Timeout)
-	if c.DNS.CacheSize < 0 {
-		v.bad("dns.cache_size", "%d is negative", c.DNS.CacheSize)
+	// The resolver cannot run without its cache (every tick would ask the
+	// DNS again), so 0 is refused rather than read as "off" or "default".
+	if c.DNS.CacheSize < 1 {
+		v.bad("dns.cache_size", "%d: must be at least 1 (default 10000)", c.DNS.CacheSize)
 	}
 	// 0 is refused, not taken as "no limit": the unbounded fan-out is what
 	// these keys exist to stop. 100 is far beyond any real domain's need.
