@@ -99,6 +99,9 @@ func statusPage() (page, assets http.HandlerFunc) {
 // isStatusPage reports whether path is the page or one of its assets,
 // which authenticate lets through without a token: they are the same
 // embedded files for everyone and carry no data.
+// Only a clean path counts: "/ui/../api/v1/summary" must not pass as an
+// asset (the mux would redirect it to the API, where the token is asked
+// for again, but the exemption should not lean on that).
 func isStatusPage(p string) bool {
-	return p == "/" || strings.HasPrefix(p, uiPrefix)
+	return p == "/" || strings.HasPrefix(p, uiPrefix) && path.Clean(p) == p
 }

@@ -289,10 +289,38 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("chart: no minute of the delivered line above the baseline: %v", points["delivered"])
 	}
 
-	// 5. The queue sections this daemon does not serve yet say so.
-	for _, sel := range []string{"#busiest", "#troubled", "#bindings"} {
-		if s := textOf(sel); !strings.Contains(s, "not available") {
-			t.Errorf("%s: %q, want \"not available\" (no /api/v1/queues)", sel, s)
+	// 5. The queue sections: "not available" while this daemon does not
+	// serve GET /api/v1/queues; once it does, page.test is in them with
+	// its last remote reply shown as text (the sink's 550 has markup in
+	// it), and the binding with it.
+	qreq, _ := http.NewRequest(http.MethodGet, base+"/api/v1/queues?by=domain", nil)
+	qreq.Header.Set("Authorization", "Bearer "+tok)
+	qresp, err := http.DefaultClient.Do(qreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qresp.Body.Close()
+	if qresp.StatusCode == http.StatusNotFound {
+		for _, sel := range []string{"#busiest", "#troubled", "#bindings"} {
+			if s := textOf(sel); !strings.Contains(s, "not available") {
+				t.Errorf("%s: %q, want \"not available\" (no /api/v1/queues)", sel, s)
+			}
+		}
+	} else {
+		if s := textOf("#busiest"); !strings.Contains(s, "page.test") {
+			t.Errorf("busiest domains: %q, want page.test", s)
+		}
+		if s := textOf("#troubled"); !strings.Contains(s, "page.test") ||
+			!(strings.Contains(s, "mailbox full") || strings.Contains(s, "no such user <b>here</b>")) {
+			t.Errorf("troubled domains: %q, want page.test with its last reply", s)
+		}
+		if s := textOf("#bindings"); !strings.Contains(s, "b0") {
+			t.Errorf("connections per binding: %q, want b0", s)
+		}
+		var markup bool
+		eval("look for markup in replies", `document.querySelector("#troubled b") !== null`, &markup)
+		if markup {
+			t.Error("a remote reply was parsed as HTML")
 		}
 	}
 	if s := textOf("#suspensions"); s != "none" {

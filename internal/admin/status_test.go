@@ -43,11 +43,19 @@ func TestStatusPageServed(t *testing.T) {
 			t.Errorf("GET %s: no nosniff", c.path)
 		}
 	}
-	// The API behind the page still needs the token.
-	if code, _ := getJSON(t, http.MethodGet, base+"/api/v1/summary"); code != http.StatusUnauthorized {
-		t.Errorf("summary without a token: %d, want 401", code)
+	// The API behind the page still needs the token, also when its path
+	// is dressed up as an asset's.
+	for _, p := range []string{"/api/v1/summary", "/ui/../api/v1/summary", "/ui/%2e%2e/api/v1/summary"} {
+		if code, _ := getJSON(t, http.MethodGet, base+p); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without a token: %d, want 401", p, code)
+		}
 	}
-	for _, p := range []string{"/ui/nope.js", "/ui/", "/ui/index.html"} {
+	for _, p := range []string{"/ui/../api/v1/summary", "/ui/./status.js", "/ui//status.js"} {
+		if isStatusPage(p) {
+			t.Errorf("isStatusPage(%q) = true, want false for an unclean path", p)
+		}
+	}
+	for _, p := range []string{"/ui/nope.js", "/ui/index.html"} {
 		resp, err := http.Get(base + p)
 		if err != nil {
 			t.Fatal(err)
