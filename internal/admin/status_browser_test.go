@@ -248,8 +248,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 		"tot-received": api.Totals.Received, "tot-received_recipients": api.Totals.ReceivedRecipients,
 		"tot-delivered": api.Totals.Delivered, "tot-deferred": api.Totals.Deferred, "tot-bounced": api.Totals.Bounced,
 		"tot-expired": api.Totals.Expired, "tot-cancelled": api.Totals.Cancelled,
-		"min-received": api.LastMinute.Received, "min-delivered": api.LastMinute.Delivered,
-		"min-deferred": api.LastMinute.Deferred, "min-bounced": api.LastMinute.Bounced,
+		"min-received": api.LastMinute.Received, "min-received_recipients": api.LastMinute.ReceivedRecipients,
+		"min-delivered": api.LastMinute.Delivered, "min-deferred": api.LastMinute.Deferred,
+		"min-bounced": api.LastMinute.Bounced, "min-expired": api.LastMinute.Expired,
+		"min-cancelled": api.LastMinute.Cancelled,
 		"queued_messages": int64(api.QueuedMessages), "queued_recipients": api.QueuedRecipients,
 		"suspension_count": int64(api.Suspensions),
 	}
