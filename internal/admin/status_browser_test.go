@@ -251,7 +251,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		"min-received": api.LastMinute.Received, "min-received_recipients": api.LastMinute.ReceivedRecipients,
 		"min-delivered": api.LastMinute.Delivered, "min-deferred": api.LastMinute.Deferred,
 		"min-bounced": api.LastMinute.Bounced, "min-expired": api.LastMinute.Expired,
-		"min-cancelled": api.LastMinute.Cancelled,
+		"min-cancelled":   api.LastMinute.Cancelled,
 		"queued_messages": int64(api.QueuedMessages), "queued_recipients": api.QueuedRecipients,
 		"suspension_count": int64(api.Suspensions),
 	}
