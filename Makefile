@@ -26,7 +26,7 @@ run: build
 	@bash scripts/run.sh $(CONFIG)
 
 # Tests fetch their own Go modules; the end-to-end tests build the binaries
-# themselves; deps installs the rest (Postfix, python3) with apt when missing.
+# themselves; deps installs the rest (Postfix, python3, chromium) with apt when missing.
 # Nothing else needs installing by hand.
 test: deps
 	$(GO) mod download

@@ -15,6 +15,7 @@
 // so mtactl and scripts can rely on one shape. A method a path does not
 // take gets 405 with an Allow header.
 //
+//	GET    /                             the live status page, and its assets under /ui/ (status.go)
 //	GET    /healthz                      process alive
 //	GET    /readyz                       spool writable, listeners up, scheduler ticking (health.go)
 //	GET    /api/v1/status
@@ -150,6 +151,9 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	page, assets := statusPage()
+	mux.HandleFunc("/{$}", s.get(page))
+	mux.HandleFunc(uiPrefix+"{name}", s.get(assets))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})

@@ -198,10 +198,14 @@ func Who(r *http.Request) string {
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		toks := s.tokens.Load()
-		if toks == nil || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+		if toks == nil || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isStatusPage(r.URL.Path) {
 			// The probes stay open: a load balancer or systemd's
 			// health check cannot send a token, and they say no more
-			// than up or not and why.
+			// than up or not and why. So does the status page's shell
+			// (status.go): a browser navigating to / cannot send one
+			// either, and the page and its assets are the same embedded
+			// files for everyone, with no data; its script asks for the
+			// token and sends it on every API call.
 			next.ServeHTTP(w, r)
 			return
 		}

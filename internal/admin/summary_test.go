@@ -27,6 +27,7 @@ func TestSummaryEndpoint(t *testing.T) {
 		LastMinute:     scheduler.Counts{Received: 3, ReceivedRecipients: 6, Delivered: 5},
 		QueuedMessages: 2, QueuedRecipients: 3, Connections: 4, MaxConnections: 100,
 		SpoolBytes: &used, SpoolFreeBytes: &free, Suspensions: 1,
+		LastHour: []scheduler.MinuteCounts{{Minute: at, Counts: scheduler.Counts{Received: 3, Delivered: 2}}},
 	}
 	tokA := strings.Repeat("a", 32)
 	toks, err := ParseTokens(strings.NewReader("ops:" + tokA + "\n"))
@@ -60,6 +61,8 @@ func TestSummaryEndpoint(t *testing.T) {
 		"last_minute":     counts(3, 6, 5, 0, 0, 0, 0),
 		"queued_messages": 2.0, "queued_recipients": 3.0, "connections": 4.0, "max_connections": 100.0,
 		"spool_bytes": 123456.0, "spool_free_bytes": 9876543210.0, "suspensions": 1.0,
+		"last_hour": []any{map[string]any{"minute": "2026-12-01T10:00:00Z", "received": 3.0, "received_recipients": 0.0,
+			"delivered": 2.0, "deferred": 0.0, "bounced": 0.0, "expired": 0.0, "cancelled": 0.0}},
 	}
 	if code != http.StatusOK || !reflect.DeepEqual(v, want) {
 		t.Errorf("GET summary: %d\n got %v\nwant %v", code, v, want)

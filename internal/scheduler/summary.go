@@ -28,6 +28,9 @@ const (
 // summaryWindow is the span of Summary.LastMinute, in one-second buckets.
 const summaryWindow = 60
 
+// hourWindow is the span of Summary.LastHour, in one-minute buckets.
+const hourWindow = 60
+
 // Counts are numbers of messages received and of recipient outcomes. A
 // recipient deferred three times counts three deferrals.
 type Counts struct {
@@ -67,11 +70,23 @@ type Summary struct {
 	SpoolFreeBytes *uint64 `json:"spool_free_bytes"`
 
 	Suspensions int `json:"suspensions"` // suspensions in force
+
+	// LastHour is the throughput of the hourWindow minutes up to Time's,
+	// oldest first, always hourWindow entries (a minute with nothing in
+	// it counts zero), so a chart needs no gap filling.
+	LastHour []MinuteCounts `json:"last_hour"`
 }
 
-// summaryCounts are the totals and a ring of per-second buckets for the
-// last minute. The ring is fixed (60 buckets, 7 counters each): a bucket
-// whose second has passed out of the window is reset when its slot comes
+// MinuteCounts are the counts of one minute of LastHour.
+type MinuteCounts struct {
+	Minute time.Time `json:"minute"` // the minute's start, UTC
+	Counts
+}
+
+// summaryCounts are the totals, a ring of per-second buckets for the
+// last minute and a ring of per-minute buckets for the last hour. The
+// rings are fixed (60 buckets, 7 counters each): a bucket whose second
+// (minute) has passed out of the window is reset when its slot comes
 // round again, so nothing runs in the background and memory never grows.
 // One mutex, held for a few additions: Intake's caller (the 250 path)
 // takes it briefly, never while the scheduler does anything else.
@@ -83,6 +98,10 @@ type summaryCounts struct {
 		sec int64 // the Unix second the bucket counts; 0 = never used
 		n   [sumEvents]int64
 	}
+	hour [hourWindow]struct {
+		min int64 // the Unix minute (seconds / 60) the bucket counts; 0 = never used
+		n   [sumEvents]int64
+	}
 }
 
 // add counts n events of kind ev at now.
@@ -92,6 +111,7 @@ func (c *summaryCounts) add(now time.Time, ev, n int) {
 	}
 	c.mu.Lock()
 	c.bucket(now)[ev] += int64(n)
+	c.minuteBucket(now)[ev] += int64(n)
 	c.totals[ev] += int64(n)
 	c.mu.Unlock()
 }
@@ -106,11 +126,23 @@ func (c *summaryCounts) bucket(now time.Time) *[sumEvents]int64 {
 	return &b.n
 }
 
-// snapshot returns the totals and the counts of the summaryWindow seconds
-// up to and including now's. A bucket stamped after now (the clock went
-// back) is left out rather than counted twice.
-func (c *summaryCounts) snapshot(now time.Time) (since time.Time, totals, last [sumEvents]int64) {
+// minuteBucket returns the counters of now's minute; c.mu is held.
+func (c *summaryCounts) minuteBucket(now time.Time) *[sumEvents]int64 {
+	m := floorDiv(now.Unix(), 60)
+	b := &c.hour[mod(m, hourWindow)]
+	if b.min != m {
+		b.min, b.n = m, [sumEvents]int64{}
+	}
+	return &b.n
+}
+
+// snapshot returns the totals, the counts of the summaryWindow seconds up
+// to and including now's, and those of the hourWindow minutes up to and
+// including now's, oldest first. A bucket stamped after now (the clock
+// went back) is left out rather than counted twice.
+func (c *summaryCounts) snapshot(now time.Time) (since time.Time, totals, last [sumEvents]int64, hour [hourWindow][sumEvents]int64) {
 	sec := now.Unix()
+	min := floorDiv(sec, 60)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range c.ring {
@@ -121,8 +153,17 @@ func (c *summaryCounts) snapshot(now time.Time) (since time.Time, totals, last [
 			}
 		}
 	}
-	return c.since, c.totals, last
+	for i := range c.hour {
+		b := &c.hour[i]
+		if age := min - b.min; age >= 0 && age < hourWindow {
+			hour[hourWindow-1-age] = b.n
+		}
+	}
+	return c.since, c.totals, last, hour
 }
+
+// floorDiv is a/n rounded down (Go's / rounds toward zero).
+func floorDiv(a, n int64) int64 { return (a - mod(a, n)) / n }
 
 func mod(a, n int64) int64 {
 	if r := a % n; r >= 0 {
@@ -138,10 +179,11 @@ func (s *Scheduler) countOutcomesSummary(verdicts []verdict, now time.Time) {
 		by[v]++
 	}
 	s.sum.mu.Lock()
-	b := s.sum.bucket(now)
+	b, h := s.sum.bucket(now), s.sum.minuteBucket(now)
 	for v, n := range by {
 		ev := verdictSummary[v]
 		b[ev] += int64(n)
+		h[ev] += int64(n)
 		s.sum.totals[ev] += int64(n)
 	}
 	s.sum.mu.Unlock()
@@ -159,13 +201,14 @@ func (s *Scheduler) countCancelled(n int) { s.sum.add(s.clock.Now(), sumCancelle
 // polling it costs the scheduler nothing that grows with the queue.
 func (s *Scheduler) Summary() Summary {
 	now := s.clock.Now()
-	since, totals, last := s.sum.snapshot(now)
+	since, totals, last, hour := s.sum.snapshot(now)
 	sum := Summary{
 		Time: now, Since: since,
 		Totals: countsOf(totals), LastMinute: countsOf(last),
 		QueuedMessages: s.Pending(), QueuedRecipients: s.pendingRcpts.Load(),
 		Connections: s.pool.Total(), MaxConnections: s.pool.Max(),
 		Suspensions: len(s.suspensions.List(now)),
+		LastHour:    lastHour(now, hour),
 	}
 	if u, ok := s.opts.Spool.(spoolUsage); ok {
 		if used, free, err := u.Usage(); err == nil {
@@ -173,4 +216,15 @@ func (s *Scheduler) Summary() Summary {
 		}
 	}
 	return sum
+}
+
+// lastHour dates the hour ring's snapshot: entry i is the minute
+// hourWindow-1-i minutes before now's.
+func lastHour(now time.Time, hour [hourWindow][sumEvents]int64) []MinuteCounts {
+	first := time.Unix(floorDiv(now.Unix(), 60)*60, 0).UTC().Add(-(hourWindow - 1) * time.Minute)
+	out := make([]MinuteCounts, hourWindow)
+	for i := range hour {
+		out[i] = MinuteCounts{Minute: first.Add(time.Duration(i) * time.Minute), Counts: countsOf(hour[i])}
+	}
+	return out
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test/e2e/deps.sh — installs what `make test` needs beyond Go, and only
-# what is missing: python3 (the smtplib interop test) and Postfix (the
+# what is missing: python3 (the smtplib interop test), Postfix (the
 # interop test runs a private Postfix instance whose smtp client relays into
-# mtad). When both are present it does nothing and prints nothing.
+# mtad) and Chromium (internal/admin drives the status page in it, headless).
+# When all are present it does nothing and prints nothing.
 #
 # Installing needs root and apt (CI runs as root on a clean Debian). Not root
 # and something missing: it says what and fails, rather than letting the
@@ -21,11 +22,14 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 if ! command -v postfix >/dev/null 2>&1 && [[ ! -x /usr/sbin/postfix ]]; then
 	need+=(postfix)
 fi
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+	need+=(chromium)
+fi
 ((${#need[@]} == 0)) && exit 0
 
 say() { echo "deps: $*" >&2; }
 if [[ $(id -u) != 0 ]]; then
-	say "missing: ${need[*]}. The interop tests in test/e2e need them (Postfix relays into mtad; python3 runs smtplib)."
+	say "missing: ${need[*]}. The tests need them (Postfix relays into mtad; python3 runs smtplib; chromium shows the status page)."
 	say "Run 'make deps' as root to install them with apt, or install them yourself."
 	exit 1
 fi
@@ -63,7 +67,7 @@ if [[ -f /etc/postfix/main.cf ]] && /usr/sbin/postfix status >/dev/null 2>&1; th
 	say "stopping the system Postfix the install started"
 	/usr/sbin/postfix stop >/dev/null 2>&1 || true
 fi
-for cmd in python3 /usr/sbin/postfix /usr/sbin/sendmail /usr/sbin/postconf; do
+for cmd in python3 /usr/sbin/postfix /usr/sbin/sendmail /usr/sbin/postconf chromium; do
 	command -v "$cmd" >/dev/null 2>&1 || {
 		say "$cmd still missing after apt-get install ${need[*]}"
 		exit 1
