@@ -495,9 +495,9 @@ func (c *conn) mail(arg string) {
 	c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Roger, accepting mail from <"+from+">")
 }
 
-// rcpt checks in order: syntax, parameters, literal policy, relay
-// permission, the recipient limit. A duplicate is acknowledged and stored
-// once.
+// rcpt checks in order: path syntax, relay permission, address syntax,
+// parameters, literal policy, the recipient limit. A duplicate is
+// acknowledged and stored once.
 func (c *conn) rcpt(arg string) {
 	s := c.srv
 	ss := &c.sess
@@ -523,6 +523,14 @@ func (c *conn) rcpt(arg string) {
 		c.fail("RCPT", errRcptNoAddress)
 		return
 	}
+	// Relay permission first: a client that may not relay gets the same
+	// 550 5.7.1 for every address form (quoted, source route, percent
+	// hack, bang path, literal, IDN), and learns nothing about which forms
+	// the later checks would have let through.
+	if ss.authUser == "" && !s.mayRelay(c.ip) {
+		c.fail("RCPT", errRelayDenied)
+		return
+	}
 	canon, e := checkAddress(to, ss.mp.utf8, recipientAddr)
 	if e != nil {
 		c.fail("RCPT", e)
@@ -539,10 +547,6 @@ func (c *conn) rcpt(arg string) {
 	}
 	if !s.opts.AllowAddressLiterals && isAddressLiteral(canon) {
 		c.fail("RCPT", errLiteral)
-		return
-	}
-	if ss.authUser == "" && !s.mayRelay(c.ip) {
-		c.fail("RCPT", errRelayDenied)
 		return
 	}
 	key := dedupKey(canon)
@@ -605,7 +609,7 @@ func (c *conn) data(arg string) bool {
 		}
 		n, done := sc.scan(c.buf[c.r:c.w], mw)
 		c.r += n
-		mw.checkSize(sc.in)
+		mw.noteScan(&sc)
 		if done {
 			break
 		}
@@ -669,7 +673,7 @@ func (c *conn) bdatCmd(arg string) bool {
 		k := int(min(int64(c.buffered()), size))
 		if refusal == nil {
 			mw.sc.scan(c.buf[c.r:c.r+k], sink)
-			mw.checkSize(mw.sc.in)
+			mw.noteScan(&mw.sc)
 		}
 		c.r += k
 		size -= int64(k)
