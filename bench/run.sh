@@ -697,7 +697,10 @@ dkim:
     key_file: $WORK/dkim/$dkim.pem
 EOF
 	fi
-	"$MTAD" --config "$d/mtad.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
+	# mtad refuses root without --allow-root; benches run as root in CI.
+	local allow_root=()
+	[[ $(id -u) -eq 0 ]] && allow_root=(--allow-root)
+	"$MTAD" --config "$d/mtad.yaml" "${allow_root[@]}" >"$d/stdout.log" 2>"$d/stderr.log" &
 	MTA_PID=$!
 	PIDS+=("$MTA_PID")
 	MTA_LOGS="$d/mtad.log,$d/stdout.log,$d/stderr.log"

@@ -16,7 +16,14 @@ mkdir -p var "$sink_dir"
 
 ./bin/mtasink --listen "$sink_listen" --dir "$sink_dir" &
 sink=$!
-./bin/mtad --config "$config" &
+# mtad refuses to run as root unless told to (README, Security). `make run`
+# is for trying mtad out, so as root it passes --allow-root and says so.
+allow_root=()
+if [[ $(id -u) -eq 0 ]]; then
+	echo "run.sh: running as root: passing --allow-root to mtad (run as an ordinary user to avoid this)" >&2
+	allow_root=(--allow-root)
+fi
+./bin/mtad --config "$config" "${allow_root[@]}" &
 mtad=$!
 
 # Terminal Ctrl-C reaches both programs already (same process group);

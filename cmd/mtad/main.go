@@ -1,8 +1,13 @@
 // Command mtad is the outbound SMTP delivery daemon. This file only parses
 // flags and dispatches; daemon.go wires the packages together.
 //
-//	mtad [--config FILE] [--check-config] [--version]
+//	mtad [--config FILE] [--check-config] [--version] [--allow-root]
 //	mtad hash-password        read a password on stdin, print its bcrypt hash
+//
+// The daemon refuses to run as root (exit 2) unless --allow-root is given:
+// it needs no privilege (its ports are above 1024 by default, or granted
+// CAP_NET_BIND_SERVICE by the systemd unit, which runs it as mtad), and a
+// listener parsing hostile input as root turns any bug into a root bug.
 package main
 
 import (
@@ -22,10 +27,12 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Geteuid(), os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// run is main with its surroundings passed in; euid is the effective user
+// id, so that the root check is tested without being root.
+func run(args []string, euid int, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "hash-password" {
 		return hashPassword(stdin, stdout, stderr)
 	}
@@ -34,8 +41,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cfgPath := fs.String("config", "configs/mtad.yaml", "configuration file (YAML)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	allowRoot := fs.Bool("allow-root", false, "run the daemon even as root (not advised; see README, Security)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: mtad [--config FILE] [--check-config] [--version]\n       mtad hash-password")
+		fmt.Fprintln(stderr, "usage: mtad [--config FILE] [--check-config] [--version] [--allow-root]\n       mtad hash-password")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +73,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "mtad: %s: configuration is valid\n", *cfgPath)
 		return 0
+	}
+	// After the configuration is read, so that a bad one is reported
+	// first; --check-config, --version and hash-password need no check.
+	if euid == 0 && !*allowRoot {
+		fmt.Fprintln(stderr, "mtad: refusing to run as root: run it as an unprivileged user (the systemd unit uses mtad), or pass --allow-root")
+		return 2
 	}
 	if err := runDaemon(*cfgPath, cfg); err != nil {
 		fmt.Fprintln(stderr, "mtad:", err)

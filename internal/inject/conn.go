@@ -99,6 +99,9 @@ type conn struct {
 	// out buffers replies until flush.
 	out []byte
 
+	// bareLF is whether the last line readLine returned ended in a bare LF.
+	bareLF bool
+
 	inTxn       atomic.Bool // between MAIL and the end of DATA/RSET
 	interrupted atomic.Bool // Shutdown poked a blocked Read with a deadline
 
@@ -184,6 +187,7 @@ func (c *conn) readLine(max int, timeout time.Duration) (line []byte, tooLong bo
 			if tooLong {
 				return nil, true, nil
 			}
+			c.bareLF = len(line) == 0 || line[len(line)-1] != '\r'
 			line = bytes.TrimSuffix(line, []byte{'\r'})
 			if len(line) > max {
 				return nil, true, nil

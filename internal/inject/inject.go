@@ -233,8 +233,34 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		return nil, fmt.Errorf("inject: new server: auth users: %w", err)
 	}
 	s.auth.Store(a)
-	s.tlsConf.Store(opts.TLSConfig)
+	s.tlsConf.Store(atLeastTLS12(opts.TLSConfig))
 	return s, nil
+}
+
+// atLeastTLS12 is c, or a copy of it whose MinVersion is raised to TLS 1.2:
+// TLS 1.0 and 1.1 are deprecated (RFC 8996) and no listener of ours speaks
+// them, whatever the caller's configuration says.
+func atLeastTLS12(c *tls.Config) *tls.Config {
+	if c == nil || c.MinVersion >= tls.VersionTLS12 {
+		return c
+	}
+	c = c.Clone()
+	c.MinVersion = tls.VersionTLS12
+	return c
+}
+
+// wideRelayNetworks are the relay networks holding any address that is not
+// loopback: each one lets every host in it send mail anywhere unauthenticated.
+func wideRelayNetworks(nets []netip.Prefix) []string {
+	var wide []string
+	for _, p := range nets {
+		a := p.Masked().Addr()
+		loop := a.IsLoopback() && (a.Is4() && p.Bits() >= 8 || a.Is6() && p.Bits() == 128)
+		if !loop {
+			wide = append(wide, p.String())
+		}
+	}
+	return wide
 }
 
 // Start binds every Listen and TLSListen address and serves each in a
@@ -264,6 +290,12 @@ func (s *Server) Start() error {
 		implicit = append(implicit, i >= len(s.opts.Listen))
 	}
 	s.started = true
+	if wide := wideRelayNetworks(s.opts.RelayNetworks); len(wide) > 0 {
+		// Said once, at start: a relay network past loopback is a choice
+		// worth seeing in the log whenever the daemon comes up.
+		s.log.Warn("inject: relay_networks wider than loopback: hosts in them may relay without authentication",
+			zap.Strings("relay_networks", wide))
+	}
 	for i, l := range s.listeners {
 		s.serveWG.Add(1)
 		go func() {

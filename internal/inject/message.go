@@ -23,6 +23,10 @@ type msgWriter struct {
 	sc   dataScanner // BDAT only: the scanner state across chunks
 
 	tooBig bool
+	// doomed is set once the content so far decides a refusal (a NUL; a
+	// long line under long_lines: reject): the rest is read and dropped,
+	// not written to the store, so a 10 MB line costs no spool writes.
+	doomed bool
 
 	hdr     *[]byte // the header section so far; nil once written
 	hdrDone bool
@@ -84,9 +88,18 @@ func (mw *msgWriter) checkSize(in int64) {
 	}
 }
 
+// noteScan takes in what the scanner has seen so far: the size, and
+// whether the content already decides a refusal.
+func (mw *msgWriter) noteScan(sc *dataScanner) {
+	mw.checkSize(sc.in)
+	if sc.nul || sc.long && mw.srv.opts.LongLines == LongLinesReject {
+		mw.doomed = true
+	}
+}
+
 // emit takes the next output of the scanner.
 func (mw *msgWriter) emit(p []byte) {
-	if mw.tooBig || mw.herr != nil || mw.werr != nil {
+	if mw.tooBig || mw.doomed || mw.herr != nil || mw.werr != nil {
 		return // refused already: read on, keep nothing
 	}
 	if !mw.hdrDone {

@@ -86,7 +86,7 @@ func (s *Server) SetTLSConfig(c *tls.Config) error {
 	if c == nil && len(s.opts.TLSListen) > 0 {
 		return errors.New("inject: set tls config: tls listen addresses without a TLS certificate")
 	}
-	s.tlsConf.Store(c)
+	s.tlsConf.Store(atLeastTLS12(c))
 	return nil
 }
 

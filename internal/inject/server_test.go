@@ -788,7 +788,14 @@ func TestReceivedHostileValues(t *testing.T) {
 	t.Parallel()
 	e := startEnv(t, nil)
 	rc := e.raw(t, relayIP)
-	if got := rc.cmd("EHLO ev(il);\"x\ry\x00z\u00e9\tBcc:(<>)\\ ignored"); !strings.HasPrefix(got, "250-") {
+	// A bare CR or NUL in the name refuses the command (session.go); the
+	// other characters reach the Received field, sanitised there.
+	for _, helo := range []string{"EHLO ev\ril", "EHLO ev\x00il"} {
+		if got := rc.cmd(helo); got != "500 5.5.2 Command line contains a bare CR or a NUL" {
+			t.Fatalf("%q: %q", helo, got)
+		}
+	}
+	if got := rc.cmd("EHLO ev(il);\"x?y\x01z\u00e9\tBcc:(<>)\\ ignored"); !strings.HasPrefix(got, "250-") {
 		t.Fatalf("EHLO: %q", got)
 	}
 	for _, cmd := range []string{`MAIL FROM:<"a(b)\\c;d"@example.com>`, `RCPT TO:<"x) y;"@example.net>`} {
@@ -806,7 +813,7 @@ func TestReceivedHostileValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Helo != "ev(il);\"x\ry\x00z\u00e9\tBcc:(<>)\\" {
+	if m.Helo != "ev(il);\"x?y\x01z\u00e9\tBcc:(<>)\\" {
 		t.Errorf("stored HELO %q", m.Helo) // kept as sent; only the field is sanitised
 	}
 	body, err := e.sp.Body(id)

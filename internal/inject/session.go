@@ -39,7 +39,7 @@ var (
 	errNoSpace       = rep(452, 4, 3, 1, "Insufficient system storage")
 	errLocal         = rep(451, 4, 3, 0, "Temporary local problem, try again later")
 	errAuthFailed    = rep(535, 5, 7, 8, "Authentication credentials invalid")
-	errAuthTLS       = rep(530, 5, 7, 0, "Must issue a STARTTLS command first")
+	errAuthTLS       = rep(538, 5, 7, 11, "Encryption required for requested authentication mechanism")
 	errAuthNone      = rep(502, 5, 7, 0, "Authentication not available")
 	errAuthMech      = rep(504, 5, 7, 4, "Unrecognized authentication type")
 	errAuthSyntax    = rep(501, 5, 5, 4, "Syntax: AUTH mechanism [initial-response]")
@@ -49,6 +49,8 @@ var (
 	errAuthBase64    = rep(501, 5, 5, 2, "Invalid base64 data")
 	errAuthAgain     = rep(503, 5, 5, 1, "Already authenticated")
 	errLineTooLong   = rep(500, 5, 5, 2, "Line too long")
+	errBareLF        = rep(500, 5, 5, 2, "Command line must end with CRLF, not a bare LF")
+	errCmdCtl        = rep(500, 5, 5, 2, "Command line contains a bare CR or a NUL")
 	errUnknownCmd    = rep(500, 5, 5, 2, "Command not recognized")
 	errNoHelo        = rep(503, 5, 5, 1, "Send EHLO or HELO first")
 	errNoMail        = rep(503, 5, 5, 1, "Missing MAIL FROM command")
@@ -271,6 +273,20 @@ func (c *conn) command(line []byte, tooLong bool) bool {
 		c.fail("", errLineTooLong)
 		return true
 	}
+	// RFC 5321 2.3.8: a line ends with CRLF and nothing else. A command
+	// ended by a bare LF, or holding a bare CR or NUL, is refused, not
+	// repaired: what ends a command must be what every hop in front of us
+	// thinks ends it (the SMTP smuggling lesson, applied to commands), and
+	// a CR kept in a HELO name or an address would reach a header.
+	// Postfix 3.9 does the same by default (smtpd_forbid_bare_newline).
+	if c.bareLF {
+		c.fail(verb, errBareLF)
+		return true
+	}
+	if bytes.IndexByte(line, '\r') >= 0 || bytes.IndexByte(line, 0) >= 0 {
+		c.fail(verb, errCmdCtl)
+		return true
+	}
 	verbEnd := bytes.IndexByte(line, ' ')
 	if verbEnd < 0 {
 		verbEnd = len(line)
@@ -479,9 +495,9 @@ func (c *conn) mail(arg string) {
 	c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Roger, accepting mail from <"+from+">")
 }
 
-// rcpt checks in order: syntax, parameters, literal policy, relay
-// permission, the recipient limit. A duplicate is acknowledged and stored
-// once.
+// rcpt checks in order: path syntax, relay permission, address syntax,
+// parameters, literal policy, the recipient limit. A duplicate is
+// acknowledged and stored once.
 func (c *conn) rcpt(arg string) {
 	s := c.srv
 	ss := &c.sess
@@ -507,6 +523,14 @@ func (c *conn) rcpt(arg string) {
 		c.fail("RCPT", errRcptNoAddress)
 		return
 	}
+	// Relay permission first: a client that may not relay gets the same
+	// 550 5.7.1 for every address form (quoted, source route, percent
+	// hack, bang path, literal, IDN), and learns nothing about which forms
+	// the later checks would have let through.
+	if ss.authUser == "" && !s.mayRelay(c.ip) {
+		c.fail("RCPT", errRelayDenied)
+		return
+	}
 	canon, e := checkAddress(to, ss.mp.utf8, recipientAddr)
 	if e != nil {
 		c.fail("RCPT", e)
@@ -523,10 +547,6 @@ func (c *conn) rcpt(arg string) {
 	}
 	if !s.opts.AllowAddressLiterals && isAddressLiteral(canon) {
 		c.fail("RCPT", errLiteral)
-		return
-	}
-	if ss.authUser == "" && !s.mayRelay(c.ip) {
-		c.fail("RCPT", errRelayDenied)
 		return
 	}
 	key := dedupKey(canon)
@@ -589,7 +609,7 @@ func (c *conn) data(arg string) bool {
 		}
 		n, done := sc.scan(c.buf[c.r:c.w], mw)
 		c.r += n
-		mw.checkSize(sc.in)
+		mw.noteScan(&sc)
 		if done {
 			break
 		}
@@ -653,7 +673,7 @@ func (c *conn) bdatCmd(arg string) bool {
 		k := int(min(int64(c.buffered()), size))
 		if refusal == nil {
 			mw.sc.scan(c.buf[c.r:c.r+k], sink)
-			mw.checkSize(mw.sc.in)
+			mw.noteScan(&mw.sc)
 		}
 		c.r += k
 		size -= int64(k)
@@ -932,6 +952,10 @@ func (c *conn) auth(arg string) bool {
 			c.fail("AUTH", errLineTooLong)
 			return true
 		}
+		if c.bareLF {
+			c.fail("AUTH", errBareLF)
+			return true
+		}
 		if string(line) == "*" {
 			c.fail("AUTH", errAuthCancel)
 			return true
@@ -952,7 +976,9 @@ func (s *Server) authOffered(isTLS bool, ip netip.Addr) bool {
 
 // authRefusal is why AUTH is refused on this connection, or nil:
 // no users at all (502 5.7.0), a plain connection from a non-loopback
-// client (530 5.7.0 when STARTTLS is on offer, else 502 5.7.0), or a mail
+// client (538 5.7.11 when STARTTLS is on offer: RFC 4954 6, "encryption
+// required for requested authentication mechanism", since PLAIN and LOGIN
+// send the password in the clear; else 502 5.7.0), or a mail
 // transaction in progress (503 5.5.1, RFC 4954 4).
 func (s *Server) authRefusal(isTLS bool, ip netip.Addr, inTxn bool) *smtp.SMTPError {
 	switch {

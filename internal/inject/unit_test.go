@@ -247,7 +247,7 @@ func TestAuthPolicy(t *testing.T) {
 		{name: "loopback plain", users: users, ip: loop, offered: true},
 		{name: "loopback6 plain", users: users, ip: loop6, offered: true},
 		{name: "remote TLS", users: users, tlsConf: tlsConf, isTLS: true, ip: remote, offered: true},
-		{name: "remote plain, STARTTLS offered", users: users, tlsConf: tlsConf, ip: remote, refusal: &smtpErr{530, "5.7.0"}},
+		{name: "remote plain, STARTTLS offered", users: users, tlsConf: tlsConf, ip: remote, refusal: &smtpErr{538, "5.7.11"}},
 		{name: "remote plain, no TLS at all", users: users, ip: remote, refusal: &smtpErr{502, "5.7.0"}},
 		{name: "in a transaction", users: users, ip: loop, inTxn: true, offered: true, refusal: &smtpErr{503, "5.5.1"}},
 	}

@@ -18,7 +18,7 @@ func TestAdminNonLoopbackWithoutTokensRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, cfgOpts{dns: "127.0.0.1:1", port: 1})
 	setAdmin(t, e, "  listen: 0.0.0.0:0\n")
-	cmd := exec.Command(mtadBin, "--config", e.cfgPath)
+	cmd := exec.Command(mtadBin, "--config", e.cfgPath, "--allow-root")
 	cmd.Dir = e.dir
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -272,7 +272,7 @@ func TestDKIMBadKeyStopsStart(t *testing.T) {
 		e := newEnv(t, cfgOpts{dns: z.Addr, port: 25})
 		writeDKIMConfig(t, e, "dkim:\n  - "+tc.entry+"\n")
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, err := exec.CommandContext(ctx, mtadBin, "--config", e.cfgPath).CombinedOutput()
+		out, err := exec.CommandContext(ctx, mtadBin, "--config", e.cfgPath, "--allow-root").CombinedOutput()
 		cancel()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {

@@ -231,7 +231,7 @@ func startEnv(t *testing.T, e *env, extraEnv []string) *daemon {
 	if fi, err := os.Stat(e.logPath); err == nil {
 		d.logStart = fi.Size()
 	}
-	d.cmd = exec.Command(mtadBin, "--config", e.cfgPath)
+	d.cmd = exec.Command(mtadBin, "--config", e.cfgPath, "--allow-root")
 	if extraEnv != nil {
 		d.cmd.Env = append(os.Environ(), extraEnv...)
 	}

@@ -185,7 +185,7 @@ func TestSystemdWatchdogTooShort(t *testing.T) {
 	e := newEnv(t, cfgOpts{dns: z.Addr, port: 25}) // maintain_interval: 100ms
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, mtadBin, "--config", e.cfgPath)
+	cmd := exec.CommandContext(ctx, mtadBin, "--config", e.cfgPath, "--allow-root")
 	cmd.Env = append(os.Environ(), "WATCHDOG_USEC=150000")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
