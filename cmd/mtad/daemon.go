@@ -62,19 +62,9 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 	st := &statics{metrics: prometheus.NewRegistry()}
 	var err error
 
-	bcs := make([]binding.Config, len(cfg.Bindings))
-	for i, b := range cfg.Bindings {
-		bcs[i] = binding.Config{Name: b.Name, Address: b.Address, EHLO: b.EHLO}
-	}
-	gcs := make([]binding.GroupConfig, len(cfg.BindingGroups))
-	for i, g := range cfg.BindingGroups {
-		gcs[i].Name = g.Name
-		for _, m := range g.Bindings {
-			gcs[i].Members = append(gcs[i].Members, binding.Member{Name: m.Name, Weight: m.Weight})
-		}
-	}
+	bcs, gcs := bindingConfigs(cfg)
 	if st.bindings, err = binding.New(bcs, gcs, cfg.Hostname, nil); err != nil {
-		return nil, fmt.Errorf("bindings: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 
 	sc := cfg.Inject.SMTP
@@ -187,6 +177,23 @@ func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+// bindingConfigs is the bindings and binding_groups sections as the
+// binding package takes them.
+func bindingConfigs(cfg *config.Config) ([]binding.Config, []binding.GroupConfig) {
+	bcs := make([]binding.Config, len(cfg.Bindings))
+	for i, b := range cfg.Bindings {
+		bcs[i] = binding.Config{Name: b.Name, Address: b.Address, EHLO: b.EHLO}
+	}
+	gcs := make([]binding.GroupConfig, len(cfg.BindingGroups))
+	for i, g := range cfg.BindingGroups {
+		gcs[i].Name = g.Name
+		for _, m := range g.Bindings {
+			gcs[i].Members = append(gcs[i].Members, binding.Member{Name: m.Name, Weight: m.Weight})
+		}
+	}
+	return bcs, gcs
 }
 
 func checkConfig(cfg *config.Config) error {
@@ -340,9 +347,6 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	defer notify.stopWatchdog()
 	notify.start()
 
-	// The current config, swapped whole on SIGHUP.
-	var cur atomic.Pointer[config.Config]
-	cur.Store(cfg)
 	d := cfg.Delivery
 	qs := queue.New()
 	sched, err := scheduler.New(scheduler.Options{
@@ -463,6 +467,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 
 	var stopping atomic.Bool // set when shutdown begins: /readyz says so
+	rl := &reloader{path: cfgPath, started: cfg, sched: sched, bindings: st.bindings, signer: signer,
+		inj: injectors{srv, hsrv}, logOut: logOut, notify: notify, log: log}
 	adm := admin.New(admin.Options{
 		Listen:       cfg.Admin.Listen,
 		Tokens:       st.adminToks,
@@ -479,10 +485,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Status: func() any {
 			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
 		},
-		Policy:  adminPolicy{sched, st.bindings},
-		Summary: func() any { return sched.Summary() },
-		Actions: adminActions{sched, st.bindings},
+		Policy:   adminPolicy{sched, st.bindings},
+		Summary:  func() any { return sched.Summary() },
+		Actions:  adminActions{sched, st.bindings},
+		Reloader: rl,
 	})
+	rl.adm = adm
 	if err := adm.Start(); err != nil {
 		if hsrv != nil {
 			ctx, cancel := stopCtx(sc.ShutdownGrace)
@@ -512,10 +520,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			reopenLog(logOut, log)
 			continue
 		case syscall.SIGHUP: // ExecReload=
-			notify.reloading()
 			reopenLog(logOut, log)
-			reload(cfgPath, cfg, &cur, sched, signer, adm, injectors{srv, hsrv}, log)
-			notify.ready("delivering; configuration reloaded")
+			rl.Reload("SIGHUP", "")
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()))
