@@ -28,6 +28,7 @@
 //	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
 //	POST   /api/v1/cancel               {"queue_id"|"domain"|"sender","reason","by","dsn"} (actions.go)
 //	POST   /api/v1/flush                {"domain","binding","by"}
+//	POST   /api/v1/reload               {"by","reason"} (reload.go)
 //	GET    /metrics
 //	GET    /debug/pprof/                 only with Options.Pprof
 package admin
@@ -69,6 +70,9 @@ type Options struct {
 	// Actions serves cancel and flush (actions.go); nil leaves them out
 	// (404).
 	Actions Actions
+	// Reloader serves POST /api/v1/reload (reload.go); nil leaves it out
+	// (404).
+	Reloader Reloader
 	// Tokens, when set, are required on every request; nil leaves the API
 	// open, which Start allows only on a loopback Listen.
 	Tokens *Tokens
@@ -137,6 +141,9 @@ func New(opts Options) *Server {
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))
 		mux.HandleFunc("/api/v1/flush", methods(route{http.MethodPost, s.flush}))
+	}
+	if opts.Reloader != nil {
+		mux.HandleFunc("/api/v1/reload", methods(route{http.MethodPost, s.reload}))
 	}
 	if opts.Gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
+
+	"go.uber.org/zap"
 )
 
 // Output is where Open's logger writes: standard output, or a file that
@@ -14,7 +16,8 @@ import (
 // lines go to a new file at the configured path. No line is lost or split:
 // the swap happens between two writes.
 type Output struct {
-	path string // "" for standard output
+	path  string          // "" for standard output
+	level zap.AtomicLevel // the logger's level, changed by SetLevel
 
 	mu sync.Mutex // guards f: writes, Sync, Reopen and Close take it
 	f  *os.File   // nil once closed (and always for standard output)

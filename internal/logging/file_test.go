@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -172,5 +173,39 @@ func TestStdoutOutput(t *testing.T) {
 	}
 	if out.Path() != "" || out.Reopen() != nil || out.Close() != nil {
 		t.Errorf("stdout Output: path %q, Reopen %v, Close %v", out.Path(), out.Reopen(), out.Close())
+	}
+}
+
+func TestSetLevel(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "mtad.log")
+	log, out, err := Open(Options{Level: "info", File: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	log.Debug("before")
+	if err := out.SetLevel("debug"); err != nil {
+		t.Fatal(err)
+	}
+	log.Named("child").Debug("after")
+	if err := out.SetLevel("loud"); err == nil || !strings.Contains(err.Error(), `level "loud"`) {
+		t.Errorf("SetLevel(loud) = %v", err)
+	}
+	if out.Level() != "debug" {
+		t.Errorf("Level after a refused SetLevel = %q, want debug", out.Level())
+	}
+	if err := out.SetLevel("warn"); err != nil {
+		t.Fatal(err)
+	}
+	log.Info("muted")
+	_ = log.Sync()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	if strings.Contains(got, "before") || !strings.Contains(got, `"msg":"after"`) || strings.Contains(got, "muted") {
+		t.Errorf("log = %s; want only the debug record written after SetLevel(debug)", got)
 	}
 }

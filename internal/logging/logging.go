@@ -88,17 +88,23 @@ func New(o Options) (*zap.Logger, error) {
 
 // Open is New that also returns the logger's Output: Reopen it when
 // logrotate has moved the file (SIGUSR1), Close it after the last log write.
+// Its SetLevel changes the level at once (log.level on reload).
 func Open(o Options) (*zap.Logger, *Output, error) {
+	level, err := parseLevel(o.Level)
+	if err != nil {
+		return nil, nil, err
+	}
+	lvl := zap.NewAtomicLevelAt(level)
 	if o.File == "" {
-		l, err := NewWriter(o, os.Stdout)
-		return l, &Output{}, err
+		l, err := newWriter(o, os.Stdout, lvl)
+		return l, &Output{level: lvl}, err
 	}
 	f, err := openLogFile(o.File)
 	if err != nil {
 		return nil, nil, err
 	}
-	out := &Output{path: o.File, f: f}
-	l, err := NewWriter(o, out)
+	out := &Output{path: o.File, f: f, level: lvl}
+	l, err := newWriter(o, out, lvl)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
@@ -114,6 +120,25 @@ func NewWriter(o Options, w io.Writer) (*zap.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newWriter(o, w, zap.NewAtomicLevelAt(level))
+}
+
+// SetLevel changes the level of Open's logger (and every logger derived
+// from it) at once: "debug", "info" ("" too), "warn" or "error". An
+// unknown name is an error and the level stays.
+func (o *Output) SetLevel(level string) error {
+	l, err := parseLevel(level)
+	if err != nil {
+		return err
+	}
+	o.level.SetLevel(l)
+	return nil
+}
+
+// Level is the level in force, as SetLevel spells it.
+func (o *Output) Level() string { return o.level.Level().String() }
+
+func newWriter(o Options, w io.Writer, level zap.AtomicLevel) (*zap.Logger, error) {
 	enc := zapcore.EncoderConfig{
 		TimeKey:        "ts",
 		LevelKey:       "level",

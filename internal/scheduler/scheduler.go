@@ -1140,6 +1140,8 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 		d2.Attempts = int32(attempt)
 		if rebindSlot >= 0 {
 			d2.Slot = int32(rebindSlot)
+		} else {
+			d2.Slot = int32(s.retiredSlot(int(d2.Slot))) // a reload removed its binding
 		}
 		// Under the message's lock, and not when it has finished since
 		// this settle released it (an operator's cancel in between): a
