@@ -480,9 +480,10 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Status: func() any {
 			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
 		},
-		Policy:  adminPolicy{sched, st.bindings},
-		Summary: func() any { return sched.Summary() },
-		Actions: adminActions{sched, st.bindings},
+		Policy:     adminPolicy{sched, st.bindings},
+		Summary:    func() any { return sched.Summary() },
+		Actions:    adminActions{sched, st.bindings},
+		Quarantine: adminQuarantine{sp, sched},
 	})
 	if err := adm.Start(); err != nil {
 		if hsrv != nil {
