@@ -19,6 +19,10 @@ type adminActions struct {
 	bindings *binding.Set
 }
 
+// The bounce and rebind endpoints are served only for an Actions that is
+// a BounceRebinder too: make sure this one stays one.
+var _ admin.BounceRebinder = adminActions{}
+
 // selector is the scheduler's Selector for a checked order.
 func selector(c admin.CancelOrder) scheduler.Selector {
 	return scheduler.Selector{QueueID: c.QueueID, Domain: c.Domain, Binding: c.Binding, Sender: c.Sender}

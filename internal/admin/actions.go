@@ -35,6 +35,15 @@ type Actions interface {
 	// mx.Canonical form) from binding ("" = any, else a name HasBinding
 	// knows), logs it with by, and returns how many deliveries it moved.
 	Flush(domain, binding, by string) (int, error)
+	// HasBinding reports whether name is a configured binding.
+	HasBinding(name string) bool
+}
+
+// BounceRebinder is what the bounce and rebind endpoints need besides
+// Actions: an Actions that has it serves them too (found by type
+// assertion, so an Actions without, such as an older tool's test double,
+// still serves cancel and flush).
+type BounceRebinder interface {
 	// Bounce ends the queued recipients c chooses as Cancel does, but as
 	// bounces, always reporting them to the sender in a DSN (c.DSN is
 	// not read). A queue id not queued is an error wrapping ErrNotQueued.
@@ -44,8 +53,6 @@ type Actions interface {
 	// domain's (pair's) new mail there; logs it with o.Reason and o.By
 	// and returns how many deliveries it moved.
 	Rebind(o RebindOrder) (int, error)
-	// HasBinding reports whether name is a configured binding.
-	HasBinding(name string) bool
 	// HasGroup reports whether name is a configured binding group with
 	// a binding to send from.
 	HasGroup(name string) bool
@@ -167,7 +174,7 @@ func parseCancel(body []byte, who, verb string, hasBinding func(string) bool) (C
 }
 
 // parseRebind reads a rebind request, naming the first bad field.
-func parseRebind(body []byte, who string, now time.Time, a Actions) (RebindOrder, error) {
+func parseRebind(body []byte, who string, now time.Time, hasBinding func(string) bool, a BounceRebinder) (RebindOrder, error) {
 	var req rebindRequest
 	if err := decodeStrict(body, &req); err != nil {
 		return RebindOrder{}, err
@@ -191,7 +198,7 @@ func parseRebind(body []byte, who string, now time.Time, a Actions) (RebindOrder
 		return o, &fieldError{"domain", err.Error()}
 	}
 	o.Domain = d
-	if o.Binding != "" && !a.HasBinding(o.Binding) {
+	if o.Binding != "" && !hasBinding(o.Binding) {
 		return o, &fieldError{"binding", fmt.Sprintf("no binding %q", o.Binding)}
 	}
 	switch {
@@ -256,7 +263,7 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 
 // bounce serves POST /api/v1/bounce.
 func (s *Server) bounce(w http.ResponseWriter, r *http.Request) {
-	s.end(w, r, "bounce", "bounced", s.opts.Actions.Bounce)
+	s.end(w, r, "bounce", "bounced", s.opts.Actions.(BounceRebinder).Bounce)
 }
 
 // end serves a cancel or a bounce: key names the count in the answer.
@@ -288,12 +295,13 @@ func (s *Server) rebind(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	o, err := parseRebind(body, Who(r), time.Now(), s.opts.Actions)
+	br := s.opts.Actions.(BounceRebinder)
+	o, err := parseRebind(body, Who(r), time.Now(), s.opts.Actions.HasBinding, br)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	n, err := s.opts.Actions.Rebind(o)
+	n, err := br.Rebind(o)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return

@@ -270,7 +270,7 @@ func FuzzParseRebind(f *testing.F) {
 	a := &testActions{}
 	now := time.Unix(1700000000, 0)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		o, err := parseRebind(body, "", now, a)
+		o, err := parseRebind(body, "", now, a.HasBinding, a)
 		if err != nil {
 			if fe, ok := err.(*fieldError); !ok || fe.field == "" || fe.msg == "" {
 				t.Fatalf("error %#v does not name a field", err)

@@ -72,8 +72,8 @@ type Options struct {
 	// Policy serves the shaping, suspension and throttle endpoints; nil
 	// leaves them out (404).
 	Policy Policy
-	// Actions serves cancel, bounce, flush and rebind (actions.go); nil
-	// leaves them out (404).
+	// Actions serves cancel and flush, and bounce and rebind when it is a
+	// BounceRebinder too (actions.go); nil leaves them out (404).
 	Actions Actions
 	// Quarantine serves the quarantine endpoints (quarantine.go); nil
 	// leaves them out (404).
@@ -146,6 +146,8 @@ func New(opts Options) *Server {
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))
 		mux.HandleFunc("/api/v1/flush", methods(route{http.MethodPost, s.flush}))
+	}
+	if _, ok := opts.Actions.(BounceRebinder); ok {
 		mux.HandleFunc("/api/v1/bounce", methods(route{http.MethodPost, s.bounce}))
 		mux.HandleFunc("/api/v1/rebind", methods(route{http.MethodPost, s.rebind}))
 	}

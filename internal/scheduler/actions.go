@@ -354,12 +354,14 @@ func (s *Scheduler) Flush(domain, binding, who string) (int, error) {
 // keep their retry time. For d > 0 the domain's (the pair's) new mail
 // goes from group too until d has passed. It writes one `policy` record
 // (action rebind, source operator, by who, with reason) and returns how
-// many deliveries it moved. A delivery in flight is not moved; if it is
-// retried, it is retried from where it was, or, while the rebind lasts,
-// its next queueing is not — a rebind is about the queue.
+// many deliveries it moved. A delivery in flight is not moved: if it is
+// deferred, it is retried from the binding it had.
 func (s *Scheduler) Rebind(domain, binding, group string, d time.Duration, who, reason string) (moved int, err error) {
+	if domain == "" {
+		return 0, fmt.Errorf("scheduler: rebind: %w: a domain is required", ErrBadSelector)
+	}
 	dom, err := mx.Canonical(domain)
-	if err != nil || domain == "" {
+	if err != nil {
 		return 0, fmt.Errorf("scheduler: rebind: %w: domain %q: %v", ErrBadSelector, domain, err)
 	}
 	slot := -1
