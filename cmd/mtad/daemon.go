@@ -488,10 +488,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Status: func() any {
 			return map[string]any{"queues": qs.Stats(), "connections": sched.Pool().Stats(), "messages_pending": sched.Pending()}
 		},
-		Policy:   adminPolicy{sched, st.bindings},
-		Summary:  func() any { return sched.Summary() },
-		Actions:  adminActions{sched, st.bindings},
-		Reloader: rl,
+		Policy:     adminPolicy{sched, st.bindings},
+		Summary:    func() any { return sched.Summary() },
+		Actions:    adminActions{sched, st.bindings},
+		Reloader:   rl,
+		Quarantine: adminQuarantine{sp, sched},
 	})
 	rl.adm = adm
 	if err := adm.Start(); err != nil {

@@ -1,19 +1,24 @@
 package admin
 
-// The action endpoints on queued mail: cancel (end recipients by queue
-// id, domain or sender) and flush (retry delayed mail now). As with the
-// policy endpoints, the API only checks the operator's input and names
-// the first bad field; the Actions the daemon plugs in (the scheduler)
-// applies the order and writes its log records, with who gave it.
+// The action endpoints on queued mail: cancel and bounce (end recipients
+// by queue id, domain, pair or sender), flush (retry delayed mail now) and
+// rebind (move a domain's or pair's mail to another binding group). As
+// with the policy endpoints, the API only checks the operator's input and
+// names the first bad field; the Actions the daemon plugs in (the
+// scheduler) applies the order and writes its log records, with who gave
+// it.
 //
-//	POST /api/v1/cancel {"queue_id"|"domain"|"sender", "reason", "by", "dsn"} → {"cancelled": n}
-//	POST /api/v1/flush  {"domain", "binding", "by"}                           → {"flushed": n}
+//	POST /api/v1/cancel {"queue_id"|"domain"[+"binding"]|"sender", "reason", "by", "dsn"} → {"cancelled": n}
+//	POST /api/v1/bounce {"queue_id"|"domain"[+"binding"]|"sender", "reason", "by"}        → {"bounced": n}
+//	POST /api/v1/flush  {"domain", "binding", "by"}                                        → {"flushed": n}
+//	POST /api/v1/rebind {"domain", "binding", "group", "duration", "reason", "by"}         → {"moved": n, "until": t}
 
 import (
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/mtad/mtad/internal/mx"
 )
@@ -34,11 +39,46 @@ type Actions interface {
 	HasBinding(name string) bool
 }
 
-// CancelOrder is a checked cancel request.
+// BounceRebinder is what the bounce and rebind endpoints need besides
+// Actions: an Actions that has it serves them too (found by type
+// assertion, so an Actions without, such as an older tool's test double,
+// still serves cancel and flush).
+type BounceRebinder interface {
+	// Bounce ends the queued recipients c chooses as Cancel does, but as
+	// bounces, always reporting them to the sender in a DSN (c.DSN is
+	// not read). A queue id not queued is an error wrapping ErrNotQueued.
+	Bounce(c CancelOrder) (int, error)
+	// Rebind moves the queued mail of o.Domain (of the pair, with
+	// o.Binding) to bindings of o.Group, and for o.Duration > 0 keeps the
+	// domain's (pair's) new mail there; logs it with o.Reason and o.By
+	// and returns how many deliveries it moved.
+	Rebind(o RebindOrder) (int, error)
+	// HasGroup reports whether name is a configured binding group with
+	// a binding to send from.
+	HasGroup(name string) bool
+}
+
+// RebindOrder is a checked rebind request.
+type RebindOrder struct {
+	Domain   string // mx.Canonical form
+	Binding  string // "" = the whole domain, else a name HasBinding knows
+	Group    string // a name HasGroup knows
+	Duration time.Duration
+	Until    time.Time // now + Duration; zero for Duration 0
+	Reason   string
+	By       string
+}
+
+// MaxRebind bounds an operator's rebind of new mail, as MaxSuspension
+// does a suspension: a longer one belongs in the configuration.
+const MaxRebind = 7 * 24 * time.Hour
+
+// CancelOrder is a checked cancel or bounce request: exactly one of
+// QueueID, Domain and Sender is set; Binding only with Domain (the pair).
 type CancelOrder struct {
-	QueueID, Domain, Sender string
-	Reason, By              string
-	DSN                     bool // send the sender a DSN reporting the recipients failed
+	QueueID, Domain, Binding, Sender string
+	Reason, By                       string
+	DSN                              bool // cancel only: send the sender a DSN reporting the recipients failed
 }
 
 // ErrNotQueued is what Actions.Cancel's error wraps for a queue id that
@@ -48,10 +88,20 @@ var ErrNotQueued = errors.New("not queued")
 type cancelRequest struct {
 	QueueID string `json:"queue_id"`
 	Domain  string `json:"domain"`
+	Binding string `json:"binding"`
 	Sender  string `json:"sender"`
 	Reason  string `json:"reason"`
 	By      string `json:"by"`
-	DSN     bool   `json:"dsn"`
+	DSN     *bool  `json:"dsn"` // a pointer: bounce refuses it, as it always sends one
+}
+
+type rebindRequest struct {
+	Domain   string `json:"domain"`
+	Binding  string `json:"binding"`
+	Group    string `json:"group"`
+	Duration string `json:"duration"`
+	Reason   string `json:"reason"`
+	By       string `json:"by"`
 }
 
 type flushRequest struct {
@@ -60,23 +110,30 @@ type flushRequest struct {
 	By      string `json:"by"`
 }
 
-// parseCancel reads a cancel request and checks every field, naming the
-// first bad one; who is by when the request does not say.
-func parseCancel(body []byte, who string) (CancelOrder, error) {
+// parseCancel reads a cancel (verb "cancel") or bounce request and
+// checks every field, naming the first bad one; who is by when the
+// request does not say.
+func parseCancel(body []byte, who, verb string, hasBinding func(string) bool) (CancelOrder, error) {
 	var req cancelRequest
 	if err := decodeStrict(body, &req); err != nil {
 		return CancelOrder{}, err
 	}
 	for _, f := range []struct{ name, v string }{
-		{"queue_id", req.QueueID}, {"domain", req.Domain}, {"sender", req.Sender},
+		{"queue_id", req.QueueID}, {"domain", req.Domain}, {"binding", req.Binding}, {"sender", req.Sender},
 		{"reason", req.Reason}, {"by", req.By},
 	} {
 		if err := checkText(f.v); err != nil {
 			return CancelOrder{}, &fieldError{f.name, err.Error()}
 		}
 	}
-	c := CancelOrder{QueueID: strings.TrimSpace(req.QueueID), Sender: strings.TrimSpace(req.Sender), DSN: req.DSN,
-		Reason: strings.TrimSpace(req.Reason), By: byOf(map[string]string{"by": req.By}, who)}
+	c := CancelOrder{QueueID: strings.TrimSpace(req.QueueID), Sender: strings.TrimSpace(req.Sender),
+		Binding: strings.TrimSpace(req.Binding), Reason: strings.TrimSpace(req.Reason), By: byOf(map[string]string{"by": req.By}, who)}
+	if req.DSN != nil {
+		if verb == "bounce" {
+			return c, &fieldError{"dsn", "a bounce always sends the sender a DSN; cancel is the action without one"}
+		}
+		c.DSN = *req.DSN
+	}
 	dom := strings.TrimSpace(req.Domain)
 	var given []string
 	for _, f := range []struct{ name, v string }{{"queue_id", c.QueueID}, {"domain", dom}, {"sender", c.Sender}} {
@@ -86,10 +143,13 @@ func parseCancel(body []byte, who string) (CancelOrder, error) {
 	}
 	switch len(given) {
 	case 0:
-		return c, &fieldError{"queue_id", "required: one of queue_id, domain or sender says what to cancel"}
+		return c, &fieldError{"queue_id", fmt.Sprintf("required: one of queue_id, domain or sender says what to %s", verb)}
 	case 1:
 	default:
-		return c, &fieldError{given[1], fmt.Sprintf("given with %s: cancel by one of queue_id, domain or sender", given[0])}
+		return c, &fieldError{given[1], fmt.Sprintf("given with %s: %s by one of queue_id, domain or sender", given[0], verb)}
+	}
+	if c.Binding != "" && dom == "" {
+		return c, &fieldError{"binding", "only with domain: a binding and a domain name a pair"}
 	}
 	switch {
 	case dom != "":
@@ -98,16 +158,74 @@ func parseCancel(body []byte, who string) (CancelOrder, error) {
 			return c, &fieldError{"domain", err.Error()}
 		}
 		c.Domain = d
+		if c.Binding != "" && !hasBinding(c.Binding) {
+			return c, &fieldError{"binding", fmt.Sprintf("no binding %q", c.Binding)}
+		}
 	case c.Sender != "":
 		at := strings.LastIndexByte(c.Sender, '@')
 		if at <= 0 || at == len(c.Sender)-1 || strings.ContainsAny(c.Sender, " <>") {
-			return c, &fieldError{"sender", fmt.Sprintf("%q is not an address such as news@example.com (the null sender's mail cannot be cancelled by sender)", c.Sender)}
+			return c, &fieldError{"sender", fmt.Sprintf("%q is not an address such as news@example.com (the null sender's mail cannot be chosen by sender)", c.Sender)}
 		}
 	}
 	if c.Reason == "" {
-		return c, &fieldError{"reason", "required: say why; every cancelled recipient's log record carries it"}
+		return c, &fieldError{"reason", fmt.Sprintf("required: say why; every %s recipient's log record carries it", verb)}
 	}
 	return c, nil
+}
+
+// parseRebind reads a rebind request, naming the first bad field.
+func parseRebind(body []byte, who string, now time.Time, hasBinding func(string) bool, a BounceRebinder) (RebindOrder, error) {
+	var req rebindRequest
+	if err := decodeStrict(body, &req); err != nil {
+		return RebindOrder{}, err
+	}
+	for _, f := range []struct{ name, v string }{
+		{"domain", req.Domain}, {"binding", req.Binding}, {"group", req.Group}, {"duration", req.Duration},
+		{"reason", req.Reason}, {"by", req.By},
+	} {
+		if err := checkText(f.v); err != nil {
+			return RebindOrder{}, &fieldError{f.name, err.Error()}
+		}
+	}
+	o := RebindOrder{Binding: strings.TrimSpace(req.Binding), Group: strings.TrimSpace(req.Group),
+		Reason: strings.TrimSpace(req.Reason), By: byOf(map[string]string{"by": req.By}, who)}
+	dom := strings.TrimSpace(req.Domain)
+	if dom == "" {
+		return o, &fieldError{"domain", "required: the domain whose mail moves"}
+	}
+	d, err := mx.Canonical(dom)
+	if err != nil {
+		return o, &fieldError{"domain", err.Error()}
+	}
+	o.Domain = d
+	if o.Binding != "" && !hasBinding(o.Binding) {
+		return o, &fieldError{"binding", fmt.Sprintf("no binding %q", o.Binding)}
+	}
+	switch {
+	case o.Group == "":
+		return o, &fieldError{"group", "required: the binding group the mail moves to"}
+	case !a.HasGroup(o.Group):
+		return o, &fieldError{"group", fmt.Sprintf("no binding group %q with a binding to send from", o.Group)}
+	}
+	if ds := strings.TrimSpace(req.Duration); ds != "" {
+		dur, err := time.ParseDuration(ds)
+		switch {
+		case err != nil:
+			return o, &fieldError{"duration", fmt.Sprintf("%q is not a duration such as \"90m\" or \"2h\"", ds)}
+		case dur < 0:
+			return o, &fieldError{"duration", fmt.Sprintf("%q is negative", ds)}
+		case dur > MaxRebind:
+			return o, &fieldError{"duration", fmt.Sprintf("%q is longer than %s", ds, MaxRebind)}
+		}
+		o.Duration = dur
+		if dur > 0 {
+			o.Until = now.Add(dur)
+		}
+	}
+	if o.Reason == "" {
+		return o, &fieldError{"reason", "required: say why; the rebind's log record carries it"}
+	}
+	return o, nil
 }
 
 // parseFlush reads a flush request, naming the first bad field.
@@ -140,16 +258,26 @@ func parseFlush(body []byte, who string, hasBinding func(string) bool) (domain, 
 
 // cancel serves POST /api/v1/cancel.
 func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
+	s.end(w, r, "cancel", "cancelled", s.opts.Actions.Cancel)
+}
+
+// bounce serves POST /api/v1/bounce.
+func (s *Server) bounce(w http.ResponseWriter, r *http.Request) {
+	s.end(w, r, "bounce", "bounced", s.opts.Actions.(BounceRebinder).Bounce)
+}
+
+// end serves a cancel or a bounce: key names the count in the answer.
+func (s *Server) end(w http.ResponseWriter, r *http.Request, verb, key string, do func(CancelOrder) (int, error)) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
 	}
-	c, err := parseCancel(body, Who(r))
+	c, err := parseCancel(body, Who(r), verb, s.opts.Actions.HasBinding)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	n, err := s.opts.Actions.Cancel(c)
+	n, err := do(c)
 	switch {
 	case errors.Is(err, ErrNotQueued):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("queue_id: %q is not queued", c.QueueID))
@@ -158,7 +286,34 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"cancelled": n})
+	writeJSON(w, http.StatusOK, map[string]int{key: n})
+}
+
+// rebind serves POST /api/v1/rebind.
+func (s *Server) rebind(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	br := s.opts.Actions.(BounceRebinder)
+	o, err := parseRebind(body, Who(r), time.Now(), s.opts.Actions.HasBinding, br)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	n, err := br.Rebind(o)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := struct {
+		Moved int        `json:"moved"`
+		Until *time.Time `json:"until,omitempty"`
+	}{Moved: n}
+	if !o.Until.IsZero() {
+		out.Until = &o.Until
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // flush serves POST /api/v1/flush.

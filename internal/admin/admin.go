@@ -26,9 +26,16 @@
 //	DELETE /api/v1/suspensions/{id}[?by=&reason=]
 //	GET    /api/v1/throttles
 //	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
-//	POST   /api/v1/cancel               {"queue_id"|"domain"|"sender","reason","by","dsn"} (actions.go)
+//	POST   /api/v1/cancel               {"queue_id"|"domain"[+"binding"]|"sender","reason","by","dsn"} (actions.go)
+//	POST   /api/v1/bounce               {"queue_id"|"domain"[+"binding"]|"sender","reason","by"}
 //	POST   /api/v1/flush                {"domain","binding","by"}
 //	POST   /api/v1/reload               {"by","reason"} (reload.go)
+//	POST   /api/v1/rebind               {"domain","binding","group","duration","reason","by"}
+//	GET    /api/v1/quarantine           (quarantine.go)
+//	GET    /api/v1/quarantine/{id}
+//	GET    /api/v1/quarantine/{id}/body
+//	POST   /api/v1/quarantine/{id}/reinject {"reason","by"}
+//	DELETE /api/v1/quarantine/{id}?reason=&by=
 //	GET    /metrics
 //	GET    /debug/pprof/                 only with Options.Pprof
 package admin
@@ -67,12 +74,15 @@ type Options struct {
 	// Policy serves the shaping, suspension and throttle endpoints; nil
 	// leaves them out (404).
 	Policy Policy
-	// Actions serves cancel and flush (actions.go); nil leaves them out
-	// (404).
+	// Actions serves cancel and flush, and bounce and rebind when it is a
+	// BounceRebinder too (actions.go); nil leaves them out (404).
 	Actions Actions
 	// Reloader serves POST /api/v1/reload (reload.go); nil leaves it out
 	// (404).
 	Reloader Reloader
+	// Quarantine serves the quarantine endpoints (quarantine.go); nil
+	// leaves them out (404).
+	Quarantine Quarantine
 	// Tokens, when set, are required on every request; nil leaves the API
 	// open, which Start allows only on a loopback Listen.
 	Tokens *Tokens
@@ -144,6 +154,16 @@ func New(opts Options) *Server {
 	}
 	if opts.Reloader != nil {
 		mux.HandleFunc("/api/v1/reload", methods(route{http.MethodPost, s.reload}))
+	}
+	if _, ok := opts.Actions.(BounceRebinder); ok {
+		mux.HandleFunc("/api/v1/bounce", methods(route{http.MethodPost, s.bounce}))
+		mux.HandleFunc("/api/v1/rebind", methods(route{http.MethodPost, s.rebind}))
+	}
+	if opts.Quarantine != nil {
+		mux.HandleFunc("/api/v1/quarantine", methods(route{http.MethodGet, s.quarantineList}))
+		mux.HandleFunc("/api/v1/quarantine/{id}", methods(route{http.MethodGet, s.quarantineGet}, route{http.MethodDelete, s.quarantineDelete}))
+		mux.HandleFunc("/api/v1/quarantine/{id}/body", methods(route{http.MethodGet, s.quarantineBody}))
+		mux.HandleFunc("/api/v1/quarantine/{id}/reinject", methods(route{http.MethodPost, s.quarantineReinject}))
 	}
 	if opts.Gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

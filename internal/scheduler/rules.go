@@ -130,24 +130,29 @@ func (s *Scheduler) setRebind(domain, binding, group string, until time.Time) {
 	s.rebinds[[2]string{domain, binding}] = rebind{group: group, until: until}
 }
 
-// rebound returns the binding group a rebind rule sends mail for domain
-// from binding through, at now; "" when none is in force.
+// rebound returns the binding group a rebind (a rule's, or an
+// operator's for the pair or the whole domain) sends mail for domain from
+// binding through, at now; "" when none is in force.
 func (s *Scheduler) rebound(domain, binding string, now time.Time) string {
 	s.rebindMu.Lock()
 	defer s.rebindMu.Unlock()
 	if len(s.rebinds) == 0 {
 		return ""
 	}
-	k := [2]string{domain, binding}
-	r, ok := s.rebinds[k]
-	if !ok {
-		return ""
+	// The pair's own rebind first, then an operator's for the whole
+	// domain (binding "").
+	for _, k := range [][2]string{{domain, binding}, {domain, ""}} {
+		r, ok := s.rebinds[k]
+		if !ok {
+			continue
+		}
+		if !now.Before(r.until) {
+			delete(s.rebinds, k)
+			continue
+		}
+		return r.group
 	}
-	if !now.Before(r.until) {
-		delete(s.rebinds, k)
-		return ""
-	}
-	return r.group
+	return ""
 }
 
 // sweepRebinds forgets the rebinds that ended, so one for a domain never
@@ -173,18 +178,22 @@ func (s *Scheduler) rebindSlot(group string) int {
 	return b.Slot
 }
 
-// moveQueued moves the deliveries queued on pair to bindings of group.
-func (s *Scheduler) moveQueued(p *queue.Pair, group string, now time.Time) {
+// moveQueued moves the deliveries queued on pair to bindings of group and
+// returns how many it moved.
+func (s *Scheduler) moveQueued(p *queue.Pair, group string, now time.Time) int {
+	n := 0
 	for range p.Len() {
 		d := p.Pop()
 		if d == nil {
-			return
+			break
 		}
 		if slot := s.rebindSlot(group); slot >= 0 {
 			d.Slot = int32(slot)
 		}
 		s.q.Delay(d, now) // due at the next tick, on its new pair
+		n++
 	}
+	return n
 }
 
 // capReply returns e with its text capped at maxReplyText, for keeping in

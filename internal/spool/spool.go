@@ -136,6 +136,9 @@ type Spool struct {
 	// writes from before one may be lost, so a BodyWriter whose chunks
 	// straddle one is refused.
 	reopens atomic.Uint64
+	// qmu orders the quarantine's restores and deletes (quarantine.go),
+	// each a read then a commit.
+	qmu sync.Mutex
 
 	// Committer state, touched only by the committer goroutine.
 	broken          error // non-nil: writes are refused until a reopen succeeds
