@@ -251,14 +251,19 @@ func (q *Queues) Push(d *Delivery) *Pair {
 	panic("queue: domain record " + d.Domain + " swept repeatedly during Push")
 }
 
-// Delay puts d in the delayed queue until at. It panics if d is already
-// queued.
+// Delay puts d in the delayed queue until at. d.Domain is replaced by the
+// record's name, as Push does. It panics if d is already queued or d.Slot
+// is negative.
 func (q *Queues) Delay(d *Delivery, at time.Time) {
+	if d.Slot < 0 {
+		panic("queue: negative binding slot")
+	}
 	d.markQueued()
 	if d.seq == 0 {
 		d.seq = q.seq.Add(1)
 	}
 	d.at = at.UnixNano()
+	q.countDelayed(d, 1) // before the delayed queue's lock: it is a leaf
 	q.delayMu.Lock()
 	q.delayed.Set(d, nil)
 	q.delayMu.Unlock()
@@ -270,6 +275,8 @@ func (q *Queues) Delay(d *Delivery, at time.Time) {
 // returns buf unchanged.
 func (q *Queues) Due(now time.Time, max int, buf []*Delivery) []*Delivery {
 	t := now.UnixNano()
+	start := len(buf)
+	defer func() { q.uncountDelayed(buf[start:]) }() // after delayMu is released
 	q.delayMu.Lock()
 	defer q.delayMu.Unlock()
 	for n := 0; n < max; n++ {
@@ -338,7 +345,7 @@ func (q *Queues) Sweep(now time.Time) int {
 	dropped := 0
 	for name, dr := range q.domains {
 		dr.mu.Lock()
-		idle := dr.queued == 0 && dr.connecting.Load() == 0 && dr.open.Load() == 0 && !dr.Suspended(now)
+		idle := dr.queued == 0 && dr.delayed == 0 && dr.connecting.Load() == 0 && dr.open.Load() == 0 && !dr.Suspended(now)
 		switch {
 		case !idle:
 			dr.idleMarked = false
