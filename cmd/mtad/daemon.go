@@ -483,6 +483,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Policy:  adminPolicy{sched, st.bindings},
 		Summary: func() any { return sched.Summary() },
 		Actions: adminActions{sched, st.bindings},
+		Queues:  adminQueues{sched},
 	})
 	if err := adm.Start(); err != nil {
 		if hsrv != nil {

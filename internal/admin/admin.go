@@ -27,6 +27,10 @@
 //	DELETE /api/v1/throttles?scope=KEY[&by=&reason=]
 //	POST   /api/v1/cancel               {"queue_id"|"domain"|"sender","reason","by","dsn"} (actions.go)
 //	POST   /api/v1/flush                {"domain","binding","by"}
+//	GET    /api/v1/queues?by=&sort=&order=&limit=&offset=&domain=&provider=&binding= (queues.go)
+//	GET    /api/v1/messages?domain=|binding=|sender=&limit=&after= (messages.go)
+//	GET    /api/v1/messages/{id}         envelope, recipients, header block
+//	GET    /api/v1/messages/{id}/body    the raw message, message/rfc822
 //	GET    /metrics
 //	GET    /debug/pprof/                 only with Options.Pprof
 package admin
@@ -68,6 +72,9 @@ type Options struct {
 	// Actions serves cancel and flush (actions.go); nil leaves them out
 	// (404).
 	Actions Actions
+	// Queues serves the queue and message views (queues.go,
+	// messages.go); nil leaves them out (404).
+	Queues Queues
 	// Tokens, when set, are required on every request; nil leaves the API
 	// open, which Start allows only on a loopback Listen.
 	Tokens *Tokens
@@ -132,6 +139,12 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
 		mux.HandleFunc("/api/v1/suspensions/{id}", methods(route{http.MethodDelete, s.resume}))
 		mux.HandleFunc("/api/v1/throttles", methods(route{http.MethodGet, s.throttles}, route{http.MethodDelete, s.unthrottle}))
+	}
+	if opts.Queues != nil {
+		mux.HandleFunc("/api/v1/queues", s.get(s.queues))
+		mux.HandleFunc("/api/v1/messages", s.get(s.messages))
+		mux.HandleFunc("/api/v1/messages/{id}", s.get(s.message))
+		mux.HandleFunc("/api/v1/messages/{id}/body", s.get(s.messageBody))
 	}
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))
