@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"slices"
 	"strconv"
@@ -107,7 +108,9 @@ type ViewThrottle struct {
 }
 
 // ViewItem is one row of a view. The key columns are the view's: Domain
-// (by domain), Site, Binding, or Domain and Binding (by pair).
+// (by domain), Site, Binding, or Domain and Binding (by pair). Site,
+// Provider, Suspension and Throttle come from the pair's shaping: without
+// a Shaper (tests) the site is "domain:NAME" and neither is shown.
 type ViewItem struct {
 	Domain        string           `json:"domain,omitempty"`
 	Site          string           `json:"site,omitempty"`
@@ -294,6 +297,10 @@ func (s *Scheduler) pairRows(q ViewQuery, slot int, now time.Time) []pairRow {
 		ds := stateOf(dr)
 		ds.view.mu.Lock()
 		stats := slices.Clone(ds.view.pairs)
+		for i := range stats {
+			// settle keeps counting into the maps once the lock is gone.
+			stats[i].classes = maps.Clone(stats[i].classes)
+		}
 		ds.view.mu.Unlock()
 		pairs = dr.Pairs(pairs)
 		for _, p := range pairs {

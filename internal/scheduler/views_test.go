@@ -6,8 +6,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -343,4 +345,46 @@ func FuzzMessageQuery(f *testing.F) {
 			t.Fatalf("page %+v", p)
 		}
 	})
+}
+
+// TestQueueViewPolicy: with shaping, a row shows the suspension and the
+// throttle in force over it, and the site it rolls up to.
+func TestQueueViewPolicy(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, viewSink(t, ip(91, 11)), func(o *Options) { o.Shaper = testShaper(t, nil) })
+	h.mxFor("x.test", ip(91, 11))
+	h.resolved("x.test")
+	h.inject("", "a@x.test")
+	h.deferredAll(1)
+	now := h.clock.Now()
+	sp := h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: "x.test", Reason: "too many 451s",
+		Source: policy.SourceOperator, Until: now.Add(time.Hour)})
+	rate, err := policy.ParseRate("2/m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.s.overrides.Set(policy.Override{Rule: "slow", Scope: policy.ScopeKey(policy.ScopeDomain, "x.test", ""),
+		MaxMessageRate: &rate, Start: now, End: now.Add(30 * time.Minute)})
+
+	p, err := h.s.QueueView(ViewQuery{})
+	if err != nil || p.Total != 1 {
+		t.Fatalf("%+v %v", p, err)
+	}
+	it := p.Items[0]
+	if s := it.Suspension; s == nil || s.ID != sp.ID || s.Reason != "too many 451s" || s.By != policy.SourceOperator ||
+		!s.Until.Equal(sp.Until) || s.Scope != policy.ScopeKey(policy.ScopeDomain, "x.test", "") {
+		t.Errorf("suspension %+v, want %+v", it.Suspension, sp)
+	}
+	if th := it.Throttle; th == nil || th.Rate != "2/m" || !th.Until.Equal(now.Add(30*time.Minute)) {
+		t.Errorf("throttle %+v, want 2/m until +30m", it.Throttle)
+	}
+	p, _ = h.s.QueueView(ViewQuery{By: "site"})
+	if p.Total != 1 || p.Items[0].Site == "" || p.Items[0].Delayed != 1 || p.Items[0].Suspension == nil {
+		t.Errorf("by site: %+v", p.Items)
+	}
+	// Once they end, neither is shown.
+	h.clock.Advance(2 * time.Hour)
+	if p, _ = h.s.QueueView(ViewQuery{}); p.Items[0].Suspension != nil || p.Items[0].Throttle != nil {
+		t.Errorf("after both ended: %+v %+v", p.Items[0].Suspension, p.Items[0].Throttle)
+	}
 }
