@@ -44,22 +44,24 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := s.opts.Queues.Messages(q)
-	writeQueuesAnswer(w, page, err)
+	writeQueuesAnswer(w, "", page, err)
 }
 
 // message serves GET /api/v1/messages/{id}.
 func (s *Server) message(w http.ResponseWriter, r *http.Request) {
-	m, err := s.opts.Queues.Message(r.PathValue("id"))
-	writeQueuesAnswer(w, m, err)
+	id := r.PathValue("id")
+	m, err := s.opts.Queues.Message(id)
+	writeQueuesAnswer(w, id, m, err)
 }
 
 // messageBody serves GET /api/v1/messages/{id}/body. Once the status is
 // sent an error can only cut the body short, which the client sees as a
 // length mismatch.
 func (s *Server) messageBody(w http.ResponseWriter, r *http.Request) {
-	body, size, err := s.opts.Queues.MessageBody(r.PathValue("id"))
+	id := r.PathValue("id")
+	body, size, err := s.opts.Queues.MessageBody(id)
 	if err != nil {
-		writeQueuesAnswer(w, nil, err)
+		writeQueuesAnswer(w, id, nil, err)
 		return
 	}
 	defer body.Close()

@@ -107,12 +107,12 @@ func (s *Server) queues(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := s.opts.Queues.QueueView(q)
-	writeQueuesAnswer(w, page, err)
+	writeQueuesAnswer(w, "", page, err)
 }
 
 // writeQueuesAnswer writes a Queues method's answer: 400 for a refused
 // query, 404 for an unknown id, 500 for anything else.
-func writeQueuesAnswer(w http.ResponseWriter, v any, err error) {
+func writeQueuesAnswer(w http.ResponseWriter, id string, v any, err error) {
 	var pe *ParamError
 	switch {
 	case err == nil:
@@ -122,7 +122,7 @@ func writeQueuesAnswer(w http.ResponseWriter, v any, err error) {
 	case errors.Is(err, ErrBadQuery):
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, ErrNotQueued):
-		writeError(w, http.StatusNotFound, "id: "+err.Error())
+		writeError(w, http.StatusNotFound, "id: "+strconv.Quote(id)+" is not spooled")
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	}

@@ -41,8 +41,8 @@
 //
 // # Forgetting domains
 //
-// Sweep drops domain records that were idle (no queued deliveries, no open or
-// connecting connections, not suspended) at the previous Sweep and were not
+// Sweep drops domain records that were idle (no active or delayed
+// deliveries, no open or connecting connections, not suspended) at the previous Sweep and were not
 // touched since, so memory follows the domains in use, not every domain ever
 // seen. A dropped record is marked dead: Push re-resolves the domain name and
 // TryConnect refuses, so a stale pointer can neither lose a delivery nor
@@ -335,7 +335,8 @@ func (q *Queues) Stats() Stats {
 // Sweep forgets the domain records that were idle at the previous Sweep and
 // have not been touched (pushed to, popped from, connected to, suspended)
 // since, and marks the idle ones it keeps; it returns how many it dropped.
-// A record is idle when its queues are empty, it has no open or connecting
+// A record is idle when its queues are empty and none of its deliveries is
+// delayed (view.go keeps their count on it), it has no open or connecting
 // connections and it is not suspended. Calling Sweep every d therefore drops
 // records idle for between d and 2d. It walks every record under the domain
 // map's lock, so call it seldom (minutes), not every tick.

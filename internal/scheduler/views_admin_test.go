@@ -160,7 +160,7 @@ func TestAdminQueuesAndMessages(t *testing.T) {
 		!strings.Contains(md["headers"].(string), "Subject: test for a@x.test") {
 		t.Fatalf("message: %d %s", code, b)
 	}
-	if code, _, b := httpGet(t, base+"/api/v1/messages/01NOSUCHMESSAGE"); code != 404 {
+	if code, _, b := httpGet(t, base+"/api/v1/messages/01NOSUCHMESSAGE"); code != 404 || !bytes.Contains(b, []byte(`"id: \"01NOSUCHMESSAGE\" is not spooled"`)) {
 		t.Errorf("unknown message: %d %s", code, b)
 	}
 	if code, _, b := httpGet(t, base+"/api/v1/messages/01NOSUCHMESSAGE/body"); code != 404 {
