@@ -493,6 +493,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		Actions:    adminActions{sched, st.bindings},
 		Reloader:   rl,
 		Quarantine: adminQuarantine{sp, sched},
+		Queues:     adminQueues{sched},
 	})
 	rl.adm = adm
 	if err := adm.Start(); err != nil {

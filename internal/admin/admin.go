@@ -36,6 +36,10 @@
 //	GET    /api/v1/quarantine/{id}/body
 //	POST   /api/v1/quarantine/{id}/reinject {"reason","by"}
 //	DELETE /api/v1/quarantine/{id}?reason=&by=
+//	GET    /api/v1/queues?by=&sort=&order=&limit=&offset=&domain=&provider=&binding= (queues.go)
+//	GET    /api/v1/messages?domain=|binding=|sender=&limit=&after= (messages.go)
+//	GET    /api/v1/messages/{id}         envelope, recipients, header block
+//	GET    /api/v1/messages/{id}/body    the raw message, message/rfc822
 //	GET    /metrics
 //	GET    /debug/pprof/                 only with Options.Pprof
 package admin
@@ -83,6 +87,9 @@ type Options struct {
 	// Quarantine serves the quarantine endpoints (quarantine.go); nil
 	// leaves them out (404).
 	Quarantine Quarantine
+	// Queues serves the queue and message views (queues.go,
+	// messages.go); nil leaves them out (404).
+	Queues Queues
 	// Tokens, when set, are required on every request; nil leaves the API
 	// open, which Start allows only on a loopback Listen.
 	Tokens *Tokens
@@ -147,6 +154,12 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
 		mux.HandleFunc("/api/v1/suspensions/{id}", methods(route{http.MethodDelete, s.resume}))
 		mux.HandleFunc("/api/v1/throttles", methods(route{http.MethodGet, s.throttles}, route{http.MethodDelete, s.unthrottle}))
+	}
+	if opts.Queues != nil {
+		mux.HandleFunc("/api/v1/queues", s.get(s.queues))
+		mux.HandleFunc("/api/v1/messages", s.get(s.messages))
+		mux.HandleFunc("/api/v1/messages/{id}", s.get(s.message))
+		mux.HandleFunc("/api/v1/messages/{id}/body", s.get(s.messageBody))
 	}
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))

@@ -20,6 +20,7 @@ type DomainRecord struct {
 	mu         sync.Mutex
 	pairs      []*Pair // by binding slot; nil entries not made yet
 	queued     int     // deliveries in this record's active queues
+	delayed    int     // deliveries of this record in the delayed queue (view.go)
 	touched    bool    // activity since the last Sweep
 	idleMarked bool    // idle at the last Sweep
 	dead       bool    // dropped by Sweep; Push goes elsewhere, TryConnect refuses
@@ -150,6 +151,11 @@ type Pair struct {
 
 	connecting atomic.Int32
 	open       atomic.Int32
+
+	// The pair's share of the delayed queue (view.go), written under
+	// dr.mu, read lock-free by the operator's views.
+	delayed       atomic.Int32
+	delayedOldest atomic.Int64 // least Arrival delayed since delayed was last 0; 0 = none
 }
 
 // Domain returns the pair's domain record.

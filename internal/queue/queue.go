@@ -41,8 +41,8 @@
 //
 // # Forgetting domains
 //
-// Sweep drops domain records that were idle (no queued deliveries, no open or
-// connecting connections, not suspended) at the previous Sweep and were not
+// Sweep drops domain records that were idle (no active or delayed
+// deliveries, no open or connecting connections, not suspended) at the previous Sweep and were not
 // touched since, so memory follows the domains in use, not every domain ever
 // seen. A dropped record is marked dead: Push re-resolves the domain name and
 // TryConnect refuses, so a stale pointer can neither lose a delivery nor
@@ -251,14 +251,19 @@ func (q *Queues) Push(d *Delivery) *Pair {
 	panic("queue: domain record " + d.Domain + " swept repeatedly during Push")
 }
 
-// Delay puts d in the delayed queue until at. It panics if d is already
-// queued.
+// Delay puts d in the delayed queue until at. d.Domain is replaced by the
+// record's name, as Push does. It panics if d is already queued or d.Slot
+// is negative.
 func (q *Queues) Delay(d *Delivery, at time.Time) {
+	if d.Slot < 0 {
+		panic("queue: negative binding slot")
+	}
 	d.markQueued()
 	if d.seq == 0 {
 		d.seq = q.seq.Add(1)
 	}
 	d.at = at.UnixNano()
+	q.countDelayed(d, 1) // before the delayed queue's lock: it is a leaf
 	q.delayMu.Lock()
 	q.delayed.Set(d, nil)
 	q.delayMu.Unlock()
@@ -270,6 +275,8 @@ func (q *Queues) Delay(d *Delivery, at time.Time) {
 // returns buf unchanged.
 func (q *Queues) Due(now time.Time, max int, buf []*Delivery) []*Delivery {
 	t := now.UnixNano()
+	start := len(buf)
+	defer func() { q.uncountDelayed(buf[start:]) }() // after delayMu is released
 	q.delayMu.Lock()
 	defer q.delayMu.Unlock()
 	for n := 0; n < max; n++ {
@@ -328,7 +335,8 @@ func (q *Queues) Stats() Stats {
 // Sweep forgets the domain records that were idle at the previous Sweep and
 // have not been touched (pushed to, popped from, connected to, suspended)
 // since, and marks the idle ones it keeps; it returns how many it dropped.
-// A record is idle when its queues are empty, it has no open or connecting
+// A record is idle when its queues are empty and none of its deliveries is
+// delayed (view.go keeps their count on it), it has no open or connecting
 // connections and it is not suspended. Calling Sweep every d therefore drops
 // records idle for between d and 2d. It walks every record under the domain
 // map's lock, so call it seldom (minutes), not every tick.
@@ -338,7 +346,7 @@ func (q *Queues) Sweep(now time.Time) int {
 	dropped := 0
 	for name, dr := range q.domains {
 		dr.mu.Lock()
-		idle := dr.queued == 0 && dr.connecting.Load() == 0 && dr.open.Load() == 0 && !dr.Suspended(now)
+		idle := dr.queued == 0 && dr.delayed == 0 && dr.connecting.Load() == 0 && dr.open.Load() == 0 && !dr.Suspended(now)
 		switch {
 		case !idle:
 			dr.idleMarked = false

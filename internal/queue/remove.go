@@ -57,6 +57,8 @@ func (dr *DomainRecord) RemoveActive(match func(*Delivery) bool, buf []*Delivery
 // (pushes them to their active queue for a flush, or ends them). match
 // runs under the delayed queue's lock: it must only read the delivery.
 func (q *Queues) RemoveDelayed(match func(*Delivery) bool, buf []*Delivery) []*Delivery {
+	start := len(buf)
+	defer func() { q.uncountDelayed(buf[start:]) }() // after delayMu is released
 	q.delayMu.Lock()
 	defer q.delayMu.Unlock()
 	for e := q.delayed.Front(); e != nil; {

@@ -69,7 +69,12 @@ func TestRemoveDelayed(t *testing.T) {
 		t.Fatalf("due %v, want b", ids(due))
 	}
 	q.Push(got[0])
-	if len(q.Domains(nil)) != 1 {
-		t.Fatalf("domains %d, want 1 (x.test, made by the push)", len(q.Domains(nil)))
+	// Delay makes the records (their delayed counts live there).
+	if len(q.Domains(nil)) != 2 {
+		t.Fatalf("domains %d, want 2 (x.test and y.test, made by Delay)", len(q.Domains(nil)))
+	}
+	x, _ := q.Lookup("x.test")
+	if x.Delayed() != 0 || x.Pair(0).Delayed() != 0 || x.Pair(1).Delayed() != 0 {
+		t.Fatalf("x.test delayed %d after its deliveries were removed", x.Delayed())
 	}
 }

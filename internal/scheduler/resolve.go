@@ -46,7 +46,8 @@ type domainState struct {
 	// shapes are the pairs' shapings by binding slot (shape.go): read
 	// without mu, replaced whole (copy on write) under it.
 	shapes atomic.Pointer[[]*pairShape]
-	fails  []int // consecutive connection failures, by binding slot
+	fails  []int     // consecutive connection failures, by binding slot
+	view   viewStats // what settle tells the operator's views (views.go)
 }
 
 func (ds *domainState) isResolved() bool { return ds.resolvedAt.Load() != 0 }

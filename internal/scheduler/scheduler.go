@@ -1157,6 +1157,7 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 	// Counted before the log records, so that whoever has read a record
 	// finds it in the summary.
 	s.countOutcomesSummary(verdicts, now)
+	s.noteView(domain, slot, rcpts, verdicts, classes, updates, now)
 
 	binding := at.Binding
 	if binding == "" {
