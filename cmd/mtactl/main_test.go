@@ -36,7 +36,7 @@ func TestRun(t *testing.T) {
 	}
 	for _, c := range cases {
 		var out, errb bytes.Buffer
-		if got := run(c.args, &out, &errb); got != c.code {
+		if got := run(c.args, strings.NewReader(""), &out, &errb); got != c.code {
 			t.Errorf("%v: exit %d, want %d (stderr %q)", c.args, got, c.code, errb.String())
 		}
 		if !strings.Contains(out.String(), c.out) || !strings.Contains(errb.String(), c.err) {

@@ -86,7 +86,7 @@ shaping:
 func mtactl(t *testing.T, base string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(append([]string{"--admin", base}, args...), &out, &errb)
+	code := run(append([]string{"--admin", base}, args...), strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -132,7 +132,7 @@ func TestShapingResolve(t *testing.T) {
 		}
 	}
 	code, out, _ = mtactl(t, base, "shaping", "resolve", "--json", "pa.test")
-	if code != 0 || !strings.HasPrefix(out, `{"domain":"pa.test"`) {
+	if code != 0 || !strings.HasPrefix(out, "{\n  \"domain\": \"pa.test\",\n") {
 		t.Errorf("--json: %d %q", code, out)
 	}
 }
@@ -216,7 +216,7 @@ func TestThrottles(t *testing.T) {
 		t.Errorf("unthrottle again: %d %q", code, errOut)
 	}
 	code, out, _ = mtactl(t, base, "throttles", "--json")
-	if code != 0 || strings.TrimSpace(out) != `{"throttles":[]}` {
+	if code != 0 || compact(out) != `{"throttles":[]}` {
 		t.Errorf("throttles --json: %d %q", code, out)
 	}
 }
