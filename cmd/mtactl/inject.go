@@ -82,7 +82,7 @@ never); AUTH PLAIN with --user and --password-file.`,
 					modes++
 				}
 			}
-			if modes != 1 || o.concurrency < 1 || o.concurrency > 64 {
+			if modes != 1 || o.concurrency < 1 || o.concurrency > 64 || (o.jsonl != "" && (len(o.to) > 0 || o.from != "")) {
 				return usagef("choose one of --to, --dir or --jsonl (--concurrency 1-64)")
 			}
 			if (o.user == "") != (o.passwordFile == "") {
@@ -413,12 +413,18 @@ func (a *app) injectJSONL(o *injectOpts) error {
 		return fmt.Errorf("inject: --jsonl: %w", err)
 	}
 	defer f.Close()
-	var lines [][]byte
+	// Each request keeps its line number, blank lines counted, so that a
+	// refusal names the line an editor shows.
+	type request struct {
+		n    int
+		body []byte
+	}
+	var lines []request
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 64<<20) // a line carries a whole message
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		if l := bytes.TrimSpace(sc.Bytes()); len(l) > 0 {
-			lines = append(lines, append([]byte(nil), l...))
+			lines = append(lines, request{n, append([]byte(nil), l...)})
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -440,7 +446,7 @@ func (a *app) injectJSONL(o *injectOpts) error {
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				postLine(hc, target, o.httpToken, i+1, lines[i], &t)
+				postLine(hc, target, o.httpToken, lines[i].n, lines[i].body, &t)
 				bar.add()
 			}
 		}()

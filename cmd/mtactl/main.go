@@ -99,7 +99,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // refused (inject): exit 1, the counts and reasons already printed.
 type refusedError struct{ n int }
 
-func (e *refusedError) Error() string { return fmt.Sprintf("%d refused", e.n) }
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("%d recipient%s refused", e.n, plural(e.n))
+}
 
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
