@@ -151,9 +151,9 @@ func TestInjectDir(t *testing.T) {
 	e := startInject(t)
 	dir := t.TempDir()
 	for name, text := range map[string]string{
-		"a.eml": "From: A <a@src.test>\nTo: ann@a.test\nSubject: a\n\nbody a\n",
-		"b.eml": "From: b@src.test\nTo: bob@b.test\nCc: Lit <x@[192.0.2.1]>\nSubject: b\n\nbody b\n",
-		"c.eml": "From: c@src.test\nTo: cy@c.test\nBcc: hidden@d.test,\n  other@d.test\nSubject: c\n\nbody c\n",
+		"a.eml":    "From: A <a@src.test>\nTo: ann@a.test\nSubject: a\n\nbody a\n",
+		"b.eml":    "From: b@src.test\nTo: bob@b.test\nCc: Lit <x@[192.0.2.1]>\nSubject: b\n\nbody b\n",
+		"c.eml":    "From: c@src.test\nTo: cy@c.test\nBcc: hidden@d.test,\n  other@d.test\nSubject: c\n\nbody c\n",
 		"skip.txt": "not a message",
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
