@@ -45,6 +45,30 @@ func (p *adminPolicy) Unthrottle(scope, _, _ string) (policy.Override, bool) {
 // startAdmin runs the real admin server over adminPolicy.
 func startAdmin(t *testing.T) (string, *adminPolicy) {
 	t.Helper()
+	p := testPolicy(t)
+	return serveAdmin(t, admin.Options{Policy: p}), p
+}
+
+// serveAdmin runs the real admin server with opts on a loopback port.
+func serveAdmin(t *testing.T, opts admin.Options) string {
+	t.Helper()
+	opts.Listen = "127.0.0.1:0"
+	s := admin.New(opts)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	return "http://" + s.Addr().String()
+}
+
+// testPolicy is policy's real Shaper, Suspensions and Overrides over a
+// small config.
+func testPolicy(t *testing.T) *adminPolicy {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "mtad.yaml")
 	yaml := `
 bindings: [{name: b1}, {name: b2}]
@@ -71,16 +95,7 @@ shaping:
 		t.Fatal(err)
 	}
 	p := &adminPolicy{shaper: sh, susp: policy.NewSuspensions(), ovr: policy.NewOverrides()}
-	s := admin.New(admin.Options{Listen: "127.0.0.1:0", Policy: p})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Shutdown(context.Background()); err != nil {
-			t.Error(err)
-		}
-	})
-	return "http://" + s.Addr().String(), p
+	return p
 }
 
 func mtactl(t *testing.T, base string, args ...string) (int, string, string) {

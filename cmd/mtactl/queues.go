@@ -183,7 +183,7 @@ func (a *app) queueSummaryCmd() *cobra.Command {
 		Args:    nargs(0, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			err := a.queues(&q)
-			if isNotFound(err) && cmd.Flags().NFlag() == 0 {
+			if isNotFound(err) && q.by == "domain" && q.domain == "" && q.provider == "" && q.binding == "" {
 				// A daemon without the queue view (older than it) still
 				// has the summary's queue part.
 				fmt.Fprintln(a.errOut, "mtactl: this daemon has no /api/v1/queues; its summary instead")

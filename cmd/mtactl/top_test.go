@@ -134,3 +134,19 @@ func TestPrintQueues(t *testing.T) {
 		t.Error("a list is not a queue page, and no error")
 	}
 }
+
+// TestQueueSummaryFallback: while the daemon has no /api/v1/queues,
+// queue-summary without filters prints the summary (saying so on
+// stderr); with a filter it cannot honour, it fails with the 404.
+func TestQueueSummaryFallback(t *testing.T) {
+	t.Parallel()
+	base := startSummaryAdmin(t, func() any { return testSummary() })
+	code, out, errOut := mtactl(t, base, "queue-summary")
+	if code != 0 || !hasRow(out, []string{"queued", "12", "messages,", "20", "recipients"}) || !strings.Contains(errOut, "no /api/v1/queues") {
+		t.Errorf("queue-summary: exit %d %q %q", code, out, errOut)
+	}
+	code, _, errOut = mtactl(t, base, "queue-summary", "--domain", "*.test")
+	if code != 1 || !strings.Contains(errOut, "404 Not Found") {
+		t.Errorf("queue-summary --domain: exit %d %q", code, errOut)
+	}
+}
