@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/netip"
@@ -216,4 +217,47 @@ func TestInjectJSONL(t *testing.T) {
 	if n := len(e.h.all()); n != 2 {
 		t.Errorf("%d messages stored, want 2", n)
 	}
+}
+
+// FuzzDropBcc: whatever a .eml holds, dropBcc does not panic, leaves no
+// Bcc field in the header block, and changes nothing from the blank line
+// on (the body is sent as it is).
+func FuzzDropBcc(f *testing.F) {
+	for _, s := range []string{
+		"From: a@x.test\nBcc: b@y.test\n\nbody\n",
+		"Bcc: a@x.test,\r\n b@y.test\r\nTo: c@z.test\r\n\r\nBcc: in the body\r\n",
+		"bcc:x\n\tfolded\n",
+		"\nBcc: body only\n",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		out := dropBcc(msg)
+		head, body := splitHead(msg)
+		ohead, obody := splitHead(out)
+		if !bytes.Equal(body, obody) {
+			t.Fatalf("body changed: %q → %q", body, obody)
+		}
+		for _, l := range strings.Split(string(ohead), "\n") {
+			if len(l) >= 4 && strings.EqualFold(l[:4], "bcc:") {
+				t.Fatalf("Bcc left in %q (from %q)", ohead, head)
+			}
+		}
+		if len(out) > len(msg) {
+			t.Fatalf("grew: %q → %q", msg, out)
+		}
+	})
+}
+
+// splitHead splits a message at its first empty line (kept with the body).
+func splitHead(msg []byte) (head, body []byte) {
+	off := 0
+	for _, line := range bytes.SplitAfter(msg, []byte("\n")) {
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return msg[:off], msg[off:]
+		}
+		off += len(line)
+	}
+	return msg, nil
 }
