@@ -202,6 +202,11 @@ func (s *smtpSender) dial() error {
 				return err
 			}
 			c = nil
+		} else if err := c.Noop(); err != nil {
+			// The handshake and the EHLO after it happen on the first
+			// command: make a bad certificate show as what it is.
+			_ = c.Close()
+			return fmt.Errorf("STARTTLS: %w", err)
 		}
 	}
 	if c == nil {

@@ -3,7 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
+	"math/big"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mtad/mtad/internal/binding"
 	"github.com/mtad/mtad/internal/inject"
@@ -44,7 +54,7 @@ type injectEnv struct {
 	h              *handoff
 }
 
-func startInject(t *testing.T) *injectEnv {
+func startInject(t *testing.T, mods ...func(*inject.Options)) *injectEnv {
 	t.Helper()
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
@@ -61,8 +71,12 @@ func startInject(t *testing.T) *injectEnv {
 		t.Fatal(err)
 	}
 	h := &handoff{}
-	srv, err := inject.New(inject.Options{Listen: []string{"127.0.0.1:0"}, Hostname: "mx.test", MaxMessageSize: 1 << 20,
-		RelayNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, sp, bs, h)
+	opts := inject.Options{Listen: []string{"127.0.0.1:0"}, Hostname: "mx.test", MaxMessageSize: 1 << 20,
+		RelayNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	for _, m := range mods {
+		m(&opts)
+	}
+	srv, err := inject.New(opts, sp, bs, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,4 +274,58 @@ func splitHead(msg []byte) (head, body []byte) {
 		off += len(line)
 	}
 	return msg, nil
+}
+
+// selfSigned is a TLS certificate for 127.0.0.1 that no one trusts.
+func selfSigned(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.test"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}
+
+// TestInjectTLSAuth: STARTTLS when offered and AUTH with --user and
+// --password-file, on a listener that relays for no network: without
+// AUTH the recipient is refused with the reply, with it the message goes
+// in over TLS and AUTH (ESMTPSA in its Received field); an untrusted
+// certificate stops mtactl unless --tls-skip-verify.
+func TestInjectTLSAuth(t *testing.T) {
+	t.Parallel()
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret pass"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startInject(t, func(o *inject.Options) {
+		o.RelayNetworks = nil
+		o.TLSConfig = selfSigned(t)
+		o.AuthUsers = map[string][]byte{"alice": hash}
+	})
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cret pass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := mtactl(t, "127.0.0.1:1", "inject", "--smtp", e.smtp, "--to", "a@a.test", "--tls-skip-verify")
+	if code != 1 || !strings.Contains(errOut, "refused: message: <a@a.test>: 550 5.7.1 Relaying denied") {
+		t.Errorf("without AUTH: exit %d %q", code, errOut)
+	}
+	code, _, errOut = mtactl(t, "127.0.0.1:1", "inject", "--smtp", e.smtp, "--to", "a@a.test", "--user", "alice", "--password-file", pw)
+	if code != 1 || !strings.Contains(errOut, "STARTTLS") || !strings.Contains(errOut, "certificate") {
+		t.Errorf("untrusted certificate: exit %d %q", code, errOut)
+	}
+	code, out, errOut := mtactl(t, "127.0.0.1:1", "inject", "--smtp", e.smtp, "--to", "a@a.test", "--user", "alice", "--password-file", pw, "--tls-skip-verify")
+	m := regexp.MustCompile(`^queued as (\S+)\n$`).FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("with AUTH: exit %d %q %q", code, out, errOut)
+	}
+	if b := e.body(t, m[1]); !strings.Contains(b, "with ESMTPSA") {
+		t.Errorf("not sent over TLS with AUTH:\n%s", b)
+	}
 }
