@@ -254,7 +254,7 @@ func (a *app) reloadCmd() *cobra.Command {
 			}
 			need := append(r.NeedingRestart, r.Changed...)
 			rows := [][]string{{"applied", strings.Join(r.Applied, " ")}, {"needing restart", strings.Join(need, " ")}}
-			return writeTable(a.out, []string{"RELOADED", a2s(r.At)}, rows)
+			return writeTable(a.out, []string{"RELOADED", orNow(r.At)}, rows)
 		},
 	}
 	byFlag(cmd.Flags(), &by)
@@ -262,7 +262,7 @@ func (a *app) reloadCmd() *cobra.Command {
 	return cmd
 }
 
-func a2s(s string) string {
+func orNow(s string) string {
 	if s == "" {
 		return "now"
 	}

@@ -521,7 +521,9 @@ func lineRecipients(line []byte) int {
 }
 
 // progress is a bar on stderr when it is a terminal; otherwise nothing
-// (the final count is the only line).
+// (the final count is the only line). The bar is given its length, so
+// progressbar starts no spinner goroutine (it does only for an unknown
+// length) and nothing outlives the command.
 type progress struct{ bar *progressbar.ProgressBar }
 
 func (a *app) progress(n int, what string) *progress {
