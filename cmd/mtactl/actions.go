@@ -1,109 +1,391 @@
 package main
 
-// The action commands on queued mail: cancel and flush. As every command,
-// mtactl says early only what is surely missing; the API checks every
-// field and names the bad one.
+// The action commands on queued mail: cancel, bounce, flush, rebind, the
+// quarantine, and reload. As every command, mtactl says early only what
+// is surely missing; the API checks every field and names the bad one.
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
-	"io"
 	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
-// cancelCmd: cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO].
-func cancelCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
-	id := fs.String("queue-id", "", "cancel this message")
-	domain := fs.String("domain", "", "cancel the recipients at this domain (other recipients go on)")
-	sender := fs.String("sender", "", "cancel the messages from this envelope sender")
-	dsn := fs.Bool("dsn", false, "send the sender a DSN reporting the cancelled recipients as failed")
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	by, reason := actorFlags(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
+// selector is the choice of queued mail cancel and bounce act on: one
+// message, a domain (or a domain/binding pair), or a sender.
+type selector struct {
+	id, domain, binding, sender string
+}
+
+func (s *selector) flags(f *pflag.FlagSet, idFlag string) {
+	f.StringVar(&s.id, idFlag, "", "this message (queue id)")
+	f.StringVar(&s.domain, "domain", "", "the recipients at this domain (other recipients go on)")
+	f.StringVar(&s.binding, "binding", "", "with --domain: only the mail queued from this binding (the pair)")
+	f.StringVar(&s.sender, "sender", "", "the messages from this envelope sender")
+}
+
+// request adds the chosen mail to req, or says what is wrong.
+func (s *selector) request(req map[string]any) error {
 	set := 0
-	for _, v := range []string{*id, *domain, *sender} {
+	for _, v := range []string{s.id, s.domain, s.sender} {
 		if v != "" {
 			set++
 		}
 	}
-	if len(pos) != 0 || set != 1 {
-		return usagef("usage: cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO]")
-	}
-	if *reason == "" {
-		return usagef("--reason is required: every cancelled recipient's log record carries it")
-	}
-	req := map[string]any{"reason": *reason, "by": *by, "dsn": *dsn}
 	switch {
-	case *id != "":
-		req["queue_id"] = *id
-	case *domain != "":
-		req["domain"] = *domain
-	default:
-		req["sender"] = *sender
-	}
-	_, b, err := c.do(http.MethodPost, "/api/v1/cancel", req)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
+	case set != 1:
+		return usagef("choose the mail with exactly one of the id, --domain or --sender")
+	case s.binding != "" && s.domain == "":
+		return usagef("--binding goes with --domain (the pair)")
+	case s.id != "":
+		req["queue_id"] = s.id
+	case s.domain != "":
+		req["domain"] = s.domain
+		if s.binding != "" {
+			req["binding"] = s.binding
 		}
-		return err
+	default:
+		req["sender"] = s.sender
 	}
-	var r struct {
-		Cancelled *int `json:"cancelled"`
+	return nil
+}
+
+// count decodes the {"<key>": n} answer of an action.
+func count(name, key string, b []byte) (int, error) {
+	var r map[string]*int
+	if err := json.Unmarshal(b, &r); err != nil || r[key] == nil {
+		return 0, fmt.Errorf("%s: the answer has no count: %q", name, b)
 	}
-	if err := json.Unmarshal(b, &r); err != nil || r.Cancelled == nil {
-		return fmt.Errorf("cancel: the answer has no count: %q", b)
+	return *r[key], nil
+}
+
+// cancelCmd: cancel (--queue-id ID | --domain D [--binding B] | --sender S) --reason WHY [--dsn].
+func (a *app) cancelCmd() *cobra.Command {
+	var sel selector
+	var dsn bool
+	var by, reason string
+	cmd := &cobra.Command{
+		Use:   "cancel (--queue-id ID | --domain D [--binding B] | --sender S) --reason WHY [--dsn] [--by WHO]",
+		Short: "end queued recipients now (logged as cancelled)",
+		Long: `End the chosen queued recipients now, logged as cancelled. A domain's (or
+a pair's) leaves the messages' other recipients queued; --dsn tells the sender.`,
+		Args: nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := map[string]any{"reason": reason, "by": by, "dsn": dsn}
+			if err := sel.request(req); err != nil {
+				return err
+			}
+			if reason == "" {
+				return usagef("--reason is required: every cancelled recipient's log record carries it")
+			}
+			_, b, done, err := a.send(http.MethodPost, "/api/v1/cancel", req)
+			if done {
+				return err
+			}
+			n, err := count("cancel", "cancelled", b)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(a.out, "cancelled %d recipient%s\n", n, plural(n))
+			return err
+		},
 	}
-	_, err = fmt.Fprintf(out, "cancelled %d recipient%s\n", *r.Cancelled, plural(*r.Cancelled))
-	return err
+	f := cmd.Flags()
+	sel.flags(f, "queue-id")
+	f.BoolVar(&dsn, "dsn", false, "send the sender a DSN reporting the cancelled recipients as failed")
+	byFlag(f, &by)
+	reasonFlag(f, &reason)
+	return cmd
+}
+
+// bounceCmd: bounce (--id ID | --domain D [--binding B] | --sender S) --reason WHY.
+func (a *app) bounceCmd() *cobra.Command {
+	var sel selector
+	var by, reason string
+	cmd := &cobra.Command{
+		Use:   "bounce (--id ID | --domain D [--binding B] | --sender S) --reason WHY [--by WHO]",
+		Short: "fail queued recipients now, with a DSN to the sender",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := map[string]any{"reason": reason, "by": by}
+			if err := sel.request(req); err != nil {
+				return err
+			}
+			if reason == "" {
+				return usagef("--reason is required: the DSN and every bounced recipient's log record carry it")
+			}
+			_, b, done, err := a.send(http.MethodPost, "/api/v1/bounce", req)
+			if done {
+				return err
+			}
+			n, err := count("bounce", "bounced", b)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(a.out, "bounced %d recipient%s\n", n, plural(n))
+			return err
+		},
+	}
+	f := cmd.Flags()
+	sel.flags(f, "id")
+	byFlag(f, &by)
+	reasonFlag(f, &reason)
+	return cmd
 }
 
 // flushCmd: flush [DOMAIN] [--binding B] [--by WHO].
-func flushCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("flush", flag.ContinueOnError)
-	binding := fs.String("binding", "", "flush the mail queued from this binding only")
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	by := fs.String("by", "", `who acts, for the log (default "operator")`)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
+func (a *app) flushCmd() *cobra.Command {
+	var binding, by string
+	cmd := &cobra.Command{
+		Use:   "flush [DOMAIN] [--binding B] [--by WHO]",
+		Short: "retry delayed mail now; no DOMAIN is every domain",
+		Args:  nargs(0, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := map[string]string{"binding": binding, "by": by}
+			if len(args) == 1 {
+				req["domain"] = args[0]
+			}
+			_, b, done, err := a.send(http.MethodPost, "/api/v1/flush", req)
+			if done {
+				return err
+			}
+			n, err := count("flush", "flushed", b)
+			if err != nil {
+				return err
+			}
+			noun := "deliveries"
+			if n == 1 {
+				noun = "delivery"
+			}
+			_, err = fmt.Fprintf(a.out, "flushed %d delayed %s: retried now\n", n, noun)
+			return err
+		},
 	}
-	if len(pos) > 1 {
-		return usagef("usage: flush [DOMAIN] [--binding B] [--by WHO]; no DOMAIN flushes every domain")
-	}
-	req := map[string]string{"binding": *binding, "by": *by}
-	if len(pos) == 1 {
-		req["domain"] = pos[0]
-	}
-	_, b, err := c.do(http.MethodPost, "/api/v1/flush", req)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
-		return err
-	}
-	var r struct {
-		Flushed *int `json:"flushed"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil || r.Flushed == nil {
-		return fmt.Errorf("flush: the answer has no count: %q", b)
-	}
-	noun := "deliveries"
-	if *r.Flushed == 1 {
-		noun = "delivery"
-	}
-	_, err = fmt.Fprintf(out, "flushed %d delayed %s: retried now\n", *r.Flushed, noun)
-	return err
+	cmd.Flags().StringVar(&binding, "binding", "", "flush the mail queued from this binding only")
+	byFlag(cmd.Flags(), &by)
+	return cmd
 }
 
-func plural(n int) string {
-	if n == 1 {
-		return ""
+// rebindCmd: rebind --domain D [--binding B] --group G [--duration D] --reason WHY.
+func (a *app) rebindCmd() *cobra.Command {
+	var domain, binding, group, duration, by, reason string
+	cmd := &cobra.Command{
+		Use:   "rebind --domain D [--binding B] --group G [--duration 1h] --reason WHY [--by WHO]",
+		Short: "move a domain's (or pair's) queued mail to another binding group",
+		Long: `Move the queued mail of a domain, or of a pair with --binding, to the binding
+group --group; with --duration, new mail of that domain/pair goes there too
+until it ends.`,
+		Args: nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if domain == "" || group == "" || reason == "" {
+				return usagef("--domain, --group and --reason are required")
+			}
+			req := map[string]string{"domain": domain, "group": group, "reason": reason, "by": by}
+			if binding != "" {
+				req["binding"] = binding
+			}
+			if duration != "" {
+				req["duration"] = duration
+			}
+			_, b, done, err := a.send(http.MethodPost, "/api/v1/rebind", req)
+			if done {
+				return err
+			}
+			var r struct {
+				Moved *int   `json:"moved"`
+				Until string `json:"until"`
+			}
+			if err := json.Unmarshal(b, &r); err != nil || r.Moved == nil {
+				return fmt.Errorf("rebind: the answer has no count: %q", b)
+			}
+			msg := fmt.Sprintf("moved %d queued deliver%s to group %s", *r.Moved, map[bool]string{true: "y", false: "ies"}[*r.Moved == 1], group)
+			if r.Until != "" && !strings.HasPrefix(r.Until, "0001-") {
+				msg += "; new mail goes there until " + r.Until
+			}
+			_, err = fmt.Fprintln(a.out, msg)
+			return err
+		},
 	}
-	return "s"
+	f := cmd.Flags()
+	f.StringVar(&domain, "domain", "", "the domain whose mail moves")
+	f.StringVar(&binding, "binding", "", "only the mail queued from this binding (the pair)")
+	f.StringVar(&group, "group", "", "the binding group the mail moves to")
+	f.StringVar(&duration, "duration", "", "keep routing new mail there this long, e.g. 1h")
+	byFlag(f, &by)
+	reasonFlag(f, &reason)
+	return cmd
+}
+
+// reloadResult is POST /api/v1/reload's answer (and, on a refusal, its
+// "result").
+type reloadResult struct {
+	OK             bool     `json:"ok"`
+	Error          string   `json:"error"`
+	Applied        []string `json:"applied"`
+	NeedingRestart []string `json:"needing_restart"`
+	Changed        []string `json:"changed_needing_restart"`
+	At             string   `json:"at"`
+}
+
+// reloadCmd: reload [--reason WHY] [--by WHO].
+func (a *app) reloadCmd() *cobra.Command {
+	var by, reason string
+	cmd := &cobra.Command{
+		Use:   "reload [--reason WHY] [--by WHO]",
+		Short: "re-read the config and apply what can be applied (as SIGHUP)",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// A refusal (422) is an *apiError carrying the daemon's
+			// reason: printed, exit 1, and the old config stays.
+			_, b, done, err := a.send(http.MethodPost, "/api/v1/reload", map[string]string{"by": by, "reason": reason})
+			if done {
+				return err
+			}
+			var r reloadResult
+			if err := json.Unmarshal(b, &r); err != nil {
+				return fmt.Errorf("reload: the answer is not a reload result: %w", err)
+			}
+			if r.Error != "" {
+				return fmt.Errorf("reload refused: %s", r.Error)
+			}
+			need := append(r.NeedingRestart, r.Changed...)
+			rows := [][]string{{"applied", strings.Join(r.Applied, " ")}, {"needing restart", strings.Join(need, " ")}}
+			return writeTable(a.out, []string{"RELOADED", orNow(r.At)}, rows)
+		},
+	}
+	byFlag(cmd.Flags(), &by)
+	reasonFlag(cmd.Flags(), &reason)
+	return cmd
+}
+
+func orNow(s string) string {
+	if s == "" {
+		return "now"
+	}
+	return s
+}
+
+// quarantineCmd: quarantine list | show ID [--body] | reinject ID --reason R | delete ID --reason R.
+func (a *app) quarantineCmd() *cobra.Command {
+	parent := &cobra.Command{
+		Use:   "quarantine list|show|reinject|delete",
+		Short: "the messages the spool could not load at start-up",
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usagef("want a subcommand: list, show ID, reinject ID or delete ID")
+		},
+	}
+	parent.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "the quarantined messages",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, done, err := a.get("/api/v1/quarantine")
+			if done {
+				return err
+			}
+			var list struct {
+				Items []map[string]any `json:"quarantine"`
+				Alt   []map[string]any `json:"items"`
+			}
+			if err := json.Unmarshal(b, &list); err != nil {
+				return fmt.Errorf("quarantine: the answer is not a list: %w", err)
+			}
+			rows := [][]string{}
+			for _, e := range append(list.Items, list.Alt...) {
+				rows = append(rows, []string{str(e["id"]), str(e["readable"]), str(e["sender"]),
+					str(first(e, "recipients", "recipient_count")), str(e["size"]), cut(str(first(e, "reason", "error")), 60)})
+			}
+			return writeTable(a.out, []string{"ID", "READABLE", "SENDER", "RCPTS", "SIZE", "REASON"}, rows)
+		},
+	})
+	var body bool
+	show := &cobra.Command{
+		Use:   "show ID [--body]",
+		Short: "one quarantined message: what is readable of it (--body: its content)",
+		Args:  nargs(1, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := "/api/v1/quarantine/" + url.PathEscape(args[0])
+			if body {
+				return a.stream(p + "/body")
+			}
+			_, b, err := a.call(http.MethodGet, p, nil)
+			if err != nil {
+				return err
+			}
+			return a.printJSON(b)
+		},
+	}
+	show.Flags().BoolVar(&body, "body", false, "print the message's content as stored")
+	parent.AddCommand(show)
+	for _, v := range []struct{ verb, past, method, short string }{
+		{"reinject", "reinjected", http.MethodPost, "restore a quarantined message to the queue, to be delivered"},
+		{"delete", "deleted", http.MethodDelete, "remove a quarantined message from the spool for good"},
+	} {
+		var by, reason string
+		c := &cobra.Command{
+			Use:   v.verb + " ID --reason WHY [--by WHO]",
+			Short: v.short,
+			Args:  nargs(1, 1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if reason == "" {
+					return usagef("--reason is required: the log record carries it")
+				}
+				p := "/api/v1/quarantine/" + url.PathEscape(args[0])
+				var body any
+				if v.method == http.MethodPost {
+					p += "/reinject"
+					body = map[string]string{"by": by, "reason": reason}
+				} else {
+					p += actorQuery(nil, by, reason)
+				}
+				_, _, done, err := a.send(v.method, p, body)
+				if done {
+					return err
+				}
+				_, err = fmt.Fprintf(a.out, "%s %s\n", v.past, args[0])
+				return err
+			},
+		}
+		byFlag(c.Flags(), &by)
+		reasonFlag(c.Flags(), &reason)
+		parent.AddCommand(c)
+	}
+	return parent
+}
+
+// first is the first of keys m has.
+func first(m map[string]any, keys ...string) any {
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			return v
+		}
+	}
+	return nil
+}
+
+// str prints a JSON value for a table cell: nothing for null.
+func str(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case float64:
+		return fmt.Sprint(int64(v))
+	case []any:
+		return fmt.Sprint(len(v))
+	}
+	return fmt.Sprint(v)
+}
+
+// cut shortens s to n runes, marking the cut.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }

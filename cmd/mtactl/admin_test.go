@@ -76,7 +76,7 @@ func TestAdminFlag(t *testing.T) {
 	} {
 		t.Setenv("MTAD_ADMIN", c.env) // no t.Parallel: the environment is the process's
 		var out, errb bytes.Buffer
-		if got := run(c.args, &out, &errb); got != c.code {
+		if got := run(c.args, strings.NewReader(""), &out, &errb); got != c.code {
 			t.Errorf("MTAD_ADMIN=%q %v: exit %d, want %d (stderr %q)", c.env, c.args, got, c.code, errb.String())
 		}
 		if !strings.Contains(out.String(), c.out) || !strings.Contains(errb.String(), c.err) {

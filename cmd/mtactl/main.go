@@ -1,79 +1,46 @@
 // Command mtactl is the operator's command line for a running mtad. It talks
-// to the daemon's admin HTTP API and prints what it answers; it holds no
-// state and changes nothing but through that API.
+// to the daemon's admin HTTP API (and, for `inject`, to its injection
+// listeners) and prints what it answers; it holds no state and changes
+// nothing but through those interfaces.
 //
-//	mtactl status                       queue and connection state, as JSON
-//	mtactl summary [--json]             totals and last-minute counts, queue, connections, spool, suspensions
-//	mtactl health                       exits 0 when the daemon answers healthy
-//	mtactl ready                        exits 0 when /readyz says ready (spool, listeners, scheduler)
-//	mtactl metrics                      the Prometheus metrics text
-//	mtactl shaping resolve DOMAIN [--binding B] [--json]
-//	                                    the pair's shaping: key, value, the scope it came from
-//	mtactl suspensions [--json]         the suspensions in force
-//	mtactl suspend SCOPE NAME --duration 2h --reason WHY [--binding B] [--by WHO]
-//	                                    SCOPE: domain, site, provider, binding (NAME is the binding), pair
-//	mtactl resume ID [--reason WHY] [--by WHO]
-//	mtactl throttles [--json]           the rule throttles in force
-//	mtactl unthrottle SCOPE_KEY [--reason WHY] [--by WHO]
-//	mtactl cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO]
-//	                                    end queued recipients now (logged as cancelled)
-//	mtactl flush [DOMAIN] [--binding B] [--by WHO]
-//	                                    retry delayed mail now; no DOMAIN is every domain
+// The commands are cobra commands: `mtactl help` lists them and `mtactl
+// help CMD` (or CMD --help) shows each one's flags. Global flags:
 //
-// --admin (env MTAD_ADMIN, default 127.0.0.1:8025) is where the daemon's
-// admin API listens: admin.listen's host:port, or a base URL.
-// --token (or MTAD_ADMIN_TOKEN, better: a flag shows in ps) is sent as
-// "Authorization: Bearer" when the daemon has admin.tokens_file.
+//	--admin HOST:PORT|URL   where the admin API listens (env MTAD_ADMIN, default 127.0.0.1:8025):
+//	                        admin.listen's host:port, or a base URL
+//	--token T               sent as "Authorization: Bearer" (env MTAD_ADMIN_TOKEN, better: a flag shows in ps)
+//	--json                  print the API's JSON, indented, instead of tables
+//	--timeout D             each request's bound
 //
 // Exit codes: 0 done, 1 the daemon refused or could not be reached (the
-// HTTP status and the API's error are printed), 2 a usage error.
-//
-// Each command is one function of (client, args, stdout) so that it can
-// move to a command framework unchanged.
+// HTTP status and the API's error are printed as "mtactl: ..."), 2 a
+// usage error (with the command's usage line).
 package main
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 var version = "dev"
 
-const usage = `usage: mtactl [--admin HOST:PORT|URL] [--token T] [--timeout D] COMMAND [ARGS]
-
-commands:
-  status | health | ready | metrics
-  summary [--json]
-  shaping resolve DOMAIN [--binding B] [--json]
-  suspensions [--json]
-  suspend SCOPE NAME --duration D --reason WHY [--binding B] [--by WHO] [--json]
-      SCOPE is domain, site, provider, binding or pair; for binding, NAME is
-      the binding; a pair needs --binding; a site is its MX hosts joined by ","
-  resume ID [--reason WHY] [--by WHO] [--json]
-  throttles [--json]
-  unthrottle SCOPE_KEY [--reason WHY] [--by WHO] [--json]
-  cancel (--queue-id ID | --domain D | --sender S) --reason WHY [--dsn] [--by WHO] [--json]
-      ends the chosen queued recipients now; a domain's leaves the
-      messages' other recipients queued; --dsn tells the sender
-  flush [DOMAIN] [--binding B] [--by WHO] [--json]
-      retries delayed mail now; without DOMAIN, every domain's
-
-global flags:`
-
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // usageError is a command line mtactl cannot run: exit 2.
@@ -83,82 +50,235 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("mtactl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	admin := fs.String("admin", envOr("MTAD_ADMIN", "127.0.0.1:8025"), "the daemon's admin.listen as host:port, or a base URL http(s)://host:port[/prefix] (env MTAD_ADMIN)")
-	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
-	// The environment is the better place for a token: a flag shows in ps.
-	token := fs.String("token", os.Getenv("MTAD_ADMIN_TOKEN"), "admin bearer token, one of admin.tokens_file's (env MTAD_ADMIN_TOKEN)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, usage)
-		fs.PrintDefaults()
+// app is one run of mtactl: its streams, the global flags and the admin
+// client built from them. Built afresh by each run, so tests run in
+// parallel.
+type app struct {
+	in          io.Reader
+	out, errOut io.Writer
+	admin       string
+	token       string
+	timeout     time.Duration
+	asJSON      bool
+	root        *cobra.Command
+	c           *client
+}
+
+// run executes one command line and returns the exit code.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{in: stdin, out: stdout, errOut: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteC()
+	if a.c != nil {
+		a.c.http.CloseIdleConnections()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if *showVersion {
-		fmt.Fprintln(stdout, "mtactl", version)
-		return 0
-	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return 2
-	}
-	// The value's source is named in its error: a bad MTAD_ADMIN must not
-	// be blamed on a --admin the user never typed.
-	source := "--admin"
-	if !flagSet(fs, "admin") && os.Getenv("MTAD_ADMIN") != "" {
-		source = "MTAD_ADMIN"
-	}
-	base, err := adminBase(*admin)
-	if err != nil {
-		fmt.Fprintf(stderr, "mtactl: %s: %v\n", source, err)
-		return 2
-	}
-	c := &client{http: &http.Client{Timeout: *timeout}, base: base, token: strings.TrimSpace(*token)}
-	cmds := map[string]func(*client, []string, io.Writer) error{
-		"status":      raw("/api/v1/status"),
-		"health":      raw("/healthz"),
-		"ready":       raw("/readyz"),
-		"metrics":     raw("/metrics"),
-		"summary":     summaryCmd,
-		"shaping":     shapingCmd,
-		"suspensions": suspensionsCmd,
-		"suspend":     suspendCmd,
-		"resume":      resumeCmd,
-		"throttles":   throttlesCmd,
-		"unthrottle":  unthrottleCmd,
-		"cancel":      cancelCmd,
-		"flush":       flushCmd,
-	}
-	cmd := cmds[fs.Arg(0)]
-	if cmd == nil {
-		fmt.Fprintf(stderr, "mtactl: unknown command %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
-	}
-	err = cmd(c, fs.Args()[1:], stdout)
-	c.http.CloseIdleConnections()
 	var ue *usageError
 	switch {
 	case err == nil:
 		return 0
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "mtactl %s: %s\n", fs.Arg(0), err)
-		fmt.Fprintln(stderr, "run mtactl --help for usage")
+	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command"):
+		name := "mtactl"
+		if cmd != nil && cmd != root {
+			name = cmd.CommandPath()
+		}
+		fmt.Fprintf(stderr, "%s: %s\n", name, err)
+		if cmd != nil {
+			fmt.Fprintf(stderr, "usage: %s\nrun 'mtactl help %s' for more\n", cmd.UseLine(), strings.TrimSpace(strings.TrimPrefix(cmd.CommandPath(), "mtactl")))
+		}
 		return 2
 	}
 	fmt.Fprintln(stderr, "mtactl:", err)
 	return 1
 }
 
-// flagSet reports whether the named flag was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
+// refusedError is a command whose requests went through but some were
+// refused (inject): exit 1, the counts and reasons already printed.
+type refusedError struct{ n int }
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("%d recipient%s refused", e.n, plural(e.n))
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "mtactl",
+		Short:         "the operator's command line for a running mtad",
+		Version:       version,
+		SilenceErrors: true, // run prints them once, with the exit code's meaning
+		SilenceUsage:  true,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q", args[0])
+			}
+			return usagef("no command given; 'mtactl help' lists them")
+		},
+	}
+	root.SetVersionTemplate("mtactl {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	pf := root.PersistentFlags()
+	// The environment values are read when the flag is not given (see
+	// client), not as defaults: --help must not print a token.
+	pf.StringVar(&a.admin, "admin", "127.0.0.1:8025", "the daemon's admin.listen as host:port, or a base URL http(s)://host:port[/prefix] (env MTAD_ADMIN)")
+	pf.StringVar(&a.token, "token", "", "admin bearer token, one of admin.tokens_file's (env MTAD_ADMIN_TOKEN, better: a flag shows in ps)")
+	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "each request's bound")
+	pf.BoolVar(&a.asJSON, "json", false, "print the API's JSON, indented, instead of tables")
+	a.root = root
+
+	for _, r := range []struct{ name, path, short string }{
+		{"status", "/api/v1/status", "queue and connection state, as JSON"},
+		{"health", "/healthz", "exits 0 when the daemon answers healthy"},
+		{"ready", "/readyz", "exits 0 when /readyz says ready (spool, listeners, scheduler)"},
+		{"metrics", "/metrics", "the Prometheus metrics text"},
+	} {
+		root.AddCommand(a.rawCmd(r.name, r.path, r.short))
+	}
+	root.AddCommand(a.summaryCmd(), a.queueSummaryCmd(), a.domainCmd(), a.bindingCmd(), a.messageCmd(),
+		a.shapingCmd(), a.suspensionsCmd(), a.suspendCmd(), a.resumeCmd(), a.throttlesCmd(), a.unthrottleCmd(),
+		a.cancelCmd(), a.flushCmd(), a.bounceCmd(), a.rebindCmd(), a.reloadCmd(), a.quarantineCmd(),
+		a.topCmd(), a.injectCmd())
+	return root
+}
+
+// client returns the admin API client, built on first use from the
+// global flags and the environment. A bad address is a usage error naming
+// where it came from: a bad MTAD_ADMIN must not be blamed on a --admin
+// the user never typed.
+func (a *app) client() (*client, error) {
+	if a.c != nil {
+		return a.c, nil
+	}
+	pf := a.root.PersistentFlags()
+	v, source := a.admin, "--admin"
+	if env := os.Getenv("MTAD_ADMIN"); !pf.Changed("admin") && env != "" {
+		v, source = env, "MTAD_ADMIN"
+	}
+	base, err := adminBase(v)
+	if err != nil {
+		return nil, usagef("%s: %v", source, err)
+	}
+	token := a.token
+	if !pf.Changed("token") {
+		token = os.Getenv("MTAD_ADMIN_TOKEN")
+	}
+	a.c = &client{http: &http.Client{Timeout: a.timeout}, base: base, token: strings.TrimSpace(token)}
+	return a.c, nil
+}
+
+// call sends one request to the admin API.
+func (a *app) call(method, path string, body any) (int, []byte, error) {
+	c, err := a.client()
+	if err != nil {
+		return 0, nil, err
+	}
+	return c.do(method, path, body)
+}
+
+// get GETs path; with --json it prints the answer and says done.
+func (a *app) get(path string) (body []byte, done bool, err error) {
+	_, b, err := a.call(http.MethodGet, path, nil)
+	if err != nil {
+		return nil, true, err
+	}
+	if a.asJSON {
+		return nil, true, a.printJSON(b)
+	}
+	return b, false, nil
+}
+
+// send is get for a change: it sends body and, with --json, prints the
+// answer and says done.
+func (a *app) send(method, path string, body any) (code int, b []byte, done bool, err error) {
+	code, b, err = a.call(method, path, body)
+	if err != nil {
+		return code, nil, true, err
+	}
+	if a.asJSON {
+		return code, nil, true, a.printJSON(b)
+	}
+	return code, b, false, nil
+}
+
+// printJSON prints the API's answer indented; an answer that is not JSON
+// (metrics) as it came.
+func (a *app) printJSON(b []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, bytes.TrimSpace(b), "", "  "); err != nil {
+		_, err = a.out.Write(b)
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := a.out.Write(buf.Bytes())
+	return err
+}
+
+// rawCmd prints the answer to GET path as it comes (--json: indented).
+func (a *app) rawCmd(name, path, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   name,
+		Short: short,
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, b, err := a.call(http.MethodGet, path, nil)
+			if err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.printJSON(b)
+			}
+			_, err = a.out.Write(b)
+			return err
+		},
+	}
+}
+
+// nargs checks a command's positional argument count, as a usage error.
+func nargs(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case max == 0 && len(args) > 0:
+			return usagef("takes no arguments, got %q", args)
+		case len(args) < min || len(args) > max:
+			return usagef("wants %s, got %q", argWord(min, max), args)
+		}
+		return nil
+	}
+}
+
+func argWord(min, max int) string {
+	if min == max {
+		return fmt.Sprintf("%d argument%s", min, plural(min))
+	}
+	return fmt.Sprintf("%d to %d arguments", min, max)
+}
+
+// defaultBy is who acts when --by is not given: $USER@hostname, the way
+// an operator is named in the daemon's log.
+func defaultBy() string {
+	name := os.Getenv("USER")
+	if u, err := user.Current(); name == "" && err == nil {
+		name = u.Username
+	}
+	if name == "" {
+		name = "operator"
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return name + "@" + h
+	}
+	return name
+}
+
+// byFlag and reasonFlag are --by and --reason, which every change takes.
+func byFlag(f *pflag.FlagSet, by *string) {
+	f.StringVar(by, "by", defaultBy(), "who acts, for the log")
+}
+
+func reasonFlag(f *pflag.FlagSet, reason *string) {
+	f.StringVar(reason, "reason", "", "why, for the log and the listings")
 }
 
 // adminBase turns the --admin value into the base URL requests go to. It
@@ -229,6 +349,7 @@ type client struct {
 // apiError is a non-2xx answer: the status and the API's error text.
 type apiError struct {
 	method, path, status, msg string
+	code                      int
 }
 
 func (e *apiError) Error() string {
@@ -241,17 +362,33 @@ func (e *apiError) Error() string {
 // do sends a request (body, if any, as JSON) and returns the answer's
 // status code and body; a non-2xx answer is an *apiError.
 func (c *client) do(method, path string, body any) (int, []byte, error) {
+	resp, err := c.open(method, path, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	return resp.StatusCode, b, nil
+}
+
+// open sends a request and returns the answer for its body to be read;
+// a non-2xx answer is an *apiError (with the API's error text), its body
+// closed.
+func (c *client) open(method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, c.base+path, rd)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -261,61 +398,36 @@ func (c *client) do(method, path string, body any) (int, []byte, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return 0, nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		var e struct {
 			Error string `json:"error"`
 		}
 		_ = json.Unmarshal(b, &e)
-		return resp.StatusCode, nil, &apiError{method, path, resp.Status, e.Error}
+		return nil, &apiError{method, path, resp.Status, e.Error, resp.StatusCode}
 	}
-	return resp.StatusCode, b, nil
+	return resp, nil
 }
 
-// raw prints the answer to GET path as it comes.
-func raw(path string) func(*client, []string, io.Writer) error {
-	return func(c *client, args []string, out io.Writer) error {
-		if len(args) > 0 {
-			return usagef("takes no arguments, got %q", args)
-		}
-		_, b, err := c.do(http.MethodGet, path, nil)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(b)
+// stream copies the answer to GET path to stdout as it comes: a message
+// body may be 50 MB and is never held whole.
+func (a *app) stream(path string) error {
+	c, err := a.client()
+	if err != nil {
 		return err
 	}
-}
-
-// parseArgs parses a command's flags wherever they are among its
-// positional arguments ("resolve example.com --binding b1"), which the
-// flag package alone stops at, and returns the positional ones. After
-// "--" everything is positional.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	fs.SetOutput(io.Discard) // errors are reported once, by run
-	var pos, tail []string
-	for i, a := range args {
-		if a == "--" {
-			args, tail = args[:i], args[i+1:]
-			break
-		}
+	resp, err := c.open(http.MethodGet, path, nil)
+	if err != nil {
+		return err
 	}
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usagef("%v", err)
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return append(pos, tail...), nil
-		}
-		pos, args = append(pos, args[0]), args[1:]
+	defer resp.Body.Close()
+	if _, err := io.Copy(a.out, resp.Body); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
 	}
+	return nil
 }
 
 // writeTable prints rows aligned in columns, blanks shown as "-".
@@ -342,313 +454,9 @@ func when(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// ------------------------------------------------------------------ shaping
-
-// shapingCmd: shaping resolve DOMAIN [--binding B] [--json].
-func shapingCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("shaping resolve", flag.ContinueOnError)
-	binding := fs.String("binding", "", "resolve for this binding (its narrowings apply)")
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 || pos[0] != "resolve" {
-		return usagef("usage: shaping resolve DOMAIN [--binding B] [--json]")
-	}
-	q := url.Values{"domain": {pos[1]}}
-	if *binding != "" {
-		q.Set("binding", *binding)
-	}
-	_, b, err := c.do(http.MethodGet, "/api/v1/shaping?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		_, err = out.Write(b)
-		return err
-	}
-	return printShaping(out, b)
-}
-
-// printShaping prints the pair's fields, then a table of its keys in the
-// API's order: key, value, source.
-func printShaping(out io.Writer, b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return fmt.Errorf("shaping: the answer is not a JSON object")
-	}
-	var head, rows [][]string
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("shaping: reading the answer: %w", err)
-		}
-		k, _ := t.(string)
-		var v any
-		if err := dec.Decode(&v); err != nil {
-			return fmt.Errorf("shaping: reading %s: %w", k, err)
-		}
-		switch v := v.(type) {
-		case map[string]any: // a key: {"value", "source"}
-			src, _ := v["source"].(string)
-			rows = append(rows, []string{k, fmt.Sprint(v["value"]), src})
-		case []any:
-			s := make([]string, len(v))
-			for i, e := range v {
-				s[i] = fmt.Sprint(e)
-			}
-			head = append(head, []string{k, strings.Join(s, " ")})
-		default:
-			head = append(head, []string{k, fmt.Sprint(v)})
-		}
-	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	for _, h := range head {
-		if h[1] == "" {
-			h[1] = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\n", h[0], h[1])
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(out)
-	return writeTable(out, []string{"KEY", "VALUE", "SOURCE"}, rows)
-}
-
-// -------------------------------------------------------------- suspensions
-
-// suspension is one entry of the API's suspension list.
-type suspension struct {
-	ID      string    `json:"id"`
-	Scope   string    `json:"scope"`
-	Name    string    `json:"name"`
-	Binding string    `json:"binding"`
-	Start   time.Time `json:"start"`
-	Until   time.Time `json:"until"`
-	Source  string    `json:"source"`
-	Rule    string    `json:"rule"`
-	Reason  string    `json:"reason"`
-}
-
-// getView starts a read-only listing command (no arguments but --json):
-// it GETs path and, with --json or on an error, prints the answer or
-// returns the error and says done; otherwise the caller renders body.
-func getView(c *client, name, path string, args []string, out io.Writer) (body []byte, done bool, err error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return nil, true, err
-	}
-	if len(pos) != 0 {
-		return nil, true, usagef("takes no arguments, got %q", pos)
-	}
-	_, b, err := c.do(http.MethodGet, path, nil)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
-		return nil, true, err
-	}
-	return b, false, nil
-}
-
-// suspensionsCmd: suspensions [--json].
-func suspensionsCmd(c *client, args []string, out io.Writer) error {
-	b, done, err := getView(c, "suspensions", "/api/v1/suspensions", args, out)
-	if done {
-		return err
-	}
-	var list struct {
-		Suspensions []suspension `json:"suspensions"`
-	}
-	if err := json.Unmarshal(b, &list); err != nil {
-		return fmt.Errorf("suspensions: the answer is not a suspension list: %w", err)
-	}
-	rows := make([][]string, len(list.Suspensions))
-	for i, s := range list.Suspensions {
-		rows[i] = []string{s.ID, s.Scope, s.Name, s.Binding, when(s.Until), s.Source, s.Rule, s.Reason}
-	}
-	return writeTable(out, []string{"ID", "SCOPE", "NAME", "BINDING", "UNTIL", "SOURCE", "RULE", "REASON"}, rows)
-}
-
-// actorFlags are --by and --reason, which every change takes.
-func actorFlags(fs *flag.FlagSet) (by, reason *string) {
-	return fs.String("by", "", `who acts, for the log (default "operator")`),
-		fs.String("reason", "", "why, for the log and the listings")
-}
-
-// suspendCmd: suspend SCOPE NAME --duration D --reason WHY [--binding B].
-func suspendCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("suspend", flag.ContinueOnError)
-	duration := fs.String("duration", "", "how long, e.g. 2h (at most 720h)")
-	binding := fs.String("binding", "", "suspend from this binding only")
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	by, reason := actorFlags(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		return usagef("usage: suspend SCOPE NAME --duration D --reason WHY [--binding B]")
-	}
-	// The API checks every field and names the bad one; mtactl only
-	// says early what is surely missing.
-	if *duration == "" || *reason == "" {
-		return usagef("--duration and --reason are required")
-	}
-	req := map[string]string{"scope": pos[0], "name": pos[1], "binding": *binding,
-		"duration": *duration, "reason": *reason, "by": *by}
-	code, b, err := c.do(http.MethodPost, "/api/v1/suspensions", req)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
-		return err
-	}
-	var s suspension
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("suspend: the answer is not a suspension: %w", err)
-	}
-	verb := "suspended"
-	if code != http.StatusCreated {
-		verb = "already suspended until later, kept"
-	}
-	_, err = fmt.Fprintf(out, "%s %s: %s until %s\n", verb, s.ID, scopeText(s.Scope, s.Name, s.Binding), when(s.Until))
-	return err
-}
-
-// resumeCmd: resume ID [--reason WHY] [--by WHO].
-func resumeCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("resume", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	by, reason := actorFlags(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || pos[0] == "" {
-		return usagef("usage: resume ID [--reason WHY] [--by WHO]")
-	}
-	_, b, err := c.do(http.MethodDelete, "/api/v1/suspensions/"+url.PathEscape(pos[0])+actorQuery(nil, *by, *reason), nil)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
-		return err
-	}
-	var s suspension
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("resume: the answer is not a suspension: %w", err)
-	}
-	_, err = fmt.Fprintf(out, "resumed %s: %s\n", s.ID, scopeText(s.Scope, s.Name, s.Binding))
-	return err
-}
-
-// actorQuery adds by and reason, when given, to q as a query string.
-func actorQuery(q url.Values, by, reason string) string {
-	if q == nil {
-		q = url.Values{}
-	}
-	if by != "" {
-		q.Set("by", by)
-	}
-	if reason != "" {
-		q.Set("reason", reason)
-	}
-	if len(q) == 0 {
+func plural(n int) string {
+	if n == 1 {
 		return ""
 	}
-	return "?" + q.Encode()
-}
-
-// scopeText says what a suspension or throttle covers: "domain example.com
-// from b1".
-func scopeText(kind, name, binding string) string {
-	s := kind
-	if name != "" {
-		s += " " + name
-	}
-	if binding != "" {
-		s += " from " + binding
-	}
-	return s
-}
-
-// ---------------------------------------------------------------- throttles
-
-type throttle struct {
-	Scope          string    `json:"scope"`
-	Kind           string    `json:"kind"`
-	Name           string    `json:"name"`
-	Binding        string    `json:"binding"`
-	Rule           string    `json:"rule"`
-	MaxMessageRate *string   `json:"max_message_rate"`
-	MaxConnections *int      `json:"max_connections"`
-	End            time.Time `json:"end"`
-	Ramp           string    `json:"ramp"`
-	Until          time.Time `json:"until"`
-}
-
-// throttlesCmd: throttles [--json].
-func throttlesCmd(c *client, args []string, out io.Writer) error {
-	b, done, err := getView(c, "throttles", "/api/v1/throttles", args, out)
-	if done {
-		return err
-	}
-	var list struct {
-		Throttles []throttle `json:"throttles"`
-	}
-	if err := json.Unmarshal(b, &list); err != nil {
-		return fmt.Errorf("throttles: the answer is not a throttle list: %w", err)
-	}
-	rows := make([][]string, len(list.Throttles))
-	for i, t := range list.Throttles {
-		var rate, conns string
-		if t.MaxMessageRate != nil {
-			rate = *t.MaxMessageRate
-		}
-		if t.MaxConnections != nil {
-			conns = fmt.Sprint(*t.MaxConnections)
-		}
-		rows[i] = []string{t.Scope, t.Rule, rate, conns, when(t.End), t.Ramp, when(t.Until)}
-	}
-	return writeTable(out, []string{"SCOPE", "RULE", "MAX_MESSAGE_RATE", "MAX_CONNECTIONS", "END", "RAMP", "UNTIL"}, rows)
-}
-
-// unthrottleCmd: unthrottle SCOPE_KEY [--reason WHY] [--by WHO].
-func unthrottleCmd(c *client, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("unthrottle", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	by, reason := actorFlags(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || pos[0] == "" {
-		return usagef("usage: unthrottle SCOPE_KEY [--reason WHY] [--by WHO] (SCOPE_KEY as `mtactl throttles` lists it)")
-	}
-	_, b, err := c.do(http.MethodDelete, "/api/v1/throttles"+actorQuery(url.Values{"scope": {pos[0]}}, *by, *reason), nil)
-	if err != nil || *asJSON {
-		if err == nil {
-			_, err = out.Write(b)
-		}
-		return err
-	}
-	var t throttle
-	if err := json.Unmarshal(b, &t); err != nil {
-		return fmt.Errorf("unthrottle: the answer is not a throttle: %w", err)
-	}
-	_, err = fmt.Fprintf(out, "unthrottled %s (rule %s)\n", t.Scope, t.Rule)
-	return err
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
+	return "s"
 }

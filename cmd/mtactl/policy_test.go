@@ -45,6 +45,30 @@ func (p *adminPolicy) Unthrottle(scope, _, _ string) (policy.Override, bool) {
 // startAdmin runs the real admin server over adminPolicy.
 func startAdmin(t *testing.T) (string, *adminPolicy) {
 	t.Helper()
+	p := testPolicy(t)
+	return serveAdmin(t, admin.Options{Policy: p}), p
+}
+
+// serveAdmin runs the real admin server with opts on a loopback port.
+func serveAdmin(t *testing.T, opts admin.Options) string {
+	t.Helper()
+	opts.Listen = "127.0.0.1:0"
+	s := admin.New(opts)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	return "http://" + s.Addr().String()
+}
+
+// testPolicy is policy's real Shaper, Suspensions and Overrides over a
+// small config.
+func testPolicy(t *testing.T) *adminPolicy {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "mtad.yaml")
 	yaml := `
 bindings: [{name: b1}, {name: b2}]
@@ -71,22 +95,13 @@ shaping:
 		t.Fatal(err)
 	}
 	p := &adminPolicy{shaper: sh, susp: policy.NewSuspensions(), ovr: policy.NewOverrides()}
-	s := admin.New(admin.Options{Listen: "127.0.0.1:0", Policy: p})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Shutdown(context.Background()); err != nil {
-			t.Error(err)
-		}
-	})
-	return "http://" + s.Addr().String(), p
+	return p
 }
 
 func mtactl(t *testing.T, base string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(append([]string{"--admin", base}, args...), &out, &errb)
+	code := run(append([]string{"--admin", base}, args...), strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -132,7 +147,7 @@ func TestShapingResolve(t *testing.T) {
 		}
 	}
 	code, out, _ = mtactl(t, base, "shaping", "resolve", "--json", "pa.test")
-	if code != 0 || !strings.HasPrefix(out, `{"domain":"pa.test"`) {
+	if code != 0 || !strings.HasPrefix(out, "{\n  \"domain\": \"pa.test\",\n") {
 		t.Errorf("--json: %d %q", code, out)
 	}
 }
@@ -216,7 +231,7 @@ func TestThrottles(t *testing.T) {
 		t.Errorf("unthrottle again: %d %q", code, errOut)
 	}
 	code, out, _ = mtactl(t, base, "throttles", "--json")
-	if code != 0 || strings.TrimSpace(out) != `{"throttles":[]}` {
+	if code != 0 || compact(out) != `{"throttles":[]}` {
 		t.Errorf("throttles --json: %d %q", code, out)
 	}
 }

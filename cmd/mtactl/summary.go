@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
 )
 
 // summaryCounts is one set of counts of GET /api/v1/summary.
@@ -36,14 +37,26 @@ type summary struct {
 	Suspensions      int64         `json:"suspensions"`
 }
 
-// summaryCmd: summary [--json]. The counts as a table (total since
-// start, the last minute, and that minute as a rate per second), then the
-// state of the moment, one line each.
-func summaryCmd(c *client, args []string, out io.Writer) error {
-	b, done, err := getView(c, "summary", "/api/v1/summary", args, out)
-	if done {
-		return err
+// summaryCmd: summary. The counts as a table (total since start, the
+// last minute, and that minute as a rate per second), then the state of
+// the moment, one line each.
+func (a *app) summaryCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "summary",
+		Short: "totals and last-minute counts, queue, connections, spool, suspensions",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, done, err := a.get("/api/v1/summary")
+			if done {
+				return err
+			}
+			return printSummary(a.out, b)
+		},
 	}
+}
+
+// printSummary renders GET /api/v1/summary's answer.
+func printSummary(out io.Writer, b []byte) error {
 	var s summary
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("summary: the answer is not a summary: %w", err)

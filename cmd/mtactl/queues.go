@@ -1,0 +1,337 @@
+package main
+
+// The queue views: queue-summary (Momentum's and KumoMTA's name for it),
+// domain, binding, and the queued messages (message list, message show).
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// queuesQuery is GET /api/v1/queues's parameters.
+type queuesQuery struct {
+	by, sort                  string
+	asc                       bool
+	limit, offset             int
+	domain, provider, binding string
+}
+
+func (q *queuesQuery) flags(f *pflag.FlagSet, filters bool) {
+	f.StringVar(&q.by, "by", "domain", "one row per domain, site, binding or pair")
+	f.StringVar(&q.sort, "sort", "active", "order by active, delayed, connections, oldest, deferred, bounced or name")
+	f.BoolVar(&q.asc, "asc", false, "smallest first (default: largest first)")
+	f.IntVar(&q.limit, "limit", 50, "at most this many rows (the API's cap is 1000)")
+	f.IntVar(&q.offset, "offset", 0, "skip this many rows first (paging)")
+	if filters {
+		f.StringVar(&q.domain, "domain", "", `only the domains matching this glob, e.g. "*.example.com"`)
+		f.StringVar(&q.provider, "provider", "", "only this provider's domains")
+		f.StringVar(&q.binding, "binding", "", "only the mail queued from this binding")
+	}
+}
+
+func (q *queuesQuery) path() string {
+	v := url.Values{"by": {q.by}, "sort": {q.sort}, "limit": {strconv.Itoa(q.limit)}, "offset": {strconv.Itoa(q.offset)}}
+	if q.asc {
+		v.Set("order", "asc")
+	}
+	for k, s := range map[string]string{"domain": q.domain, "provider": q.provider, "binding": q.binding} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	return "/api/v1/queues?" + v.Encode()
+}
+
+// queueItem is one row of GET /api/v1/queues.
+type queueItem struct {
+	Domain        string  `json:"domain"`
+	Site          string  `json:"site"`
+	Binding       string  `json:"binding"`
+	Provider      string  `json:"provider"`
+	Active        int64   `json:"active"`
+	Delayed       int64   `json:"delayed"`
+	Connections   int64   `json:"connections"`
+	OldestSeconds float64 `json:"oldest_seconds"`
+	Deferred      int64   `json:"deferred"`
+	Bounced       int64   `json:"bounced"`
+	LastReply     *struct {
+		At       string `json:"at"`
+		Code     int    `json:"code"`
+		Enhanced string `json:"enhanced"`
+		Text     string `json:"text"`
+	} `json:"last_reply"`
+	Suspension *struct {
+		ID    string `json:"id"`
+		Until string `json:"until"`
+	} `json:"suspension"`
+	Throttle *struct {
+		Scope string `json:"scope"`
+		Rate  string `json:"rate"`
+		Until string `json:"until"`
+	} `json:"throttle"`
+}
+
+type queuePage struct {
+	By     string      `json:"by"`
+	Total  int         `json:"total"`
+	Offset int         `json:"offset"`
+	Items  []queueItem `json:"items"`
+}
+
+// printQueues renders a page of GET /api/v1/queues: the key column(s) of
+// the view, then the counts, the last reply cut to fit, and the state.
+func printQueues(out io.Writer, b []byte) error {
+	var p queuePage
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("queues: the answer is not a queue page: %w", err)
+	}
+	var keys []string
+	switch p.By {
+	case "site":
+		keys = []string{"SITE"}
+	case "binding":
+		keys = []string{"BINDING"}
+	case "pair":
+		keys = []string{"DOMAIN", "BINDING"}
+	default:
+		keys = []string{"DOMAIN"}
+	}
+	rows := make([][]string, 0, len(p.Items))
+	for _, it := range p.Items {
+		var r []string
+		for _, k := range keys {
+			r = append(r, map[string]string{"SITE": it.Site, "BINDING": it.Binding, "DOMAIN": it.Domain}[k])
+		}
+		reply := ""
+		if lr := it.LastReply; lr != nil {
+			reply = cut(strings.Join(strings.Fields(fmt.Sprintf("%d %s %s", lr.Code, lr.Enhanced, lr.Text)), " "), 40)
+		}
+		var state []string
+		if it.Suspension != nil {
+			state = append(state, "suspended")
+		}
+		if it.Throttle != nil {
+			state = append(state, "throttled")
+		}
+		r = append(r, it.Provider, itoa(it.Active), itoa(it.Delayed), itoa(it.Connections), age(it.OldestSeconds),
+			itoa(it.Deferred), itoa(it.Bounced), reply, strings.Join(state, ","))
+		rows = append(rows, r)
+	}
+	head := append(keys, "PROVIDER", "ACTIVE", "DELAYED", "CONNS", "OLDEST", "DEFERRED", "BOUNCED", "LAST REPLY", "STATE")
+	if err := writeTable(out, head, rows); err != nil {
+		return err
+	}
+	if shown := p.Offset + len(p.Items); shown < p.Total {
+		_, err := fmt.Fprintf(out, "(%d-%d of %d; --offset %d for more)\n", p.Offset+1, shown, p.Total, shown)
+		return err
+	}
+	return nil
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// age prints seconds for people: "45s", "12m", "3h05m", "2d04h"; "" for none.
+func age(sec float64) string {
+	if sec <= 0 {
+		return ""
+	}
+	d := time.Duration(sec * float64(time.Second))
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// isNotFound reports whether err is the API's 404 (an endpoint the daemon
+// does not have, or an unknown id).
+func isNotFound(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.code == http.StatusNotFound
+}
+
+// queues prints one page of the queue view.
+func (a *app) queues(q *queuesQuery) error {
+	b, done, err := a.get(q.path())
+	if done {
+		return err
+	}
+	return printQueues(a.out, b)
+}
+
+// queueSummaryCmd: queue-summary [--by ...] [--sort ...] [filters].
+func (a *app) queueSummaryCmd() *cobra.Command {
+	var q queuesQuery
+	cmd := &cobra.Command{
+		Use:     "queue-summary [--by domain|site|binding|pair] [--sort KEY] [--asc] [--limit N] [--offset N] [--domain GLOB] [--provider P] [--binding B]",
+		Aliases: []string{"queues"},
+		Short:   "the queues: active, delayed, connections, oldest, last reply, state",
+		Args:    nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := a.queues(&q)
+			if isNotFound(err) && q.by == "domain" && q.domain == "" && q.provider == "" && q.binding == "" {
+				// A daemon without the queue view (older than it) still
+				// has the summary's queue part.
+				fmt.Fprintln(a.errOut, "mtactl: this daemon has no /api/v1/queues; its summary instead")
+				b, done, err := a.get("/api/v1/summary")
+				if done {
+					return err
+				}
+				return printSummary(a.out, b)
+			}
+			return err
+		},
+	}
+	q.flags(cmd.Flags(), true)
+	return cmd
+}
+
+// domainCmd: domain NAME = queue-summary --by pair --domain NAME, then
+// the shaping of NAME.
+func (a *app) domainCmd() *cobra.Command {
+	var q queuesQuery
+	cmd := &cobra.Command{
+		Use:   "domain NAME",
+		Short: "one domain: its queue per binding, and its shaping",
+		Args:  nargs(1, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q.by, q.domain = "pair", args[0]
+			if err := a.queues(&q); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.out)
+			b, done, err := a.get(shapingPath(args[0], q.binding))
+			if done {
+				return err
+			}
+			return printShaping(a.out, b)
+		},
+	}
+	q.flags(cmd.Flags(), false)
+	cmd.Flags().StringVar(&q.binding, "binding", "", "only this binding's queue (and its shaping)")
+	_ = cmd.Flags().MarkHidden("by")
+	return cmd
+}
+
+// bindingCmd: binding NAME = queue-summary --by pair --binding NAME.
+func (a *app) bindingCmd() *cobra.Command {
+	var q queuesQuery
+	cmd := &cobra.Command{
+		Use:   "binding NAME",
+		Short: "one binding: the queue of each domain it sends to",
+		Args:  nargs(1, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q.by, q.binding = "pair", args[0]
+			return a.queues(&q)
+		},
+	}
+	q.flags(cmd.Flags(), false)
+	cmd.Flags().StringVar(&q.domain, "domain", "", `only the domains matching this glob`)
+	_ = cmd.Flags().MarkHidden("by")
+	return cmd
+}
+
+// messageCmd: message list ... | message show ID [--body].
+func (a *app) messageCmd() *cobra.Command {
+	parent := &cobra.Command{
+		Use:     "message list|show",
+		Aliases: []string{"messages"},
+		Short:   "the queued messages of a domain, pair or sender; one message in detail",
+		Args:    cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usagef("want a subcommand: list or show ID")
+		},
+	}
+	var domain, binding, sender, after string
+	var limit int
+	list := &cobra.Command{
+		Use:   "list (--domain D [--binding B] | --sender S) [--limit N] [--after ID]",
+		Short: "the queued messages, in queue id (arrival) order",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (domain == "") == (sender == "") || (binding != "" && domain == "") {
+				return usagef("choose the mail with --domain D [--binding B] or --sender S")
+			}
+			v := url.Values{"limit": {strconv.Itoa(limit)}}
+			for k, s := range map[string]string{"domain": domain, "binding": binding, "sender": sender, "after": after} {
+				if s != "" {
+					v.Set(k, s)
+				}
+			}
+			b, done, err := a.get("/api/v1/messages?" + v.Encode())
+			if done {
+				return err
+			}
+			return printMessages(a.out, b)
+		},
+	}
+	f := list.Flags()
+	f.StringVar(&domain, "domain", "", "the messages with recipients queued at this domain")
+	f.StringVar(&binding, "binding", "", "with --domain: queued from this binding only (the pair)")
+	f.StringVar(&sender, "sender", "", "the messages from this envelope sender")
+	f.IntVar(&limit, "limit", 100, "at most this many (the API's cap is 1000)")
+	f.StringVar(&after, "after", "", "the messages after this queue id (the last one listed: paging)")
+	parent.AddCommand(list)
+
+	var body bool
+	show := &cobra.Command{
+		Use:   "show ID [--body]",
+		Short: "one queued message: envelope, recipients, attempts, headers (--body: the message)",
+		Args:  nargs(1, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := "/api/v1/messages/" + url.PathEscape(args[0])
+			if body {
+				return a.stream(p + "/body")
+			}
+			_, b, err := a.call(http.MethodGet, p, nil)
+			if err != nil {
+				return err
+			}
+			// The detail is a nested document (recipients, attempts,
+			// headers): indented JSON reads better than a table here.
+			return a.printJSON(b)
+		},
+	}
+	show.Flags().BoolVar(&body, "body", false, "print the message itself (RFC 5322), streamed")
+	parent.AddCommand(show)
+	return parent
+}
+
+// printMessages renders GET /api/v1/messages's page.
+func printMessages(out io.Writer, b []byte) error {
+	var p struct {
+		Items    []map[string]any `json:"items"`
+		Messages []map[string]any `json:"messages"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("messages: the answer is not a message list: %w", err)
+	}
+	items := append(p.Items, p.Messages...)
+	rows := make([][]string, 0, len(items))
+	for _, m := range items {
+		rows = append(rows, []string{str(first(m, "queue_id", "id")), str(m["state"]), str(m["sender"]),
+			str(m["arrival"]), str(m["size"]), str(m["recipients"]), str(m["attempts"]), str(m["next_attempt"])})
+	}
+	if err := writeTable(out, []string{"QUEUE ID", "STATE", "SENDER", "ARRIVAL", "SIZE", "RCPTS", "ATTEMPTS", "NEXT ATTEMPT"}, rows); err != nil {
+		return err
+	}
+	if len(items) > 0 {
+		_, err := fmt.Fprintf(out, "(--after %s for the next ones)\n", str(first(items[len(items)-1], "queue_id", "id")))
+		return err
+	}
+	return nil
+}
