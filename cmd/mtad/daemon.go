@@ -566,15 +566,16 @@ func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b injec
 		longLines = inject.LongLinesReject
 	}
 	srv, err := inject.NewHTTP(inject.HTTPOptions{
-		Listen:             hc.Listen,
-		Tokens:             toks,
-		Hostname:           cfg.Hostname,
-		MaxMessageSize:     int64(hc.MaxMessageSize),
-		MaxRecipients:      hc.MaxRecipients,
-		MaxReceivedHeaders: cfg.Inject.SMTP.MaxReceivedHeaders,
-		LongLines:          longLines,
-		Logger:             log,
-		DKIM:               signer,
+		Listen:               hc.Listen,
+		Tokens:               toks,
+		Hostname:             cfg.Hostname,
+		MaxMessageSize:       int64(hc.MaxMessageSize),
+		MaxRecipients:        hc.MaxRecipients,
+		MaxReceivedHeaders:   cfg.Inject.SMTP.MaxReceivedHeaders,
+		LongLines:            longLines,
+		AllowAddressLiterals: cfg.Inject.SMTP.AllowAddressLiterals,
+		Logger:               log,
+		DKIM:                 signer,
 	}, sp, b, h)
 	if err != nil {
 		return nil, fmt.Errorf("inject.http: %w", err)

@@ -55,9 +55,12 @@ type HTTPOptions struct {
 	MaxMessageSize int64
 	// MaxRecipients bounds the recipients of one request; 0 = 10000.
 	MaxRecipients int
-	// MaxReceivedHeaders and LongLines are as in Options.
-	MaxReceivedHeaders int
-	LongLines          LongLines
+	// MaxReceivedHeaders, LongLines and AllowAddressLiterals are as in
+	// Options (the daemon passes inject.smtp's keys), so both APIs take
+	// the same mail.
+	MaxReceivedHeaders   int
+	LongLines            LongLines
+	AllowAddressLiterals bool
 	// ReadTimeout bounds reading a whole request, WriteTimeout the handler
 	// and its answer (spool writes included), IdleTimeout a kept-alive
 	// connection between requests. 0 = 1 min, 2 min, 2 min.

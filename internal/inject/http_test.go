@@ -265,3 +265,31 @@ func TestHTTPRefusesOpenListenWithoutTokens(t *testing.T) {
 		t.Errorf("NewHTTP on 0.0.0.0 without tokens: %v", err)
 	}
 }
+
+// TestHTTPAddressLiterals: an address literal is refused alone, with RCPT
+// TO's reply, unless allow_address_literals says otherwise, so both APIs
+// take the same recipients.
+func TestHTTPAddressLiterals(t *testing.T) {
+	body := `{"from":"a@example.com","recipients":["x@[192.0.2.1]","y@example.net"],"subject":"s","text":"t"}`
+	for _, allow := range []bool{false, true} {
+		e := startHTTP(t, nil, func(o *HTTPOptions) { o.AllowAddressLiterals = allow })
+		code, out := e.post(t, body, "")
+		if code != http.StatusAccepted {
+			t.Fatalf("allow=%v: status %d %v", allow, code, out)
+		}
+		refused, _ := out["refused"].([]any)
+		if allow {
+			if out["accepted"].(float64) != 2 || len(refused) != 0 {
+				t.Fatalf("allowed: answer %v, want both accepted", out)
+			}
+			continue
+		}
+		if out["accepted"].(float64) != 1 || len(refused) != 1 {
+			t.Fatalf("answer %v, want 1 accepted and the literal refused", out)
+		}
+		r := refused[0].(map[string]any)
+		if r["recipient"] != "x@[192.0.2.1]" || !strings.HasPrefix(r["reason"].(string), "553 5.1.3 ") {
+			t.Fatalf("refusal %v, want the literal with 553 5.1.3", r)
+		}
+	}
+}

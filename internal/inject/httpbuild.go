@@ -217,6 +217,9 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 			return nil, e
 		}
 		c, se := checkHTTPAddress(a.Email, recipientAddr)
+		if se == nil && !h.opts.AllowAddressLiterals && isAddressLiteral(c) {
+			se = errLiteral // as RCPT TO refuses it
+		}
 		switch {
 		case se != nil:
 			d.refused = append(d.refused, HTTPRefusal{a.Email, fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)})
