@@ -275,10 +275,13 @@ func check(t *testing.T, w *work, ty *tally, kills []kill) {
 		}
 	}
 
-	dups, dupDSN, outside := 0, 0, []string{}
+	// lead is the largest time from a duplicate's first arrival to the
+	// kill after it (within the window): how wide the window was in fact.
+	dups, dupDSN, outside, lead := 0, 0, []string{}, time.Duration(0)
 	inWindow := func(at time.Time) bool {
 		for _, k := range kills {
 			if !at.Before(k.at.Add(-dupBefore)) && !at.After(k.at.Add(dupAfter)) {
+				lead = max(lead, k.at.Sub(at))
 				return true
 			}
 		}
@@ -309,8 +312,8 @@ func check(t *testing.T, w *work, ty *tally, kills []kill) {
 		w.n, len(w.attempts), states[stAcked], states[stUncertain], states[stRefused], states[stNotSent])
 	t.Logf("kills %d %v; sinks: %d delivered, %d DSNs, %d refusals", len(kills), byKind,
 		len(ty.delivered), len(ty.dsn), ty.events[evRefuse])
-	t.Logf("duplicates: %d deliveries, %d DSNs (window %s before to %s after a kill); answers lost to a kill yet delivered: %d",
-		dups, dupDSN, dupBefore, dupAfter, len(uncertainSeen))
+	t.Logf("duplicates: %d deliveries, %d DSNs (allowed: first arrival %s before to %s after a kill; largest seen %s before); answers lost to a kill yet delivered: %d",
+		dups, dupDSN, dupBefore, dupAfter, lead.Round(time.Millisecond), len(uncertainSeen))
 
 	report := func(what string, ids []string) {
 		if len(ids) > 0 {
