@@ -124,6 +124,9 @@ type daemon struct {
 	started  time.Time
 	smtpAddr string
 	admin    string
+	// quarantined is the spool_recovered record's count (-1 until seen):
+	// a SIGKILL must never leave a message the recovery cannot read.
+	quarantined int
 }
 
 // launch starts the daemon on the spool without waiting for it; the
@@ -131,7 +134,7 @@ type daemon struct {
 func launch(t *testing.T, e *env) *daemon {
 	t.Helper()
 	e.runs++
-	d := &daemon{t: t, done: make(chan struct{}), logPath: filepath.Join(e.dir, fmt.Sprintf("mtad-%02d.log", e.runs))}
+	d := &daemon{t: t, done: make(chan struct{}), quarantined: -1, logPath: filepath.Join(e.dir, fmt.Sprintf("mtad-%02d.log", e.runs))}
 	cfg := filepath.Join(e.dir, fmt.Sprintf("mtad-%02d.yaml", e.runs))
 	if err := os.WriteFile(cfg, []byte(e.config(d.logPath)), 0o600); err != nil {
 		t.Fatal(err)
@@ -165,6 +168,9 @@ func (d *daemon) waitReady(timeout time.Duration) {
 			if d.smtpAddr == "" || d.admin == "" {
 				d.t.Fatalf("mtad ready without the injection (%q) or admin (%q) address", d.smtpAddr, d.admin)
 			}
+			if d.quarantined != 0 {
+				d.t.Errorf("start-up after a SIGKILL: spool_recovered quarantined = %d, want 0 (no record seen: -1)", d.quarantined)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
@@ -195,6 +201,9 @@ func (d *daemon) scanReady() bool {
 			continue
 		}
 		addr, _ := r["addr"].(string)
+		if q, ok := r["quarantined"].(float64); ok && r["event"] == "spool_recovered" {
+			d.quarantined = int(q)
+		}
 		switch r["msg"] {
 		case "listening for SMTP injection":
 			d.smtpAddr = addr
