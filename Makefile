@@ -11,7 +11,7 @@ BIN     := bin
 PREFIX  ?= /usr/local
 CONFIG  ?= configs/mtad.yaml
 
-.PHONY: all build run test test-short bench bench-quick bench-scale lint install clean deps
+.PHONY: all build run test test-short test-crash bench bench-quick bench-scale lint install clean deps
 
 all: build
 
@@ -40,6 +40,13 @@ deps:
 
 test-short:
 	$(GO) test -race -count=1 -short ./...
+
+# The full crash harness (test/crash, issue 12): 20,000 messages from 50
+# clients, SIGKILLs during injection, delivery, owed DSNs and start-up
+# recovery, each followed by a restart; `make test` runs its short round.
+# MTAD_CRASH_SEED=N replays a run. Figures go to RELIABILITY.md.
+test-crash:
+	MTAD_CRASH=full $(GO) test -race -count=1 -v -timeout 30m -run TestCrashHarness ./test/crash/
 
 # The end-to-end benchmark (installs Postfix's smtp-source/smtp-sink with apt
 # when missing), then the Go micro-benchmarks.
