@@ -62,6 +62,10 @@ type grantor struct {
 	// observe, when set before the scheduler runs (tests), sees each slot
 	// taken, in the order taken.
 	observe func(*queue.Pair)
+	// observeHand, likewise, sees each pair of first handed a freed slot,
+	// in hand-off order (under mu: the order the queue gives, which the
+	// sessions' own Opened calls may not keep when the machine is busy).
+	observeHand func(*queue.Pair)
 }
 
 // keyCount is a pair's connections counted under its budget keys.
@@ -471,6 +475,9 @@ func (g *grantor) nextLocked() *waiter {
 			continue
 		}
 		w.handed = true
+		if g.observeHand != nil {
+			g.observeHand(w.pair)
+		}
 		return w
 	}
 	for e := g.more.Front(); e != nil; {
