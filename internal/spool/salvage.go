@@ -492,7 +492,9 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	return recs, m, whole, nil
 }
 
-func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 // salvageOrphans quarantines the recipient and body records of messages
 // whose meta record could not be read at all: an operator may still make
