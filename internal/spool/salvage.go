@@ -27,16 +27,20 @@ package spool
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/record"
 	"go.uber.org/zap"
 )
 
@@ -141,6 +145,16 @@ func Salvage(dir string, opts Options, cause error) (*Spool, SalvageStats, error
 	}
 	st.DamagedDir = damaged
 	old, err := openDamaged(filepath.Join(damaged, "db"), log)
+	if IsDamage(err) {
+		// pebble stops at a corrupt WAL record that has whole records
+		// after it (a torn tail it tolerates by itself): cut the WAL
+		// there, keeping the original beside it, and try again.
+		var cut int
+		cut, err = cutDamagedWALs(filepath.Join(damaged, "db"), log)
+		if err == nil && cut > 0 {
+			old, err = openDamaged(filepath.Join(damaged, "db"), log)
+		}
+	}
 	if err != nil {
 		return nil, st, fmt.Errorf("spool salvage %s: open the damaged store: %w", dir, err)
 	}
@@ -193,6 +207,94 @@ func openDamaged(path string, log *zap.Logger) (*pebble.DB, error) {
 			},
 		},
 	})
+}
+
+// cutDamagedWALs cuts each WAL file of the store at path before its first
+// unreadable record: the original is renamed to <name>.damaged, and a copy
+// of the part before the damage takes its name. The records after the
+// damage are lost: a WAL record has no key of its own to resume from,
+// and what follows a corrupt chunk cannot be told from leftover bytes of
+// a recycled file. It returns how many files it cut.
+func cutDamagedWALs(path string, log *zap.Logger) (int, error) {
+	logs, err := filepath.Glob(filepath.Join(path, "*.log"))
+	if err != nil {
+		return 0, err
+	}
+	cut := 0
+	for _, name := range logs {
+		good, bad, err := walGoodPrefix(name)
+		if err != nil {
+			return cut, err
+		}
+		if !bad {
+			continue
+		}
+		log.Warn("spool salvage: WAL damaged; records after the damage are lost", zap.String("file", name), zap.Int64("readable_bytes", good))
+		if err := os.Rename(name, name+".damaged"); err != nil {
+			return cut, err
+		}
+		if err := copyPrefix(name+".damaged", name, good); err != nil {
+			return cut, err
+		}
+		cut++
+	}
+	return cut, nil
+}
+
+// walGoodPrefix reads the WAL file name record by record and returns the
+// offset of the first record that cannot be read whole; bad is false when
+// the file ends cleanly. A torn or unreadable record counts as bad
+// wherever it is: pebble takes a torn tail in the newest WAL by itself
+// (and drops what follows it, as the cut does), but not in an older one.
+func walGoodPrefix(name string) (good int64, bad bool, err error) {
+	base := filepath.Base(name)
+	num, perr := strconv.ParseUint(base[:strings.IndexFunc(base, func(r rune) bool { return r < '0' || r > '9' })], 10, 64)
+	if perr != nil {
+		return 0, false, fmt.Errorf("WAL %s: %w", name, perr)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	r := newLogReader(record.NewReader, f, num)
+	for { // ends at the end of the file: each Next reads past a record
+		good = r.Offset()
+		rec, err := r.Next()
+		if err == nil {
+			_, err = io.Copy(io.Discard, rec)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			return good, false, nil
+		case errors.Is(err, record.ErrUnexpectedEOF) || record.IsInvalidRecord(err) || pebble.IsCorruptionError(err):
+			return good, true, nil
+		default:
+			return good, false, fmt.Errorf("WAL %s: %w", name, err)
+		}
+	}
+}
+
+// newLogReader calls record.NewReader, whose log number type lives in an
+// internal package of pebble and cannot be named here.
+func newLogReader[N ~uint64](mk func(io.Reader, N) *record.Reader, r io.Reader, num uint64) *record.Reader {
+	return mk(r, N(num))
+}
+
+// copyPrefix writes the first n bytes of src to dst and syncs it.
+func copyPrefix(src, dst string, n int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyN(out, in, n)
+	return errors.Join(err, out.Sync(), out.Close())
 }
 
 // kv is one readable record.
@@ -434,7 +536,7 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	idx := 0
 	skips, err := walk(db, p, prefixEnd(string(p)), false, func(k, v []byte) error {
 		recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
-		if len(k) != len(p)+4 || int(be32(k[len(p):])) != idx {
+		if len(k) != len(p)+4 || int(binary.BigEndian.Uint32(k[len(p):])) != idx {
 			whole = false
 		} else if _, derr := decodeRecipient(v); derr != nil {
 			whole = false
@@ -492,9 +594,6 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	return recs, m, whole, nil
 }
 
-func be32(b []byte) uint32 {
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
 
 // salvageOrphans quarantines the recipient and body records of messages
 // whose meta record could not be read at all: an operator may still make

@@ -317,3 +317,170 @@ func TestCheckDir(t *testing.T) {
 		t.Errorf("read-only dir: %v", err)
 	}
 }
+
+// newestWAL is the path of the newest WAL file of the store.
+func newestWAL(t *testing.T, dir string) string {
+	t.Helper()
+	logs, err := filepath.Glob(filepath.Join(dir, "db", "*.log"))
+	if err != nil || len(logs) == 0 {
+		t.Fatalf("no WAL in %s: %v", dir, err)
+	}
+	return logs[len(logs)-1] // names are zero-padded numbers: sorted by age
+}
+
+// startCount opens and recovers dir as the daemon does (salvaging on a
+// damage error) and returns the ids of the messages recovered.
+func startCount(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	opts := Options{MemTableSize: 4 << 20, CacheSize: 4 << 20}
+	got := map[string]bool{}
+	collect := func(m *Message) error { got[m.ID] = true; return nil }
+	s, err := Open(dir, opts)
+	if err == nil {
+		if _, err = s.Recover(collect); err != nil {
+			_ = s.Close()
+		}
+	}
+	if err != nil {
+		if !IsDamage(err) {
+			t.Fatalf("start: %v, not a damage error", err)
+		}
+		clear(got)
+		var st SalvageStats
+		if s, st, err = Salvage(dir, opts, err); err != nil {
+			t.Fatalf("salvage: %v", err)
+		}
+		t.Logf("salvaged: %+v", st)
+		if _, err := s.Recover(collect); err != nil {
+			t.Fatalf("recover after salvage: %v", err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestStartWithDamagedWALTail: a WAL whose tail was torn (cut inside the
+// last record, or junk after it, as a crash in the middle of a write
+// leaves it) or garbled starts, and holds every message whose record is
+// whole: at most the last one is lost.
+func TestStartWithDamagedWALTail(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		damage  func(t *testing.T, wal string, size int64)
+		maxLost int
+	}{
+		{"junk after the last record", func(t *testing.T, wal string, size int64) {
+			f, err := os.OpenFile(wal, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(bytes.Repeat([]byte{0x5A}, 3000)); err != nil {
+				t.Fatal(err)
+			}
+			if err := errors.Join(f.Sync(), f.Close()); err != nil {
+				t.Fatal(err)
+			}
+		}, 0},
+		{"cut inside the last record", func(t *testing.T, wal string, size int64) {
+			if err := os.Truncate(wal, size-700); err != nil {
+				t.Fatal(err)
+			}
+		}, 1},
+		{"last record garbled", func(t *testing.T, wal string, size int64) {
+			corruptAt(t, wal, size-700)
+		}, 1},
+		// Salvage cuts the WAL before the damage: what follows is lost,
+		// what precedes it is kept.
+		{"record in the middle garbled", func(t *testing.T, wal string, size int64) {
+			corruptAt(t, wal, size/2)
+		}, 26},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			s := openTest(t, dir, Options{})
+			var ids []string
+			for i := 0; i < 50; i++ {
+				m := testMessage(i, 2)
+				if err := s.Put(m, randomBody(i, 1500)); err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, m.ID)
+			}
+			wal := crashCopy(t, s) // as after kill -9: the WAL is not closed
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			w := newestWAL(t, wal)
+			fi, err := os.Stat(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, w, fi.Size())
+			got := startCount(t, wal)
+			lost := 0
+			for i, id := range ids {
+				if !got[id] {
+					lost++
+					if i < len(ids)-tc.maxLost {
+						t.Errorf("message %d of %d (%s) lost", i, len(ids), id)
+					}
+				}
+			}
+			t.Logf("%d of %d lost (WAL %d bytes)", lost, len(ids), fi.Size())
+			for i := 1; i < len(ids); i++ {
+				if got[ids[i]] && !got[ids[i-1]] {
+					t.Errorf("message %d lost, yet %d after it kept: the loss is not a tail", i-1, i)
+				}
+			}
+			if lost > tc.maxLost {
+				t.Errorf("%d messages lost, want at most %d", lost, tc.maxLost)
+			}
+		})
+	}
+}
+
+// TestCutDamagedWAL: a WAL with an unreadable record is cut before it, the
+// original kept beside it, and the store opens with the records before it.
+func TestCutDamagedWAL(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	for i := 0; i < 40; i++ {
+		if err := s.Put(testMessage(i, 2), randomBody(i, 1500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := crashCopy(t, s)
+	w := newestWAL(t, dir)
+	fi, err := os.Stat(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corruptAt(t, w, fi.Size()/2)
+	cut, err := cutDamagedWALs(filepath.Join(dir, "db"), zap.NewNop())
+	if err != nil || cut != 1 {
+		t.Fatalf("cut %d WALs, err %v; want 1", cut, err)
+	}
+	if orig, err := os.Stat(w + ".damaged"); err != nil || orig.Size() != fi.Size() {
+		t.Fatalf("original WAL not kept whole: %v", err)
+	}
+	if now, err := os.Stat(w); err != nil || now.Size() >= fi.Size()/2 || now.Size() == 0 {
+		t.Fatalf("WAL after the cut: %v, %v (was %d bytes, damaged at %d)", now, err, fi.Size(), fi.Size()/2)
+	}
+	db, err := openDamaged(filepath.Join(dir, "db"), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	metas := 0
+	if _, err := walk(db, []byte(prefixMeta), prefixEnd(prefixMeta), true, func(k, v []byte) error { metas++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if metas == 0 || metas >= 40 {
+		t.Fatalf("%d messages before the damage, want some and fewer than 40", metas)
+	}
+}
