@@ -594,7 +594,6 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	return recs, m, whole, nil
 }
 
-
 // salvageOrphans quarantines the recipient and body records of messages
 // whose meta record could not be read at all: an operator may still make
 // something of them.
