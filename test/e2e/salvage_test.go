@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -131,5 +133,26 @@ func TestStartsOnDamagedSpool(t *testing.T) {
 	}
 	if code := d.stop(); code != 0 {
 		t.Fatalf("exit code %d: %s", code, d.output())
+	}
+}
+
+// TestSpoolDirMissing: a spool.dir whose parent does not exist either
+// stops start-up with one line naming the key and a non-zero exit code.
+func TestSpoolDirMissing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, cfgOpts{dns: "127.0.0.1:1", port: 1})
+	missing := filepath.Join(e.dir, "no", "spool")
+	e.environ = []string{"MTAD_SPOOL_DIR=" + missing}
+	cmd := exec.Command(mtadBin, "--config", e.cfgPath)
+	cmd.Env = append(os.Environ(), e.environ...)
+	cmd.Dir = e.dir
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("mtad with a missing spool.dir: %v, output %q", err, out)
+	}
+	want := "mtad: spool.dir " + missing + ": does not exist (nor does its parent " + filepath.Dir(missing) + ")\n"
+	if string(out) != want {
+		t.Errorf("output %q, want the one line %q", out, want)
 	}
 }
