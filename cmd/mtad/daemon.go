@@ -304,8 +304,13 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		return err
 	}
 	spoolOpts := spool.Options{Logger: log.Named("spool")}
-	sp, err := spool.Open(cfg.Spool.Dir, spoolOpts)
-	if spool.IsDamage(err) {
+	var sp *spool.Spool
+	if spool.SalvageUnfinished(cfg.Spool.Dir) {
+		err = errors.New("a salvage of the spool was cut short; doing it again")
+	} else {
+		sp, err = spool.Open(cfg.Spool.Dir, spoolOpts)
+	}
+	if spool.IsDamage(err) || (sp == nil && spool.SalvageUnfinished(cfg.Spool.Dir)) {
 		sp, err = salvageSpool(cfg.Spool.Dir, spoolOpts, err, log)
 	}
 	if err != nil {

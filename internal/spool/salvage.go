@@ -166,12 +166,49 @@ func Salvage(dir string, opts Options, cause error) (*Spool, SalvageStats, error
 	if err := s.salvageFrom(old, &st); err != nil {
 		return nil, st, errors.Join(fmt.Errorf("spool salvage %s: %w", dir, err), s.Close())
 	}
+	// Every copy is synced (commit waits for the fsync): the fresh store
+	// is complete.
+	if err := salvageDone(dir); err != nil {
+		return nil, st, errors.Join(fmt.Errorf("spool salvage %s: %w", dir, err), s.Close())
+	}
 	return s, st, nil
 }
 
-// moveAside renames dir/db to dir/damaged-<UTC time>/db and syncs dir, so
-// the fresh store is created in an empty place and the damaged one is kept.
+// salvageMarker, in the spool directory, names the damaged-<time>
+// directory of a salvage under way. It is there from before the damaged
+// store is moved until the fresh store holds all that could be copied, so a
+// salvage cut short (a crash, a kill) is done again at the next start and
+// not taken for a complete store.
+const salvageMarker = "salvaging"
+
+// SalvageUnfinished reports whether a salvage of the spool in dir was cut
+// short: Salvage must then be called again before the spool is used.
+func SalvageUnfinished(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, salvageMarker))
+	return err == nil
+}
+
+// moveAside renames dir/db to dir/damaged-<UTC time>/db, recording the
+// move in the salvage marker first, so the fresh store is created in an
+// empty place and the damaged one is kept. Resuming a salvage cut short,
+// it removes the partial fresh store (a copy of records that are all in
+// the damaged one: nothing was accepted into it) and reuses the damaged
+// directory named in the marker.
 func moveAside(dir string) (string, error) {
+	db := filepath.Join(dir, "db")
+	if name, err := os.ReadFile(filepath.Join(dir, salvageMarker)); err == nil {
+		damaged := filepath.Join(dir, filepath.Base(strings.TrimSpace(string(name))))
+		if _, err := os.Stat(filepath.Join(damaged, "db")); err == nil {
+			if err := os.RemoveAll(db); err != nil {
+				return "", err
+			}
+			return damaged, syncDir(dir)
+		}
+		if err := os.MkdirAll(damaged, 0o750); err != nil {
+			return "", err
+		}
+		return damaged, errors.Join(os.Rename(db, filepath.Join(damaged, "db")), syncDir(dir))
+	}
 	base := filepath.Join(dir, "damaged-"+time.Now().UTC().Format("20060102T150405Z"))
 	damaged := base
 	for i := 1; ; i++ {
@@ -184,14 +221,41 @@ func moveAside(dir string) (string, error) {
 		}
 		damaged = fmt.Sprintf("%s-%d", base, i)
 	}
-	if err := os.Rename(filepath.Join(dir, "db"), filepath.Join(damaged, "db")); err != nil {
+	if err := writeSynced(filepath.Join(dir, salvageMarker), []byte(filepath.Base(damaged)+"\n")); err != nil {
 		return "", err
 	}
+	if err := syncDir(dir); err != nil {
+		return "", err
+	}
+	if err := os.Rename(db, filepath.Join(damaged, "db")); err != nil {
+		return "", err
+	}
+	return damaged, syncDir(dir)
+}
+
+// salvageDone removes the salvage marker: the fresh store is complete.
+func salvageDone(dir string) error {
+	if err := os.Remove(filepath.Join(dir, salvageMarker)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func writeSynced(name string, b []byte) error {
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	return errors.Join(err, f.Sync(), f.Close())
+}
+
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return "", err
+		return err
 	}
-	return damaged, errors.Join(d.Sync(), d.Close())
+	return errors.Join(d.Sync(), d.Close())
 }
 
 // openDamaged opens the damaged store read-only: nothing in it is changed.

@@ -484,3 +484,70 @@ func TestCutDamagedWAL(t *testing.T) {
 		t.Fatalf("%d messages before the damage, want some and fewer than 40", metas)
 	}
 }
+
+// TestSalvageCutShortIsDoneAgain: a salvage stopped after the damaged
+// store was moved and part of the copy made (a crash) is seen at the next
+// start and done again from the same damaged store, the partial copy
+// dropped; a finished one leaves no trace.
+func TestSalvageCutShortIsDoneAgain(t *testing.T) {
+	t.Parallel()
+	const n = 100
+	f := writeFlushed(t, n)
+	table := largestTable(t, f.dir)
+	fi, err := os.Stat(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corruptAt(t, table, fi.Size()/2)
+	if SalvageUnfinished(f.dir) {
+		t.Fatal("salvage unfinished before any salvage")
+	}
+
+	// The first salvage: moved aside, one message copied, then the crash.
+	damaged, err := moveAside(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial := openTest(t, f.dir, Options{})
+	stray := testMessage(9999, 1)
+	if err := partial.Put(stray, []byte("partial copy\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := partial.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !SalvageUnfinished(f.dir) {
+		t.Fatal("a salvage cut short is not seen")
+	}
+
+	s, st, err := Salvage(f.dir, Options{MemTableSize: 4 << 20, CacheSize: 4 << 20}, errors.New("cut short"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st.DamagedDir != damaged {
+		t.Errorf("resumed from %s, want the first salvage's %s", st.DamagedDir, damaged)
+	}
+	if SalvageUnfinished(f.dir) {
+		t.Error("salvage marker left after a finished salvage")
+	}
+	if _, err := s.Get(stray.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the partial copy's message is still there: %v", err)
+	}
+	got := 0
+	if _, err := s.Recover(func(m *Message) error {
+		if f.msgs[m.ID] == nil {
+			t.Errorf("recovered %s, never put", m.ID)
+		}
+		got++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got != st.Copied || got == 0 || n-got > 12 {
+		t.Errorf("recovered %d, copied %d, of %d", got, st.Copied, n)
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(f.dir, "damaged-*")); len(dirs) != 1 {
+		t.Errorf("damaged dirs %v, want one", dirs)
+	}
+}
