@@ -74,8 +74,8 @@ type SalvageStats struct {
 	Copied      int    // messages copied whole, with their recipient states
 	Quarantined int    // messages with a readable meta record but some record missing or unsound
 	DSNOwed     int    // of those, the ones marked as owed a DSN (readable envelope, non-null sender)
-	// Orphans counts messages of which only recipient or body records
-	// could be read (their meta record was in a damaged range): those
+	// Orphans counts messages of which only recipient records could be
+	// read (their meta record was in a damaged range): those
 	// records are quarantined too.
 	Orphans int
 	// DamagedRanges counts the key ranges the walk had to skip.
@@ -586,6 +586,26 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 	return s.salvageOrphans(old, st)
 }
 
+// readRange calls fn for each record of [lo, hi) up to the first that
+// cannot be read, and says whether it met one. It does not look past the
+// damage, as walk does: the range is one message's records, and one
+// unreadable record is enough to set the message aside, while every read
+// of a damaged block is dear (pebble's bit-flip search runs up to 320,000
+// checksums of the whole block, seconds for a 256 KiB body chunk).
+func readRange(db *pebble.DB, lo, hi []byte, fn func(k, v []byte) error) (damaged bool, err error) {
+	_, err = walkFrom(db, lo, hi, false, fn)
+	var sw stopWalk
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.As(err, &sw):
+		return false, sw.error
+	case IsDamage(err) || errors.Is(err, errValue):
+		return true, nil
+	}
+	return false, err
+}
+
 // readWhole reads every record of message id whose meta value is meta. recs
 // are the records that could be read, meta first; whole says they are all
 // there and sound; m is the decoded meta (nil when it does not decode).
@@ -598,7 +618,7 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	}
 	p := rcptPrefix(id)
 	idx := 0
-	skips, err := walk(db, p, prefixEnd(string(p)), false, func(k, v []byte) error {
+	damaged, err := readRange(db, p, prefixEnd(string(p)), func(k, v []byte) error {
 		recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 		if len(k) != len(p)+4 || int(binary.BigEndian.Uint32(k[len(p):])) != idx {
 			whole = false
@@ -611,15 +631,14 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	if err != nil {
 		return nil, nil, false, err
 	}
-	st.DamagedRanges += skips
-	if skips > 0 || m == nil || idx != n {
+	if damaged || m == nil || idx != n {
 		whole = false
 	}
 	var bodySize int64
 	if m != nil && m.chunks > 0 {
 		cp := chunkPrefix(m.bodyID)
 		ci := 0
-		skips, err := walk(db, cp, prefixEnd(string(cp)), false, func(k, v []byte) error {
+		damaged, err := readRange(db, cp, prefixEnd(string(cp)), func(k, v []byte) error {
 			recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 			b, derr := decodeBody(v)
 			if derr != nil || !bytes.Equal(k, chunkKey(m.bodyID, ci)) {
@@ -632,8 +651,7 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 		if err != nil {
 			return nil, nil, false, err
 		}
-		st.DamagedRanges += skips
-		if skips > 0 || ci != m.chunks {
+		if damaged || ci != m.chunks {
 			whole = false
 		}
 	} else {
@@ -658,12 +676,15 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	return recs, m, whole, nil
 }
 
-// salvageOrphans quarantines the recipient and body records of messages
-// whose meta record could not be read at all: an operator may still make
-// something of them.
+// salvageOrphans quarantines the recipient records of messages whose meta
+// record could not be read at all: an operator may still learn from them
+// who was not sent what.
 func (s *Spool) salvageOrphans(old *pebble.DB, st *SalvageStats) error {
 	seen := map[string]bool{}
-	for _, prefix := range []string{prefixRcpt, prefixBody} {
+	// Recipient records only: a body without its envelope cannot be
+	// delivered, and bodies sit in large blocks whose damaged reads cost
+	// seconds each (see readRange). They stay in the damaged store.
+	for _, prefix := range []string{prefixRcpt} {
 		var ops []op
 		n, err := walk(old, []byte(prefix), prefixEnd(prefix), false, func(k, v []byte) error {
 			rest := string(k[len(prefix):])

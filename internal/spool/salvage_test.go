@@ -144,8 +144,8 @@ func TestSalvageDamagedTable(t *testing.T) {
 	}
 	defer s.Close()
 	t.Logf("salvage: %+v", st)
-	if st.DamagedRanges == 0 {
-		t.Error("no damaged range skipped")
+	if st.Quarantined+st.Orphans+st.DamagedRanges == 0 {
+		t.Error("salvage found no damage")
 	}
 	if fi, err := os.Stat(filepath.Join(st.DamagedDir, "db")); err != nil || !fi.IsDir() {
 		t.Errorf("damaged store not kept in %s: %v", st.DamagedDir, err)
@@ -498,7 +498,7 @@ func TestSalvageCutShortIsDoneAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	corruptAt(t, table, fi.Size()/2)
+	corruptAt(t, table, fi.Size()/4) // among the small bodies: a damaged 256 KiB chunk costs seconds a read
 	if SalvageUnfinished(f.dir) {
 		t.Fatal("salvage unfinished before any salvage")
 	}
