@@ -306,11 +306,29 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 	st.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	sp, err := spool.Open(cfg.Spool.Dir, spool.Options{Logger: log.Named("spool")})
+	// A missing or read-only spool.dir is one line and an exit; a damaged
+	// store is salvaged (spool.Salvage), since a supervisor restarting
+	// us would meet the same damage again, with the mail behind it.
+	if err := spool.CheckDir(cfg.Spool.Dir); err != nil {
+		return err
+	}
+	spoolOpts := spool.Options{Logger: log.Named("spool")}
+	var sp *spool.Spool
+	if spool.SalvageUnfinished(cfg.Spool.Dir) {
+		err = errors.New("a salvage of the spool was cut short; doing it again")
+	} else {
+		sp, err = spool.Open(cfg.Spool.Dir, spoolOpts)
+	}
+	if spool.IsDamage(err) || (sp == nil && spool.SalvageUnfinished(cfg.Spool.Dir)) {
+		sp, err = salvageSpool(cfg.Spool.Dir, spoolOpts, err, log)
+	}
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	defer func() {
+		if sp == nil { // a salvage after recovery failed
+			return
+		}
 		if cerr := sp.Close(); cerr != nil {
 			log.Error("closing the spool", zap.Error(cerr))
 			err = errors.Join(err, cerr)
@@ -352,7 +370,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	d := cfg.Delivery
 	qs := queue.New()
-	sched, err := scheduler.New(scheduler.Options{
+	schedOpts := scheduler.Options{
 		Spool:    sp,
 		Queues:   qs,
 		Bindings: st.bindings,
@@ -393,17 +411,38 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		OnTick:           notify.beat,
 		TopDomains:       cfg.Metrics.TopDomains,
 		Logger:           log,
-	})
+	}
+	sched, err := scheduler.New(schedOpts)
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 
 	t0 := time.Now()
 	rs, err := sp.Recover(sched.Submit)
+	if spool.IsDamage(err) {
+		// Recovery met damage part way: what it handed the scheduler is
+		// dropped with it, and salvage and recovery start again on a
+		// fresh store, with a fresh scheduler.
+		_ = sched.Close(context.Background())
+		if cerr := sp.Close(); cerr != nil {
+			log.Warn("closing the damaged spool", zap.Error(cerr))
+		}
+		sp = nil
+		if sp, err = salvageSpool(cfg.Spool.Dir, spoolOpts, err, log); err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		qs = queue.New()
+		schedOpts.Spool, schedOpts.Queues = sp, qs
+		if sched, err = scheduler.New(schedOpts); err != nil {
+			return fmt.Errorf("scheduler: %w", err)
+		}
+		rs, err = sp.Recover(sched.Submit)
+	}
 	if err != nil {
 		_ = sched.Close(context.Background())
 		return fmt.Errorf("spool recovery: %w", err)
 	}
+	bounceDamaged(sp, sched, log)
 	logging.SpoolRecovered{Messages: rs.Messages, Recipients: rs.Recipients, Quarantined: rs.Quarantined}.Log(log)
 	log.Info("spool recovery done", zap.Duration("took", time.Since(t0)), zap.Int("finished", rs.Finished))
 	sched.Start()
@@ -552,6 +591,39 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}
 	log.Info("stopped accepting; draining delivery")
 	return nil
+}
+
+// salvageSpool replaces the damaged store in dir (cause is the read error
+// that showed it) with a fresh one holding what could be read, and logs
+// one spool_salvaged record.
+func salvageSpool(dir string, opts spool.Options, cause error, log *zap.Logger) (*spool.Spool, error) {
+	sp, st, err := spool.Salvage(dir, opts, cause)
+	if err != nil {
+		return nil, err
+	}
+	logging.SpoolSalvaged{Copied: st.Copied, Quarantined: st.Quarantined, DSNOwed: st.DSNOwed, Orphans: st.Orphans,
+		DamagedRanges: st.DamagedRanges, DamagedDir: st.DamagedDir, Cause: cause.Error()}.Log(log)
+	return sp, nil
+}
+
+// bounceDamaged sends the DSNs owed for messages a salvage (this start or
+// an earlier one cut short) quarantined with a readable envelope. A DSN
+// that cannot be spooled now stays owed and is tried at the next start.
+func bounceDamaged(sp *spool.Spool, sched *scheduler.Scheduler, log *zap.Logger) {
+	owed, err := sp.SalvageOwed()
+	if err != nil {
+		log.Error("reading the DSNs owed for damaged messages", zap.Error(err))
+		return
+	}
+	for _, m := range owed {
+		if _, err := sched.BounceDamaged(m); err != nil {
+			log.Error("DSN for a damaged message; tried again at the next start", zap.String("queue_id", m.ID), zap.Error(err))
+			continue
+		}
+		if err := sp.SalvageDSNSent(m.ID); err != nil {
+			log.Error("recording the DSN sent for a damaged message", zap.String("queue_id", m.ID), zap.Error(err))
+		}
+	}
 }
 
 // startHTTPInject starts the HTTP injection API when inject.http.listen

@@ -23,6 +23,7 @@ const (
 	EventCancelled      Event = "cancelled"
 	EventConnection     Event = "connection"
 	EventSpoolRecovered Event = "spool_recovered"
+	EventSpoolSalvaged  Event = "spool_salvaged"
 	EventDSN            Event = "dsn"
 	EventPolicy         Event = "policy"
 	EventTLSPolicy      Event = "tls_policy"
@@ -249,6 +250,38 @@ func (s SpoolRecovered) Log(l *zap.Logger) {
 	}
 	write(l, level, EventSpoolRecovered, s.Fields)
 }
+
+// SpoolSalvaged records a start-up salvage of a damaged spool (see
+// spool.Salvage): what was copied to the fresh store, what went to
+// quarantine, what could not be read at all, and where the damaged store
+// was kept. Always an error: mail was or may have been lost, and an
+// operator should look at the disk.
+type SpoolSalvaged struct {
+	Copied        int    // messages copied whole
+	Quarantined   int    // messages with a readable envelope, damaged elsewhere
+	DSNOwed       int    // of those, the ones whose sender is sent a DSN
+	Orphans       int    // messages whose envelope was unreadable, some records kept
+	DamagedRanges int    // key ranges that could not be read
+	DamagedDir    string // where the damaged store is kept
+	Cause         string // the read error that started the salvage
+}
+
+// Fields returns the record's fields, "event" first.
+func (s SpoolSalvaged) Fields() []zap.Field {
+	return []zap.Field{
+		zap.String("event", string(EventSpoolSalvaged)),
+		zap.Int("copied", s.Copied),
+		zap.Int("quarantined", s.Quarantined),
+		zap.Int("dsn_owed", s.DSNOwed),
+		zap.Int("unreadable_envelopes", s.Orphans),
+		zap.Int("damaged_ranges", s.DamagedRanges),
+		zap.String("damaged_dir", s.DamagedDir),
+		zap.String("cause", s.Cause),
+	}
+}
+
+// Log writes the record as one entry at error level.
+func (s SpoolSalvaged) Log(l *zap.Logger) { write(l, zapcore.ErrorLevel, EventSpoolSalvaged, s.Fields) }
 
 // DSN records a delivery status notification spooled for a message's
 // sender: which message it reports on, and the RFC 3464 action of each
