@@ -129,10 +129,13 @@ func row(out, first string) []string {
 
 // ctlRun runs the mtactl binary against the daemon's admin listener
 // (given as host:port, as an operator types it).
+// ctlToken is the admin token TestMtactlEveryCommand's daemon accepts.
+var ctlToken = strings.Repeat("e2e-token-", 4)
+
 func ctlRun(t *testing.T, ctl string, d *daemon, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(ctl, append([]string{"--admin", d.admin, "--timeout", "20s"}, args...)...)
-	cmd.Env = append(os.Environ(), "MTAD_ADMIN_TOKEN=", "MTAD_ADMIN=")
+	cmd.Env = append(os.Environ(), "MTAD_ADMIN_TOKEN="+ctlToken, "MTAD_ADMIN=")
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -150,7 +153,9 @@ func ctlRun(t *testing.T, ctl string, d *daemon, args ...string) (int, string, s
 // removes the message; cancel by pair; rebind moves mail to the other
 // source address; reload applies a domain's max_connections, which the
 // sink's concurrency follows; quarantine, throttles, top; and the API's
-// 400s naming the field come through mtactl with exit 1.
+// 400s naming the field come through mtactl with exit 1; with
+// admin.tokens_file every command carries MTAD_ADMIN_TOKEN and a wrong
+// --token gets 401 and exit 1.
 func TestMtactlEveryCommand(t *testing.T) {
 	t.Parallel()
 	ctl := buildMtactl(t)
@@ -177,6 +182,16 @@ func TestMtactlEveryCommand(t *testing.T) {
 	}
 	writeYAML(t, e, ccCap(1), groups)
 	withHTTPInject(t, e)
+	// With a tokens file: every command below carries the token (from
+	// MTAD_ADMIN_TOKEN), and a wrong one is refused.
+	tokens := filepath.Join(e.dir, "admin-tokens")
+	if err := os.WriteFile(tokens, []byte("ops:"+ctlToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	setAdmin(t, e, "  listen: 127.0.0.1:0\n  tokens_file: "+tokens+"\n")
+	withAdmin := func(s string) string {
+		return strings.Replace(s, "admin:\n  listen: 127.0.0.1:0\n", "admin:\n  listen: 127.0.0.1:0\n  tokens_file: "+tokens+"\n", 1)
+	}
 	// withHTTPInject's edit, kept for the reload's rewrite below.
 	withHTTP := func(s string) string {
 		return strings.Replace(s, "inject:\n  smtp:\n", "inject:\n  http:\n    listen: [\"127.0.0.1:0\"]\n  smtp:\n", 1)
@@ -199,6 +214,8 @@ func TestMtactlEveryCommand(t *testing.T) {
 			t.Errorf("mtactl %q: exit %d stdout %q stderr %q; want exit 1 and %q", args, code, out, errOut, want)
 		}
 	}
+
+	fails("401", "--token", strings.Repeat("x", 40), "summary")
 
 	// ---- inject: one message, a directory of .eml, a JSONL file over HTTP.
 	out := ok("queued as ", "inject", "--smtp", d.smtpAddr, "--no-tls", "--from", "app@src.e2e", "--to", "u1@dq.e2e", "--subject", "single")
@@ -458,7 +475,7 @@ func TestMtactlEveryCommand(t *testing.T) {
 	if hw := sinks[1].HighWater(); hw != 1 {
 		t.Errorf("cc.e2e at max_connections 1: the sink saw %d sessions at once", hw)
 	}
-	writeYAML(t, e, withHTTP(ccCap(3)), groups)
+	writeYAML(t, e, withAdmin(withHTTP(ccCap(3))), groups)
 	if r := row(ok("applied", "reload", "--reason", "more connections"), "applied"); r == nil || !strings.Contains(strings.Join(r, " "), "shaping") {
 		t.Errorf("reload's applied row %q does not name shaping", r)
 	}
