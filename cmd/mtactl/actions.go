@@ -102,12 +102,12 @@ a pair's) leaves the messages' other recipients queued; --dsn tells the sender.`
 	return cmd
 }
 
-// bounceCmd: bounce (--id ID | --domain D [--binding B] | --sender S) --reason WHY.
+// bounceCmd: bounce (--queue-id ID | --domain D [--binding B] | --sender S) --reason WHY.
 func (a *app) bounceCmd() *cobra.Command {
 	var sel selector
 	var by, reason string
 	cmd := &cobra.Command{
-		Use:   "bounce (--id ID | --domain D [--binding B] | --sender S) --reason WHY [--by WHO]",
+		Use:   "bounce (--queue-id ID | --domain D [--binding B] | --sender S) --reason WHY [--by WHO]",
 		Short: "fail queued recipients now, with a DSN to the sender",
 		Args:  nargs(0, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -131,7 +131,7 @@ func (a *app) bounceCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	sel.flags(f, "id")
+	sel.flags(f, "queue-id")
 	byFlag(f, &by)
 	reasonFlag(f, &reason)
 	return cmd
@@ -227,7 +227,6 @@ type reloadResult struct {
 	Error          string   `json:"error"`
 	Applied        []string `json:"applied"`
 	NeedingRestart []string `json:"needing_restart"`
-	Changed        []string `json:"changed_needing_restart"`
 	At             string   `json:"at"`
 }
 
@@ -252,8 +251,7 @@ func (a *app) reloadCmd() *cobra.Command {
 			if r.Error != "" {
 				return fmt.Errorf("reload refused: %s", r.Error)
 			}
-			need := append(r.NeedingRestart, r.Changed...)
-			rows := [][]string{{"applied", strings.Join(r.Applied, " ")}, {"needing restart", strings.Join(need, " ")}}
+			rows := [][]string{{"applied", strings.Join(r.Applied, " ")}, {"needing restart", strings.Join(r.NeedingRestart, "; ")}}
 			return writeTable(a.out, []string{"RELOADED", orNow(r.At)}, rows)
 		},
 	}
@@ -288,17 +286,15 @@ func (a *app) quarantineCmd() *cobra.Command {
 			if done {
 				return err
 			}
-			var list struct {
-				Items []map[string]any `json:"quarantine"`
-				Alt   []map[string]any `json:"items"`
-			}
-			if err := json.Unmarshal(b, &list); err != nil {
-				return fmt.Errorf("quarantine: the answer is not a list: %w", err)
+			// The daemon answers a JSON array of admin.Quarantined.
+			var list []map[string]any
+			if err := json.Unmarshal(b, &list); err != nil || list == nil {
+				return fmt.Errorf("quarantine: the answer is not a list: %q", b)
 			}
 			rows := [][]string{}
-			for _, e := range append(list.Items, list.Alt...) {
-				rows = append(rows, []string{str(e["id"]), str(e["readable"]), str(e["sender"]),
-					str(first(e, "recipients", "recipient_count")), str(e["size"]), cut(str(first(e, "reason", "error")), 60)})
+			for _, e := range list {
+				rows = append(rows, []string{str(e["queue_id"]), str(e["readable"]), str(e["sender"]),
+					str(e["recipients"]), str(e["size"]), cut(str(e["reason"]), 60)})
 			}
 			return writeTable(a.out, []string{"ID", "READABLE", "SENDER", "RCPTS", "SIZE", "REASON"}, rows)
 		},
@@ -356,16 +352,6 @@ func (a *app) quarantineCmd() *cobra.Command {
 		parent.AddCommand(c)
 	}
 	return parent
-}
-
-// first is the first of keys m has.
-func first(m map[string]any, keys ...string) any {
-	for _, k := range keys {
-		if v, ok := m[k]; ok {
-			return v
-		}
-	}
-	return nil
 }
 
 // str prints a JSON value for a table cell: nothing for null.

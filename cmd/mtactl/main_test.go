@@ -67,7 +67,7 @@ func TestGlobalFlags(t *testing.T) {
 		{token, []string{"status"}, 0, "{", ""},
 		{"", []string{"--token", token, "status", "--json"}, 0, "{\n", ""},
 		{"wrong", []string{"--token", token, "status"}, 0, "{", ""},
-		{"", []string{"help", "bounce"}, 0, "mtactl bounce (--id ID", ""},
+		{"", []string{"help", "bounce"}, 0, "mtactl bounce (--queue-id ID", ""},
 		{"", []string{"cancel", "--help"}, 0, "--binding", ""},
 		{"", []string{"completion", "bash"}, 0, "bash completion", ""},
 		{"", []string{"status", "--timeout", "soon"}, 2, "", "usage: mtactl status"},

@@ -311,26 +311,26 @@ func (a *app) messageCmd() *cobra.Command {
 	return parent
 }
 
-// printMessages renders GET /api/v1/messages's page.
+// printMessages renders GET /api/v1/messages's page:
+// {"items":[{queue_id,...}],"next":"QUEUE-ID"|""}.
 func printMessages(out io.Writer, b []byte) error {
 	var p struct {
-		Items    []map[string]any `json:"items"`
-		Messages []map[string]any `json:"messages"`
+		Items []map[string]any `json:"items"`
+		Next  string           `json:"next"`
 	}
-	if err := json.Unmarshal(b, &p); err != nil {
-		return fmt.Errorf("messages: the answer is not a message list: %w", err)
+	if err := json.Unmarshal(b, &p); err != nil || p.Items == nil {
+		return fmt.Errorf("messages: the answer is not a message list: %q", b)
 	}
-	items := append(p.Items, p.Messages...)
-	rows := make([][]string, 0, len(items))
-	for _, m := range items {
-		rows = append(rows, []string{str(first(m, "queue_id", "id")), str(m["state"]), str(m["sender"]),
+	rows := make([][]string, 0, len(p.Items))
+	for _, m := range p.Items {
+		rows = append(rows, []string{str(m["queue_id"]), str(m["state"]), str(m["sender"]),
 			str(m["arrival"]), str(m["size"]), str(m["recipients"]), str(m["attempts"]), str(m["next_attempt"])})
 	}
 	if err := writeTable(out, []string{"QUEUE ID", "STATE", "SENDER", "ARRIVAL", "SIZE", "RCPTS", "ATTEMPTS", "NEXT ATTEMPT"}, rows); err != nil {
 		return err
 	}
-	if len(items) > 0 {
-		_, err := fmt.Fprintf(out, "(--after %s for the next ones)\n", str(first(items[len(items)-1], "queue_id", "id")))
+	if p.Next != "" {
+		_, err := fmt.Fprintf(out, "(--after %s for the next ones)\n", p.Next)
 		return err
 	}
 	return nil
