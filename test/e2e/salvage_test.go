@@ -143,7 +143,7 @@ func TestSpoolDirMissing(t *testing.T) {
 	e := newEnv(t, cfgOpts{dns: "127.0.0.1:1", port: 1})
 	missing := filepath.Join(e.dir, "no", "spool")
 	e.environ = []string{"MTAD_SPOOL_DIR=" + missing}
-	cmd := exec.Command(mtadBin, "--config", e.cfgPath)
+	cmd := exec.Command(mtadBin, "--config", e.cfgPath, "--allow-root")
 	cmd.Env = append(os.Environ(), e.environ...)
 	cmd.Dir = e.dir
 	out, err := cmd.CombinedOutput()
