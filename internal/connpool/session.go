@@ -560,12 +560,34 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 		limit = smtpclient.DefaultTimeouts().Transaction
 	}
 	parent := ctx
-	var stop context.CancelFunc
-	ctx, stop = context.WithTimeout(ctx, limit)
-	defer stop()
+	var cancelAttempt context.CancelFunc
+	ctx, cancelAttempt = context.WithTimeout(ctx, limit)
+	defer cancelAttempt()
 	var last error
 	tried, permitted := 0, 0
+	// stop says why the attempt must end before the next host or
+	// address: the pool closing, the attempt's deadline, or its count.
+	end := time.Now().Add(limit)
+	stop := func() error {
+		switch {
+		// The clock, not only ctx.Err(): the context's timer may fire a
+		// moment after its deadline, while dials under it fail at once.
+		case parent.Err() == nil && (ctx.Err() != nil || !time.Now().Before(end)):
+			err := fmt.Errorf("connpool: connect %s: no session after %d addresses within %s (delivery.timeouts.transaction), last: %w",
+				dr.Name, tried, limit, last)
+			s.report("", netip.AddrPort{}, int(hooks.ConnErrTimeout), err)
+			return outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
+		case ctx.Err() != nil:
+			return asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
+		case tried == maxAttemptAddrs:
+			return asTemporary(fmt.Errorf("connpool: connect %s: no session after %d addresses, last: %w", dr.Name, tried, last))
+		}
+		return nil
+	}
 	for _, h := range hosts {
+		if err := stop(); err != nil {
+			return nil, err
+		}
 		if !plan.Permits(h.Name) {
 			continue // MTA-STS enforce: never used, not even tried
 		}
@@ -578,18 +600,8 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 			continue
 		}
 		for _, a := range h.Addrs {
-			if ctx.Err() != nil && parent.Err() == nil {
-				err := fmt.Errorf("connpool: connect %s: no session after %d addresses within %s (delivery.timeouts.transaction), last: %w",
-					dr.Name, tried, limit, last)
-				s.report("", netip.AddrPort{}, int(hooks.ConnErrTimeout), err)
-				return nil, outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
-			}
-			if ctx.Err() != nil {
-				return nil, asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
-			}
-			if tried == maxAttemptAddrs {
-				err := fmt.Errorf("connpool: connect %s: no session after %d addresses, last: %w", dr.Name, tried, last)
-				return nil, asTemporary(err)
+			if err := stop(); err != nil {
+				return nil, err
 			}
 			if src.addr.IsValid() && src.addr.Unmap().Is4() != a.Addr().Unmap().Is4() {
 				continue // a v4 binding cannot reach a v6 address, and the reverse
@@ -619,6 +631,9 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 			}
 			last = err
 		}
+	}
+	if err := stop(); err != nil && tried < maxAttemptAddrs {
+		return nil, err // the deadline or the pool's end cut the list short
 	}
 	if permitted == 0 && len(hosts) > 0 {
 		names := make([]string, len(hosts))
