@@ -185,6 +185,9 @@ func Start(t testing.TB, addr string, fallback Script, scripts ...Script) *Serve
 	return s
 }
 
+// Addr is the address the server listens on, as "ip:port".
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
 // Port is the port the server listens on.
 func (s *Server) Port() int { return s.ln.Addr().(*net.TCPAddr).Port }
 
