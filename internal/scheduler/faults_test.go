@@ -51,6 +51,9 @@ type faultCase struct {
 	event, enhanced string
 	class           int64
 	phase, response string
+	// perCmd, when set, replaces the 1s limit of MAIL, RCPT, DATA and
+	// the dot (the transaction deadline stays 2s)
+	perCmd time.Duration
 	// conns is how many connections the first attempt takes (0: any)
 	conns int
 }
@@ -92,20 +95,22 @@ func TestMisbehavingReceivers(t *testing.T) {
 		{name: "drip past the reply timeout", scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(), fs.Expect("MAIL"),
 			fs.Drip("250 2.1.0 "+strings.Repeat("o", 100)+"\r\n", drip), fs.Hang())},
 			event: "deferred", enhanced: "4.4.2", class: 24, phase: "mail", response: "timed out"},
-		// Each reply 0.8s, inside the 1s per-command limit: MAIL, RCPT and
-		// DATA together pass the 2s transaction deadline.
-		{name: "each reply just inside its timeout", scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(),
+		// Each reply 0.8s, well inside its 1.5s limit: MAIL, RCPT and
+		// DATA together pass the 2s transaction deadline (in DATA, or
+		// RCPT on a slow machine).
+		{name: "each reply just inside its timeout", perCmd: 1500 * time.Millisecond, scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(),
 			fs.Expect("MAIL"), fs.Drip("250 ok\r\n", 100*time.Millisecond),
 			fs.Expect("RCPT"), fs.Drip("250 ok\r\n", 100*time.Millisecond),
 			fs.Expect("DATA"), fs.Drip("354 go\r\n", 100*time.Millisecond), fs.Hang())},
-			event: "deferred", enhanced: "4.4.2", class: 24, phase: "data", response: "transaction deadline (2s) exceeded"},
-		// MAIL and RCPT each 0.8s, then the 250 after the dot 0.8s: it
-		// comes after the transaction deadline.
-		{name: "250 to the dot after the deadline", scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(),
-			fs.Expect("MAIL"), fs.Drip("250 ok\r\n", 100*time.Millisecond),
-			fs.Expect("RCPT"), fs.Drip("250 ok\r\n", 100*time.Millisecond),
+			event: "deferred", enhanced: "4.4.2", class: 24, response: "transaction deadline (2s) exceeded"},
+		// MAIL and RCPT 0.6s each, then the 250 after the dot takes 1.2s
+		// (inside its 1.5s limit): it comes 0.4s after the transaction
+		// deadline, which wins.
+		{name: "250 to the dot after the deadline", perCmd: 1500 * time.Millisecond, scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(),
+			fs.Expect("MAIL"), fs.Drip("250 ok\r\n", 75*time.Millisecond),
+			fs.Expect("RCPT"), fs.Drip("250 ok\r\n", 75*time.Millisecond),
 			fs.Expect("DATA"), fs.Reply("354 go"), fs.ReadData(),
-			fs.Drip("250 ok\r\n", 100*time.Millisecond), fs.Hang())},
+			fs.Drip("250 ok\r\n", 150*time.Millisecond), fs.Hang())},
 			event: "deferred", enhanced: "4.4.2", class: 24, phase: "dot", response: "transaction deadline (2s) exceeded"},
 		{name: "garbage reply", scripts: []fs.Script{fs.Then(fs.Greeting(), fs.EHLO(), fs.Expect("MAIL"), fs.Reply("hello there"), fs.Hang())},
 			event: "deferred", enhanced: "4.5.0", phase: "mail", response: "bad reply code"},
@@ -157,6 +162,10 @@ func runFault(t *testing.T, addr string, c faultCase) {
 	srv := fs.Start(t, addr+":0", good, c.scripts...)
 	h := newHarness(t, srv.Port(), func(o *Options) {
 		faultTimeouts(o)
+		if d := c.perCmd; d != 0 {
+			t := &o.Pool.Timeouts
+			t.Mail, t.Rcpt, t.DataInit, t.DataBlock, t.DataTerm = d, d, d, d, d
+		}
 		if c.tls != "" {
 			o.Pool.Policy = func(dr *queue.DomainRecord, slot int) connpool.Policy {
 				return connpool.Policy{MaxConnections: 10, MaxConnectionsPerBinding: 10, MaxDeliveriesPerConnection: 100,

@@ -12,7 +12,7 @@ import (
 )
 
 // TestTransactionDeadline: a server answering MAIL, RCPT and DATA each
-// just inside the 1s per-command limit (0.4s) runs into the 1s
+// well inside the 2s per-command limit (0.4s) runs into the 1s
 // transaction deadline; the error says so and wraps ErrDeadline, the
 // connection is unusable, and the next Send fails at once.
 func TestTransactionDeadline(t *testing.T) {
@@ -21,7 +21,7 @@ func TestTransactionDeadline(t *testing.T) {
 	srv := fs.Start(t, "127.0.0.1:0", fs.Script{fs.Hang()}, fs.Then(fs.Greeting(), fs.EHLO(),
 		fs.Expect("MAIL"), slow("250 ok\r\n"), fs.Expect("RCPT"), slow("250 ok\r\n"),
 		fs.Expect("DATA"), slow("354 go\r\n"), fs.Hang()))
-	to := Timeouts{Mail: time.Second, Rcpt: time.Second, DataInit: time.Second, Transaction: time.Second}
+	to := Timeouts{Mail: 2 * time.Second, Rcpt: 2 * time.Second, DataInit: 2 * time.Second, Transaction: time.Second}
 	c := newClient(t, srv.Addr(), Options{LocalName: "client.test", Timeouts: to})
 	defer c.Close()
 	res, err := c.Send(Envelope{From: "a@x.test", To: []string{"b@y.test"}}, Bytes([]byte("hi\r\n")))
@@ -42,15 +42,15 @@ func TestSessionStartDeadline(t *testing.T) {
 	t.Parallel()
 	srv := fs.Start(t, "127.0.0.1:0", fs.Script{fs.Hang()})
 	for _, tc := range []struct {
-		name     string
-		deadline time.Duration
-		overall  bool
-	}{{"deadline first", 200 * time.Millisecond, true}, {"greeting limit first", time.Hour, false}} {
+		name               string
+		greeting, deadline time.Duration
+		overall            bool
+	}{{"deadline first", 2 * time.Second, 200 * time.Millisecond, true}, {"greeting limit first", 300 * time.Millisecond, time.Hour, false}} {
 		conn, err := net.Dial("tcp", srv.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = New(conn, Options{LocalName: "client.test", Timeouts: Timeouts{Greeting: 300 * time.Millisecond},
+		_, err = New(conn, Options{LocalName: "client.test", Timeouts: Timeouts{Greeting: tc.greeting},
 			Deadline: time.Now().Add(tc.deadline)})
 		e := outcome.As(err)
 		if e == nil || e.Phase != outcome.PhaseGreeting || errors.Is(err, ErrDeadline) != tc.overall ||
