@@ -392,6 +392,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 				Greeting: d.Timeouts.Greeting, EHLO: d.Timeouts.EHLO, StartTLS: d.Timeouts.STARTTLS,
 				Mail: d.Timeouts.Mail, Rcpt: d.Timeouts.Rcpt, DataInit: d.Timeouts.DataInit,
 				DataBlock: d.Timeouts.DataBlock, DataTerm: d.Timeouts.DataTerm, Quit: d.Timeouts.Quit,
+				Transaction: d.Timeouts.Transaction,
 			},
 			// Each pair's TLS policy, mta_sts and dane come from its
 			// shaping (delivery.tls and tls.* are the defaults there).

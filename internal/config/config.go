@@ -308,6 +308,10 @@ type Timeouts struct {
 	DataBlock time.Duration `mapstructure:"data_block"`
 	DataTerm  time.Duration `mapstructure:"data_term"`
 	Quit      time.Duration `mapstructure:"quit"`
+	// Transaction bounds a whole transaction (MAIL to the reply after the
+	// dot) on top of the per-command limits, and likewise one connection
+	// attempt over all of a domain's MX addresses.
+	Transaction time.Duration `mapstructure:"transaction"`
 }
 
 // Hooks configures the hook plugins.
@@ -375,16 +379,17 @@ func Default() *Config {
 			TLSFailureTTL:    time.Hour,
 			Chunking:         true,
 			Timeouts: Timeouts{
-				Connect:   30 * time.Second,
-				Greeting:  5 * time.Minute,
-				EHLO:      5 * time.Minute,
-				STARTTLS:  5 * time.Minute,
-				Mail:      5 * time.Minute,
-				Rcpt:      5 * time.Minute,
-				DataInit:  2 * time.Minute,
-				DataBlock: 3 * time.Minute,
-				DataTerm:  10 * time.Minute,
-				Quit:      time.Minute,
+				Connect:     30 * time.Second,
+				Greeting:    5 * time.Minute,
+				EHLO:        5 * time.Minute,
+				STARTTLS:    5 * time.Minute,
+				Mail:        5 * time.Minute,
+				Rcpt:        5 * time.Minute,
+				DataInit:    2 * time.Minute,
+				DataBlock:   3 * time.Minute,
+				DataTerm:    10 * time.Minute,
+				Quit:        time.Minute,
+				Transaction: 10 * time.Minute,
 			},
 		},
 		Shaping: defaultShaping(),

@@ -216,6 +216,7 @@ delivery:
     data_block: 8s
     data_term: 9s
     quit: 10s
+    transaction: 11s
 shaping:
   default:
     max_message_rate: "100/s"
@@ -300,7 +301,7 @@ func TestFullRoundTrip(t *testing.T) {
 				Connect: 1 * time.Second, Greeting: 2 * time.Second, EHLO: 3 * time.Second,
 				STARTTLS: 4 * time.Second, Mail: 5 * time.Second, Rcpt: 6 * time.Second,
 				DataInit: 7 * time.Second, DataBlock: 8 * time.Second, DataTerm: 9 * time.Second,
-				Quit: 10 * time.Second,
+				Quit: 10 * time.Second, Transaction: 11 * time.Second,
 			},
 		},
 		Shaping: Shaping{
@@ -419,6 +420,7 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"delay warning age", func(c *Config) { c.Delivery.DelayWarning = 120 * time.Hour }, `config: delivery.delay_warning: 120h0m0s is not less than delivery.max_age (120h0m0s)`},
 		{"tls mode", func(c *Config) { c.Delivery.TLS = "mandatory" }, `config: delivery.tls: "mandatory" is not one of opportunistic|opportunistic_no_fallback|required|verified|disabled`},
 		{"timeout", func(c *Config) { c.Delivery.Timeouts.DataTerm = 0 }, `config: delivery.timeouts.data_term: 0s must be positive`},
+		{"transaction timeout", func(c *Config) { c.Delivery.Timeouts.Transaction = -time.Second }, `config: delivery.timeouts.transaction: -1s must be positive`},
 		{"plugin empty", func(c *Config) { c.Hooks.Plugins = []string{""} }, `config: hooks.plugins[0]: must not be empty`},
 		{"plugin dup", func(c *Config) { c.Hooks.Plugins = []string{"a", "a"} }, `config: hooks.plugins[1]: "a" is listed twice`},
 		{"plugin settings", func(c *Config) { c.Hooks.Settings = map[string]any{"a": 5} }, `config: hooks.settings.a: must be a map of settings, not int`},

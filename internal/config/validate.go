@@ -317,7 +317,7 @@ func (c *Config) validateDelivery(v *validator) {
 		{"connect", t.Connect}, {"greeting", t.Greeting}, {"ehlo", t.EHLO},
 		{"starttls", t.STARTTLS}, {"mail", t.Mail}, {"rcpt", t.Rcpt},
 		{"data_init", t.DataInit}, {"data_block", t.DataBlock},
-		{"data_term", t.DataTerm}, {"quit", t.Quit},
+		{"data_term", t.DataTerm}, {"quit", t.Quit}, {"transaction", t.Transaction},
 	} {
 		v.positive(p+"timeouts."+x.key, x.d)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -80,41 +81,60 @@ func (s *session) run() {
 	}
 	s.pair.Connected()
 	defer s.pair.Closed()
-	s.serve(c)
-	_ = c.Quit()
+	if c = s.serve(c); c != nil {
+		_ = c.Quit()
+	}
 	p.opts.Hooks.PostSessionSMTP.Call(dr, s.pair.Slot(), p.now(), s.result)
 }
 
 // serve sends deliveries from the pair's queue until it is empty and no
 // work arrives within the idle timeout, the per-connection limit is
-// reached, the connection breaks, or the pool closes.
-func (s *session) serve(c *smtpclient.Client) {
+// reached, the connection breaks, or the pool closes. It returns the
+// connection in use at the end (nil when none is left to close).
+func (s *session) serve(c *smtpclient.Client) *smtpclient.Client {
 	p := s.pool
 	sent := 0
 	for p.ctx.Err() == nil {
 		if max := s.policy.MaxDeliveriesPerConnection; max > 0 && sent >= max {
-			return
+			return c
 		}
 		if p.grant.Yield(s.pair) {
-			return
+			return c
 		}
 		if s.pair.Len() > 0 {
 			if !s.admit() {
-				return
+				return c
 			}
 		}
 		d := s.pair.Pop()
 		if d == nil {
 			if !s.idle() {
-				return
+				return c
 			}
 			continue
 		}
 		sent++
-		if !s.deliver(c, d) {
-			return
+		ok, redo := s.deliver(c, d, sent > 1)
+		if redo {
+			// The server closed a connection it had let us reuse before
+			// answering this transaction at all (many close after N
+			// messages, or when idle): no verdict on the delivery, so it
+			// goes again at once on a fresh connection under the same
+			// slot, as Postfix retries a cached connection's failure.
+			c.Close()
+			nc, err := s.connect(p.ctx)
+			if err != nil {
+				p.opts.Outcomes.Result(d, s.at, nil, err)
+				return nil
+			}
+			c, sent = nc, 1
+			ok, _ = s.deliver(c, d, false)
+		}
+		if !ok {
+			return c
 		}
 	}
+	return c
 }
 
 // admit waits for a token of the pair's message budgets (Grantor.Admit)
@@ -149,23 +169,112 @@ func (s *session) admit() bool {
 	}
 }
 
-// deliver runs one transaction for d and reports it; false means the
-// connection is unusable. The body is streamed from the spool and closed
+// deliver runs d's transaction (more than one when the server takes
+// only some recipients per transaction) and reports it; ok false means
+// the connection is unusable. redo means nothing was reported: the
+// connection, reused (the caller says so), was closed by the server
+// before it answered anything of this transaction, and d should go again
+// on a new connection. The body is streamed from the spool and closed
 // when the transaction ends, so a session holds no body between
 // transactions and at most a spool chunk during one.
-func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
+func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery, reused bool) (ok, redo bool) {
 	p := s.pool
 	if d.Expires != 0 && p.now().UnixNano() >= d.Expires {
 		p.opts.Outcomes.Result(d, s.at, nil, ErrExpired)
-		return true
+		return true, false
 	}
+	res, sent, err := s.send(c, d, nil)
+	if !sent {
+		p.opts.Outcomes.Result(d, s.at, nil, err)
+		return true, false
+	}
+	if err != nil && reused && closedUnanswered(err) {
+		return false, true
+	}
+	// RFC 5321 §4.5.3.1.10: a server may take fewer recipients per
+	// transaction than we sent ("452 4.5.3 too many recipients"); the
+	// rest go in further transactions on this connection, not to the
+	// delayed queue. Each round takes at least one recipient or stops,
+	// so there are at most len(d.Rcpts) rounds.
+	for round := 0; err == nil && res.Data == nil && round < len(d.Rcpts); round++ {
+		rest := tooMany(res)
+		if len(rest) == 0 {
+			break
+		}
+		r2, sent2, err2 := s.send(c, d, rest)
+		if !sent2 || err2 != nil {
+			// The first transaction's recipients keep their verdicts;
+			// the rest share this failure (temporary).
+			e := outcome.As(err2)
+			if e == nil {
+				e = outcome.Temp(outcome.PhaseMail, smtp.EnhancedCode{4, 4, 2}, err2)
+			}
+			for _, i := range rest {
+				res.Rcpt[i] = e
+			}
+			s.count(res, nil, len(d.Rcpts))
+			p.opts.Outcomes.Result(d, s.at, res, nil)
+			return sent2 && err2 == nil, false
+		}
+		for j, i := range rest {
+			e := r2.Rcpt[j]
+			if e == nil {
+				e = r2.Data
+			}
+			res.Rcpt[i] = e
+		}
+		if r2.Data != nil || len(tooMany(res)) == len(rest) {
+			break // refused, or no progress
+		}
+	}
+	s.count(res, err, len(d.Rcpts))
+	p.opts.Outcomes.Result(d, s.at, res, err)
+	return err == nil, false
+}
+
+// closedUnanswered reports whether err is the server closing (or
+// resetting) the connection before any reply of the transaction: no
+// verdict, and not a timeout (a server that hangs gets no second try).
+func closedUnanswered(err error) bool {
+	e := outcome.As(err)
+	if e == nil || e.Code != 0 || e.Phase != outcome.PhaseMail || errors.Is(err, smtpclient.ErrDeadline) {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// tooMany returns the indices of the recipients refused with "too many
+// recipients": 452 with enhanced code 4.5.3, or without an enhanced code
+// and saying so (a 452 4.2.2 is a full mailbox, and stays deferred).
+func tooMany(res *smtpclient.Result) []int {
+	var idx []int
+	for i, e := range res.Rcpt {
+		if e == nil || e.Code != 452 {
+			continue
+		}
+		if e.Enhanced == (smtp.EnhancedCode{4, 5, 3}) ||
+			e.Enhanced == (smtp.EnhancedCode{}) && strings.Contains(strings.ToLower(e.Message), "too many recipients") {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// send runs one transaction for d's recipients at idx (nil: all of them).
+// sent false means the body could not be opened and nothing was sent: err
+// says why, and the connection is untouched.
+func (s *session) send(c *smtpclient.Client, d *queue.Delivery, idx []int) (*smtpclient.Result, bool, error) {
+	p := s.pool
 	br, err := p.opts.Bodies.OpenBody(d.MsgID)
 	if err != nil {
-		p.opts.Outcomes.Result(d, s.at, nil, bodyError(d.MsgID, err))
-		return true
+		return nil, false, bodyError(d.MsgID, err)
 	}
 	defer br.Close()
 	env := envelope(d)
+	if idx != nil {
+		env = subEnvelope(env, idx)
+	}
 	body := smtpclient.Stream(br, br.Size())
 	var convErr error // from the conversion, set while Send runs
 	if copts, ok := conversion(c, env); ok {
@@ -204,16 +313,28 @@ func (s *session) deliver(c *smtpclient.Client, d *queue.Delivery) bool {
 		// The content cannot be made 7-bit: no retry will change that.
 		// The session is broken (the body stopped mid-DATA), but the
 		// delivery fails for good, not for this connection's sake.
-		res, err = nil, &outcome.Error{Phase: outcome.PhaseData, Enhanced: ce.Enhanced, Temporary: false,
+		return nil, true, &outcome.Error{Phase: outcome.PhaseData, Enhanced: ce.Enhanced, Temporary: false,
 			Message: "the message cannot be converted for a receiver without 8BITMIME or SMTPUTF8: " + ce.Message,
 			Err:     convErr}
-		s.count(res, err, len(d.Rcpts))
-		p.opts.Outcomes.Result(d, s.at, res, err)
-		return false
 	}
-	s.count(res, err, len(d.Rcpts))
-	p.opts.Outcomes.Result(d, s.at, res, err)
-	return err == nil
+	return res, true, err
+}
+
+// subEnvelope is env for the recipients at idx only.
+func subEnvelope(env smtpclient.Envelope, idx []int) smtpclient.Envelope {
+	to := make([]string, len(idx))
+	var dsn []smtpclient.RcptDSN
+	if env.DSN != nil {
+		dsn = make([]smtpclient.RcptDSN, len(idx))
+	}
+	for j, i := range idx {
+		to[j] = env.To[i]
+		if dsn != nil {
+			dsn[j] = env.DSN[i]
+		}
+	}
+	env.To, env.DSN = to, dsn
+	return env
 }
 
 // conversion says how a body must be converted for the receiver on c, if
@@ -429,9 +550,44 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 	// The domain's TLS plan (its MTA-STS policy, when on) is made before
 	// any MX host is tried: an enforced policy decides which may be.
 	plan := p.tlsp.Plan(ctx, dr.Name, set)
+	// One connection attempt is bounded in time over all its addresses,
+	// by the transaction deadline: ten addresses each answering every
+	// phase just inside its limit would otherwise hold the slot for
+	// hours. And in count, whatever the resolver returned (internal/mx
+	// bounds its own answers, by default to 10 addresses).
+	limit := p.opts.Timeouts.Transaction
+	if limit <= 0 {
+		limit = smtpclient.DefaultTimeouts().Transaction
+	}
+	parent := ctx
+	var cancelAttempt context.CancelFunc
+	ctx, cancelAttempt = context.WithTimeout(ctx, limit)
+	defer cancelAttempt()
 	var last error
 	tried, permitted := 0, 0
+	// stop says why the attempt must end before the next host or
+	// address: the pool closing, the attempt's deadline, or its count.
+	end := time.Now().Add(limit)
+	stop := func() error {
+		switch {
+		// The clock, not only ctx.Err(): the context's timer may fire a
+		// moment after its deadline, while dials under it fail at once.
+		case parent.Err() == nil && (ctx.Err() != nil || !time.Now().Before(end)):
+			err := fmt.Errorf("connpool: connect %s: no session after %d addresses within %s (delivery.timeouts.transaction), last: %w",
+				dr.Name, tried, limit, last)
+			s.report("", netip.AddrPort{}, int(hooks.ConnErrTimeout), err)
+			return outcome.Temp(outcome.PhaseConnect, smtp.EnhancedCode{4, 4, 1}, err)
+		case ctx.Err() != nil:
+			return asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
+		case tried == maxAttemptAddrs:
+			return asTemporary(fmt.Errorf("connpool: connect %s: no session after %d addresses, last: %w", dr.Name, tried, last))
+		}
+		return nil
+	}
 	for _, h := range hosts {
+		if err := stop(); err != nil {
+			return nil, err
+		}
 		if !plan.Permits(h.Name) {
 			continue // MTA-STS enforce: never used, not even tried
 		}
@@ -444,8 +600,8 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 			continue
 		}
 		for _, a := range h.Addrs {
-			if ctx.Err() != nil {
-				return nil, asTemporary(fmt.Errorf("connpool: connect %s: %w", dr.Name, ctx.Err()))
+			if err := stop(); err != nil {
+				return nil, err
 			}
 			if src.addr.IsValid() && src.addr.Unmap().Is4() != a.Addr().Unmap().Is4() {
 				continue // a v4 binding cannot reach a v6 address, and the reverse
@@ -475,6 +631,9 @@ func (s *session) connect(ctx context.Context) (*smtpclient.Client, error) {
 			}
 			last = err
 		}
+	}
+	if err := stop(); err != nil && tried < maxAttemptAddrs {
+		return nil, err // the deadline or the pool's end cut the list short
 	}
 	if permitted == 0 && len(hosts) > 0 {
 		names := make([]string, len(hosts))
@@ -539,6 +698,7 @@ func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, hp
 		TLSConfig:       hp.Config,
 		DisableChunking: p.opts.DisableChunking,
 		Timeouts:        p.opts.Timeouts,
+		Deadline:        deadlineOf(ctx),
 	})
 	if err != nil {
 		code := hooks.ConnErrGreeting
@@ -557,6 +717,18 @@ func (s *session) attempt(ctx context.Context, host string, a netip.AddrPort, hp
 		s.at.TLSInfo = hp.Info(nil)
 	}
 	return c, nil
+}
+
+// maxAttemptAddrs bounds the addresses one connection attempt dials, as
+// internal/mx's default bound on a lookup's addresses does: a resolver that
+// returns more (a static route to a long list) cannot make one attempt
+// dial them all.
+const maxAttemptAddrs = 10
+
+// deadlineOf is ctx's deadline, or zero.
+func deadlineOf(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
 }
 
 // report fires post_initiate_connection_smtp and logs the attempt.

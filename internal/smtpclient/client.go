@@ -25,10 +25,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -83,6 +85,15 @@ type Timeouts struct {
 	DataTerm  time.Duration // the reply after the final "."
 	Rset      time.Duration // RSET reply
 	Quit      time.Duration // QUIT reply
+	// Transaction bounds one whole transaction, from the RSET or MAIL
+	// that opens it to the reply after the final "." (or the last BDAT),
+	// on top of the per-command limits above: a server that answers each
+	// command just inside its own limit, or drips a reply a byte at a
+	// time, cannot hold a session for the sum of them (hours). Past it the
+	// read or write in progress fails, the connection is unusable and
+	// every recipient of the transaction is a temporary failure wrapping
+	// ErrDeadline.
+	Transaction time.Duration
 }
 
 // DefaultTimeouts returns the RFC 5321 §4.5.3.2 values, and sensible ones
@@ -99,6 +110,9 @@ func DefaultTimeouts() Timeouts {
 		DataTerm:  10 * time.Minute,
 		Rset:      2 * time.Minute,
 		Quit:      time.Minute,
+		// RFC 5321 names no such limit; the end-of-data one (10m) is the
+		// longest single wait a healthy server needs.
+		Transaction: 10 * time.Minute,
 	}
 }
 
@@ -110,7 +124,7 @@ func (t Timeouts) withDefaults() Timeouts {
 		{&t.Greeting, &d.Greeting}, {&t.EHLO, &d.EHLO}, {&t.StartTLS, &d.StartTLS},
 		{&t.Mail, &d.Mail}, {&t.Rcpt, &d.Rcpt}, {&t.DataInit, &d.DataInit},
 		{&t.DataBlock, &d.DataBlock}, {&t.DataTerm, &d.DataTerm},
-		{&t.Rset, &d.Rset}, {&t.Quit, &d.Quit},
+		{&t.Rset, &d.Rset}, {&t.Quit, &d.Quit}, {&t.Transaction, &d.Transaction},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
@@ -144,7 +158,16 @@ type Options struct {
 	DisableChunking bool
 	// Timeouts limit each phase; zero fields take DefaultTimeouts' values.
 	Timeouts Timeouts
+	// Deadline, when not zero, bounds New as a whole (greeting, EHLO,
+	// STARTTLS and its handshake): no read or write waits past it,
+	// whatever the per-phase limits say. connpool sets it so that one
+	// connection attempt over many MX addresses ends in bounded time.
+	Deadline time.Time
 }
+
+// ErrDeadline is wrapped by the error of a session start that ran past
+// Options.Deadline, or a transaction that ran past Timeouts.Transaction.
+var ErrDeadline = errors.New("smtpclient: overall deadline exceeded")
 
 // Envelope is one transaction's envelope.
 type Envelope struct {
@@ -210,8 +233,13 @@ type Client struct {
 	// with PIPELINING costs no extra round trip.
 	dirty  bool
 	broken *outcome.Error // set once the connection is unusable
-	closed bool
-	cmd    []byte // scratch for building commands without fmt
+	// limit, when not zero, is the overall deadline in force (the
+	// session start's or the transaction's): no read or write deadline is
+	// set past it. limitWhat names it in errors.
+	limit     time.Time
+	limitWhat string
+	closed    bool
+	cmd       []byte // scratch for building commands without fmt
 }
 
 // deadlineWriter sets a fresh write deadline before every write to the
@@ -219,6 +247,7 @@ type Client struct {
 type deadlineWriter struct {
 	conn    net.Conn
 	timeout time.Duration
+	limit   time.Time // the Client's overall deadline, when not zero
 }
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
@@ -228,7 +257,7 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 		if len(chunk) > maxWriteChunk {
 			chunk = chunk[:maxWriteChunk]
 		}
-		if err := w.conn.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		if err := w.conn.SetWriteDeadline(earliest(time.Now().Add(w.timeout), w.limit)); err != nil {
 			return n, err
 		}
 		m, err := w.conn.Write(chunk)
@@ -238,6 +267,20 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// earliest is t, or limit when limit is set and comes first.
+func earliest(t, limit time.Time) time.Time {
+	if !limit.IsZero() && limit.Before(t) {
+		return limit
+	}
+	return t
+}
+
+// setLimit puts an overall deadline in force (zero: none).
+func (c *Client) setLimit(t time.Time, what string) {
+	c.limit, c.limitWhat = t, what
+	c.dw.limit = t
 }
 
 // New runs the start of a session on conn: it reads the greeting, says
@@ -260,7 +303,10 @@ func New(conn net.Conn, opts Options) (*Client, error) {
 	c.dw.conn = conn
 	c.br = bufio.NewReaderSize(conn, readBufSize)
 	c.bw = bufio.NewWriterSize(&c.dw, writeBufSize)
-	if err := c.start(); err != nil {
+	c.setLimit(opts.Deadline, "session start deadline")
+	err := c.start()
+	c.setLimit(time.Time{}, "")
+	if err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -394,10 +440,14 @@ func (c *Client) startTLS() error {
 			Message: "server sent data after the STARTTLS reply"})
 	}
 	tc := tls.Client(c.conn, c.tlsConfig())
-	if err := c.conn.SetDeadline(time.Now().Add(c.t.StartTLS)); err != nil {
+	if err := c.conn.SetDeadline(earliest(time.Now().Add(c.t.StartTLS), c.limit)); err != nil {
 		return c.ioError(outcome.PhaseTLS, "setting the TLS handshake deadline", err)
 	}
 	if err := tc.Handshake(); err != nil {
+		if c.pastLimit(err) {
+			// Not the TLS's fault: no reason to retry without it.
+			return c.ioError(outcome.PhaseTLS, "TLS handshake with "+c.peer(), err)
+		}
 		return c.markBroken(&outcome.Error{Phase: outcome.PhaseTLS, Enhanced: enhTLS, Temporary: true,
 			Message: "TLS handshake with " + c.peer(), Err: err})
 	}
@@ -475,6 +525,8 @@ func (c *Client) Send(env Envelope, body Body) (*Result, error) {
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
+	c.setLimit(time.Now().Add(c.t.Transaction), "transaction deadline ("+c.t.Transaction.String()+")")
+	defer c.setLimit(time.Time{}, "")
 	res := &Result{Rcpt: make([]*outcome.Error, len(env.To))}
 	if len(env.To) == 0 {
 		res.Data = outcome.Perm(outcome.PhaseRcpt, enhBadRcpt, "no recipients")
@@ -954,14 +1006,14 @@ func (c *Client) readReplyLines(phase outcome.Phase, timeout time.Duration, line
 // closing, RFC 5321 §3.8) is an error wherever it comes: the server is
 // about to close the connection.
 func (c *Client) readReplyInto(phase outcome.Phase, timeout time.Duration, lines *[]string, wantText bool) (reply, error) {
-	if err := c.conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+	if err := c.conn.SetReadDeadline(earliest(time.Now().Add(timeout), c.limit)); err != nil {
 		return reply{}, c.ioError(phase, "setting a read deadline", err)
 	}
 	r, err := readReply(c.br, lines, wantText)
 	if err != nil {
 		if errors.Is(err, errMalformed) {
 			return reply{}, c.markBroken(&outcome.Error{Phase: phase, Enhanced: enhProtocol, Temporary: true,
-				Message: "reading reply from " + c.peer(), Err: err})
+				Message: "reading reply from " + c.peer() + ": " + err.Error(), Err: err})
 		}
 		return reply{}, c.ioError(phase, "reading reply from "+c.peer(), err)
 	}
@@ -1077,8 +1129,39 @@ func (c *Client) markBroken(e *outcome.Error) *outcome.Error {
 }
 
 func (c *Client) ioError(phase outcome.Phase, doing string, err error) error {
+	if c.pastLimit(err) {
+		doing += ": " + c.limitWhat + " exceeded"
+		err = fmt.Errorf("%w: %w", ErrDeadline, err)
+	} else {
+		doing += ": " + cause(err)
+	}
 	return c.markBroken(&outcome.Error{Phase: phase, Enhanced: enhBadConnection, Temporary: true,
 		Message: doing, Err: err})
+}
+
+// cause says briefly why an I/O failed, for the delivery log's response
+// (which shows Message, not the error chain): an operator reading a
+// deferral needs to tell a timeout from a reset from a close.
+func cause(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timed out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed by the server"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset by the server"
+	case errors.Is(err, syscall.EPIPE):
+		return "connection closed by the server (broken pipe)"
+	}
+	return err.Error()
+}
+
+// pastLimit reports whether err is a timeout caused by the overall
+// deadline rather than a per-phase one.
+func (c *Client) pastLimit(err error) bool {
+	var ne net.Error
+	return !c.limit.IsZero() && errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(c.limit)
 }
 
 // protocolError is a reply of a class the command cannot get (a 3xx to
