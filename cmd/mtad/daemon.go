@@ -419,6 +419,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}()
 
 	sc := cfg.Inject.SMTP
+	var wm *inject.Watermark // shared by both listeners; nil = no limit
+	if cfg.Spool.HighWatermark > 0 {
+		if wm, err = inject.NewWatermark(cfg.Spool.HighWatermark, cfg.Spool.LowWatermark, sched.Queued); err != nil {
+			return fmt.Errorf("spool.high_watermark: %w", err)
+		}
+	}
 	var srv *inject.Server
 	if len(sc.Listen)+len(sc.TLSListen) > 0 {
 		longLines := inject.LongLinesConvert
@@ -448,6 +454,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			AuthFailDelay:        sc.AuthFailDelay,
 			Logger:               log,
 			DKIM:                 signer,
+			Watermark:            wm,
 		}, sp, st.bindings, handoff{sched})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)
@@ -459,7 +466,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			log.Info("listening for SMTP injection", zap.String("addr", a.String()))
 		}
 	}
-	hsrv, err := startHTTPInject(cfg, st.httpToks, sp, st.bindings, handoff{sched}, signer, log)
+	hsrv, err := startHTTPInject(cfg, st.httpToks, sp, st.bindings, handoff{sched}, signer, wm, log)
 	if err != nil {
 		if srv != nil {
 			ctx, cancel := stopCtx(sc.ShutdownGrace)
@@ -556,7 +563,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 // startHTTPInject starts the HTTP injection API when inject.http.listen
 // names addresses; nil when it does not.
-func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, log *zap.Logger) (*inject.HTTPServer, error) {
+func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, wm *inject.Watermark, log *zap.Logger) (*inject.HTTPServer, error) {
 	hc := cfg.Inject.HTTP
 	if len(hc.Listen) == 0 {
 		return nil, nil
@@ -575,6 +582,7 @@ func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b injec
 		LongLines:          longLines,
 		Logger:             log,
 		DKIM:               signer,
+		Watermark:          wm,
 	}, sp, b, h)
 	if err != nil {
 		return nil, fmt.Errorf("inject.http: %w", err)
