@@ -203,13 +203,13 @@ type Scheduler struct {
 	pendingRcpts atomic.Int64
 	// queued is len(msgs), read without mu by Queued (the listeners'
 	// high watermark asks it on every connection).
-	queued atomic.Int64
-	saveMu       sync.Mutex    // one write of SuspensionsFile at a time
-	savedGen     atomic.Uint64 // the suspensions' Gen last written
-	suspensions  *policy.Suspensions
-	overrides    *policy.Overrides
-	throttles    *policy.Throttles
-	basePolicy   func(*queue.DomainRecord, int) connpool.Policy
+	queued      atomic.Int64
+	saveMu      sync.Mutex    // one write of SuspensionsFile at a time
+	savedGen    atomic.Uint64 // the suspensions' Gen last written
+	suspensions *policy.Suspensions
+	overrides   *policy.Overrides
+	throttles   *policy.Throttles
+	basePolicy  func(*queue.DomainRecord, int) connpool.Policy
 
 	rebindMu sync.Mutex
 	rebinds  map[[2]string]rebind // (domain, binding) → group, from rebind rules
