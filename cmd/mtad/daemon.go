@@ -421,7 +421,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	sc := cfg.Inject.SMTP
 	var wm *inject.Watermark // shared by both listeners; nil = no limit
 	if cfg.Spool.HighWatermark > 0 {
-		if wm, err = inject.NewWatermark(cfg.Spool.HighWatermark, cfg.Spool.LowWatermark, sched.Queued); err != nil {
+		if wm, err = inject.NewWatermark(cfg.Spool.HighWatermark, cfg.Spool.LowWatermark, sched.Queued, log); err != nil {
 			return fmt.Errorf("spool.high_watermark: %w", err)
 		}
 	}

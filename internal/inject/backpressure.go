@@ -3,6 +3,8 @@ package inject
 import (
 	"fmt"
 	"sync/atomic"
+
+	"go.uber.org/zap"
 )
 
 // Watermark is the listeners' back-pressure on a deep queue: once the
@@ -23,12 +25,15 @@ import (
 type Watermark struct {
 	high, low int64
 	depth     func() int64
+	log       *zap.Logger
 	over      atomic.Bool
 }
 
 // NewWatermark returns a Watermark over depth, the number of messages
 // queued now. low 0 means 90% of high. high must be > 0 and low < high.
-func NewWatermark(high, low int64, depth func() int64) (*Watermark, error) {
+// Each change of state is logged to log (a warning going over, info
+// coming back), so a refusal is never silent; nil logs nothing.
+func NewWatermark(high, low int64, depth func() int64, log *zap.Logger) (*Watermark, error) {
 	if high <= 0 {
 		return nil, fmt.Errorf("inject: watermark: high %d must be > 0", high)
 	}
@@ -41,7 +46,10 @@ func NewWatermark(high, low int64, depth func() int64) (*Watermark, error) {
 	if depth == nil {
 		return nil, fmt.Errorf("inject: watermark: nil depth")
 	}
-	return &Watermark{high: high, low: low, depth: depth}, nil
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Watermark{high: high, low: low, depth: depth, log: log}, nil
 }
 
 // Over reports whether new mail is refused now, moving between the two
@@ -53,13 +61,19 @@ func (w *Watermark) Over() bool {
 	d := w.depth()
 	if w.over.Load() {
 		if d <= w.low {
-			w.over.Store(false)
+			if w.over.CompareAndSwap(true, false) {
+				w.log.Info("queue below its low watermark; injection accepted again",
+					zap.Int64("queued", d), zap.Int64("low_watermark", w.low))
+			}
 			return false
 		}
 		return true
 	}
 	if d >= w.high {
-		w.over.Store(true)
+		if w.over.CompareAndSwap(false, true) {
+			w.log.Warn("queue at its high watermark; injection refused (SMTP 421/452 4.3.2, HTTP 503)",
+				zap.Int64("queued", d), zap.Int64("high_watermark", w.high), zap.Int64("low_watermark", w.low))
+		}
 		return true
 	}
 	return false

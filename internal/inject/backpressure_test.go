@@ -1,13 +1,19 @@
 package inject
 
-import "testing"
+import (
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
 
 // TestWatermarkHysteresis walks a queue depth up and down and checks the
 // state after each step: refused from high until the depth is at low.
 func TestWatermarkHysteresis(t *testing.T) {
 	t.Parallel()
 	var depth int64
-	w, err := NewWatermark(100, 0, func() int64 { return depth })
+	core, logs := observer.New(zap.InfoLevel)
+	w, err := NewWatermark(100, 0, func() int64 { return depth }, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,6 +29,10 @@ func TestWatermarkHysteresis(t *testing.T) {
 			t.Fatalf("depth %d: over %v, want %v", s.depth, got, s.over)
 		}
 	}
+	// Two crossings up, two down: each logged once.
+	if up, down := logs.FilterMessageSnippet("high watermark").Len(), logs.FilterMessageSnippet("low watermark;").Len(); up != 2 || down != 2 {
+		t.Fatalf("%d records going over, %d coming back; want 2 and 2", up, down)
+	}
 	var nilW *Watermark
 	if nilW.Over() {
 		t.Fatal("a nil Watermark refused")
@@ -36,7 +46,7 @@ func TestWatermarkInvalid(t *testing.T) {
 		high, low int64
 		depth     func() int64
 	}{{0, 0, d}, {-1, 0, d}, {10, 10, d}, {10, 11, d}, {10, -1, d}, {10, 5, nil}} {
-		if _, err := NewWatermark(c.high, c.low, c.depth); err == nil {
+		if _, err := NewWatermark(c.high, c.low, c.depth, nil); err == nil {
 			t.Errorf("NewWatermark(%d, %d) accepted", c.high, c.low)
 		}
 	}

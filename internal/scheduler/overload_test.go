@@ -87,7 +87,7 @@ func TestOverloadWatermark(t *testing.T) {
 	h := newHarness(t, port, func(o *Options) { o.MaintainInterval = time.Hour })
 	h.mxFor("over.test", ip(52, 10))
 	h.s.Start()
-	wm, err := inject.NewWatermark(high, low, h.s.Queued)
+	wm, err := inject.NewWatermark(high, low, h.s.Queued, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
