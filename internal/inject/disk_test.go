@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -158,19 +159,42 @@ func TestDiskFullUnderInjection(t *testing.T) {
 	t.Logf("%d messages accepted before the disk filled", len(accepted))
 
 	// Still full: a new session is refused the same way, and the
-	// listener stays up.
+	// listener stays up; HTTP injection gets 503 with a JSON error. The
+	// free space hovers at the reserve (pebble deletes obsolete WALs and
+	// tables, refused bodies are dropped), so a second filler first
+	// leaves 4 MiB free, well under it.
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if free := int64(st.Bavail) * st.Bsize; free > 4<<20 {
+		if err := os.WriteFile(filepath.Join(dir, "filler2"), make([]byte, free-4<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	_, err = diskClient(addr, 99, 1, body)
 	wantSMTPError(t, "a new session on a full disk", err, 452, "4.3.1")
+	he := startHTTP(t, sp)
+	const req = `{"from": "app@example.com", "recipients": ["a@dest.test"], "content": "Subject: http\n\nbody\n"}`
+	if code, out := he.post(t, req, ""); code != http.StatusServiceUnavailable || out["error"] != "spool full; retry later" {
+		t.Fatalf("HTTP on a full disk: %d %v", code, out)
+	}
 
 	// Space returns: injection resumes by itself, with no restart.
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	ids, err := diskClient(addr, 100, 3, body)
+	got, err := diskClient(addr, 100, 3, body)
 	if err != nil {
 		t.Fatalf("injection after space returned: %v", err)
 	}
-	accepted = append(accepted, ids...)
+	accepted = append(accepted, got...)
+	code, out := he.post(t, req, "")
+	if code != http.StatusAccepted {
+		t.Fatalf("HTTP after space returned: %d %v", code, out)
+	}
+	accepted = append(accepted, ids(t, out)...)
+	he.srv.Shutdown(context.Background())
 
 	// Nothing acknowledged is lost: every 250'd id is in the spool
 	// after a restart.
