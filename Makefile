@@ -11,7 +11,7 @@ BIN     := bin
 PREFIX  ?= /usr/local
 CONFIG  ?= configs/mtad.yaml
 
-.PHONY: all build run test test-short test-crash bench bench-quick bench-scale lint install clean deps
+.PHONY: all build run test test-short test-crash bench bench-quick bench-scale bench-overload lint install clean deps
 
 all: build
 
@@ -59,6 +59,11 @@ bench-quick: build
 
 bench-scale:
 	$(GO) test -run '^$$' -bench 'Scale|HeapPerDelivery|ReadyScan|Recover' -benchtime 1x -timeout 30m ./internal/...
+
+# 500,000 queued ~1 KB messages (spool + scheduler, deliveries held):
+# heap per message and peak RSS, the figures in RELIABILITY.md.
+bench-overload:
+	$(GO) test -run '^$$' -bench 'Overload' -benchtime 1x -timeout 30m ./internal/scheduler
 
 lint:
 	$(GO) vet ./...

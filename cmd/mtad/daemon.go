@@ -459,6 +459,12 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	}()
 
 	sc := cfg.Inject.SMTP
+	var wm *inject.Watermark // shared by both listeners; nil = no limit
+	if cfg.Spool.HighWatermark > 0 {
+		if wm, err = inject.NewWatermark(cfg.Spool.HighWatermark, cfg.Spool.LowWatermark, sched.Queued, log); err != nil {
+			return fmt.Errorf("spool.high_watermark: %w", err)
+		}
+	}
 	var srv *inject.Server
 	if len(sc.Listen)+len(sc.TLSListen) > 0 {
 		longLines := inject.LongLinesConvert
@@ -488,6 +494,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			AuthFailDelay:        sc.AuthFailDelay,
 			Logger:               log,
 			DKIM:                 signer,
+			Watermark:            wm,
 		}, sp, st.bindings, handoff{sched})
 		if err != nil {
 			return fmt.Errorf("inject: %w", err)
@@ -499,7 +506,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 			log.Info("listening for SMTP injection", zap.String("addr", a.String()))
 		}
 	}
-	hsrv, err := startHTTPInject(cfg, st.httpToks, sp, st.bindings, handoff{sched}, signer, log)
+	hsrv, err := startHTTPInject(cfg, st.httpToks, sp, st.bindings, handoff{sched}, signer, wm, log)
 	if err != nil {
 		if srv != nil {
 			ctx, cancel := stopCtx(sc.ShutdownGrace)
@@ -629,7 +636,7 @@ func bounceDamaged(sp *spool.Spool, sched *scheduler.Scheduler, log *zap.Logger)
 
 // startHTTPInject starts the HTTP injection API when inject.http.listen
 // names addresses; nil when it does not.
-func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, log *zap.Logger) (*inject.HTTPServer, error) {
+func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, wm *inject.Watermark, log *zap.Logger) (*inject.HTTPServer, error) {
 	hc := cfg.Inject.HTTP
 	if len(hc.Listen) == 0 {
 		return nil, nil
@@ -649,6 +656,7 @@ func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b injec
 		AllowAddressLiterals: cfg.Inject.SMTP.AllowAddressLiterals,
 		Logger:               log,
 		DKIM:                 signer,
+		Watermark:            wm,
 	}, sp, b, h)
 	if err != nil {
 		return nil, fmt.Errorf("inject.http: %w", err)

@@ -80,6 +80,13 @@ type Config struct {
 type Spool struct {
 	// Dir is the directory holding the spool; created if missing.
 	Dir string `mapstructure:"dir"`
+	// HighWatermark is the number of queued messages at which the
+	// injection listeners refuse new mail (SMTP 421 4.3.2 to a new
+	// connection, 452 4.3.2 to MAIL; HTTP 503) until the queue falls to
+	// LowWatermark. 0 = no limit.
+	HighWatermark int64 `mapstructure:"high_watermark"`
+	// LowWatermark is where injection resumes; 0 = 90% of HighWatermark.
+	LowWatermark int64 `mapstructure:"low_watermark"`
 }
 
 // Log configures the process log (internal/logging).
@@ -334,7 +341,7 @@ func Default() *Config {
 	}
 	return &Config{
 		Hostname: host,
-		Spool:    Spool{Dir: "./var/spool"},
+		Spool:    Spool{Dir: "./var/spool", HighWatermark: 400000},
 		Log:      Log{Level: "info", Format: "json", File: ""},
 		Inject: Inject{SMTP: SMTPInject{
 			Listen:         []string{"127.0.0.1:2525"},

@@ -145,6 +145,8 @@ const fullYAML = `
 hostname: mta.example.com
 spool:
   dir: /var/spool/mtad
+  high_watermark: 1000
+  low_watermark: 800
 log:
   level: debug
   format: console
@@ -259,7 +261,7 @@ func TestFullRoundTrip(t *testing.T) {
 	}
 	want := &Config{
 		Hostname: "mta.example.com",
-		Spool:    Spool{Dir: "/var/spool/mtad"},
+		Spool:    Spool{Dir: "/var/spool/mtad", HighWatermark: 1000, LowWatermark: 800},
 		Log:      Log{Level: "debug", Format: "console", File: "/var/log/mtad.log"},
 		Inject: Inject{SMTP: SMTPInject{
 			Listen:         []string{"127.0.0.1:25", "[::1]:25"},
@@ -347,6 +349,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 	}{
 		{"hostname", func(c *Config) { c.Hostname = "bad host" }, `config: hostname: "bad host"`},
 		{"spool dir", func(c *Config) { c.Spool.Dir = "" }, `config: spool.dir: must not be empty`},
+		{"high watermark", func(c *Config) { c.Spool.HighWatermark = -1 }, `config: spool.high_watermark: -1 must be >= 0`},
+		{"low watermark", func(c *Config) { c.Spool.LowWatermark = 400000 }, `config: spool.low_watermark: 400000 must be >= 0 and below spool.high_watermark (400000)`},
 		{"log level", func(c *Config) { c.Log.Level = "loud" }, `config: log.level: "loud" is not one of`},
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, `config: log.format: "xml"`},
 		{"listen", func(c *Config) { c.Inject.SMTP.Listen = []string{"127.0.0.1:1", "nope"} }, `config: inject.smtp.listen[1]: "nope" is not host:port`},

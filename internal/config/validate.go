@@ -41,6 +41,13 @@ func (c *Config) Validate() error {
 	if c.Spool.Dir == "" {
 		v.bad("spool.dir", "must not be empty")
 	}
+	if c.Spool.HighWatermark < 0 {
+		v.bad("spool.high_watermark", "%d must be >= 0 (0 = no limit)", c.Spool.HighWatermark)
+	}
+	if c.Spool.LowWatermark < 0 || (c.Spool.LowWatermark > 0 && c.Spool.LowWatermark >= c.Spool.HighWatermark) {
+		v.bad("spool.low_watermark", "%d must be >= 0 and below spool.high_watermark (%d); 0 = 90%% of it",
+			c.Spool.LowWatermark, c.Spool.HighWatermark)
+	}
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "console")
 

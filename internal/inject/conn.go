@@ -41,6 +41,9 @@ func ipKey(ip netip.Addr) netip.Prefix {
 func (s *Server) track(nc net.Conn) (*conn, *smtp.SMTPError) {
 	ip := remoteIP(nc)
 	key := ipKey(ip)
+	if s.opts.Watermark.Over() {
+		return nil, errQueueFull
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.opts.MaxSessions > 0 && len(s.conns) >= s.opts.MaxSessions {

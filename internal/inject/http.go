@@ -69,6 +69,8 @@ type HTTPOptions struct {
 	Logger *zap.Logger
 	// DKIM signs as in Options; nil signs nothing.
 	DKIM *dkim.Signer
+	// Watermark is as in Options: while it is over, requests get 503.
+	Watermark *Watermark
 }
 
 // DefaultHTTPMaxRecipients is the recipients bound of a request when
@@ -379,6 +381,10 @@ func (h *HTTPServer) serveMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.busy != nil && h.busy.Busy() {
 		h.fail(w, &httpError{status: http.StatusServiceUnavailable, msg: "intake busy: the queue is not keeping up; retry later"})
+		return
+	}
+	if h.opts.Watermark.Over() {
+		h.fail(w, &httpError{status: http.StatusServiceUnavailable, msg: "queue above its high watermark; retry later"})
 		return
 	}
 	req, e := h.decode(w, r)

@@ -115,6 +115,9 @@ type Options struct {
 	// DKIM signs each accepted message after it is made conformant and
 	// before it is stored; nil signs nothing.
 	DKIM *dkim.Signer
+	// Watermark refuses new mail while the queue is too deep (see
+	// Watermark); nil never refuses.
+	Watermark *Watermark
 }
 
 // Handoff receives every stored message, after its 250 has been decided

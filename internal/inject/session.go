@@ -66,6 +66,8 @@ var (
 	errTLSInTxn      = rep(503, 5, 5, 1, "STARTTLS not permitted during a mail transaction")
 	errLiteral       = rep(553, 5, 1, 3, "Address literals not accepted")
 	errBusy          = rep(451, 4, 3, 2, "System busy, try again later")
+	errQueueFull     = rep(421, 4, 3, 2, "Queue above its high watermark, try again later")
+	errQueueFullMail = rep(452, 4, 3, 2, "Queue above its high watermark, try again later")
 	errNUL           = rep(554, 5, 6, 0, "Message contains NUL characters")
 	errLongLines     = rep(554, 5, 6, 0, "Message contains lines longer than 998 characters")
 	errHops          = rep(554, 5, 4, 6, "Too many hops (mail loop?)")
@@ -487,6 +489,10 @@ func (c *conn) mail(arg string) {
 	}
 	if s.busy != nil && s.busy.Busy() {
 		c.fail("MAIL", errBusy)
+		return
+	}
+	if s.opts.Watermark.Over() {
+		c.fail("MAIL", errQueueFullMail)
 		return
 	}
 	ss.hasFrom, ss.from, ss.mp = true, from, mp

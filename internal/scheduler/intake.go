@@ -88,6 +88,13 @@ func (s *Scheduler) Intake(m *spool.Message) {
 // holds, so the intake rarely overflows.
 func (s *Scheduler) Busy() bool { return s.in.waiting.Load() >= s.in.busyAt }
 
+// Queued is the number of messages in the queue: those the scheduler
+// holds plus those still waiting in the intake. A message moving from the
+// intake to the scheduler may be counted twice or not at all for an
+// instant; the injection listener's high watermark does not mind. It
+// takes no lock.
+func (s *Scheduler) Queued() int64 { return s.queued.Load() + s.in.waiting.Load() }
+
 // take moves everything waiting into the caller's buffers (emptied and
 // reused by the caller), swapping slices so the intake keeps the old ones.
 func (in *intake) take(msgs []*spool.Message, ids []string) ([]*spool.Message, []string) {

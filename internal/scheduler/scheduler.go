@@ -201,12 +201,15 @@ type Scheduler struct {
 	// pendingRcpts counts recipients still pending, for a gauge that
 	// must not walk every message at each scrape.
 	pendingRcpts atomic.Int64
-	saveMu       sync.Mutex    // one write of SuspensionsFile at a time
-	savedGen     atomic.Uint64 // the suspensions' Gen last written
-	suspensions  *policy.Suspensions
-	overrides    *policy.Overrides
-	throttles    *policy.Throttles
-	basePolicy   func(*queue.DomainRecord, int) connpool.Policy
+	// queued is len(msgs), read without mu by Queued (the listeners'
+	// high watermark asks it on every connection).
+	queued      atomic.Int64
+	saveMu      sync.Mutex    // one write of SuspensionsFile at a time
+	savedGen    atomic.Uint64 // the suspensions' Gen last written
+	suspensions *policy.Suspensions
+	overrides   *policy.Overrides
+	throttles   *policy.Throttles
+	basePolicy  func(*queue.DomainRecord, int) connpool.Policy
 
 	rebindMu sync.Mutex
 	rebinds  map[[2]string]rebind // (domain, binding) → group, from rebind rules
@@ -575,6 +578,7 @@ func (s *Scheduler) Submit(m *spool.Message) error {
 		return fmt.Errorf("scheduler: submit %s: already queued", m.ID)
 	}
 	s.msgs[m.ID] = st
+	s.queued.Add(1)
 	s.mu.Unlock()
 	s.pendingRcpts.Add(int64(st.pending))
 
@@ -922,7 +926,10 @@ func (s *Scheduler) settleAll(d *queue.Delivery, at connpool.Attempt, err error,
 func (s *Scheduler) forget(id string) {
 	s.mu.Lock()
 	st := s.msgs[id]
-	delete(s.msgs, id)
+	if st != nil {
+		delete(s.msgs, id)
+		s.queued.Add(-1)
+	}
 	s.mu.Unlock()
 	if st != nil {
 		// A message that left the spool with recipients pending
