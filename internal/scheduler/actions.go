@@ -122,10 +122,10 @@ type ending struct {
 // recipients it cancelled.
 //
 // A delivery a session holds in flight is not in a queue and is not
-// cancelled by a domain; a whole message's deletion drops it when the
-// session opens the body (Result's spool.ErrNotFound), or the remote side
-// may already have it. A message still in the intake, not yet submitted,
-// is not seen. A queue id the scheduler does not hold is ErrNotQueued.
+// cancelled by a domain. A whole message (by queue id or sender) ends its
+// in-flight recipients too, with the same records: the session's late
+// outcome is then dropped, though the remote side may already have the
+// mail. A message still in the intake, not yet submitted, is not seen. A queue id the scheduler does not hold is ErrNotQueued.
 func (s *Scheduler) Cancel(sel Selector, reason, who string, dsn bool) (int, error) {
 	return s.end(sel, ending{verb: "cancel", event: logging.EventCancelled, state: spool.Cancelled,
 		summed: sumCancelled, dsn: dsn, reason: reason, who: who})
@@ -240,6 +240,31 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 			n++
 		}
 	}
+	// A whole message goes with its recipients in flight too: a session
+	// holds their delivery, and its outcome, coming after the message is
+	// gone, is dropped. They are ended here, as the others, so none is
+	// left without a record (or, for a bounce, its DSN). The spool says
+	// which are still pending; it is read under st.mu, which every settle
+	// holds while it records an outcome.
+	var flying []spool.Recipient
+	if whole && !st.finished {
+		if m, gerr := s.opts.Spool.Get(id); gerr == nil {
+			for i, r := range m.Recipients {
+				if _, taken := updates[i]; taken || r.State != spool.Pending {
+					continue
+				}
+				updates[i] = spool.Recipient{Addr: r.Addr, State: e.state, Attempts: r.Attempts,
+					LastEnh: adminEnhanced, LastText: capString(text, maxReplyText), UpdatedAt: now,
+					Notify: r.Notify, ORcpt: r.ORcpt}
+				if e.dsn {
+					st.failed = append(st.failed, report{Addr: r.Addr, ORcpt: r.ORcpt, Notify: r.Notify,
+						Action: actFailed, Enhanced: adminEnhanced, Text: text, At: now, Class: policy.ClassAdminFailure})
+				}
+				flying = append(flying, r)
+				n++
+			}
+		}
+	}
 	st.pending -= n
 	s.pendingRcpts.Add(-int64(n))
 	var err error
@@ -287,6 +312,24 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 			s.om.top.add(d.Domain, string(e.event), len(d.Rcpts))
 		}
 		s.sum.add(now, e.summed, len(d.Rcpts)) // the summary's count
+	}
+	for _, r := range flying {
+		dom := r.Addr[strings.LastIndexByte(r.Addr, '@')+1:]
+		if c, cerr := mx.Canonical(dom); cerr == nil {
+			dom = c
+		}
+		rec := logging.Delivery{Event: e.event, QueueID: id, Recipient: r.Addr, Domain: dom,
+			Response: e.reason, Attempt: r.Attempts, BounceClass: int(policy.ClassAdminFailure)}
+		if e.event == logging.EventBounced {
+			rec.Enhanced = adminEnhanced
+			s.countClass(policy.ClassAdminFailure, e.event)
+		}
+		rec.Log(log)
+		if s.om.recipients != nil {
+			s.om.recipients.WithLabelValues(string(e.event), "", class).Inc()
+			s.om.top.add(dom, string(e.event), 1)
+		}
+		s.sum.add(now, e.summed, 1)
 	}
 	s.submitDSN(dsnMsg)
 	return n, err

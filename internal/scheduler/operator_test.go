@@ -383,3 +383,58 @@ func TestReinjectAndDeleteQuarantined(t *testing.T) {
 		t.Fatalf("Quarantined after all = %v, %v; want none", q, err)
 	}
 }
+
+// TestBounceInFlight: a message bounced by queue id while a session holds
+// its only delivery is not lost: the in-flight recipient is bounced with
+// the rest (a record, the DSN to the sender), the message leaves the
+// spool, and the session's late outcome changes nothing.
+func TestBounceInFlight(t *testing.T) {
+	t.Parallel()
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(94, 30)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(_ string, to []string, _ []byte) error {
+			if len(to) == 1 && strings.Contains(to[0], "@src.test") {
+				return nil // the DSN
+			}
+			entered <- struct{}{}
+			<-release
+			return loopbacktest.Reply(451, [3]int{4, 3, 0}, "try again later")
+		}}
+	})
+	h := newHarness(t, port, nil)
+	for _, d := range []string{"x.test", "src.test"} {
+		h.mxFor(d, ip(94, 30))
+	}
+	m := h.inject("s@src.test", "a@x.test")
+	select {
+	case <-entered:
+	case <-time.After(waitLimit):
+		t.Fatal("the delivery never reached DATA")
+	}
+	n, err := h.s.Bounce(Selector{QueueID: m.ID}, "recalled", "erin")
+	close(release)
+	if err != nil || n != 1 {
+		t.Fatalf("Bounce = %d, %v; want the one recipient in flight", n, err)
+	}
+	for {
+		e := h.next("bounced", "dsn", "deferred", "delivered")
+		if e.name == "dsn" {
+			continue
+		}
+		if e.name != "bounced" || e.str("recipient") != "a@x.test" || e.str("by") != "erin" || e.str("enhanced_code") != "5.0.0" {
+			t.Fatalf("record %s %v, want a@x.test bounced by erin", e.name, e.fields)
+		}
+		break
+	}
+	if _, err := h.sp.Get(m.ID); !errors.Is(err, spool.ErrNotFound) {
+		t.Fatalf("bounced message still spooled: %v", err)
+	}
+	msgs := sinks[0].WaitMessages(t, 1)
+	if !slices.Equal(msgs[0].To, []string{"s@src.test"}) || !bytes.Contains(msgs[0].Data, []byte("Final-Recipient: rfc822; a@x.test")) {
+		t.Fatalf("DSN to %v:\n%s", msgs[0].To, msgs[0].Data)
+	}
+	h.quiet() // the session's 451 comes after: no record, no retry
+	if h.s.Pending() != 0 || h.q.Stats().Delayed != 0 {
+		t.Fatalf("%d messages held, queues %+v after the bounce", h.s.Pending(), h.q.Stats())
+	}
+}
