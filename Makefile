@@ -57,8 +57,9 @@ bench-scale:
 # a DNS server that misbehave on a schedule, for SOAK_DURATION (default 30m;
 # SOAK_DURATION=3m for a quick look); RSS, goroutines and open fds are
 # sampled every 10 s and must stay flat (exit 1 if not). SOAK_RATE sets
-# messages/s (default 100); SOAK_DISKFULL=1 (root) puts the spool on a
-# 256 MiB tmpfs filled for one phase in four. Not part of `make test`.
+# messages/s (default 100). As root the spool is on a 2 GiB tmpfs filled
+# (disk full) for one phase in four; SOAK_DISKFULL=0 turns that off.
+# Not part of `make test`.
 soak: build
 	$(GO) run ./test/soak --mtad $(BIN)/mtad
 

@@ -9,8 +9,17 @@ import (
 )
 
 // spoolFSSize is the tmpfs the spool lives on with SOAK_DISKFULL=1: room
-// for the soak's queue many times over, small enough to fill in a moment.
-const spoolFSSize = "256m"
+// for the soak's queue many times over, small enough to fill in a moment
+// (its pages are RAM). It must stay well above the spool's own refusal
+// threshold (spool.Options.MinFreeBytes, by default 2 × 64 MiB memtable +
+// 64 MiB = 192 MiB) plus pebble's write-ahead logs, each preallocated to
+// 1.1 × the 64 MiB memtable (≈70 MiB) and several kept at once: on 256 and
+// 512 MiB tmpfs, five WALs (≈350 MiB) left less than the reserve within
+// 10 s of the start and every Put was refused from then on.
+const (
+	spoolFSSize = "2g"
+	spoolFSMiB  = 2048
+)
 
 // diskBallast fills the spool's file system with one file during a
 // "disk full" phase and removes it after, so the spool sees ENOSPC and
@@ -54,8 +63,8 @@ func (b *diskBallast) phase(full bool) {
 	}
 	defer f.Close()
 	chunk := make([]byte, 1<<20)
-	// Bounded by the file system's size: at most 256 MiB of 1 MiB writes.
-	for range 300 {
+	// Bounded by the file system's size: ENOSPC comes before the last write.
+	for range spoolFSMiB + 8 {
 		if _, err := f.Write(chunk); err != nil {
 			if !errors.Is(err, syscall.ENOSPC) {
 				fmt.Println("soak: ballast:", err)

@@ -3,10 +3,12 @@
 // — SMTP and HTTP injection — into loopback sinks and a loopback DNS
 // server that misbehave on a schedule, samples the daemon's RSS,
 // goroutines, open fds and queue every 10 s, and prints a summary with a
-// verdict: "flat", or "GROWING" and exit status 1.
+// verdict: "flat", or "GROWING" and exit status 1. As root it also puts
+// the spool on a tmpfs that it fills now and then (disk full).
 //
 // It owns nothing of mtad's: it only talks to the binary over loopback
-// (SMTP, HTTP, the admin API) and reads /proc. It must never listen
+// (SMTP, HTTP, the admin API), reads /proc and fills the spool's file
+// system only with a file of its own. It must never listen
 // beyond 127.0.0.0/8, and every loop it runs ends with the duration.
 //
 // Not part of `make test`: it is a program, not a test, and takes minutes.
@@ -48,8 +50,14 @@ const (
 func main() {
 	mtadBin := flag.String("mtad", "bin/mtad", "the mtad binary to run")
 	flag.Parse()
-	if err := run(*mtadBin); err != nil {
+	// run returns before any exit, so its deferred clean-up (the mtad
+	// process, the spool tmpfs, the temp dir) always runs.
+	flat, err := run(*mtadBin)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
+		os.Exit(1)
+	}
+	if !flat {
 		os.Exit(1)
 	}
 }
@@ -66,33 +74,35 @@ func envDuration(key string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-func run(mtadBin string) error {
+func run(mtadBin string) (flat bool, err error) {
 	dur, err := envDuration("SOAK_DURATION", 30*time.Minute)
 	if err != nil {
-		return err
+		return false, err
 	}
 	rate := 100
 	if v := os.Getenv("SOAK_RATE"); v != "" {
 		if rate, err = strconv.Atoi(v); err != nil || rate < 5 || rate > 500 {
-			return fmt.Errorf("SOAK_RATE=%q: want messages per second, 5-500", v)
+			return false, fmt.Errorf("SOAK_RATE=%q: want messages per second, 5-500", v)
 		}
 	}
-	diskFull := os.Getenv("SOAK_DISKFULL") == "1"
-	if diskFull && os.Geteuid() != 0 {
-		return fmt.Errorf("SOAK_DISKFULL=1 mounts a tmpfs: needs root")
+	// Disk-full periods need a tmpfs mount, so root: on by default as
+	// root, SOAK_DISKFULL=0 turns them off, =1 insists on them.
+	diskFull := os.Geteuid() == 0 && os.Getenv("SOAK_DISKFULL") != "0"
+	if os.Getenv("SOAK_DISKFULL") == "1" && os.Geteuid() != 0 {
+		return false, fmt.Errorf("SOAK_DISKFULL=1 mounts a tmpfs: needs root")
 	}
 	warmup := min(2*time.Minute, dur/2)
 	if _, err := os.Stat(mtadBin); err != nil {
-		return fmt.Errorf("mtad binary: %w (run `make build` first)", err)
+		return false, fmt.Errorf("mtad binary: %w (run `make build` first)", err)
 	}
 	// mtad runs in the temp dir: its path must not depend on ours.
 	if mtadBin, err = filepath.Abs(mtadBin); err != nil {
-		return err
+		return false, err
 	}
 
 	dir, err := os.MkdirTemp("", "mtad-soak-")
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer os.RemoveAll(dir)
 
@@ -102,7 +112,7 @@ func run(mtadBin string) error {
 	// there), 127.0.70.2-6 misbehave, all on the port the first one got.
 	steady, err := startSink("127.0.70.1", 0, fc)
 	if err != nil {
-		return fmt.Errorf("sink: %w", err)
+		return false, fmt.Errorf("sink: %w", err)
 	}
 	_, ps, _ := net.SplitHostPort(steady.addr)
 	portS, _ := strconv.Atoi(ps)
@@ -114,7 +124,7 @@ func run(mtadBin string) error {
 	}()
 	z, err := startDNS(fc)
 	if err != nil {
-		return fmt.Errorf("dns: %w", err)
+		return false, fmt.Errorf("dns: %w", err)
 	}
 	defer z.stop()
 	z.add("src.soak", "127.0.70.1")
@@ -123,7 +133,7 @@ func run(mtadBin string) error {
 		ip := fmt.Sprintf("127.0.70.%d", i+1)
 		s, err := startSink(ip, portS, fc)
 		if err != nil {
-			return fmt.Errorf("sink %s: %w", ip, err)
+			return false, fmt.Errorf("sink %s: %w", ip, err)
 		}
 		sinks = append(sinks, s)
 		d := fmt.Sprintf("f%d.soak", i)
@@ -135,7 +145,7 @@ func run(mtadBin string) error {
 	var ballast *diskBallast
 	if diskFull {
 		if ballast, err = mountSpool(spoolDir, fc); err != nil {
-			return err
+			return false, err
 		}
 		defer ballast.unmount()
 	}
@@ -143,11 +153,11 @@ func run(mtadBin string) error {
 	cfgPath := filepath.Join(dir, "mtad.yaml")
 	logPath := filepath.Join(dir, "mtad.log")
 	if err := os.WriteFile(cfgPath, []byte(config(spoolDir, logPath, z.addr, portS)), 0o600); err != nil {
-		return err
+		return false, err
 	}
 	d, err := startMtad(mtadBin, cfgPath, logPath, dir)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer d.kill() // a no-op after a clean stop
 	fmt.Printf("soak: mtad pid %d, smtp %s, http %s, admin %s; %s at %d msg/s, warm-up %s, disk-full periods %v\n",
@@ -240,13 +250,13 @@ func run(mtadBin string) error {
 	select {
 	case <-d.done:
 		wg.Wait()
-		return fmt.Errorf("mtad exited during the soak: %v\n%s\nlog tail:\n%s", d.cmd.ProcessState, d.out.String(), tail(logPath, 20))
+		return false, fmt.Errorf("mtad exited during the soak: %v\n%s\nlog tail:\n%s", d.cmd.ProcessState, d.out.String(), tail(logPath, 20))
 	default:
 	}
 	// The end figure is taken while the load still runs, as the warm-up
 	// one was, so the two are comparable.
 	if end, err = d.sample(time.Since(start)); err != nil {
-		return fmt.Errorf("final sample: %w", err)
+		return false, fmt.Errorf("final sample: %w", err)
 	}
 	samples = append(samples, end)
 	fmt.Println(end)
@@ -273,22 +283,18 @@ func run(mtadBin string) error {
 		time.Sleep(2 * time.Second) // polling the API: no event to wait on
 	}
 	if err != nil {
-		return fmt.Errorf("summary: %w", err)
+		return false, fmt.Errorf("summary: %w", err)
 	}
 
 	code, err := d.stop(60 * time.Second)
 	if err != nil {
-		return err
+		return false, err
 	}
 
-	verdict := report(os.Stdout, reportData{
+	return report(os.Stdout, reportData{
 		dur: dur, warmup: warmup, rate: rate, st: st, sum: sum, sinks: sinks, faults: fc.snapshot(),
 		samples: samples, exit: code, logPath: logPath,
-	})
-	if !verdict {
-		os.Exit(1)
-	}
-	return nil
+	}), nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

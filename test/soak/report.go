@@ -80,6 +80,12 @@ func report(w io.Writer, r reportData) bool {
 	row("goroutines", base.goroutines, peak.goroutines, end.goroutines, slackGor, n)
 	row("fds", base.fds, peak.fds, end.fds, slackFDs, n)
 	fmt.Fprintf(w, "queued    warm-up %d msgs, end %d msgs (under load)\n", base.queuedMsgs, end.queuedMsgs)
+	// Flat figures mean nothing if the load never reached the spool (a
+	// refusal at every message once showed a flat daemon doing no work).
+	if tried, acc := r.st.tried.Load(), r.st.accepted.Load(); acc*4 < tried {
+		fmt.Fprintf(w, "load      only %d of %d messages accepted (< 25%%): the soak did not load mtad\n", acc, tried)
+		ok = false
+	}
 	fmt.Fprintf(w, "mtad exit %d after SIGTERM\n", r.exit)
 	if r.exit != 0 {
 		ok = false
@@ -87,7 +93,7 @@ func report(w io.Writer, r reportData) bool {
 	if ok {
 		fmt.Fprintln(w, "verdict   flat")
 	} else {
-		fmt.Fprintln(w, "verdict   GROWING (or unclean exit)")
+		fmt.Fprintln(w, "verdict   GROWING (or no load, or an unclean exit)")
 	}
 	return ok
 }
