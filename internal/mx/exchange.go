@@ -144,17 +144,24 @@ func (x *Exchanger) Exchange(ctx context.Context, name string, qtype uint16, edn
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	order := x.order()
+	// However the loop ends (an earlier server answered, or the time is
+	// up), a probe among the servers not asked ends unused, so the next
+	// query probes again; left in flight, it would keep the server down
+	// for good.
+	asked := 0
+	defer func() {
+		for _, rest := range order[asked:] {
+			if rest.probe {
+				x.settle(rest, false, true)
+			}
+		}
+	}()
 	var errs []error
 	for k, a := range order {
 		if ctx.Err() != nil {
-			// The probe (if any) among the servers not asked ends unused.
-			for _, rest := range order[k:] {
-				if rest.probe {
-					x.settle(rest, false, true)
-				}
-			}
 			break
 		}
+		asked = k + 1
 		srv := x.servers[a.i]
 		share := time.Until(deadline) / time.Duration(sharers(order[k:]))
 		resp, err := x.ask(ctx, share, name, qtype, edns, srv)

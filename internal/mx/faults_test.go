@@ -581,3 +581,27 @@ func FuzzMXAnswer(f *testing.F) {
 		}
 	})
 }
+
+// A probe due at a later server's place ends unused when an earlier server
+// answers: the next query probes again, rather than the server staying
+// down for good behind a probe that never ran.
+func TestFaultProbeBehindAnAnswer(t *testing.T) {
+	t.Parallel()
+	a := newZone(t, "p.test. 300 IN A 127.0.0.1", "q.test. 300 IN A 127.0.0.1")
+	b := newZone(t, "p.test. 300 IN A 127.0.0.1", "q.test. 300 IN A 127.0.0.1")
+	x := NewExchanger([]string{startDNS(t, a), startDNS(t, b), "127.0.0.1:1"}, time.Second)
+	clk := newClock()
+	x.now = clk.now
+	x.settle(attempt{i: 1}, false, false) // b timed out once
+	clk.advance(serverPenalty)
+	if _, err := x.Exchange(t.Context(), "p.test", dns.TypeA, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count("p.test", dns.TypeA); n != 0 {
+		t.Fatalf("b asked %d times though a answered first", n)
+	}
+	want := []attempt{{i: 0}, {i: 1, probe: true}, {i: 2}}
+	if got := x.order(); !slices.Equal(got, want) {
+		t.Fatalf("order after a query a answered = %v, want b's probe due again at its place %v", got, want)
+	}
+}
