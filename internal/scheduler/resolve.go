@@ -177,6 +177,12 @@ func (s *Scheduler) prefetchSTS(dr *queue.DomainRecord, pairs []*queue.Pair) {
 	if e == nil || s.opts.Pool.DisableTLS {
 		return
 	}
+	// A routed domain's mail goes to its route, never to its MX hosts:
+	// no MTA-STS policy applies (the session does not ask either), and
+	// its lookups must not leave the machine.
+	if r, ok := s.opts.Pool.Resolver.(interface{ Routed(string) bool }); ok && r.Routed(dr.Name) {
+		return
+	}
 	for _, p := range pairs {
 		if p.Len() > 0 && s.poolPolicy(dr, p.Slot()).TLS.MTASTS {
 			e.Prefetch(s.resolveCtx, dr.Name)

@@ -6,13 +6,17 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/mx"
 	"github.com/mtad/mtad/internal/tlspolicy"
 )
 
@@ -105,5 +109,51 @@ func TestSTSPrefetchBeforeSlot(t *testing.T) {
 	}
 	if m := sinks[0].WaitMessages(t, 1); !m[0].TLS {
 		t.Error("delivered in clear text")
+	}
+}
+
+// TestSTSNoPrefetchForRoutes: a routed domain's mail goes to its route, so
+// with MTA-STS on no policy lookup is made for it (none leaves the
+// machine), and its mail is delivered through the route.
+func TestSTSNoPrefetchForRoutes(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(81, 20)}, nil)
+	var asked atomic.Int64
+	txt := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		asked.Add(1)
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeNameError)
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	txt.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = txt.ListenAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = txt.Shutdown() })
+	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: []string{txt.PacketConn.LocalAddr().String()}, AllowLoopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sts.Close)
+	eng, err := tlspolicy.New(tlspolicy.Options{STS: sts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, port, func(o *Options) {
+		o.Shaper = testShaper(t, func(s *config.Shaping) { s.Default.MTASTS = ptr(true) })
+		o.Pool.TLSPolicy = eng
+		res, err := mx.New(mx.Options{Servers: []string{"127.0.0.1:1"}, AllowLoopback: true, Timeout: time.Second,
+			Routes: []mx.Route{{Domain: "rt.test", Host: net.JoinHostPort(ip(81, 20), strconv.Itoa(port))}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Pool.Resolver = res
+	})
+	injectOn(h, "x@rt.test")
+	if e := h.next(outcomeEvents...); e.name != "delivered" {
+		t.Fatalf("%s %v, want delivered through the route", e.name, e.fields)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("%d MTA-STS lookups for a routed domain, want none", n)
 	}
 }
