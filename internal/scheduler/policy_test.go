@@ -966,3 +966,38 @@ func TestBindingThrottleAcrossDestinations(t *testing.T) {
 		t.Fatalf("b1 delivered %d of 6: the binding throttle held another binding", n)
 	}
 }
+
+// TestSuspendedDomainNotResolved: a domain an operator suspended (its DNS
+// broken, say) is not looked up while the suspension holds, so a lookup's
+// NXDOMAIN cannot bounce the mail the suspension was set to hold; after
+// the resume it is looked up and the answer applies.
+func TestSuspendedDomainNotResolved(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(66, 10)}, nil)
+	h := newHarness(t, port, func(o *Options) { o.Shaper = testShaper(t, func(*config.Shaping) {}) })
+	h.dns.SetRcode("nx.test.", 3) // NXDOMAIN
+	sp := h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: "nx.test", Source: policy.SourceOperator,
+		Reason: "dns broken, hold mail", Until: h.clock.Now().Add(time.Hour)})
+	m := h.inject("s@src.test", "a@nx.test")
+	for range 3 {
+		h.s.Tick(h.clock.Advance(time.Second))
+	}
+	dr, _ := h.q.Lookup("nx.test")
+	ds := stateOf(dr)
+	ds.mu.Lock()
+	looked := ds.resolved || ds.resolving || !ds.at.IsZero()
+	ds.mu.Unlock()
+	if looked {
+		t.Fatal("a suspended domain was looked up")
+	}
+	if _, err := h.sp.Get(m.ID); err != nil {
+		t.Fatalf("held mail left the spool: %v", err)
+	}
+	if _, ok := h.s.Resume(sp.ID, "ops", "fixed"); !ok {
+		t.Fatal("Resume found no suspension")
+	}
+	h.s.Tick(h.clock.Advance(time.Second))
+	if e := h.next(outcomeEvents...); e.name != "bounced" || e.str("recipient") != "a@nx.test" {
+		t.Fatalf("after the resume: %s %v, want the NXDOMAIN bounce", e.name, e.fields)
+	}
+}

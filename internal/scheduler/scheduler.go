@@ -713,7 +713,20 @@ func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
 // just read.
 func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
 	dr := p.Domain()
-	if dr.Suspended(now) || !s.routable(dr, now) {
+	if dr.Suspended(now) {
+		return
+	}
+	// A suspended pair is not resolved either: a lookup's permanent
+	// failure would bounce mail an operator suspended to hold (its DNS
+	// broken, say). Its maintenance runs again when the suspension ends.
+	if s.suspensions.Len() > 0 {
+		if ps := s.shapeOf(p); ps != nil {
+			if _, held := s.suspended(ps, now); held {
+				return
+			}
+		}
+	}
+	if !s.routable(dr, now) {
 		return
 	}
 	pol := s.policyOf(p)
