@@ -442,13 +442,9 @@ func (s *Scheduler) Rebind(domain, binding, group string, d time.Duration, who, 
 	// Under tickMu, as Tick's own moves from the delayed queue are: no
 	// delivery is between the two queues while they are walked.
 	s.tickMu.Lock()
-	if dr, ok := s.q.Lookup(dom); ok {
-		for _, p := range dr.Pairs(nil) {
-			if slot < 0 || p.Slot() == slot {
-				moved += s.moveQueued(p, group, now)
-			}
-		}
-	}
+	// The delayed ones first: moveQueued puts the active ones in the
+	// delayed queue (due at the next tick), where this walk would count
+	// them twice.
 	delayed := s.q.RemoveDelayed(func(dl *queue.Delivery) bool {
 		return dl.Domain == dom && (slot < 0 || int(dl.Slot) == slot)
 	}, nil)
@@ -457,6 +453,13 @@ func (s *Scheduler) Rebind(domain, binding, group string, d time.Duration, who, 
 			dl.Slot = int32(sl)
 		}
 		s.q.Delay(dl, dl.NextAttempt())
+	}
+	if dr, ok := s.q.Lookup(dom); ok {
+		for _, p := range dr.Pairs(nil) {
+			if slot < 0 || p.Slot() == slot {
+				moved += s.moveQueued(p, group, now)
+			}
+		}
 	}
 	s.tickMu.Unlock()
 	moved += len(delayed)

@@ -16,7 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/spool"
 )
 
@@ -436,5 +438,38 @@ func TestBounceInFlight(t *testing.T) {
 	h.quiet() // the session's 451 comes after: no record, no retry
 	if h.s.Pending() != 0 || h.q.Stats().Delayed != 0 {
 		t.Fatalf("%d messages held, queues %+v after the bounce", h.s.Pending(), h.q.Stats())
+	}
+}
+
+// TestOperatorRebindCountsOnce: active mail (held by a suspension) is
+// moved through the delayed queue to its new pair, and counted once.
+func TestOperatorRebindCountsOnce(t *testing.T) {
+	t.Parallel()
+	_, port := loopbacktest.StartSinks(t, []string{ip(96, 30)}, nil)
+	var cfgs []binding.Config
+	for i, a := range bindingIPs {
+		cfgs = append(cfgs, binding.Config{Name: fmt.Sprintf("b%d", i), Address: a})
+	}
+	set, err := binding.New(cfgs, []binding.GroupConfig{{Name: "clean", Members: []binding.Member{{Name: "b2", Weight: 1}}}},
+		"mta.test", func(netip.Addr) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, port, func(o *Options) {
+		o.Bindings = set
+		o.Shaper = testShaper(t, func(*config.Shaping) {})
+	})
+	h.mxFor("z.test", ip(96, 30))
+	h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: "z.test", Source: policy.SourceOperator,
+		Reason: "hold", Until: h.clock.Now().Add(time.Hour)})
+	for _, r := range []string{"a@z.test", "b@z.test", "c@z.test"} {
+		injectVia(h, "b0", "s@src.test", r)
+	}
+	if st := h.q.Stats(); st.Active != 3 {
+		t.Fatalf("queues %+v, want 3 active", st)
+	}
+	moved, err := h.s.Rebind("z.test", "", "clean", 0, "hal", "move")
+	if err != nil || moved != 3 {
+		t.Fatalf("Rebind = %d, %v; want 3", moved, err)
 	}
 }
