@@ -86,8 +86,12 @@ put_config() { # put_config SRC NAME [sed args...]: install unless present
 }
 # make run's routes of the reserved .test names to its capture sink on
 # 127.0.0.1:2526 are for a developer's machine, not a host: "routes: []".
+# Its "hostname: localhost" too: on a host the key is left out (commented),
+# so mtad names itself after the machine, never "localhost" in EHLO and
+# bounces.
 put_config "$root/configs/mtad.yaml" mtad.yaml \
 	-e "s|^  dir: \./var/spool$|  dir: /var/spool/mtad|" \
+	-e "s|^hostname: localhost$|# hostname: mail.example.com   # absent: this machine's host name|" \
 	-e "s|^response_rules_file: configs/|response_rules_file: $SYSCONFDIR/mtad/|" \
 	-e "/^routes:$/,/^$/{/^routes:$/s|.*|routes: []|;/^  /d}"
 put_config "$root/configs/response-rules.yaml" response-rules.yaml -e ''
@@ -104,4 +108,5 @@ if grep -q '^response_rules_file: configs/' "$shipped"; then
 	exit 1
 fi
 
-echo "install: done. Next: edit $SYSCONFDIR/mtad/mtad.yaml, then systemctl daemon-reload && systemctl enable --now mtad"
+echo "install: done. Next: edit $SYSCONFDIR/mtad/mtad.yaml (hostname: the name your binding addresses resolve back to;"
+echo "         bindings; inject), then systemctl daemon-reload && systemctl enable --now mtad"

@@ -88,6 +88,9 @@ func TestMakeInstall(t *testing.T) {
 	if !strings.Contains(cfg, "\n  dir: /var/spool/mtad\n") || !strings.Contains(cfg, "\nresponse_rules_file: /etc/mtad/response-rules.yaml\n") {
 		t.Errorf("installed config does not use the service's paths:\n%s", cfg)
 	}
+	if strings.Contains(cfg, "\nhostname: localhost\n") || !strings.Contains(cfg, "\n# hostname: mail.example.com") {
+		t.Errorf("installed config names the host localhost:\n%s", cfg)
+	}
 	if strings.Contains(cfg, "host: 127.0.0.1:2526") || !strings.Contains(cfg, "\nroutes: []\n") {
 		t.Errorf("installed config keeps make run's routes to its capture sink:\n%s", cfg)
 	}
