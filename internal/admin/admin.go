@@ -79,6 +79,8 @@ type Options struct {
 	// come on top); IdleTimeout a kept-alive connection's wait. Zero
 	// means the defaults below.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Cluster serves GET /api/v1/cluster (cluster.go); nil leaves it out.
+	Cluster Cluster
 	// Ready is what /readyz checks.
 	Ready  Readiness
 	Logger *zap.Logger
@@ -133,6 +135,9 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/api/v1/suspensions", methods(route{http.MethodGet, s.suspensions}, route{http.MethodPost, s.suspend}))
 		mux.HandleFunc("/api/v1/suspensions/{id}", methods(route{http.MethodDelete, s.resume}))
 		mux.HandleFunc("/api/v1/throttles", methods(route{http.MethodGet, s.throttles}, route{http.MethodDelete, s.unthrottle}))
+	}
+	if opts.Cluster != nil {
+		mux.HandleFunc("/api/v1/cluster", s.get(s.cluster))
 	}
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))

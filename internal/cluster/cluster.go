@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -94,9 +95,7 @@ type Config struct {
 	Heartbeat time.Duration
 	// Queued, if set, is reported in the membership record.
 	Queued func() int
-	// OnShared, if set, is called from the sync goroutine with every kind
-	// of shared record whose content changed (after a pub/sub message or
-	// the periodic read each Heartbeat): the complete set of that kind.
+	// OnShared, if set, is Follow's fn from the start.
 	OnShared func(kind string, recs map[string]Record)
 	// SharedKinds are the kinds OnShared follows.
 	SharedKinds []string
@@ -122,6 +121,7 @@ type Cluster struct {
 	budgets budgets
 	leases  leaseSet
 	shared  sharedState
+	follow  atomic.Pointer[follower]
 
 	// calls counts Redis commands sent, for the benchmarks' round trips
 	// per message.
@@ -170,6 +170,9 @@ func New(cfg Config) (*Cluster, error) {
 	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(rdb), log: cfg.Log}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	c.members.Store(1)
+	if cfg.OnShared != nil {
+		c.follow.Store(&follower{kinds: cfg.SharedKinds, fn: cfg.OnShared})
+	}
 	c.budgets.init()
 	c.leases.init()
 	c.shared.init()
@@ -378,4 +381,35 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 func (c *Cluster) share(limit float64) float64 {
 	n := float64(max(c.members.Load(), 1))
 	return limit / n
+}
+
+// Stopped reports whether the node is in fallback stop: nothing under a
+// shared limit is sent.
+func (c *Cluster) Stopped() bool { return c.down.Load() && c.cfg.Fallback == FallbackStop }
+
+// Register adds the cluster's metrics to r: mtad_cluster_fallback (1 while
+// Redis is unreachable and the limits are the fallback's),
+// mtad_cluster_nodes and mtad_cluster_redis_commands_total.
+func (c *Cluster) Register(r prometheus.Registerer) error {
+	for _, col := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mtad_cluster_fallback",
+			Help: "1 while Redis is unreachable and this node applies cluster.fallback to the shared limits, else 0."},
+			func() float64 {
+				if c.down.Load() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mtad_cluster_nodes",
+			Help: "Nodes with a current heartbeat, as last seen (the divisor of fallback share)."},
+			func() float64 { return float64(c.members.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mtad_cluster_redis_commands_total",
+			Help: "Redis commands this node sent (rate batches, leases, heartbeats, shared records)."},
+			func() float64 { return float64(c.calls.Load()) }),
+	} {
+		if err := r.Register(col); err != nil {
+			return fmt.Errorf("cluster metrics: %w", err)
+		}
+	}
+	return nil
 }

@@ -90,9 +90,31 @@ func (c *Cluster) Shared(ctx context.Context, kind string) (map[string]Record, e
 	return out, nil
 }
 
-// sync reads kind and calls OnShared when it changed.
+// follower is who Follow named.
+type follower struct {
+	kinds []string
+	fn    func(kind string, recs map[string]Record)
+}
+
+// Follow has fn called, from the node's sync goroutine and one call at a
+// time, with the complete set of records of each of kinds whenever it
+// changed (after another node's pub/sub message, or the periodic read each
+// Heartbeat), and once now with what is there. It replaces an earlier
+// Follow.
+func (c *Cluster) Follow(kinds []string, fn func(kind string, recs map[string]Record)) {
+	c.shared.mu.Lock()
+	c.shared.last = map[string]map[string]Record{}
+	c.shared.mu.Unlock()
+	c.follow.Store(&follower{kinds: kinds, fn: fn})
+	if !c.down.Load() {
+		c.syncAll()
+	}
+}
+
+// sync reads kind and calls the follower when it changed.
 func (c *Cluster) sync(kind string) {
-	if c.cfg.OnShared == nil {
+	f := c.follow.Load()
+	if f == nil || !slices.Contains(f.kinds, kind) {
 		return
 	}
 	recs, err := c.Shared(c.ctx, kind)
@@ -105,12 +127,14 @@ func (c *Cluster) sync(kind string) {
 		return
 	}
 	c.shared.last[kind] = recs
-	c.cfg.OnShared(kind, recs)
+	f.fn(kind, recs)
 }
 
 func (c *Cluster) syncAll() {
-	for _, k := range c.cfg.SharedKinds {
-		c.sync(k)
+	if f := c.follow.Load(); f != nil {
+		for _, k := range f.kinds {
+			c.sync(k)
+		}
 	}
 }
 
@@ -131,9 +155,6 @@ func sameRecords(a, b map[string]Record) bool {
 // periodic read in loop covers a lost message or a reconnection.
 func (c *Cluster) subscriber() {
 	defer c.wg.Done()
-	if c.cfg.OnShared == nil {
-		return
-	}
 	ps := c.rdb.Subscribe(c.ctx, c.channel())
 	defer ps.Close()
 	ch := ps.Channel()
@@ -145,9 +166,7 @@ func (c *Cluster) subscriber() {
 			if !ok {
 				return
 			}
-			if slices.Contains(c.cfg.SharedKinds, m.Payload) {
-				c.sync(m.Payload)
-			}
+			c.sync(m.Payload)
 		}
 	}
 }
