@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/mtad/mtad/internal/cluster/redistest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -17,9 +19,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type nodeOpt func(*Config)
 
-func newNode(t *testing.T, r *redisServer, name string, opts ...nodeOpt) *Cluster {
+func newNode(t *testing.T, r *redistest.Server, name string, opts ...nodeOpt) *Cluster {
 	t.Helper()
-	cfg := Config{Addrs: []string{r.addr()}, Node: name, Version: "test-1", Heartbeat: 100 * time.Millisecond,
+	cfg := Config{Addrs: []string{r.Addr()}, Node: name, Version: "test-1", Heartbeat: 100 * time.Millisecond,
 		Timeout: 100 * time.Millisecond, Prefix: "t:" + t.Name() + ":"}
 	for _, o := range opts {
 		o(&cfg)
@@ -37,7 +39,7 @@ func newNode(t *testing.T, r *redisServer, name string, opts ...nodeOpt) *Cluste
 // rate × elapsed plus one batch (5) per node held unspent at the end;
 // at least 80% of rate × elapsed.
 func TestRateShared(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	r50 := Rate{N: 50, Per: time.Second}
 	nodes := []*Cluster{newNode(t, r, "a"), newNode(t, r, "b"), newNode(t, r, "c")}
 	var mu sync.Mutex
@@ -80,7 +82,7 @@ func TestRateShared(t *testing.T) {
 // TestTakeAllAllOrNothing: a key without a token keeps the other key's
 // token unspent.
 func TestTakeAllAllOrNothing(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	c := newNode(t, r, "a")
 	slow := Rate{N: 1, Per: time.Hour}
 	fast := Rate{N: 1000, Per: time.Second}
@@ -120,7 +122,7 @@ func TestBatchSize(t *testing.T) {
 // TestLeaseCap: three nodes asking for 4 leases each under a cap of 5
 // get 5 between them; a release lets one more in.
 func TestLeaseCap(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	nodes := []*Cluster{newNode(t, r, "a"), newNode(t, r, "b"), newNode(t, r, "c")}
 	var mu sync.Mutex
 	var got []*Lease
@@ -165,7 +167,7 @@ func TestLeaseCap(t *testing.T) {
 // TestLeaseExpiry: a node's leases outlive their TTL while it renews
 // them, and return within the TTL once it stops (killed: no release).
 func TestLeaseExpiry(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	ttl := 600 * time.Millisecond
 	a := newNode(t, r, "a", func(c *Config) { c.LeaseTTL = ttl })
 	b := newNode(t, r, "b", func(c *Config) { c.LeaseTTL = ttl })
@@ -200,7 +202,7 @@ func TestLeaseExpiry(t *testing.T) {
 // TestSharedPropagation: a record put on one node reaches the others
 // within a second, with its source; a delete likewise.
 func TestSharedPropagation(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	type seen struct {
 		node string
 		recs map[string]Record
@@ -253,7 +255,7 @@ func TestSharedPropagation(t *testing.T) {
 // TestMembers lists the nodes with version and queued count, and drops a
 // dead one.
 func TestMembers(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	a := newNode(t, r, "a", func(c *Config) { c.Queued = func() int { return 7 } })
 	b := newNode(t, r, "b")
 	ms, err := a.Members(context.Background())
@@ -275,7 +277,7 @@ func TestMembers(t *testing.T) {
 // (1/3 of a cap of 6: 2 leases each; of a 30/s budget: about 10/s), say
 // so once, and take the shared limits up again when it is back.
 func TestFallback(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
 	nodes := []*Cluster{
@@ -289,7 +291,7 @@ func TestFallback(t *testing.T) {
 	for i := 0; i < 50 && a.members.Load() != 3; i++ {
 		time.Sleep(50 * time.Millisecond) // a's next heartbeats count b and c
 	}
-	r.kill()
+	r.Kill()
 	// The first call after the kill fails within the timeout and falls back.
 	t0 := time.Now()
 	l, ok, err := a.Acquire("site:y", 6)
@@ -330,7 +332,7 @@ func TestFallback(t *testing.T) {
 		t.Fatalf("fallback logged %d times, want once", c)
 	}
 
-	r.restart()
+	r.Restart()
 	for i := 0; i < 50; i++ {
 		if down, _ := a.Fallback(); !down {
 			break
