@@ -69,6 +69,8 @@ commands:
       messages' other recipients queued; --dsn tells the sender
   flush [DOMAIN] [--binding B] [--by WHO] [--json]
       retries delayed mail now; without DOMAIN, every domain's
+  cluster [--json]
+      the nodes sharing limits through Redis: version, queued, last heartbeat
 
 global flags:`
 
@@ -132,6 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"unthrottle":  unthrottleCmd,
 		"cancel":      cancelCmd,
 		"flush":       flushCmd,
+		"cluster":     clusterCmd,
 	}
 	cmd := cmds[fs.Arg(0)]
 	if cmd == nil {

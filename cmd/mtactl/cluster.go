@@ -1,0 +1,43 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+)
+
+// clusterNode is one node of GET /api/v1/cluster.
+type clusterNode struct {
+	Name          string    `json:"name"`
+	Version       string    `json:"version"`
+	Queued        int       `json:"queued"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+}
+
+// clusterCmd: cluster [--json]. The nodes sharing limits through Redis,
+// with their versions, queued messages and last heartbeat, then whether
+// the node asked uses the shared limits or a fallback.
+func clusterCmd(c *client, args []string, out io.Writer) error {
+	b, done, err := getView(c, "cluster", "/api/v1/cluster", args, out)
+	if done {
+		return err
+	}
+	var v struct {
+		Nodes  []clusterNode `json:"nodes"`
+		Status string        `json:"status"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("cluster: the answer is not a node list: %w", err)
+	}
+	rows := make([][]string, len(v.Nodes))
+	for i, n := range v.Nodes {
+		rows[i] = []string{n.Name, n.Version, strconv.Itoa(n.Queued), when(n.LastHeartbeat)}
+	}
+	if err := writeTable(out, []string{"NODE", "VERSION", "QUEUED", "LAST HEARTBEAT"}, rows); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(out, "\nlimits: %s\n", v.Status)
+	return err
+}
