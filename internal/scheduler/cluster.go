@@ -147,7 +147,18 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			delete(cs.gone, k)
 		}
 	}
-	prev := cs.known[kind]
+	prev, seen := cs.known[kind]
+	if !seen && kind == kindSuspension {
+		// The first read (a start): the suspensions restored from the
+		// file that came from other nodes are judged against the cluster
+		// too, so one lifted while this node was down ends here as well.
+		prev = map[string]bool{}
+		for _, sp := range s.suspensions.All() {
+			if sp.Node != "" {
+				prev[suspensionID(sp)] = true
+			}
+		}
+	}
 	cur := make(map[string]bool, len(recs))
 	for id := range recs {
 		if _, lifted := cs.gone[kind+" "+id]; !lifted {
