@@ -11,7 +11,7 @@ BIN     := bin
 PREFIX  ?= /usr/local
 CONFIG  ?= configs/mtad.yaml
 
-.PHONY: all build run test test-short test-crash bench bench-quick bench-scale bench-overload soak lint install clean deps
+.PHONY: all build run test test-short test-crash bench bench-quick bench-scale bench-overload bench-cluster soak lint install clean deps
 
 all: build
 
@@ -56,6 +56,13 @@ bench: build
 
 bench-quick: build
 	bash bench/run.sh quick
+
+# W1's shape through one node without a cluster, one with, and three
+# sharing a real redis-server; msgs/s and Redis commands per message
+# (test/e2e/cluster_bench_test.go; BENCH_CLUSTER_N sets the message count).
+bench-cluster:
+	bash test/e2e/deps.sh
+	MTAD_BENCH_CLUSTER=1 $(GO) test -count=1 -run '^TestBenchClusterW1$$' -v -timeout 30m ./test/e2e
 
 bench-scale:
 	$(GO) test -run '^$$' -bench 'Scale|HeapPerDelivery|ReadyScan|Recover' -benchtime 1x -timeout 30m ./internal/...

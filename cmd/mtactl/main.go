@@ -138,7 +138,7 @@ func (a *app) rootCmd() *cobra.Command {
 		root.AddCommand(a.rawCmd(r.name, r.path, r.short))
 	}
 	root.AddCommand(a.summaryCmd(), a.queueSummaryCmd(), a.domainCmd(), a.bindingCmd(), a.messageCmd(),
-		a.shapingCmd(), a.suspensionsCmd(), a.suspendCmd(), a.resumeCmd(), a.throttlesCmd(), a.unthrottleCmd(),
+		a.shapingCmd(), a.suspensionsCmd(), a.suspendCmd(), a.resumeCmd(), a.throttlesCmd(), a.unthrottleCmd(), a.clusterCmd(),
 		a.cancelCmd(), a.flushCmd(), a.bounceCmd(), a.rebindCmd(), a.reloadCmd(), a.quarantineCmd(),
 		a.topCmd(), a.injectCmd())
 	return root

@@ -370,7 +370,18 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 
 	d := cfg.Delivery
 	qs := queue.New()
+	// Shared limits and suspensions with the other nodes (cluster.go);
+	// closed after the scheduler, which gives its leases back first.
+	var queued pendingOf
+	cl, err := openCluster(cfg, queued.get, st.metrics, log)
+	if err != nil {
+		return err
+	}
+	if cl != nil {
+		defer cl.Close()
+	}
 	schedOpts := scheduler.Options{
+		Cluster: cl, ClusterLocal: cfg.Cluster.Mode == "local",
 		Spool:    sp,
 		Queues:   qs,
 		Bindings: st.bindings,
@@ -417,6 +428,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	pending := sched.Pending
+	queued.p.Store(&pending)
 
 	t0 := time.Now()
 	rs, err := sp.Recover(sched.Submit)
@@ -437,6 +450,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		if sched, err = scheduler.New(schedOpts); err != nil {
 			return fmt.Errorf("scheduler: %w", err)
 		}
+		pending = sched.Pending
+		queued.p.Store(&pending)
 		rs, err = sp.Recover(sched.Submit)
 	}
 	if err != nil {
@@ -519,6 +534,10 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	var stopping atomic.Bool // set when shutdown begins: /readyz says so
 	rl := &reloader{path: cfgPath, started: cfg, sched: sched, bindings: st.bindings, signer: signer,
 		inj: injectors{srv, hsrv}, logOut: logOut, notify: notify, log: log}
+	var admCluster admin.Cluster
+	if cl != nil {
+		admCluster = clusterAdmin{cl}
+	}
 	adm := admin.New(admin.Options{
 		Listen:       cfg.Admin.Listen,
 		Tokens:       st.adminToks,
@@ -526,7 +545,8 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 		ReadTimeout:  cfg.Admin.ReadTimeout,
 		WriteTimeout: cfg.Admin.WriteTimeout,
 		IdleTimeout:  cfg.Admin.IdleTimeout,
-		Ready: admin.Readiness{Spool: sp, Scheduler: sched, MaintainInterval: d.MaintainInterval,
+		Cluster:      admCluster,
+		Ready: admin.Readiness{Spool: sp, Scheduler: sched, MaintainInterval: d.MaintainInterval, Cluster: admCluster,
 			Listeners: listenerCheck{srv: srv, want: len(sc.Listen) + len(sc.TLSListen),
 				http: hsrv, httpWant: len(cfg.Inject.HTTP.Listen), stopping: &stopping}},
 		Gatherer: st.metrics,

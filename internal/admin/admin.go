@@ -100,6 +100,8 @@ type Options struct {
 	// come on top); IdleTimeout a kept-alive connection's wait. Zero
 	// means the defaults below.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Cluster serves GET /api/v1/cluster (cluster.go); nil leaves it out.
+	Cluster Cluster
 	// Ready is what /readyz checks.
 	Ready  Readiness
 	Logger *zap.Logger
@@ -160,6 +162,9 @@ func New(opts Options) *Server {
 		mux.HandleFunc("/api/v1/messages", s.get(s.messages))
 		mux.HandleFunc("/api/v1/messages/{id}", s.get(s.message))
 		mux.HandleFunc("/api/v1/messages/{id}/body", s.get(s.messageBody))
+	}
+	if opts.Cluster != nil {
+		mux.HandleFunc("/api/v1/cluster", s.get(s.cluster))
 	}
 	if opts.Actions != nil {
 		mux.HandleFunc("/api/v1/cancel", methods(route{http.MethodPost, s.cancel}))

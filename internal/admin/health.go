@@ -43,6 +43,10 @@ type Readiness struct {
 	// MaintainInterval is the scheduler's tick period: it is stalled when
 	// it has not ticked for StaleTicks of them.
 	MaintainInterval time.Duration
+	// Cluster, when set (cluster.redis), adds the check "cluster": in
+	// fallback it names the fallback, failing only when that stops
+	// delivery.
+	Cluster Cluster
 }
 
 // StaleTicks is how many maintenance intervals may pass without a tick
@@ -58,6 +62,7 @@ const probeTimeout = 5 * time.Second
 type readyCheck struct {
 	name string
 	err  error
+	warn bool // err is reported, but the node is still ready
 }
 
 // checks runs the readiness checks in a fixed order.
@@ -69,19 +74,23 @@ func (rd Readiness) checks(ctx context.Context, now time.Time, pc *probeCache) [
 	if rd.Spool != nil {
 		err = pc.probe(ctx, now, rd.Spool)
 	}
-	out = append(out, readyCheck{"spool", err})
+	out = append(out, readyCheck{name: "spool", err: err})
 
 	err = notWired
 	if rd.Listeners != nil {
 		err = rd.Listeners.Listening()
 	}
-	out = append(out, readyCheck{"listeners", err})
+	out = append(out, readyCheck{name: "listeners", err: err})
 
 	err = notWired
 	if rd.Scheduler != nil {
 		err = tickFresh(rd.Scheduler.LastTick(), now, rd.MaintainInterval)
 	}
-	out = append(out, readyCheck{"scheduler", err})
+	out = append(out, readyCheck{name: "scheduler", err: err})
+	if rd.Cluster != nil {
+		err := rd.Cluster.Status()
+		out = append(out, readyCheck{name: "cluster", err: err, warn: err != nil && !rd.Cluster.Stopped()})
+	}
 	return out
 }
 
@@ -111,6 +120,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	res := map[string]string{}
 	var failed []string
 	for _, c := range s.opts.Ready.checks(r.Context(), time.Now(), &s.probes) {
+		if c.err != nil && c.warn {
+			res[c.name] = "degraded: " + c.err.Error()
+			continue
+		}
 		if c.err != nil {
 			res[c.name] = c.err.Error()
 			failed = append(failed, c.name+": "+c.err.Error())

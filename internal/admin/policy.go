@@ -182,11 +182,12 @@ type suspensionJSON struct {
 	Source  string    `json:"source"`
 	Rule    string    `json:"rule"`
 	Reason  string    `json:"reason"`
+	Node    string    `json:"node,omitempty"` // the cluster node that set it, when another
 }
 
 func suspensionOf(sp policy.Suspension) suspensionJSON {
 	return suspensionJSON{ID: sp.ID, Scope: string(sp.Kind), Name: sp.Name, Binding: sp.Binding,
-		Start: sp.Start.UTC(), Until: sp.Until.UTC(), Source: sp.Source, Rule: sp.Rule, Reason: sp.Reason}
+		Start: sp.Start.UTC(), Until: sp.Until.UTC(), Source: sp.Source, Rule: sp.Rule, Reason: sp.Reason, Node: sp.Node}
 }
 
 // suspendRequest is POST /api/v1/suspensions's body.

@@ -74,6 +74,8 @@ type Config struct {
 	ResponseRulesFile string         `mapstructure:"response_rules_file"`
 	// DKIM are the signing keys (see DKIMKey); empty = nothing is signed.
 	DKIM []DKIMKey `mapstructure:"dkim"`
+	// Cluster shares limits and suspensions with other nodes (cluster.go).
+	Cluster Cluster `mapstructure:"cluster"`
 }
 
 // Spool configures the durable message store.
@@ -403,6 +405,7 @@ func Default() *Config {
 		TLS:     TLS{MTASTS: true},
 		Hooks:   Hooks{Plugins: []string{"accounting"}, Settings: map[string]any{}},
 		Runtime: Runtime{GCPercent: 400},
+		Cluster: defaultCluster(),
 	}
 }
 
@@ -507,6 +510,9 @@ func (c *Config) normalize() {
 	}
 	if c.Delivery.AllowedNetworks == nil {
 		c.Delivery.AllowedNetworks = []string{}
+	}
+	if c.Cluster.Redis == nil {
+		c.Cluster.Redis = []string{}
 	}
 	if c.Hooks.Plugins == nil {
 		c.Hooks.Plugins = []string{}

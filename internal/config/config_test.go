@@ -334,6 +334,7 @@ func TestFullRoundTrip(t *testing.T) {
 			Settings: map[string]any{"throttle": map[string]any{"rate": 10, "per": "1s"}},
 		},
 		Runtime: Runtime{GCPercent: 150, MemoryLimit: 3 * GiB},
+		Cluster: Default().Cluster,
 	}
 	sameConfig(t, c, want)
 }
@@ -415,6 +416,18 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"route domain", func(c *Config) { c.Routes = []Route{{Domain: "a..b", Host: "h:25"}} }, `config: routes[0].domain: "a..b"`},
 		{"route host", func(c *Config) { c.Routes = []Route{{Domain: "a.b", Host: "h"}} }, `config: routes[0].host: "h"`},
 		{"route dup", func(c *Config) { c.Routes = []Route{{Domain: "a.b", Host: "h:25"}, {Domain: "A.b", Host: "h:25"}} }, `config: routes[1].domain: "A.b" is routed twice`},
+		{"cluster mode", func(c *Config) { c.Cluster.Mode = "mesh" }, `config: cluster.mode: "mesh" is not one of`},
+		{"cluster fallback", func(c *Config) { c.Cluster.Fallback = "wait" }, `config: cluster.fallback: "wait" is not one of`},
+		{"cluster redis", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379", "redis"} }, `config: cluster.redis[1]: "redis" is not host:port`},
+		{"cluster timeout", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379"}; c.Cluster.Timeout = 5 * time.Second }, `config: cluster.timeout: 5s is not in 10ms-1s`},
+		{"cluster lease ttl", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379"}; c.Cluster.LeaseTTL = time.Second }, `config: cluster.lease_ttl: 1s is not in 3s-10m`},
+		{"cluster password", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379"}; c.Cluster.PasswordFile = missing }, `config: cluster.password_file: open ` + missing},
+		{"cluster ca", func(c *Config) {
+			c.Cluster.Redis = []string{"127.0.0.1:6379"}
+			c.Cluster.TLS = ClusterTLS{Enabled: true, CAFile: missing}
+		}, `config: cluster.tls.ca_file: open ` + missing},
+		{"cluster tls off", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379"}; c.Cluster.TLS.ServerName = "r" }, `config: cluster.tls.enabled: false, but other cluster.tls keys are set`},
+		{"cluster node", func(c *Config) { c.Cluster.Redis = []string{"127.0.0.1:6379"}; c.Cluster.Node = "a:b" }, `config: cluster.node: "a:b"`},
 		{"port", func(c *Config) { c.Delivery.Port = 0 }, `config: delivery.port: 0`},
 		{"max conns", func(c *Config) { c.Delivery.MaxConnections = 0 }, `config: delivery.max_connections: 0`},
 		{"reserve", func(c *Config) { c.Delivery.Reserve = 1000 }, `config: delivery.reserve: 1000 must be at least 0 and less than delivery.max_connections (1000)`},

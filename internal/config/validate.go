@@ -109,6 +109,7 @@ func (c *Config) Validate() error {
 	c.validateTLS(v)
 	c.validateResponseRules(v)
 	c.validateDKIM(v)
+	c.validateCluster(v)
 
 	seenPlugin := map[string]bool{}
 	for i, p := range c.Hooks.Plugins {

@@ -327,6 +327,7 @@ type Policy struct {
 	QueueID  string // the message whose delivery got the reply
 	ID       string // the suspension's id
 	Settings string // a throttle's values, e.g. "max_message_rate=1/m max_connections=1"
+	Node     string // the cluster node it came from, when not this one
 }
 
 // Fields returns the record's fields, "event" first; empty ones are left out.
@@ -351,6 +352,7 @@ func (r Policy) Fields() []zap.Field {
 	add("queue_id", r.QueueID)
 	add("id", r.ID)
 	add("settings", r.Settings)
+	add("node", r.Node)
 	return f
 }
 

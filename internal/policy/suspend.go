@@ -48,6 +48,9 @@ type Suspension struct {
 	Source       string // SourceConfig, SourceRule, SourceOperator, SourceAdaptive
 	Rule         string // the rule's name when Source is SourceRule
 	Start, Until time.Time
+	// Node is the cluster node that put it in force when that is another
+	// node (internal/cluster); "" for this node's own.
+	Node string `json:",omitempty"`
 }
 
 // InForce reports whether sp pauses deliveries at now.

@@ -138,12 +138,28 @@ func (g *grantor) Open(dr *queue.DomainRecord, slot int, n int) int {
 		g.Wait(dr, slot, n)
 		return 0
 	}
+	leased := g.s.cl != nil && g.s.cl.shared && ps != nil
+	if leased {
+		// Across the nodes: a lease under each capped key per
+		// connection (cluster.go).
+		if n = g.takeLeases(pair, ps, l, n); n <= 0 {
+			return 0
+		}
+	}
 	if ps != nil {
-		if n = g.connTokens(pair, ps, l, n); n <= 0 {
+		want := n
+		n = g.connTokens(pair, ps, l, n)
+		if leased && n < want {
+			g.dropPending(pair, want-n)
+		}
+		if n <= 0 {
 			return 0
 		}
 	}
 	opened := g.pool.Open(dr, slot, n)
+	if leased && opened < n {
+		g.dropPending(pair, n-opened)
+	}
 	g.mu.Lock()
 	if w := g.at[pair]; w != nil && (opened == n || w.inFirst && opened > 0) {
 		g.removeLocked(w)
@@ -216,7 +232,7 @@ func (g *grantor) connTokens(pair *queue.Pair, ps *pairShape, l limits, n int) i
 	now := g.s.clock.Now()
 	rates := [2]policy.Rate{l.connRate, l.domConnRate}
 	for i := range n {
-		if ok, next := g.s.throttles.TakeAll(ps.connKeys[:], rates[:], now); !ok {
+		if ok, next := g.s.budgets.TakeAll(ps.connKeys[:], rates[:], now); !ok {
 			g.s.wakeAt(pair, next)
 			return i
 		}
@@ -229,6 +245,9 @@ func (g *grantor) connTokens(pair *queue.Pair, ps *pairShape, l limits, n int) i
 func (g *grantor) Opened(pair *queue.Pair) {
 	if g.observe != nil {
 		g.observe(pair)
+	}
+	if g.s.cl != nil {
+		g.leasesOpened(pair)
 	}
 	ps := g.s.shapeOf(pair)
 	if ps == nil {
@@ -260,7 +279,7 @@ func (g *grantor) Admit(pair *queue.Pair) time.Duration {
 		return 0
 	}
 	rates := l.rates()
-	ok, next := g.s.throttles.TakeAll(ps.msgKeys[:], rates[:], now)
+	ok, next := g.s.budgets.TakeAll(ps.msgKeys[:], rates[:], now)
 	if ok {
 		return 0
 	}
@@ -407,6 +426,9 @@ func (g *grantor) Yield(pair *queue.Pair) bool {
 // to the head of first, else of more, through that pair's maintenance (so
 // hooks and the default decide, under max − reserve).
 func (g *grantor) Released(pair *queue.Pair) {
+	if g.s.cl != nil {
+		g.leasesReleased(pair) // a round trip: before g.mu, not under it
+	}
 	g.mu.Lock()
 	if g.yielding[pair] > 0 {
 		if g.yielding[pair]--; g.yielding[pair] == 0 {

@@ -96,9 +96,11 @@ func (s *Scheduler) act(a *policy.Action, d *queue.Delivery, where policy.Where,
 			return
 		}
 		rec.Until, rec.ID = sp.Until, sp.ID
+		s.publish(kindSuspension, suspensionID(sp), sp)
 	case policy.ActionThrottle:
 		o := a.Override(policy.ScopeKey(a.ScopeKind, a.ScopeName, a.Binding), now)
 		s.overrides.Set(o)
+		s.publish(kindThrottle, o.Scope, o)
 		rec.Until, rec.Settings = o.Until(), overrideSettings(a.MaxMessageRate, a.MaxConnections)
 	case policy.ActionDefer:
 		if a.Duration > 0 {

@@ -59,6 +59,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/binding"
+	"github.com/mtad/mtad/internal/cluster"
 	"github.com/mtad/mtad/internal/connpool"
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/logging"
@@ -158,6 +159,12 @@ type Options struct {
 	// SuspensionsFile keeps the suspensions across restarts (persist.go);
 	// "" keeps them in memory only. The daemon puts it in spool.dir.
 	SuspensionsFile string
+	// Cluster shares rate budgets, connection caps, suspensions and rule
+	// throttles with other nodes (cluster.go); nil: this node alone.
+	// ClusterLocal keeps the budgets and caps per node (cluster.mode
+	// local) and shares only suspensions and throttles.
+	Cluster      *cluster.Cluster
+	ClusterLocal bool
 
 	// OnTick, when set, is called on the ticker's goroutine after each
 	// Tick that Start's ticker runs, with the tick's time: a heartbeat
@@ -209,6 +216,8 @@ type Scheduler struct {
 	suspensions *policy.Suspensions
 	overrides   *policy.Overrides
 	throttles   *policy.Throttles
+	budgets     rateBudgets   // throttles, or the cluster's shared budgets
+	cl          *clusterState // nil without Options.Cluster
 	basePolicy  func(*queue.DomainRecord, int) connpool.Policy
 
 	rebindMu sync.Mutex
@@ -325,6 +334,7 @@ func New(opts Options) (*Scheduler, error) {
 		throttles:   policy.NewThrottles(),
 		timers:      make(map[*queue.Pair]*wakeTimer),
 	}
+	s.budgets = s.throttles
 	s.sum.since = opts.Clock.Now()
 	if opts.Shaper != nil {
 		s.shaper.Store(opts.Shaper)
@@ -383,6 +393,7 @@ func New(opts Options) (*Scheduler, error) {
 	if err := s.loadSuspensions(opts.Clock.Now()); err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
+	s.initCluster()
 	s.hooks.MailQueueMaintain.SetDefault(hooks.DefaultMaintain(s.grant))
 	s.hooks.SetShaping(s.hookShaping)
 	s.hooks.SetSuspender(s.suspendPair)

@@ -314,7 +314,7 @@ func (s *Scheduler) msgReady(ps *pairShape, l limits, now time.Time) (bool, time
 		return true, now
 	}
 	rates := l.rates()
-	return s.throttles.Ready(ps.msgKeys[:], rates[:], now)
+	return s.budgets.Ready(ps.msgKeys[:], rates[:], now)
 }
 
 // poolPolicy is the pool's connpool.Policy for a pair: its shaping when a
@@ -437,10 +437,16 @@ func (s *Scheduler) stopTimers() {
 func (s *Scheduler) expirePolicies(now time.Time) {
 	defer s.saveSuspensions() // those a rule put in force, and those ended
 	for _, sp := range s.suspensions.Expire(now) {
+		if s.cl != nil && sp.Node == "" {
+			s.unshareEnded(kindSuspension, suspensionID(sp))
+		}
 		s.logPolicy(logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
 			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason})
 	}
 	for _, o := range s.overrides.Expire(now) {
+		if s.cl != nil {
+			s.unshareEnded(kindThrottle, o.Scope)
+		}
 		kind, name, b := splitScopeKey(o.Scope)
 		s.logPolicy(logging.Policy{Action: "throttle_ended", Source: policy.SourceRule, Rule: o.Rule, Scope: kind,
 			Name: name, Binding: b, Until: o.Until()})
@@ -491,6 +497,7 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 	}
 	got := s.suspensions.Add(sp)
 	s.saveSuspensions()
+	s.publish(kindSuspension, suspensionID(got), got)
 	s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
 		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID})
 	return got
@@ -502,6 +509,7 @@ func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
 	sp, ok := s.suspensions.Lift(id)
 	if ok {
 		s.saveSuspensions()
+		s.unpublish(kindSuspension, suspensionID(sp))
 		s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, By: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
 			Binding: sp.Binding, Reason: reason, ID: sp.ID})
 	}
@@ -518,6 +526,7 @@ func (s *Scheduler) Throttles(now time.Time) []policy.Override { return s.overri
 func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool) {
 	o, ok := s.overrides.Lift(scope)
 	if ok {
+		s.unpublish(kindThrottle, scope)
 		kind, name, b := splitScopeKey(scope)
 		s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, By: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
 			Reason: reason})

@@ -2,7 +2,8 @@
 # test/e2e/deps.sh — installs what `make test` needs beyond Go, and only
 # what is missing: python3 (the smtplib interop test), Postfix (the
 # interop test runs a private Postfix instance whose smtp client relays into
-# mtad) and Chromium (internal/admin drives the status page in it, headless).
+# mtad), Chromium (internal/admin drives the status page in it, headless)
+# and redis-server (internal/cluster shares limits between nodes through it).
 # When all are present it does nothing and prints nothing.
 #
 # Installing needs root and apt (CI runs as root on a clean Debian). Not root
@@ -12,7 +13,9 @@
 # Postfix is installed with debconf's "No configuration": no
 # /etc/postfix/main.cf, so the system instance cannot start and nothing
 # listens on port 25; the test configures its own instance in a temporary
-# directory and never reads /etc/postfix. A policy-rc.d that forbids starting
+# directory and never reads /etc/postfix. redis-server (internal/cluster's
+# tests start their own on a free loopback port) is covered by the same
+# policy-rc.d, so the system instance is not started either. A policy-rc.d that forbids starting
 # services covers the install itself (added only if there is none, and
 # removed again).
 set -euo pipefail
@@ -22,6 +25,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 if ! command -v postfix >/dev/null 2>&1 && [[ ! -x /usr/sbin/postfix ]]; then
 	need+=(postfix)
 fi
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
 	need+=(chromium)
 fi
@@ -67,7 +71,7 @@ if [[ -f /etc/postfix/main.cf ]] && /usr/sbin/postfix status >/dev/null 2>&1; th
 	say "stopping the system Postfix the install started"
 	/usr/sbin/postfix stop >/dev/null 2>&1 || true
 fi
-for cmd in python3 /usr/sbin/postfix /usr/sbin/sendmail /usr/sbin/postconf chromium; do
+for cmd in python3 /usr/sbin/postfix /usr/sbin/sendmail /usr/sbin/postconf chromium redis-server; do
 	command -v "$cmd" >/dev/null 2>&1 || {
 		say "$cmd still missing after apt-get install ${need[*]}"
 		exit 1

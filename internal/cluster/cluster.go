@@ -1,0 +1,415 @@
+// Package cluster owns the state mtad nodes share through Redis: rate
+// budgets (GCRA, go-redis/redis_rate), connection leases that expire,
+// shared records (suspensions, rule throttles) with a pub/sub channel, and
+// node membership with a heartbeat.
+//
+// Every Redis call is bounded by Config.Timeout (50–200 ms is usual) and
+// never retried in place: a node whose Redis does not answer enters
+// fallback at once (Config.Fallback: each limit divided by the last known
+// number of nodes, full local limits, or nothing sent), logs it once, and
+// stays there without asking Redis again on the delivery path; its
+// background loop pings Redis each second and takes the shared limits up
+// again when it answers. So no delivery waits on a dead Redis longer than
+// one timeout.
+//
+// It must never import the packages above it (policy, scheduler): limits
+// are given as plain rates and counts, records as opaque bytes, and the
+// scheduler adapts them. It owns three goroutines per Cluster (the
+// heartbeat/probe loop, the lease renewer, the pub/sub reader), started by
+// New and stopped and waited for by Close.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Fallback is what a node does with the shared limits while Redis is
+// unreachable.
+type Fallback int
+
+const (
+	// FallbackShare divides each shared limit by the number of nodes last
+	// seen (at least 1): together the nodes stay within the limit.
+	FallbackShare Fallback = iota
+	// FallbackLocal applies each limit in full on each node.
+	FallbackLocal
+	// FallbackStop delivers nothing under a shared limit until Redis is back.
+	FallbackStop
+)
+
+// ParseFallback reads cluster.fallback's values.
+func ParseFallback(s string) (Fallback, error) {
+	switch s {
+	case "", "share":
+		return FallbackShare, nil
+	case "local":
+		return FallbackLocal, nil
+	case "stop":
+		return FallbackStop, nil
+	}
+	return 0, fmt.Errorf("fallback %q: want share, local or stop", s)
+}
+
+func (f Fallback) String() string {
+	switch f {
+	case FallbackLocal:
+		return "local"
+	case FallbackStop:
+		return "stop"
+	}
+	return "share"
+}
+
+// Config is a Cluster's settings.
+type Config struct {
+	// Addrs is one Redis address, or several for Redis Cluster.
+	Addrs    []string
+	Password string
+	TLS      *tls.Config // nil: plain TCP
+	// Node is this node's name (unique in the cluster); Version is
+	// reported in its membership record.
+	Node, Version string
+	Fallback      Fallback
+	// LeaseTTL is how long a connection lease lives without renewal (30 s
+	// default); leases are renewed every LeaseTTL/3.
+	LeaseTTL time.Duration
+	// Timeout bounds every Redis call (100 ms default).
+	Timeout time.Duration
+	// Prefix starts every key and channel name ("mtad:" default), so that
+	// clusters can share one Redis.
+	Prefix string
+	// Heartbeat is the membership and probe period (1 s default); a node
+	// is dropped from Members after 3 missed heartbeats.
+	Heartbeat time.Duration
+	// Queued, if set, is reported in the membership record.
+	Queued func() int
+	// OnShared, if set, is Follow's fn from the start.
+	OnShared func(kind string, recs map[string]Record)
+	// SharedKinds are the kinds OnShared follows.
+	SharedKinds []string
+	Log         *zap.Logger
+}
+
+// Cluster is one node's connection to the shared state. Its methods are
+// safe for concurrent use.
+type Cluster struct {
+	cfg  Config
+	rdb  redis.UniversalClient
+	lim  *redis_rate.Limiter
+	log  *zap.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	down      atomic.Bool  // in fallback
+	downSince atomic.Int64 // unix nanos
+	downErr   atomic.Pointer[string]
+	members   atomic.Int64 // nodes last seen, ≥ 1
+
+	budgets budgets
+	leases  leaseSet
+	shared  sharedState
+	follow  atomic.Pointer[follower]
+
+	// calls counts Redis commands sent, for the benchmarks' round trips
+	// per message.
+	calls atomic.Int64
+}
+
+// New connects to Redis and starts the node's background work. It does
+// not fail when Redis is down (the node starts in fallback), only on a bad
+// Config.
+func New(cfg Config) (*Cluster, error) {
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("cluster: no redis address")
+	}
+	if cfg.Node == "" {
+		return nil, errors.New("cluster: no node name")
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 30 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 100 * time.Millisecond
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "mtad:"
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:     cfg.Addrs,
+		Password:  cfg.Password,
+		TLSConfig: cfg.TLS,
+		// One timeout for everything, and no retries: a retry doubles
+		// the wait of a delivery on a dead Redis, and fallback is the
+		// answer to a failure, not another try.
+		DialTimeout:     cfg.Timeout,
+		ReadTimeout:     cfg.Timeout,
+		WriteTimeout:    cfg.Timeout,
+		MaxRetries:      -1,
+		PoolTimeout:     cfg.Timeout,
+		DisableIdentity: true,
+	})
+	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(rdb), log: cfg.Log}
+	c.ctx, c.stop = context.WithCancel(context.Background())
+	c.members.Store(1)
+	if cfg.OnShared != nil {
+		c.follow.Store(&follower{kinds: cfg.SharedKinds, fn: cfg.OnShared})
+	}
+	c.budgets.init()
+	c.leases.init()
+	c.shared.init()
+	// The first heartbeat before returning: a node knows at once whether
+	// it starts shared or in fallback, and how many others there are.
+	c.beat()
+	c.wg.Add(3)
+	go c.loop()
+	go c.renewer()
+	go c.subscriber()
+	return c, nil
+}
+
+// Close stops the background work, releases this node's leases and
+// membership (best effort, one timeout each) and closes the client.
+func (c *Cluster) Close() error {
+	c.stop()
+	c.wg.Wait()
+	c.leases.releaseAll(c)
+	if !c.down.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
+		c.rdb.Del(ctx, c.nodeKey(c.cfg.Node))
+		c.rdb.SRem(ctx, c.key("nodes"), c.cfg.Node)
+		cancel()
+	}
+	return c.rdb.Close()
+}
+
+// Node is this node's name.
+func (c *Cluster) Node() string { return c.cfg.Node }
+
+// Calls is how many Redis commands this node has sent.
+func (c *Cluster) Calls() int64 { return c.calls.Load() }
+
+func (c *Cluster) key(parts ...string) string {
+	k := c.cfg.Prefix
+	for i, p := range parts {
+		if i > 0 {
+			k += ":"
+		}
+		k += p
+	}
+	return k
+}
+
+func (c *Cluster) callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.ctx, c.cfg.Timeout)
+}
+
+// failed puts the node in fallback after a Redis error (logged once) and
+// reports whether err was a Redis failure at all (redis.Nil is not).
+func (c *Cluster) failed(what string, err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) {
+		return false
+	}
+	if c.ctx.Err() != nil {
+		return true // closing: no fallback to announce
+	}
+	msg := what + ": " + err.Error()
+	c.downErr.Store(&msg)
+	if c.down.CompareAndSwap(false, true) {
+		c.downSince.Store(time.Now().UnixNano())
+		c.log.Warn("cluster: redis unreachable, limits fall back",
+			zap.String("fallback", c.cfg.Fallback.String()),
+			zap.Int64("nodes", c.members.Load()),
+			zap.String("op", what), zap.Error(err))
+	}
+	return true
+}
+
+// recovered takes the node out of fallback (logged once).
+func (c *Cluster) recovered() {
+	if c.down.CompareAndSwap(true, false) {
+		since := time.Unix(0, c.downSince.Load())
+		c.log.Info("cluster: redis answers again, shared limits resume",
+			zap.Duration("down", time.Since(since).Round(time.Millisecond)))
+		c.budgets.dropLocal()
+	}
+}
+
+// Fallback reports whether the node is in fallback, and the mode.
+func (c *Cluster) Fallback() (bool, Fallback) { return c.down.Load(), c.cfg.Fallback }
+
+// Status is nil while Redis answers, else why not and what the node does
+// instead: /readyz shows it (a node in fallback still delivers, within its
+// share, unless the mode is stop).
+func (c *Cluster) Status() error {
+	if !c.down.Load() {
+		return nil
+	}
+	why := ""
+	if p := c.downErr.Load(); p != nil {
+		why = *p
+	}
+	switch c.cfg.Fallback {
+	case FallbackShare:
+		return fmt.Errorf("redis unreachable (%s): fallback share, 1/%d of each shared limit", why, c.members.Load())
+	case FallbackLocal:
+		return fmt.Errorf("redis unreachable (%s): fallback local, full limits on this node", why)
+	}
+	return fmt.Errorf("redis unreachable (%s): fallback stop, nothing under a shared limit is sent", why)
+}
+
+// loop beats the heart (which is also the probe that ends fallback),
+// reads the shared records, and sweeps stale local budgets.
+func (c *Cluster) loop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+			c.beat()
+			if !c.down.Load() {
+				c.syncAll()
+			}
+			c.budgets.sweep(time.Now())
+		}
+	}
+}
+
+// beat writes this node's membership record and counts the members.
+func (c *Cluster) beat() {
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	q := 0
+	if c.cfg.Queued != nil {
+		q = c.cfg.Queued()
+	}
+	now := time.Now()
+	k := c.nodeKey(c.cfg.Node)
+	pipe := c.rdb.Pipeline()
+	pipe.HSet(ctx, k, "name", c.cfg.Node, "version", c.cfg.Version,
+		"queued", q, "heartbeat", now.UnixMilli())
+	pipe.PExpire(ctx, k, 3*c.cfg.Heartbeat)
+	pipe.SAdd(ctx, c.key("nodes"), c.cfg.Node)
+	c.calls.Add(3)
+	if _, err := pipe.Exec(ctx); c.failed("heartbeat", err) {
+		return
+	}
+	// Members counts the live nodes (and forgets the dead), which sets the
+	// share this node would fall back to.
+	if _, err := c.Members(ctx); c.failed("heartbeat", err) {
+		return
+	}
+	c.recovered()
+}
+
+// Member is one node's membership record.
+type Member struct {
+	Name      string    `json:"name"`
+	Version   string    `json:"version"`
+	Queued    int       `json:"queued"`
+	Heartbeat time.Time `json:"last_heartbeat"`
+}
+
+func (c *Cluster) nodeKey(name string) string { return c.key("node", name) }
+
+// Members lists the nodes whose heartbeat is current, by name; nodes whose
+// record expired are dropped from the set. The count also sets the share
+// each node falls back to.
+func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
+	ctx, cancel := context.WithTimeout(ctx, 4*c.cfg.Timeout)
+	defer cancel()
+	names, err := c.rdb.SMembers(ctx, c.key("nodes")).Result()
+	c.calls.Add(1)
+	if err != nil {
+		return nil, fmt.Errorf("cluster members: %w", err)
+	}
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	for i, n := range names {
+		cmds[i] = pipe.HGetAll(ctx, c.nodeKey(n))
+	}
+	c.calls.Add(int64(len(names)))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cluster members: %w", err)
+	}
+	var out []Member
+	var gone []any
+	for i, cmd := range cmds {
+		m := cmd.Val()
+		if len(m) == 0 {
+			gone = append(gone, names[i])
+			continue
+		}
+		q, _ := strconv.Atoi(m["queued"])
+		hb, _ := strconv.ParseInt(m["heartbeat"], 10, 64)
+		out = append(out, Member{Name: m["name"], Version: m["version"], Queued: q, Heartbeat: time.UnixMilli(hb)})
+	}
+	if len(gone) > 0 {
+		c.rdb.SRem(ctx, c.key("nodes"), gone...)
+		c.calls.Add(1)
+	}
+	if len(out) > 0 {
+		c.members.Store(int64(len(out)))
+	}
+	sortMembers(out)
+	return out, nil
+}
+
+// share is the part of a shared limit this node may use in fallback: the
+// limit divided by the nodes last seen, at least 1 for a limit ≥ 1.
+func (c *Cluster) share(limit float64) float64 {
+	n := float64(max(c.members.Load(), 1))
+	return limit / n
+}
+
+// Stopped reports whether the node is in fallback stop: nothing under a
+// shared limit is sent.
+func (c *Cluster) Stopped() bool { return c.down.Load() && c.cfg.Fallback == FallbackStop }
+
+// Register adds the cluster's metrics to r: mtad_cluster_fallback (1 while
+// Redis is unreachable and the limits are the fallback's),
+// mtad_cluster_nodes and mtad_cluster_redis_commands_total.
+func (c *Cluster) Register(r prometheus.Registerer) error {
+	for _, col := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mtad_cluster_fallback",
+			Help: "1 while Redis is unreachable and this node applies cluster.fallback to the shared limits, else 0."},
+			func() float64 {
+				if c.down.Load() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mtad_cluster_nodes",
+			Help: "Nodes with a current heartbeat, as last seen (the divisor of fallback share)."},
+			func() float64 { return float64(c.members.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mtad_cluster_redis_commands_total",
+			Help: "Redis commands this node sent (rate batches, leases, heartbeats, shared records)."},
+			func() float64 { return float64(c.calls.Load()) }),
+	} {
+		if err := r.Register(col); err != nil {
+			return fmt.Errorf("cluster metrics: %w", err)
+		}
+	}
+	return nil
+}

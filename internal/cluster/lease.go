@@ -1,0 +1,213 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A lease is one connection counted under a shared cap: a member of a
+// ZSET per key, scored by its expiry in Redis's own clock (TIME), so the
+// nodes' clocks do not matter. Acquire drops the expired members, counts
+// the rest and adds one only under the cap, in one script (atomic in
+// Redis). The node's renewer pushes the expiry of every lease it holds
+// each LeaseTTL/3; a node that dies stops renewing and its leases expire
+// within LeaseTTL.
+var acquireScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+`)
+
+// renewScript pushes a held lease's expiry, adding it back if Redis lost
+// it (a restart without persistence): the connection is still open, so it
+// still counts, even if that puts the key over its cap for a while (new
+// leases are then refused until it is under again).
+var renewScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+`)
+
+// Lease is one connection counted under a shared cap until Release.
+type Lease struct {
+	c      *Cluster
+	key    string
+	member string
+	once   sync.Once
+}
+
+// leaseSet is the leases this node holds, renewed together.
+type leaseSet struct {
+	mu     sync.Mutex
+	held   map[*Lease]struct{}
+	local  map[string]int // fallback counts per key
+	seq    uint64
+	sendMu sync.Mutex // orders a renewal before a Release's ZREM
+}
+
+func (s *leaseSet) init() {
+	s.held = map[*Lease]struct{}{}
+	s.local = map[string]int{}
+}
+
+// Acquire takes a lease under key's shared cap (connections across all
+// nodes). ok false: the cap is reached. In fallback the count is local,
+// at the node's share of cap (at least 1), or full, or nothing (stop); a
+// lease taken in fallback is added to Redis by the next renewal once Redis
+// answers, so it counts there too. err is only for a closed Cluster.
+func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
+	if err := c.ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	s := &c.leases
+	s.mu.Lock()
+	s.seq++
+	l := &Lease{c: c, key: c.key("conn", key), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
+	s.mu.Unlock()
+	if !c.down.Load() {
+		ctx, cancel := c.callCtx()
+		n, err := acquireScript.Run(ctx, c.rdb, []string{l.key}, cap, l.member, c.cfg.LeaseTTL.Milliseconds()).Int()
+		cancel()
+		c.calls.Add(1)
+		if !c.failed("lease "+key, err) {
+			if n == 0 {
+				return nil, false, nil
+			}
+			s.mu.Lock()
+			s.held[l] = struct{}{}
+			s.local[l.key]++
+			s.mu.Unlock()
+			return l, true, nil
+		}
+	}
+	limit := cap
+	switch c.cfg.Fallback {
+	case FallbackStop:
+		return nil, false, nil
+	case FallbackShare:
+		limit = max(int(c.share(float64(cap))), 1)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.local[l.key] >= limit {
+		return nil, false, nil
+	}
+	s.held[l] = struct{}{}
+	s.local[l.key]++
+	return l, true, nil
+}
+
+// Release gives the lease back; later calls do nothing. It waits for a
+// renewal in flight, so that renewal cannot add the lease back after it.
+func (l *Lease) Release() {
+	l.once.Do(func() {
+		c, s := l.c, &l.c.leases
+		s.mu.Lock()
+		delete(s.held, l)
+		if s.local[l.key]--; s.local[l.key] <= 0 {
+			delete(s.local, l.key)
+		}
+		s.mu.Unlock()
+		if c.down.Load() {
+			return // it expires in Redis by itself
+		}
+		s.sendMu.Lock()
+		defer s.sendMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
+		defer cancel()
+		c.calls.Add(1)
+		c.failed("lease release", c.rdb.ZRem(ctx, l.key, l.member).Err())
+	})
+}
+
+// Held is the number of leases this node holds under key.
+func (c *Cluster) Held(key string) int {
+	c.leases.mu.Lock()
+	defer c.leases.mu.Unlock()
+	return c.leases.local[c.key("conn", key)]
+}
+
+// Count is the live leases under key across the cluster.
+func (c *Cluster) Count(ctx context.Context, key string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	k := c.key("conn", key)
+	t, err := c.rdb.Time(ctx).Result()
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.rdb.ZCount(ctx, k, "("+strconv.FormatInt(t.UnixMilli(), 10), "+inf").Result()
+	return int(n), err
+}
+
+// renewer pushes the expiry of every held lease each LeaseTTL/3, one
+// script call per key in one pipeline (EVAL, not EVALSHA: a restarted
+// Redis has forgotten the script, and a pipeline cannot retry).
+func (c *Cluster) renewer() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+			if !c.down.Load() {
+				c.renew()
+			}
+		}
+	}
+}
+
+func (c *Cluster) renew() {
+	s := &c.leases
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	byKey := map[string][]any{}
+	s.mu.Lock()
+	for l := range s.held {
+		byKey[l.key] = append(byKey[l.key], l.member)
+	}
+	s.mu.Unlock()
+	if len(byKey) == 0 {
+		return
+	}
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	for k, ms := range byKey {
+		renewScript.Eval(ctx, pipe, []string{k}, append([]any{c.cfg.LeaseTTL.Milliseconds()}, ms...)...)
+	}
+	c.calls.Add(int64(len(byKey)))
+	_, err := pipe.Exec(ctx)
+	c.failed("lease renewal", err)
+}
+
+// releaseAll gives back every lease held (Close).
+func (s *leaseSet) releaseAll(c *Cluster) {
+	s.mu.Lock()
+	ls := make([]*Lease, 0, len(s.held))
+	for l := range s.held {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Release()
+	}
+}

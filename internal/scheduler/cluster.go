@@ -1,0 +1,346 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mtad/mtad/internal/cluster"
+	"github.com/mtad/mtad/internal/logging"
+	"github.com/mtad/mtad/internal/policy"
+	"github.com/mtad/mtad/internal/queue"
+)
+
+// Several nodes, one set of limits (internal/cluster). With
+// Options.Cluster set:
+//
+//   - in shared mode the message and connection rate budgets are the
+//     cluster's (rateBudgets below: Redis GCRA, tokens in batches) instead
+//     of the in-process policy.Throttles, and every connection holds a
+//     lease under each capped key (site, domain, provider) counted across
+//     the nodes; the global max_connections stays per node;
+//   - in both modes, suspensions and rule throttles put in force here are
+//     published, and those of the other nodes are applied here (and saved
+//     with the others) within a second, naming their source node.
+//
+// Without it nothing here runs: budgets is the local Throttles and the
+// grantor takes no leases.
+
+// rateBudgets is what the grantor asks of a set of rate budgets:
+// policy.Throttles in-process, or the cluster's shared ones.
+type rateBudgets interface {
+	TakeAll(keys []string, rates []policy.Rate, now time.Time) (ok bool, next time.Time)
+	Ready(keys []string, rates []policy.Rate, now time.Time) (ok bool, next time.Time)
+}
+
+// sharedBudgets adapts *cluster.Cluster's budgets to rateBudgets (the
+// cluster may not import policy; the two Rate types have one shape).
+type sharedBudgets struct{ c *cluster.Cluster }
+
+func (b sharedBudgets) conv(rates []policy.Rate, buf *[4]cluster.Rate) []cluster.Rate {
+	out := buf[:0]
+	for _, r := range rates {
+		out = append(out, cluster.Rate(r))
+	}
+	return out
+}
+
+func (b sharedBudgets) TakeAll(keys []string, rates []policy.Rate, now time.Time) (bool, time.Time) {
+	var buf [4]cluster.Rate
+	return b.c.TakeAll(keys, b.conv(rates, &buf), now)
+}
+
+func (b sharedBudgets) Ready(keys []string, rates []policy.Rate, now time.Time) (bool, time.Time) {
+	var buf [4]cluster.Rate
+	return b.c.Ready(keys, b.conv(rates, &buf), now)
+}
+
+// The kinds of shared record.
+const (
+	kindSuspension = "suspension"
+	kindThrottle   = "throttle"
+)
+
+// clusterState is the scheduler's side of the cluster.
+type clusterState struct {
+	c      *cluster.Cluster
+	shared bool // mode shared: budgets and leases are the cluster's
+
+	mu sync.Mutex
+	// known are the record ids of each kind seen in the cluster at the
+	// last read: one that disappears was lifted on another node.
+	known map[string]map[string]bool
+	// gone are ids this node lifted, ignored in reads until then (a read
+	// in flight when the lift was written would put it back).
+	gone map[string]time.Time
+
+	// leases per pair: pending are taken for connections being opened,
+	// held those of open connections (any one of a pair's sets is given
+	// back when one of its connections ends: they are interchangeable).
+	leaseMu sync.Mutex
+	pending map[*queue.Pair][][]*cluster.Lease
+	held    map[*queue.Pair][][]*cluster.Lease
+}
+
+// initCluster wires Options.Cluster in (New).
+func (s *Scheduler) initCluster() {
+	c := s.opts.Cluster
+	if c == nil {
+		return
+	}
+	cs := &clusterState{c: c, shared: !s.opts.ClusterLocal, known: map[string]map[string]bool{},
+		gone: map[string]time.Time{}, pending: map[*queue.Pair][][]*cluster.Lease{}, held: map[*queue.Pair][][]*cluster.Lease{}}
+	s.cl = cs
+	if cs.shared {
+		s.budgets = sharedBudgets{c}
+	}
+	c.Follow([]string{kindSuspension, kindThrottle}, s.applyShared)
+}
+
+// suspensionID is a suspension's record id: its scope, the same on every
+// node (the suspension ids themselves are each node's own).
+func suspensionID(sp policy.Suspension) string {
+	return string(sp.Kind) + ":" + sp.Name + "|" + sp.Binding
+}
+
+// publish writes a record to the cluster; a failure is logged (the
+// change holds on this node).
+func (s *Scheduler) publish(kind, id string, v any) {
+	if s.cl == nil {
+		return
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = s.cl.c.Put(context.Background(), kind, id, b)
+	}
+	if err != nil {
+		s.log.Warn("cluster: change not shared", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	}
+}
+
+// unpublish removes a record from the cluster.
+func (s *Scheduler) unpublish(kind, id string) {
+	if s.cl == nil {
+		return
+	}
+	s.cl.mu.Lock()
+	s.cl.gone[kind+" "+id] = time.Now().Add(3 * time.Second)
+	s.cl.mu.Unlock()
+	if err := s.cl.c.Delete(context.Background(), kind, id); err != nil {
+		s.log.Warn("cluster: lift not shared", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	}
+}
+
+// applyShared applies the cluster's records of kind (cluster.Follow): new
+// or longer ones are put in force here, ones gone from the cluster are
+// lifted here. It runs on the cluster's sync goroutine, one call at a time.
+func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
+	now := s.clock.Now()
+	cs := s.cl
+	cs.mu.Lock()
+	for k, until := range cs.gone {
+		if time.Now().After(until) {
+			delete(cs.gone, k)
+		}
+	}
+	prev, seen := cs.known[kind]
+	if !seen && kind == kindSuspension {
+		// The first read (a start): the suspensions restored from the
+		// file that came from other nodes are judged against the cluster
+		// too, so one lifted while this node was down ends here as well.
+		prev = map[string]bool{}
+		for _, sp := range s.suspensions.All() {
+			if sp.Node != "" {
+				prev[suspensionID(sp)] = true
+			}
+		}
+	}
+	cur := make(map[string]bool, len(recs))
+	for id := range recs {
+		if _, lifted := cs.gone[kind+" "+id]; !lifted {
+			cur[id] = true
+		}
+	}
+	cs.known[kind] = cur
+	cs.mu.Unlock()
+
+	changed := false
+	for id := range cur {
+		rec := recs[id]
+		switch kind {
+		case kindSuspension:
+			var sp policy.Suspension
+			if json.Unmarshal(rec.Data, &sp) != nil || !now.Before(sp.Until) {
+				continue
+			}
+			sp.Node = rec.Source
+			got, added := s.suspensions.Put(sp)
+			if added {
+				changed = true
+				s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind),
+					Name: got.Name, Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID, Node: rec.Source})
+			}
+		case kindThrottle:
+			var o policy.Override
+			if json.Unmarshal(rec.Data, &o) != nil || o.Expired(now) {
+				continue
+			}
+			if old, ok := s.overrides.Lookup(o.Scope); ok && !o.Until().After(old.Until()) {
+				continue
+			}
+			s.overrides.Set(o)
+			kindS, name, b := splitScopeKey(o.Scope)
+			s.logPolicy(logging.Policy{Action: "throttle", Source: policy.SourceRule, Rule: o.Rule, Scope: kindS,
+				Name: name, Binding: b, Until: o.Until(), Settings: overrideSettings(o.MaxMessageRate, o.MaxConnections), Node: rec.Source})
+		}
+	}
+	for id := range prev {
+		if cur[id] {
+			continue
+		}
+		switch kind {
+		case kindSuspension:
+			k, rest, _ := strings.Cut(id, ":")
+			i := strings.LastIndexByte(rest, '|')
+			if i < 0 {
+				continue
+			}
+			if sp, ok := s.suspensions.LiftScope(policy.ScopeKind(k), rest[:i], rest[i+1:]); ok {
+				changed = true
+				s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, Rule: sp.Rule, Scope: string(sp.Kind),
+					Name: sp.Name, Binding: sp.Binding, ID: sp.ID, Reason: "lifted on another node", Node: "cluster"})
+			}
+		case kindThrottle:
+			if o, ok := s.overrides.Lift(id); ok {
+				kindS, name, b := splitScopeKey(id)
+				s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, Rule: o.Rule, Scope: kindS,
+					Name: name, Binding: b, Reason: "lifted on another node", Node: "cluster"})
+			}
+		}
+	}
+	if changed {
+		s.saveSuspensions()
+	}
+}
+
+// takeLeases takes, for each of n connections of pair, a lease under each
+// of its capped keys; it returns how many connections got all theirs and
+// parks those sets for Opened. A set short of one key gives back what it
+// took and ends the taking.
+func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) int {
+	cs := g.s.cl
+	type capped struct {
+		key string
+		cap int
+	}
+	var arr [3]capped
+	keys := arr[:0]
+	if l.maxConns > 0 {
+		keys = append(keys, capped{ps.siteKey, l.maxConns})
+	}
+	if ps.domKey != "" && l.domConns > 0 {
+		keys = append(keys, capped{ps.domKey, l.domConns})
+	}
+	if ps.provKey != "" && l.provConns > 0 {
+		keys = append(keys, capped{ps.provKey, l.provConns})
+	}
+	if len(keys) == 0 {
+		return n
+	}
+	got := 0
+	for ; got < n; got++ {
+		set := make([]*cluster.Lease, 0, len(keys))
+		for _, k := range keys {
+			lease, ok, _ := cs.c.Acquire(k.key, k.cap)
+			if !ok {
+				break
+			}
+			set = append(set, lease)
+		}
+		if len(set) < len(keys) {
+			for _, lease := range set {
+				lease.Release()
+			}
+			break
+		}
+		cs.leaseMu.Lock()
+		cs.pending[pair] = append(cs.pending[pair], set)
+		cs.leaseMu.Unlock()
+	}
+	return got
+}
+
+// leasesOpened moves one parked lease set of pair to its open connections
+// (Opened); a connection opened without one (a hook calling the pool
+// itself) holds none.
+func (g *grantor) leasesOpened(pair *queue.Pair) {
+	cs := g.s.cl
+	cs.leaseMu.Lock()
+	defer cs.leaseMu.Unlock()
+	p := cs.pending[pair]
+	if len(p) == 0 {
+		return
+	}
+	cs.held[pair] = append(cs.held[pair], p[len(p)-1])
+	if p = p[:len(p)-1]; len(p) == 0 {
+		delete(cs.pending, pair)
+	} else {
+		cs.pending[pair] = p
+	}
+}
+
+// dropPending gives back k parked lease sets of pair: leases taken for
+// connections the pool did not open.
+func (g *grantor) dropPending(pair *queue.Pair, k int) {
+	cs := g.s.cl
+	var drop [][]*cluster.Lease
+	cs.leaseMu.Lock()
+	p := cs.pending[pair]
+	k = min(k, len(p))
+	drop, p = p[len(p)-k:], p[:len(p)-k]
+	if len(p) == 0 {
+		delete(cs.pending, pair)
+	} else {
+		cs.pending[pair] = p
+	}
+	cs.leaseMu.Unlock()
+	for _, set := range drop {
+		for _, l := range set {
+			l.Release()
+		}
+	}
+}
+
+// leasesReleased gives back one lease set of pair's (Released).
+func (g *grantor) leasesReleased(pair *queue.Pair) {
+	cs := g.s.cl
+	cs.leaseMu.Lock()
+	h := cs.held[pair]
+	if len(h) == 0 {
+		cs.leaseMu.Unlock()
+		return
+	}
+	set := h[len(h)-1]
+	if h = h[:len(h)-1]; len(h) == 0 {
+		delete(cs.held, pair)
+	} else {
+		cs.held[pair] = h
+	}
+	cs.leaseMu.Unlock()
+	for _, l := range set {
+		l.Release()
+	}
+}
+
+// unshareEnded removes the record of a suspension or throttle of this
+// node's that ended by itself (other nodes end theirs at the same time;
+// this keeps the store from growing).
+func (s *Scheduler) unshareEnded(kind, id string) {
+	if err := s.cl.c.Delete(context.Background(), kind, id); err != nil {
+		s.log.Debug("cluster: ended record not removed", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	}
+}
