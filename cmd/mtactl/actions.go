@@ -7,8 +7,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -277,28 +279,27 @@ func (a *app) quarantineCmd() *cobra.Command {
 			return usagef("want a subcommand: list, show ID, reinject ID or delete ID")
 		},
 	}
-	parent.AddCommand(&cobra.Command{
-		Use:   "list",
-		Short: "the quarantined messages",
+	var limit int
+	var after string
+	list := &cobra.Command{
+		Use:   "list [--limit N] [--after ID]",
+		Short: "the quarantined messages, in queue id order, as their meta record gives them (show says whether one is readable)",
 		Args:  nargs(0, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, done, err := a.get("/api/v1/quarantine")
+			v := url.Values{"limit": {strconv.Itoa(limit)}}
+			if after != "" {
+				v.Set("after", after)
+			}
+			b, done, err := a.get("/api/v1/quarantine?" + v.Encode())
 			if done {
 				return err
 			}
-			// The daemon answers a JSON array of admin.Quarantined.
-			var list []map[string]any
-			if err := json.Unmarshal(b, &list); err != nil || list == nil {
-				return fmt.Errorf("quarantine: the answer is not a list: %q", b)
-			}
-			rows := [][]string{}
-			for _, e := range list {
-				rows = append(rows, []string{str(e["queue_id"]), str(e["readable"]), str(e["sender"]),
-					str(e["recipients"]), str(e["size"]), cut(str(e["reason"]), 60)})
-			}
-			return writeTable(a.out, []string{"ID", "READABLE", "SENDER", "RCPTS", "SIZE", "REASON"}, rows)
+			return printQuarantine(a.out, b)
 		},
-	})
+	}
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many (the API's cap is 1000)")
+	list.Flags().StringVar(&after, "after", "", "the messages after this queue id (the last one listed: paging)")
+	parent.AddCommand(list)
 	var body bool
 	show := &cobra.Command{
 		Use:   "show ID [--body]",
@@ -374,4 +375,31 @@ func cut(s string, n int) string {
 		return s
 	}
 	return string(r[:n-1]) + "…"
+}
+
+// printQuarantine renders GET /api/v1/quarantine's page:
+// {"items":[admin.Quarantined],"next":"QUEUE-ID"|""}. The list reads meta
+// records only, so META says whether the envelope is known; REASON is
+// why not.
+func printQuarantine(out io.Writer, b []byte) error {
+	var p struct {
+		Items []map[string]any `json:"items"`
+		Next  string           `json:"next"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil || p.Items == nil {
+		return fmt.Errorf("quarantine: the answer is not a quarantine list: %q", b)
+	}
+	rows := make([][]string, 0, len(p.Items))
+	for _, e := range p.Items {
+		rows = append(rows, []string{str(e["queue_id"]), str(e["meta_readable"]), str(e["sender"]),
+			str(e["recipients"]), str(e["size"]), cut(str(e["reason"]), 60)})
+	}
+	if err := writeTable(out, []string{"ID", "META", "SENDER", "RCPTS", "SIZE", "REASON"}, rows); err != nil {
+		return err
+	}
+	if p.Next != "" {
+		_, err := fmt.Fprintf(out, "(--after %s for the next ones)\n", p.Next)
+		return err
+	}
+	return nil
 }

@@ -71,10 +71,12 @@ type adminQuarantine struct {
 	s  *scheduler.Scheduler
 }
 
-// quarantineErr makes the spool's errors the API's: not found (404) and
-// corrupt (409).
+// quarantineErr makes the spool's errors the API's: not found (404),
+// corrupt and live (409).
 func quarantineErr(err error) error {
 	switch {
+	case errors.Is(err, spool.ErrLive):
+		return fmt.Errorf("%w: %w", admin.ErrLive, err)
 	case errors.Is(err, spool.ErrNotFound):
 		return fmt.Errorf("%w: %w", admin.ErrNotFound, err)
 	case errors.Is(err, spool.ErrCorrupt):
@@ -84,7 +86,7 @@ func quarantineErr(err error) error {
 }
 
 func quarantinedOf(e spool.QuarantineEntry) admin.Quarantined {
-	q := admin.Quarantined{QueueID: e.ID, Readable: e.Readable, Reason: e.Reason, MetaReadable: e.MetaReadable,
+	q := admin.Quarantined{QueueID: e.ID, Checked: e.Checked, Readable: e.Readable, Reason: e.Reason, MetaReadable: e.MetaReadable,
 		Sender: e.Sender, Recipients: e.Recipients, Size: e.Size, Received: e.Received, MessageID: e.MessageID}
 	for _, r := range e.Rcpts {
 		q.Rcpts = append(q.Rcpts, admin.QuarantineRcpt{Address: r.Addr, State: r.State.String(), Attempts: r.Attempts})
@@ -93,14 +95,14 @@ func quarantinedOf(e spool.QuarantineEntry) admin.Quarantined {
 }
 
 // List is admin.Quarantine's.
-func (a adminQuarantine) List() ([]admin.Quarantined, error) {
-	es, err := a.sp.QuarantineList()
+func (a adminQuarantine) List(limit int, after string) (admin.QuarantinedPage, error) {
+	p, err := a.sp.QuarantineList(limit, after)
 	if err != nil {
-		return nil, err
+		return admin.QuarantinedPage{}, err
 	}
-	out := make([]admin.Quarantined, 0, len(es))
-	for _, e := range es {
-		out = append(out, quarantinedOf(e))
+	out := admin.QuarantinedPage{Items: make([]admin.Quarantined, 0, len(p.Items)), Next: p.Next}
+	for _, e := range p.Items {
+		out.Items = append(out.Items, quarantinedOf(e))
 	}
 	return out, nil
 }

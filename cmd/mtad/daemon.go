@@ -312,7 +312,7 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	if err := spool.CheckDir(cfg.Spool.Dir); err != nil {
 		return err
 	}
-	spoolOpts := spool.Options{Logger: log.Named("spool")}
+	spoolOpts := spool.Options{Logger: log.Named("spool"), MinFreeBytes: int64(cfg.Spool.MinFree)} // 0: the spool's default
 	var sp *spool.Spool
 	if spool.SalvageUnfinished(cfg.Spool.Dir) {
 		err = errors.New("a salvage of the spool was cut short; doing it again")

@@ -7,7 +7,7 @@ package admin
 // and scheduler) does the work and writes the log record of a re-inject
 // or delete, with who and why.
 //
-//	GET    /api/v1/quarantine                    → [entry]
+//	GET    /api/v1/quarantine?limit=&after=      → {"items":[entry],"next":"ID"|""}
 //	GET    /api/v1/quarantine/{id}               → entry with its recipients
 //	GET    /api/v1/quarantine/{id}/body          → the body, streamed (message/rfc822)
 //	POST   /api/v1/quarantine/{id}/reinject      {"reason","by"} → {"reinjected": id}
@@ -25,9 +25,14 @@ import (
 // Quarantine is what the quarantine endpoints need from the daemon.
 // Every method is safe for concurrent use; an id not in quarantine is an
 // error wrapping ErrNotFound, a message whose records do not all decode
-// one wrapping ErrUnreadable (for Body and Reinject).
+// one wrapping ErrUnreadable (for Body and Reinject), a Reinject of an id
+// a live message has one wrapping ErrLive.
 type Quarantine interface {
-	List() ([]Quarantined, error)
+	// List returns up to limit (1..MaxQuarantineLimit) entries with ids
+	// after after, in id order, and the id to ask after for the next page
+	// ("" on the last). The entries say what their meta record gives:
+	// whether the whole message is readable is Get's to say.
+	List(limit int, after string) (QuarantinedPage, error)
 	Get(id string) (Quarantined, error)
 	// Body streams a readable message's body; the caller closes it.
 	Body(id string) (io.ReadCloser, error)
@@ -42,6 +47,7 @@ type Quarantine interface {
 // envelope fields are known only when MetaReadable.
 type Quarantined struct {
 	QueueID      string           `json:"queue_id"`
+	Checked      bool             `json:"checked"` // every record was read (show): readable is known
 	Readable     bool             `json:"readable"`
 	Reason       string           `json:"reason,omitempty"` // why not readable
 	MetaReadable bool             `json:"meta_readable"`
@@ -52,6 +58,18 @@ type Quarantined struct {
 	MessageID    string           `json:"message_id,omitempty"`
 	Rcpts        []QuarantineRcpt `json:"rcpts,omitempty"` // Get only, when readable
 }
+
+// QuarantinedPage is a page of the quarantine list.
+type QuarantinedPage struct {
+	Items []Quarantined `json:"items"`
+	Next  string        `json:"next"`
+}
+
+// The list's page size: limit's default and most.
+const (
+	DefaultQuarantineLimit = 100
+	MaxQuarantineLimit     = 1000
+)
 
 // QuarantineRcpt is one recipient of a readable quarantined message.
 type QuarantineRcpt struct {
@@ -68,9 +86,15 @@ var ErrNotFound = errors.New("not in quarantine")
 // records do not all decode: the API answers 409 with the reason.
 var ErrUnreadable = errors.New("unreadable")
 
+// ErrLive is what Reinject's error wraps when a live message already has
+// the id: the API answers 409, as for an unreadable one.
+var ErrLive = errors.New("a live message has the id")
+
 // quarantineError answers a Quarantine error: 404, 409 or 500.
 func quarantineError(w http.ResponseWriter, id string, err error) {
 	switch {
+	case errors.Is(err, ErrLive):
+		writeError(w, http.StatusConflict, fmt.Sprintf("id: %q is live in the spool, not re-injected: %v", id, err))
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("id: %q is not in quarantine", id))
 	case errors.Is(err, ErrUnreadable):
@@ -90,21 +114,36 @@ func quarantineID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return id, true
 }
 
-// quarantineList serves GET /api/v1/quarantine.
+// quarantineList serves GET /api/v1/quarantine?limit=&after=, one page
+// at a time: after a salvage thousands of messages may be quarantined.
 func (s *Server) quarantineList(w http.ResponseWriter, r *http.Request) {
-	if _, err := params(r.URL.Query()); err != nil {
+	q, err := params(r.URL.Query(), "limit", "after")
+	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	list, err := s.opts.Quarantine.List()
+	limit, err := intParam(r.URL.Query(), "limit", DefaultQuarantineLimit)
+	if err == nil && (limit < 1 || limit > MaxQuarantineLimit) {
+		err = &ParamError{"limit", fmt.Sprintf("%d is not between 1 and %d", limit, MaxQuarantineLimit)}
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	after := q["after"]
+	if strings.ContainsRune(after, '/') {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("after: %q is not a queue id", after))
+		return
+	}
+	page, err := s.opts.Quarantine.List(limit, after)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if list == nil {
-		list = []Quarantined{}
+	if page.Items == nil {
+		page.Items = []Quarantined{}
 	}
-	writeJSON(w, http.StatusOK, list)
+	writeJSON(w, http.StatusOK, page)
 }
 
 // quarantineGet serves GET /api/v1/quarantine/{id}.

@@ -37,17 +37,24 @@ func (q *testQuarantine) entry(id string) (Quarantined, error) {
 	return Quarantined{}, fmt.Errorf("quarantine %s: %w", id, ErrNotFound)
 }
 
-func (q *testQuarantine) List() ([]Quarantined, error) {
+// List pages the two entries (in id order) as the spool does.
+func (q *testQuarantine) List(limit int, after string) (QuarantinedPage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var out []Quarantined
+	var p QuarantinedPage
 	for _, id := range []string{"01BAD", "01GOOD"} {
-		if e, err := q.entry(id); err == nil {
-			e.Rcpts = nil
-			out = append(out, e)
+		e, err := q.entry(id)
+		if err != nil || id <= after {
+			continue
 		}
+		if len(p.Items) == limit {
+			p.Next = p.Items[limit-1].QueueID
+			break
+		}
+		e.Rcpts = nil
+		p.Items = append(p.Items, e)
 	}
-	return out, nil
+	return p, nil
 }
 
 func (q *testQuarantine) Get(id string) (Quarantined, error) {
@@ -72,6 +79,9 @@ func (q *testQuarantine) Body(id string) (io.ReadCloser, error) {
 func (q *testQuarantine) order(verb, id, by, reason string) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if verb == "reinject" && id == "01LIVE" {
+		return fmt.Errorf("quarantine %s: %w", id, ErrLive)
+	}
 	e, err := q.entry(id)
 	if err != nil {
 		return err
@@ -113,10 +123,17 @@ func TestQuarantineEndpoints(t *testing.T) {
 	q := &testQuarantine{}
 	base := startServer(t, Options{Quarantine: q})
 
-	code, list := getJSONList(t, base+"/api/v1/quarantine")
-	if code != http.StatusOK || len(list) != 2 || list[0]["queue_id"] != "01BAD" || list[0]["readable"] != false ||
+	code, list, next := getJSONPage(t, base+"/api/v1/quarantine")
+	if code != http.StatusOK || len(list) != 2 || next != "" || list[0]["queue_id"] != "01BAD" || list[0]["readable"] != false ||
 		!strings.HasPrefix(list[0]["reason"].(string), "meta record: ") || list[1]["sender"] != "s@src.test" || list[1]["rcpts"] != nil {
 		t.Fatalf("list: %d %v", code, list)
+	}
+	// Pages of one: next is the page's last id, "" on the last page.
+	if code, list, next := getJSONPage(t, base+"/api/v1/quarantine?limit=1"); code != http.StatusOK || len(list) != 1 || list[0]["queue_id"] != "01BAD" || next != "01BAD" {
+		t.Fatalf("first page of one: %d %v next %q", code, list, next)
+	}
+	if code, list, next := getJSONPage(t, base+"/api/v1/quarantine?limit=1&after=01BAD"); code != http.StatusOK || len(list) != 1 || list[0]["queue_id"] != "01GOOD" || next != "" {
+		t.Fatalf("second page of one: %d %v next %q", code, list, next)
 	}
 	resp, v := call(t, http.MethodGet, base+"/api/v1/quarantine/01GOOD", "", "")
 	if rc, _ := v["rcpts"].([]any); resp.StatusCode != http.StatusOK || v["readable"] != true || len(rc) != 1 {
@@ -142,6 +159,7 @@ func TestQuarantineEndpoints(t *testing.T) {
 		{http.MethodGet, "/api/v1/quarantine/01NONE/body", "", "", http.StatusNotFound, "id: "},
 		{http.MethodGet, "/api/v1/quarantine/01BAD/body", "", "", http.StatusConflict, `id: "01BAD" is not readable: unreadable: meta record`},
 		{http.MethodPost, "/api/v1/quarantine/01BAD/reinject", "application/json", `{"reason":"try","by":"ivy"}`, http.StatusConflict, `id: "01BAD" is not readable`},
+		{http.MethodPost, "/api/v1/quarantine/01LIVE/reinject", "application/json", `{"reason":"try"}`, http.StatusConflict, `id: "01LIVE" is live in the spool`},
 		{http.MethodPost, "/api/v1/quarantine/01NONE/reinject", "application/json", `{"reason":"try"}`, http.StatusNotFound, "id: "},
 		{http.MethodPost, "/api/v1/quarantine/01GOOD/reinject", "text/plain", `{"reason":"try"}`, http.StatusUnsupportedMediaType, "Content-Type"},
 		{http.MethodPost, "/api/v1/quarantine/01GOOD/reinject", "application/json", `{}`, http.StatusBadRequest, "reason: required"},
@@ -153,6 +171,11 @@ func TestQuarantineEndpoints(t *testing.T) {
 		{http.MethodDelete, "/api/v1/quarantine/01GOOD?reason=x&why=y", "", "", http.StatusBadRequest, "why: unknown parameter"},
 		{http.MethodDelete, "/api/v1/quarantine/01NONE?reason=x", "", "", http.StatusNotFound, "id: "},
 		{http.MethodGet, "/api/v1/quarantine?domain=x", "", "", http.StatusBadRequest, "domain: unknown parameter"},
+		{http.MethodGet, "/api/v1/quarantine?limit=0", "", "", http.StatusBadRequest, "limit: 0 is not between 1 and 1000"},
+		{http.MethodGet, "/api/v1/quarantine?limit=1001", "", "", http.StatusBadRequest, "limit: 1001 is not between 1 and 1000"},
+		{http.MethodGet, "/api/v1/quarantine?limit=ten", "", "", http.StatusBadRequest, "limit: "},
+		{http.MethodGet, "/api/v1/quarantine?limit=1&limit=2", "", "", http.StatusBadRequest, "limit: given 2 times"},
+		{http.MethodGet, "/api/v1/quarantine?after=a/b", "", "", http.StatusBadRequest, `after: "a/b" is not a queue id`},
 		{http.MethodPost, "/api/v1/quarantine", "application/json", `{}`, http.StatusMethodNotAllowed, "method POST"},
 		{http.MethodPut, "/api/v1/quarantine/01GOOD", "application/json", `{}`, http.StatusMethodNotAllowed, "method PUT"},
 	} {
@@ -178,22 +201,25 @@ func TestQuarantineEndpoints(t *testing.T) {
 			t.Errorf("%s after its order: %d, want 404", id, resp.StatusCode)
 		}
 	}
-	if code, list := getJSONList(t, base+"/api/v1/quarantine"); code != http.StatusOK || list == nil || len(list) != 0 {
+	if code, list, _ := getJSONPage(t, base+"/api/v1/quarantine"); code != http.StatusOK || list == nil || len(list) != 0 {
 		t.Errorf("empty list: %d %v, want 200 and []", code, list)
 	}
 }
 
-// getJSONList GETs url and decodes its JSON array answer.
-func getJSONList(t *testing.T, url string) (int, []map[string]any) {
+// getJSONPage GETs url and decodes its {"items":[...],"next":...} answer.
+func getJSONPage(t *testing.T, url string) (int, []map[string]any, string) {
 	t.Helper()
 	r, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Body.Close()
-	var out []map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&out); err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+	var out struct {
+		Items []map[string]any `json:"items"`
+		Next  *string          `json:"next"`
 	}
-	return r.StatusCode, out
+	if err := json.NewDecoder(r.Body).Decode(&out); err != nil || out.Next == nil {
+		t.Fatalf("GET %s: %v, next %v: want a page", url, err, out.Next)
+	}
+	return r.StatusCode, out.Items, *out.Next
 }

@@ -89,7 +89,20 @@ type Spool struct {
 	HighWatermark int64 `mapstructure:"high_watermark"`
 	// LowWatermark is where injection resumes; 0 = 90% of HighWatermark.
 	LowWatermark int64 `mapstructure:"low_watermark"`
+	// MinFree is the free space on the spool's file system below which
+	// new mail is refused (452 4.3.1; deliveries go on and free space):
+	// room for pebble to start a new WAL and flush a memtable, since a
+	// write failing inside a WAL rotation is fatal to pebble. 0 = the
+	// spool's default, 2×memtable + 64MiB (192MiB); else at least
+	// MinSpoolFree.
+	MinFree Size `mapstructure:"min_free"`
 }
+
+// MinSpoolFree is the least spool.min_free: one fresh WAL file, which
+// pebble preallocates at 110% of the 64 MiB memtable (70.4 MiB), rounded
+// up. Below it a WAL rotation with no recycled WAL file to reuse can meet
+// a full disk.
+const MinSpoolFree = 80 * MiB
 
 // Log configures the process log (internal/logging).
 type Log struct {

@@ -147,6 +147,7 @@ spool:
   dir: /var/spool/mtad
   high_watermark: 1000
   low_watermark: 800
+  min_free: 256MiB
 log:
   level: debug
   format: console
@@ -261,7 +262,7 @@ func TestFullRoundTrip(t *testing.T) {
 	}
 	want := &Config{
 		Hostname: "mta.example.com",
-		Spool:    Spool{Dir: "/var/spool/mtad", HighWatermark: 1000, LowWatermark: 800},
+		Spool:    Spool{Dir: "/var/spool/mtad", HighWatermark: 1000, LowWatermark: 800, MinFree: 256 * MiB},
 		Log:      Log{Level: "debug", Format: "console", File: "/var/log/mtad.log"},
 		Inject: Inject{SMTP: SMTPInject{
 			Listen:         []string{"127.0.0.1:25", "[::1]:25"},
@@ -352,6 +353,8 @@ func TestValidationErrorsNameKey(t *testing.T) {
 		{"spool dir", func(c *Config) { c.Spool.Dir = "" }, `config: spool.dir: must not be empty`},
 		{"high watermark", func(c *Config) { c.Spool.HighWatermark = -1 }, `config: spool.high_watermark: -1 must be >= 0`},
 		{"low watermark", func(c *Config) { c.Spool.LowWatermark = 400000 }, `config: spool.low_watermark: 400000 must be >= 0 and below spool.high_watermark (400000)`},
+		{"min free", func(c *Config) { c.Spool.MinFree = 64 * MiB }, `config: spool.min_free: 64MiB is below the least, 80MiB`},
+		{"min free negative", func(c *Config) { c.Spool.MinFree = -1 }, `config: spool.min_free: -1 is below the least, 80MiB`},
 		{"log level", func(c *Config) { c.Log.Level = "loud" }, `config: log.level: "loud" is not one of`},
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, `config: log.format: "xml"`},
 		{"listen", func(c *Config) { c.Inject.SMTP.Listen = []string{"127.0.0.1:1", "nope"} }, `config: inject.smtp.listen[1]: "nope" is not host:port`},

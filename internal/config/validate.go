@@ -44,6 +44,10 @@ func (c *Config) Validate() error {
 	if c.Spool.HighWatermark < 0 {
 		v.bad("spool.high_watermark", "%d must be >= 0 (0 = no limit)", c.Spool.HighWatermark)
 	}
+	if m := c.Spool.MinFree; m != 0 && m < MinSpoolFree {
+		v.bad("spool.min_free", "%s is below the least, %s (a fresh WAL file: 110%% of the 64MiB memtable); 0 = the default, 192MiB",
+			m, MinSpoolFree)
+	}
 	if c.Spool.LowWatermark < 0 || (c.Spool.LowWatermark > 0 && c.Spool.LowWatermark >= c.Spool.HighWatermark) {
 		v.bad("spool.low_watermark", "%d must be >= 0 and below spool.high_watermark (%d); 0 = 90%% of it",
 			c.Spool.LowWatermark, c.Spool.HighWatermark)

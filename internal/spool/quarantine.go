@@ -16,12 +16,21 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.uber.org/zap"
 )
+
+// ErrLive is what QuarantineRestore's error wraps when a live message
+// already has the id: a conflict for the operator to look at, not a
+// failure of the store.
+var ErrLive = errors.New("spool: a live message has the id")
 
 // QuarantineEntry is one quarantined message, as far as its records
 // decode. The envelope fields are zero when its meta record does not.
 type QuarantineEntry struct {
 	ID string
+	// Checked says every record was read (QuarantineGet), so Readable is
+	// known; QuarantineList reads the meta record only.
+	Checked bool
 	// Readable says every record decodes and agrees with the meta record:
 	// the message can be restored. Reason says why not, otherwise: the
 	// decode error that also had Recover set it aside.
@@ -57,13 +66,16 @@ func readQuarantined(db *pebble.DB, id string) (e QuarantineEntry, m *Message, e
 	if !found {
 		return e, nil, ErrNotFound
 	}
-	m, n, derr := decodeMeta(rec)
-	if derr != nil {
-		e.Reason = "meta record: " + derr.Error()
+	e = metaEntry(id, rec)
+	e.Checked = true
+	if !e.MetaReadable {
 		return e, nil, nil
 	}
+	m, n, derr := decodeMeta(rec) // decodes: metaEntry said so
+	if derr != nil {
+		return e, nil, derr
+	}
 	m.ID = id
-	e.MetaReadable, e.Sender, e.Recipients, e.Size, e.Received, e.MessageID = true, m.Sender, n, m.Size, m.Received, m.MessageID
 	p := quarantineKey(rcptPrefix(id))
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(string(p))})
 	if err != nil {
@@ -150,26 +162,77 @@ func eachQuarantinedBodyRecord(db *pebble.DB, m *Message, fn func([]byte) error)
 	return nil
 }
 
-// QuarantineList returns every quarantined message, in id order, with
-// what of it is readable (Rcpts left out).
-func (s *Spool) QuarantineList() ([]QuarantineEntry, error) {
-	ids, err := s.Quarantined()
-	if err != nil {
-		return nil, err
+// Paging of QuarantineList: a page holds DefaultQuarantinePage entries
+// when the caller asks for none, and never more than MaxQuarantinePage.
+const (
+	DefaultQuarantinePage = 100
+	MaxQuarantinePage     = 1000
+)
+
+// QuarantinePage is one page of QuarantineList: Next is the id to pass as
+// after for the following page, "" on the last one.
+type QuarantinePage struct {
+	Items []QuarantineEntry
+	Next  string
+}
+
+// QuarantineList returns up to limit quarantined messages with ids after
+// after (exclusive; "" starts at the first), in id order. limit ≤ 0 means
+// DefaultQuarantinePage; above MaxQuarantinePage it is cut to it.
+//
+// It reads each message's meta record only (the envelope and the
+// recipient count it gives): after a salvage thousands of messages may be
+// quarantined, and checking each body and recipient record here would
+// read every byte of them in one request. So an entry's Readable is false
+// and Reason says only why the meta record does not decode, if it does
+// not; Checked is false. QuarantineGet checks the whole message.
+func (s *Spool) QuarantineList(limit int, after string) (QuarantinePage, error) {
+	if limit <= 0 {
+		limit = DefaultQuarantinePage
 	}
-	out := make([]QuarantineEntry, 0, len(ids))
-	for _, id := range ids {
-		e, err := s.QuarantineGet(id)
-		if errors.Is(err, ErrNotFound) {
-			continue // restored or deleted since
+	limit = min(limit, MaxQuarantinePage)
+	var page QuarantinePage
+	err := s.withDB(func(db *pebble.DB) error {
+		qm := prefixQuarantine + prefixMeta
+		lo := []byte(qm)
+		if after != "" {
+			// The smallest key past q/m/<after>: after itself is excluded.
+			lo = append([]byte(qm+after), 0)
 		}
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(qm)})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		e.Rcpts = nil
-		out = append(out, e)
+		for ok := it.First(); ok; ok = it.Next() {
+			id := string(it.Key()[len(qm):])
+			if len(page.Items) == limit {
+				page.Next = page.Items[limit-1].ID
+				break
+			}
+			v, verr := it.ValueAndErr()
+			if verr != nil {
+				return errors.Join(verr, it.Close())
+			}
+			page.Items = append(page.Items, metaEntry(id, v))
+		}
+		return errors.Join(it.Error(), it.Close())
+	})
+	if err != nil {
+		return QuarantinePage{}, fmt.Errorf("spool quarantine list: %w", err)
 	}
-	return out, nil
+	return page, nil
+}
+
+// metaEntry is what the quarantined meta record rec of id says.
+func metaEntry(id string, rec []byte) QuarantineEntry {
+	e := QuarantineEntry{ID: id}
+	m, n, derr := decodeMeta(rec)
+	if derr != nil {
+		e.Reason = "meta record: " + derr.Error()
+		return e
+	}
+	e.MetaReadable, e.Sender, e.Recipients, e.Size, e.Received, e.MessageID = true, m.Sender, n, m.Size, m.Received, m.MessageID
+	return e
 }
 
 // QuarantineGet returns the quarantined message id with its recipients
@@ -252,7 +315,8 @@ func (r *quarantineBody) Close() error { r.cur = nil; return nil }
 // its recipients, for the scheduler to queue. Only a message whose
 // records all decode is moved; otherwise the error wraps ErrCorrupt and
 // says why, and nothing moves. A live message with the same id (which
-// ids' uniqueness rules out) is refused too.
+// ids' uniqueness rules out) is refused too, with an error wrapping
+// ErrLive.
 func (s *Spool) QuarantineRestore(id string) (*Message, error) {
 	// The quarantine is an operator's, one order at a time; holding the
 	// lock keeps a concurrent restore or delete of the same id from
@@ -270,7 +334,10 @@ func (s *Spool) QuarantineRestore(id string) (*Message, error) {
 			return fmt.Errorf("%w: not restored: %s", ErrCorrupt, e.Reason)
 		}
 		if _, found, err := getCopy(db, metaKey(id)); err != nil || found {
-			return errors.Join(err, fmt.Errorf("not restored: a live message has the id %s", id))
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: not restored: a live message has the id %s", ErrLive, id)
 		}
 		m = msg
 		ops, err = quarantinedOps(db, msg, id, true)
@@ -287,12 +354,19 @@ func (s *Spool) QuarantineRestore(id string) (*Message, error) {
 
 // QuarantineDelete removes every quarantined record of id in one synced
 // batch: its meta, body and recipient records and, when its meta record
-// decodes, its body chunks. An error wraps ErrNotFound for an id not in
-// quarantine.
+// decodes, its body chunks, and its DSN-owed marker (s/<id>). An error
+// wraps ErrNotFound for an id not in quarantine.
+//
+// A message still owed a DSN is deleted all the same (the operator asked
+// for it, and the DSN is built from the very records being deleted): the
+// spool logs a warning, with the id, that its sender was owed a DSN that
+// will never be sent. (The signature stays error-only: the scheduler's
+// Quarantine interface and its policy record are not changed by this.)
 func (s *Spool) QuarantineDelete(id string) error {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	var ops []op
+	dsnOwed := false
 	err := s.withDB(func(db *pebble.DB) error {
 		if validID(id) != nil {
 			return ErrNotFound
@@ -313,13 +387,26 @@ func (s *Spool) QuarantineDelete(id string) error {
 		}
 		m.ID = id
 		ops, err = quarantinedOps(db, m, id, false)
-		return err
+		if err != nil {
+			return err
+		}
+		dsn := []byte(prefixSalvageDSN + id)
+		if _, dsnOwed, err = getCopy(db, dsn); err != nil {
+			return err
+		}
+		if dsnOwed {
+			ops = append(ops, op{key: dsn, del: true})
+		}
+		return nil
 	})
 	if err == nil {
 		err = s.commit(ops, false)
 	}
 	if err != nil {
 		return fmt.Errorf("spool quarantine %s delete: %w", id, err)
+	}
+	if dsnOwed {
+		s.log.Warn("spool: quarantined message deleted while its sender was owed a DSN: the DSN will not be sent", zap.String("id", id))
 	}
 	return nil
 }

@@ -69,18 +69,25 @@ func TestQuarantine(t *testing.T) {
 		t.Fatalf("Recover: %+v, %v; want 3 quarantined", st, err)
 	}
 
-	list, err := s.QuarantineList()
-	if err != nil || len(list) != 3 {
-		t.Fatalf("QuarantineList = %+v, %v; want 3", list, err)
+	page, err := s.QuarantineList(0, "")
+	if err != nil || len(page.Items) != 3 || page.Next != "" {
+		t.Fatalf("QuarantineList = %+v, %v; want 3 on one page", page, err)
 	}
+	list := page.Items
+	// The list reads meta records only: the damaged recipient and chunk
+	// are found by QuarantineGet.
 	want := map[string]struct {
 		meta   bool
 		reason string
 	}{small.ID: {true, "recipients: "}, big.ID: {true, "body: body chunk 1: "}, dead.ID: {false, "meta record: "}}
 	for _, e := range list {
 		w := want[e.ID]
-		if e.Readable || e.MetaReadable != w.meta || !strings.HasPrefix(e.Reason, w.reason) || e.Rcpts != nil {
-			t.Errorf("entry %+v, want meta readable %t, reason %q…", e, w.meta, w.reason)
+		if e.Readable || e.Checked || e.MetaReadable != w.meta || (w.meta != (e.Reason == "")) || e.Rcpts != nil {
+			t.Errorf("list entry %+v, want unchecked, meta readable %t", e, w.meta)
+		}
+		g, err := s.QuarantineGet(e.ID)
+		if err != nil || g.Readable || !g.Checked || g.MetaReadable != w.meta || !strings.HasPrefix(g.Reason, w.reason) {
+			t.Errorf("QuarantineGet = %+v, %v; want meta readable %t, reason %q…", g, err, w.meta, w.reason)
 		}
 	}
 	if e := list[0]; e.ID != small.ID || e.Sender != small.Sender || e.Recipients != 2 || e.Size != 700 || e.MessageID != small.MessageID {

@@ -78,6 +78,11 @@ type SalvageStats struct {
 	// read (their meta record was in a damaged range): those
 	// records are quarantined too.
 	Orphans int
+	// KeptQuarantined counts the messages (q/ meta records) that were in
+	// quarantine already, copied with their readable q/ records as they
+	// were; KeptDSNOwed the DSN-owed markers (s/) copied with them.
+	KeptQuarantined int
+	KeptDSNOwed     int
 	// DamagedRanges counts the key ranges the walk had to skip.
 	DamagedRanges int
 }
@@ -583,7 +588,55 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 	if err := flush(); err != nil {
 		return err
 	}
-	return s.salvageOrphans(old, st)
+	if err := s.salvageOrphans(old, st); err != nil {
+		return err
+	}
+	return s.salvageKept(old, st)
+}
+
+// salvageKept copies, as they are, the readable records the damaged store
+// already had set aside: the quarantine (q/, from Recover or an earlier
+// salvage, with its messages' recipient records and body chunks, which
+// quarantineOps and salvageFrom both keep under q/) and the DSN-owed
+// markers (s/). Without them a second damage event would drop the
+// quarantine, and with it the DSNs still owed for it. Nothing is decoded:
+// the quarantine's readers say what of a message is sound, as before.
+func (s *Spool) salvageKept(old *pebble.DB, st *SalvageStats) error {
+	qm := []byte(prefixQuarantine + prefixMeta)
+	for _, prefix := range []string{prefixQuarantine, prefixSalvageDSN} {
+		var ops []op
+		size := 0
+		n, err := walk(old, []byte(prefix), prefixEnd(prefix), false, func(k, v []byte) error {
+			switch {
+			case prefix == prefixSalvageDSN:
+				st.KeptDSNOwed++
+			case bytes.HasPrefix(k, qm):
+				st.KeptQuarantined++
+			}
+			o := op{key: bytes.Clone(k), val: [][]byte{bytes.Clone(v)}}
+			ops, size = append(ops, o), size+o.size()
+			if size >= s.opts.MaxGroupBytes || len(ops) >= recoverFlushOps {
+				err := s.commit(ops, false)
+				ops, size = nil, 0
+				return err
+			}
+			return nil
+		})
+		st.DamagedRanges += n
+		if err != nil {
+			return err
+		}
+		if len(ops) > 0 {
+			if err := s.commit(ops, false); err != nil {
+				return err
+			}
+		}
+	}
+	if st.KeptQuarantined > 0 || st.KeptDSNOwed > 0 {
+		s.log.Warn("spool salvage: the quarantine already there copied as it was",
+			zap.Int("messages", st.KeptQuarantined), zap.Int("dsn_owed", st.KeptDSNOwed))
+	}
+	return nil
 }
 
 // readRange calls fn for each record of [lo, hi) up to the first that

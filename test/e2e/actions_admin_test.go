@@ -87,11 +87,14 @@ func TestAdminBounce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list []any
+	var list struct {
+		Items []any   `json:"items"`
+		Next  *string `json:"next"`
+	}
 	err = json.NewDecoder(resp.Body).Decode(&list)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || list == nil || len(list) != 0 {
-		t.Errorf("quarantine list: %d %v %v, want 200 []", resp.StatusCode, list, err)
+	if err != nil || resp.StatusCode != http.StatusOK || list.Items == nil || len(list.Items) != 0 || list.Next == nil || *list.Next != "" {
+		t.Errorf("quarantine list: %d %+v %v, want 200 {\"items\":[],\"next\":\"\"}", resp.StatusCode, list, err)
 	}
 	if resp, err := http.Get("http://" + d.admin + "/api/v1/quarantine/01NOSUCH"); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Errorf("unknown quarantine id: %v %v, want 404", resp, err)

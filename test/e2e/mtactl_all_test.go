@@ -322,7 +322,9 @@ func TestMtactlEveryCommand(t *testing.T) {
 	if r := row(ok("max_connections", "shaping", "resolve", "cc.e2e", "--binding", "b2"), "max_connections"); r == nil || r[1] != "1" {
 		t.Errorf("shaping resolve cc.e2e: max_connections row %q, want 1", r)
 	}
-	ok("ID  READABLE  SENDER  RCPTS  SIZE  REASON", "quarantine", "list")
+	ok("ID  META  SENDER  RCPTS  SIZE  REASON", "quarantine", "list")
+	ok("ID  META  SENDER  RCPTS  SIZE  REASON", "quarantine", "list", "--limit", "5", "--after", "01A")
+	fails("limit: 0 is not between 1 and 1000", "quarantine", "list", "--limit", "0")
 	fails("404", "quarantine", "show", "01NOSUCH")
 	ok("SCOPE", "throttles")
 	fails("404", "unthrottle", "domain:nosuch.e2e")
