@@ -295,9 +295,15 @@ type staleActions struct {
 	err error
 }
 
-func (a *staleActions) Cancel(CancelOrder) (int, error) { return 0, fmt.Errorf("scheduler: cancel: %w", a.err) }
-func (a *staleActions) Bounce(CancelOrder) (int, error) { return 0, fmt.Errorf("scheduler: bounce: %w", a.err) }
-func (a *staleActions) Rebind(RebindOrder) (int, error) { return 0, fmt.Errorf("scheduler: rebind: %w", a.err) }
+func (a *staleActions) Cancel(CancelOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: cancel: %w", a.err)
+}
+func (a *staleActions) Bounce(CancelOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: bounce: %w", a.err)
+}
+func (a *staleActions) Rebind(RebindOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: rebind: %w", a.err)
+}
 func (a *staleActions) Flush(string, string, string) (int, error) {
 	return 0, fmt.Errorf("scheduler: flush: %w", a.err)
 }
