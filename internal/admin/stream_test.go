@@ -30,7 +30,7 @@ func pattern(n int) io.Reader {
 // bodyQueues serves one big message body; the rest of Queues is not used.
 type bodyQueues struct{}
 
-func (bodyQueues) QueueView(QueueQuery) (any, error)   { return nil, nil }
+func (bodyQueues) QueueView(QueueQuery) (any, error)  { return nil, nil }
 func (bodyQueues) Messages(MessageQuery) (any, error) { return nil, nil }
 func (bodyQueues) Message(string) (any, error)        { return nil, nil }
 func (bodyQueues) MessageBody(string) (io.ReadCloser, int64, error) {
