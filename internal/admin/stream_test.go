@@ -3,49 +3,88 @@ package admin
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 )
 
-// bigBody is a body larger than the kernel's socket buffers on both ends
-// of a loopback connection (a few MB), so its writes must wait for the
-// reader.
-const bigBody = 12 << 20
+// bigBody is a body much larger than the socket buffers of the test's
+// connections (smallBuffers), so its writes must wait for the reader.
+const bigBody = 6 << 20
 
-// pattern is bigBody's content: each byte says its offset, so a body
-// with a byte lost or repeated does not compare equal.
-func pattern(n int) io.Reader {
-	var b bytes.Buffer
-	for i := 0; b.Len() < n; i++ {
-		fmt.Fprintf(&b, "%015d\n", i*16)
+// smallBuffers is a listener whose connections have small send buffers:
+// the kernel's default grows to 4 MB on loopback, which would hold much
+// of a body and hide how slowly the reader takes it.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		err = c.(*net.TCPConn).SetWriteBuffer(64 << 10)
 	}
-	return bytes.NewReader(b.Bytes()[:n])
+	return c, err
 }
 
-// bodyQueues serves one big message body; the rest of Queues is not used.
-type bodyQueues struct{}
+// startSmallBuffers serves s's handlers (authentication, deadlines and
+// all) on a loopback listener with small buffers; the test's cleanup
+// stops it and waits for it.
+func startSmallBuffers(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Serve(smallBuffers{ln}) }()
+	t.Cleanup(func() {
+		if err := s.srv.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		if err := <-done; err != http.ErrServerClosed {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// pattern is a body of n bytes in which a byte lost or repeated shows:
+// each byte is a function of its offset, repeating only every 16 MB.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i ^ i>>8 ^ i>>16)
+	}
+	return b
+}
+
+// bodyQueues serves one message body; the rest of Queues is not used.
+type bodyQueues struct{ body []byte }
 
 func (bodyQueues) QueueView(QueueQuery) (any, error)  { return nil, nil }
 func (bodyQueues) Messages(MessageQuery) (any, error) { return nil, nil }
 func (bodyQueues) Message(string) (any, error)        { return nil, nil }
-func (bodyQueues) MessageBody(string) (io.ReadCloser, int64, error) {
-	return io.NopCloser(pattern(bigBody)), bigBody, nil
+func (q bodyQueues) MessageBody(string) (io.ReadCloser, int64, error) {
+	return io.NopCloser(bytes.NewReader(q.body)), int64(len(q.body)), nil
 }
 
-// bigQuarantine is testQuarantine with a big readable message.
-type bigQuarantine struct{ testQuarantine }
+// bigQuarantine is testQuarantine whose readable message has body.
+type bigQuarantine struct {
+	testQuarantine
+	body []byte
+}
 
-func (*bigQuarantine) Body(string) (io.ReadCloser, error) { return io.NopCloser(pattern(bigBody)), nil }
+func (q *bigQuarantine) Body(string) (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(q.body)), nil
+}
 
 // slowGet fetches path over a connection whose reader takes longer, in
 // all, than the server's write timeout, though it never stalls for long:
-// 64 KiB, then a pause (about 3 MB/s at most), with a receive buffer of 256 KiB so the kernel
-// does not read megabytes ahead for it.
+// 64 KiB, then a pause (1.6 MB/s at most), with a small receive buffer so
+// the kernel does not read ahead for it.
 func slowGet(t *testing.T, addr, path string) ([]byte, error) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -53,7 +92,7 @@ func slowGet(t *testing.T, addr, path string) ([]byte, error) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.(*net.TCPConn).SetReadBuffer(256 << 10); err != nil {
+	if err := c.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n", path)
@@ -71,7 +110,7 @@ func slowGet(t *testing.T, addr, path string) ([]byte, error) {
 		if err != nil || n == 0 {
 			return got.Bytes(), err
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond)
 	}
 	return got.Bytes(), nil
 }
@@ -81,9 +120,10 @@ func slowGet(t *testing.T, addr, path string) ([]byte, error) {
 // KiB gets its own deadline; before, the timeout cut the whole answer.
 func TestBodyToSlowReader(t *testing.T) {
 	t.Parallel()
-	base := startServer(t, Options{Queues: bodyQueues{}, Quarantine: &bigQuarantine{}, WriteTimeout: time.Second})
-	addr := strings.TrimPrefix(base, "http://")
-	want, _ := io.ReadAll(pattern(bigBody))
+	want := pattern(bigBody)
+	// The reader takes about 4 s over the body, twice the write timeout;
+	// no chunk waits for it for more than a tenth of one.
+	addr := startSmallBuffers(t, New(Options{Queues: bodyQueues{want}, Quarantine: &bigQuarantine{body: want}, WriteTimeout: 2 * time.Second}))
 	for _, path := range []string{"/api/v1/messages/01ABC/body", "/api/v1/quarantine/01GOOD/body"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
