@@ -28,10 +28,19 @@ func selector(c admin.CancelOrder) scheduler.Selector {
 	return scheduler.Selector{QueueID: c.QueueID, Domain: c.Domain, Binding: c.Binding, Sender: c.Sender}
 }
 
-// notQueued makes the scheduler's ErrNotQueued the API's too (404).
+// notQueued makes the scheduler's errors for an order it refuses the
+// API's too: ErrNotQueued (404), and the unknown binding, unknown group
+// and bad selector a reload racing the request brings (400).
 func notQueued(n int, err error) (int, error) {
-	if errors.Is(err, scheduler.ErrNotQueued) {
-		return n, fmt.Errorf("%w: %w", admin.ErrNotQueued, err)
+	for _, e := range [...][2]error{
+		{scheduler.ErrNotQueued, admin.ErrNotQueued},
+		{scheduler.ErrUnknownBinding, admin.ErrUnknownBinding},
+		{scheduler.ErrUnknownGroup, admin.ErrUnknownGroup},
+		{scheduler.ErrBadSelector, admin.ErrBadSelector},
+	} {
+		if errors.Is(err, e[0]) {
+			return n, fmt.Errorf("%w: %w", e[1], err)
+		}
 	}
 	return n, err
 }
@@ -48,11 +57,13 @@ func (a adminActions) Bounce(c admin.CancelOrder) (int, error) {
 
 // Rebind is admin.Actions'.
 func (a adminActions) Rebind(o admin.RebindOrder) (int, error) {
-	return a.s.Rebind(o.Domain, o.Binding, o.Group, o.Duration, o.By, o.Reason)
+	return notQueued(a.s.Rebind(o.Domain, o.Binding, o.Group, o.Duration, o.By, o.Reason))
 }
 
 // Flush is admin.Actions'.
-func (a adminActions) Flush(domain, b, by string) (int, error) { return a.s.Flush(domain, b, by) }
+func (a adminActions) Flush(domain, b, by string) (int, error) {
+	return notQueued(a.s.Flush(domain, b, by))
+}
 
 // HasBinding is admin.Actions'.
 func (a adminActions) HasBinding(name string) bool { return a.bindings.ByName(name) != nil }

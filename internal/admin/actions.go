@@ -85,6 +85,35 @@ type CancelOrder struct {
 // is not queued: the API answers 404.
 var ErrNotQueued = errors.New("not queued")
 
+// The errors an Actions wraps for an order the API checked but the
+// configuration no longer allows: a reload between the check and the
+// order removed the binding or group it names. They are the operator's
+// input gone stale, not the server's fault: the API answers 400 naming
+// the field.
+var (
+	ErrUnknownBinding = errors.New("unknown binding")
+	ErrUnknownGroup   = errors.New("unknown binding group")
+	ErrBadSelector    = errors.New("bad selector")
+)
+
+// writeActionError answers an Actions' error: 404 for a queue id not
+// queued, 400 naming the field for an order a reload made stale, 500 for
+// the rest (the spool failed).
+func writeActionError(w http.ResponseWriter, err error, queueID string) {
+	switch {
+	case errors.Is(err, ErrNotQueued):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("queue_id: %q is not queued", queueID))
+	case errors.Is(err, ErrUnknownBinding):
+		writeError(w, http.StatusBadRequest, "binding: not configured any more (a reload removed it): "+err.Error())
+	case errors.Is(err, ErrUnknownGroup):
+		writeError(w, http.StatusBadRequest, "group: not configured any more (a reload removed it): "+err.Error())
+	case errors.Is(err, ErrBadSelector):
+		writeError(w, http.StatusBadRequest, "selector: "+err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
 type cancelRequest struct {
 	QueueID string `json:"queue_id"`
 	Domain  string `json:"domain"`
@@ -278,12 +307,8 @@ func (s *Server) end(w http.ResponseWriter, r *http.Request, verb, key string, d
 		return
 	}
 	n, err := do(c)
-	switch {
-	case errors.Is(err, ErrNotQueued):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("queue_id: %q is not queued", c.QueueID))
-		return
-	case err != nil:
-		writeError(w, http.StatusInternalServerError, err.Error())
+	if err != nil {
+		writeActionError(w, err, c.QueueID)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{key: n})
@@ -303,7 +328,7 @@ func (s *Server) rebind(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := br.Rebind(o)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
+		writeActionError(w, err, "")
 		return
 	}
 	out := struct {
@@ -329,7 +354,7 @@ func (s *Server) flush(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := s.opts.Actions.Flush(domain, binding, by)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
+		writeActionError(w, err, "")
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"flushed": n})

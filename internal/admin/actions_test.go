@@ -286,3 +286,52 @@ func FuzzParseRebind(f *testing.F) {
 		}
 	})
 }
+
+// staleActions answers every order as the scheduler does when a reload
+// removed, between the API's check and the order, the binding or group
+// the order names.
+type staleActions struct {
+	testActions
+	err error
+}
+
+func (a *staleActions) Cancel(CancelOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: cancel: %w", a.err)
+}
+func (a *staleActions) Bounce(CancelOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: bounce: %w", a.err)
+}
+func (a *staleActions) Rebind(RebindOrder) (int, error) {
+	return 0, fmt.Errorf("scheduler: rebind: %w", a.err)
+}
+func (a *staleActions) Flush(string, string, string) (int, error) {
+	return 0, fmt.Errorf("scheduler: flush: %w", a.err)
+}
+
+// TestActionRacedReload: an order the API checked but a reload made
+// stale before the scheduler applied it is the operator's input gone
+// bad, answered 400 naming the field, not 500.
+func TestActionRacedReload(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err   error
+		field string
+	}{
+		{ErrUnknownBinding, "binding: "},
+		{ErrUnknownGroup, "group: "},
+		{ErrBadSelector, "selector: "},
+	} {
+		base := startServer(t, Options{Actions: &staleActions{err: c.err}})
+		for _, r := range []struct{ path, body string }{
+			{"/api/v1/cancel", `{"domain":"x.test","binding":"b1","reason":"r"}`},
+			{"/api/v1/bounce", `{"domain":"x.test","binding":"b1","reason":"r"}`},
+			{"/api/v1/rebind", `{"domain":"x.test","group":"clean","reason":"r"}`},
+			{"/api/v1/flush", `{"domain":"x.test","binding":"b1"}`},
+		} {
+			resp, v := call(t, http.MethodPost, base+r.path, "application/json", r.body)
+			if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(errText(v), c.field) {
+				t.Errorf("%s with %v: %d %v, want 400 naming %q", r.path, c.err, resp.StatusCode, v, c.field)
+			}
+		}
+	}
+}

@@ -7,11 +7,11 @@ package admin
 //	GET /api/v1/messages/{id}                                    → the message's envelope, recipients, header block
 //	GET /api/v1/messages/{id}/body                               → message/rfc822, streamed from the spool
 //
-// A body is streamed with io.Copy from the spool's reader, never held
-// whole: a 50 MB message costs the API a copy buffer.
+// A body is streamed from the spool's reader, never held whole: a 50 MB
+// message costs the API a copy buffer. Each 64 KiB of it gets its own
+// write timeout (streamBody), so a slow operator gets all of it.
 
 import (
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -71,5 +71,5 @@ func (s *Server) messageBody(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	_, _ = io.Copy(w, body)
+	_, _ = s.streamBody(w, body)
 }

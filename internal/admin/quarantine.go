@@ -178,7 +178,7 @@ func (s *Server) quarantineBody(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	if _, err := io.Copy(w, body); err != nil {
+	if _, err := s.streamBody(w, body); err != nil {
 		// The status is out: all that is left is to cut the answer short
 		// so the client sees it incomplete.
 		s.opts.Logger.Warn("quarantine body: stream cut short")

@@ -106,6 +106,11 @@ func (s *session) serve(c *smtpclient.Client) *smtpclient.Client {
 				return c
 			}
 		}
+		if b := p.opts.Bindings.Get(s.pair.Slot()); b != nil && b.Retired() {
+			// A reload removed the binding: nothing more is sent from its
+			// address. The scheduler moves what is left on the pair.
+			return c
+		}
 		d := s.pair.Pop()
 		if d == nil {
 			if !s.idle() {

@@ -246,8 +246,12 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 	// left without a record (or, for a bounce, its DSN). The spool says
 	// which are still pending; it is read under st.mu, which every settle
 	// holds while it records an outcome.
-	var flying []spool.Recipient
+	var flying []queue.Rcpt
+	flySlot := -1 // the pair the views count in-flight recipients on: the message's own binding, if it names one
 	if whole && !st.finished {
+		if b := s.opts.Bindings.ByName(st.binding); st.binding != "" && b != nil {
+			flySlot = b.Slot
+		}
 		if m, gerr := s.opts.Spool.Get(id); gerr == nil {
 			for i, r := range m.Recipients {
 				if _, taken := updates[i]; taken || r.State != spool.Pending {
@@ -260,7 +264,7 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 					st.failed = append(st.failed, report{Addr: r.Addr, ORcpt: r.ORcpt, Notify: r.Notify,
 						Action: actFailed, Enhanced: adminEnhanced, Text: text, At: now, Class: policy.ClassAdminFailure})
 				}
-				flying = append(flying, r)
+				flying = append(flying, queue.Rcpt{Idx: int32(i), Notify: uint8(r.Notify), Addr: r.Addr, ORcpt: r.ORcpt})
 				n++
 			}
 		}
@@ -312,6 +316,7 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 			s.om.top.add(d.Domain, string(e.event), len(d.Rcpts))
 		}
 		s.sum.add(now, e.summed, len(d.Rcpts)) // the summary's count
+		s.noteEnded(d.Domain, int(d.Slot), d.Rcpts, e, updates, now)
 	}
 	for _, r := range flying {
 		dom := r.Addr[strings.LastIndexByte(r.Addr, '@')+1:]
@@ -319,7 +324,7 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 			dom = c
 		}
 		rec := logging.Delivery{Event: e.event, QueueID: id, Recipient: r.Addr, Domain: dom,
-			Response: e.reason, Attempt: r.Attempts, BounceClass: int(policy.ClassAdminFailure)}
+			Response: e.reason, Attempt: updates[int(r.Idx)].Attempts, BounceClass: int(policy.ClassAdminFailure)}
 		if e.event == logging.EventBounced {
 			rec.Enhanced = adminEnhanced
 			s.countClass(policy.ClassAdminFailure, e.event)
@@ -330,9 +335,31 @@ func (s *Scheduler) endMessage(id string, ds []*queue.Delivery, whole bool, e en
 			s.om.top.add(dom, string(e.event), 1)
 		}
 		s.sum.add(now, e.summed, 1)
+		// The pair a session holds it on is not known here; the
+		// message's own binding is, when it names one (slot -1 is
+		// skipped by noteView).
+		s.noteEnded(dom, flySlot, []queue.Rcpt{r}, e, updates, now)
 	}
 	s.submitDSN(dsnMsg)
 	return n, err
+}
+
+// noteEnded tells the queue views about recipients an operator ended on
+// the pair (domain, slot), as settle does for an attempt's: a bounce
+// counts as bounced with class 25 (admin failure), as its log record and
+// metric do; a cancel is no bounce (the summary and metrics count it
+// apart) and only becomes the pair's last reply.
+func (s *Scheduler) noteEnded(domain string, slot int, rcpts []queue.Rcpt, e ending, updates map[int]spool.Recipient, now time.Time) {
+	v := vDelivered // noteView counts neither deferred nor bounced for it
+	if e.event == logging.EventBounced {
+		v = vBounced
+	}
+	verdicts := make([]verdict, len(rcpts))
+	classes := make([]policy.BounceClass, len(rcpts))
+	for i := range rcpts {
+		verdicts[i], classes[i] = v, policy.ClassAdminFailure
+	}
+	s.noteView(domain, slot, rcpts, verdicts, classes, updates, now)
 }
 
 // Flush moves the delayed deliveries to domain ("" = every domain) —

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -14,7 +15,9 @@ import (
 // the active deliveries to their new pairs' active queues, the delayed
 // ones to the delayed queue at the same next attempt. A delivery in a
 // session on the slot now comes back through settle, which sees the
-// retired binding and re-picks too (retiredSlot). It returns how many
+// retired binding and re-picks too (retiredSlot); mail that reaches the
+// slot after this walk is moved when its pair is next maintained or woken
+// (moveRetired). It returns how many
 // deliveries it moved; an error when the slot's binding is not retired or
 // the default group has no usable binding (the mail stays, and is moved
 // when it next settles).
@@ -65,4 +68,39 @@ func (s *Scheduler) retiredSlot(slot int) int {
 		return sl
 	}
 	return slot
+}
+
+// moveRetired reports whether p's binding is retired, after moving p's
+// active mail to the default group's bindings (as RetireBinding does) and
+// waking their pairs. RetireBinding's walk cannot see mail that lands on
+// the slot after it: a Submit whose Pick returned the binding just before
+// the reload retired it, or a settle that chose the slot before and
+// delays onto it after. Such mail reaches an active queue of the slot
+// (the delayed queue's when due), whose pair is maintained or woken, and
+// so comes here: no connection is ever opened for it from the removed
+// address. When the default group has no usable binding the mail waits
+// on the pair, unsent, until a maintenance finds one.
+func (s *Scheduler) moveRetired(p *queue.Pair, now time.Time) bool {
+	slot := p.Slot()
+	if b := s.opts.Bindings.Get(slot); b == nil || !b.Retired() {
+		return false
+	}
+	to := s.retiredSlot(slot)
+	if to == slot {
+		return true
+	}
+	ds := p.Domain().RemoveActive(func(d *queue.Delivery) bool { return int(d.Slot) == slot }, nil)
+	pairs := map[*queue.Pair]bool{}
+	for _, d := range ds {
+		d.Slot = int32(s.retiredSlot(slot)) // spread over the group as RetireBinding does
+		pairs[s.q.Push(d)] = true
+	}
+	for np := range pairs {
+		s.wake(np, now)
+	}
+	if len(ds) > 0 {
+		s.log.Info("mail that reached a retired binding after the reload moved to the default group",
+			zap.String("domain", p.Domain().Name), zap.Int("slot", slot), zap.Int("moved", len(ds)))
+	}
+	return true
 }

@@ -710,6 +710,9 @@ func parseEnhanced(s string) smtp.EnhancedCode {
 // wake gives new work on a pair to an idle session, or else runs the
 // pair's maintenance now: a message must not wait for the tick.
 func (s *Scheduler) wake(p *queue.Pair, now time.Time) {
+	if s.moveRetired(p, now) {
+		return // no session of a removed binding is given work
+	}
 	if !s.pool.Wake(p) {
 		s.maintain(p, now)
 	}
@@ -723,6 +726,9 @@ func (s *Scheduler) maintain(p *queue.Pair, now time.Time) {
 // maintainBacklog is maintain for a pair whose queue length the caller has
 // just read.
 func (s *Scheduler) maintainBacklog(p *queue.Pair, backlog int, now time.Time) {
+	if s.moveRetired(p, now) {
+		return
+	}
 	dr := p.Domain()
 	if dr.Suspended(now) {
 		return

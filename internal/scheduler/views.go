@@ -519,19 +519,26 @@ func (s *Scheduler) checkMessages(q *MessageQuery) (func(*queue.Delivery) bool, 
 
 // msgPicks keeps the earliest queue ids among what a walk offers, at most
 // a few pages' worth at a time: a walk of 500,000 deliveries to one
-// sender holds 4×limit items, not 500,000.
+// sender holds 4×limit items, not 500,000. Once limit ids are kept, the
+// last of them is the cutoff: a later id cannot be on the page, and is
+// passed over before anything is built or remembered for it.
 type msgPicks struct {
-	limit int
-	items []MessageItem
-	seen  map[[3]string]bool // (id, domain, slot): a delivery moved between two walks is listed once
+	limit  int
+	items  []msgPick
+	cutoff string // "" until limit ids are kept
+}
+
+// msgPick is an item with its slot: with the id and domain, the key a
+// delivery seen by two walks (moved between them) is listed once by.
+type msgPick struct {
+	MessageItem
+	slot int32
 }
 
 func (m *msgPicks) add(s *Scheduler, d *queue.Delivery, delayed bool) {
-	k := [3]string{d.MsgID, d.Domain, strconv.Itoa(int(d.Slot))}
-	if m.seen[k] {
+	if m.cutoff != "" && d.MsgID > m.cutoff {
 		return
 	}
-	m.seen[k] = true
 	it := MessageItem{QueueID: d.MsgID, Sender: d.Sender, Domain: d.Domain, Binding: fmt.Sprintf("slot-%d", d.Slot),
 		Arrival: time.Unix(0, d.Arrival), Size: d.Size, Attempts: int(d.Attempts), State: "active"}
 	if b := s.opts.Bindings.Get(int(d.Slot)); b != nil {
@@ -544,46 +551,71 @@ func (m *msgPicks) add(s *Scheduler, d *queue.Delivery, delayed bool) {
 		t := d.NextAttempt()
 		it.NextAttempt, it.State = &t, "delayed"
 	}
-	m.items = append(m.items, it)
+	m.items = append(m.items, msgPick{it, d.Slot})
 	if len(m.items) >= 4*m.limit {
 		m.trim()
 	}
 }
 
-// trim sorts the items and keeps those of the first limit queue ids (a
-// message's deliveries to several domains stay on one page).
+// trim sorts the items, lists a delivery seen twice once (as the later
+// walk saw it: the sort is stable), and keeps those of the first limit
+// queue ids (a message's deliveries to several domains stay on one page).
 func (m *msgPicks) trim() {
-	slices.SortFunc(m.items, func(a, b MessageItem) int {
-		return cmp.Or(strings.Compare(a.QueueID, b.QueueID), strings.Compare(a.Domain, b.Domain), strings.Compare(a.Binding, b.Binding))
+	slices.SortStableFunc(m.items, func(a, b msgPick) int {
+		return cmp.Or(strings.Compare(a.QueueID, b.QueueID), strings.Compare(a.Domain, b.Domain),
+			strings.Compare(a.Binding, b.Binding), cmp.Compare(a.slot, b.slot))
 	})
+	kept := m.items[:0]
+	for i, it := range m.items {
+		if i+1 < len(m.items) {
+			if n := m.items[i+1]; n.QueueID == it.QueueID && n.Domain == it.Domain && n.slot == it.slot {
+				continue // the same delivery again, later
+			}
+		}
+		kept = append(kept, it)
+	}
+	clear(m.items[len(kept):]) // let the dropped items' strings go
+	m.items = kept
 	ids := 0
 	for i := range m.items {
 		if i == 0 || m.items[i].QueueID != m.items[i-1].QueueID {
 			ids++
 			if ids > m.limit {
+				clear(m.items[i:])
 				m.items = m.items[:i]
-				return
+				break
 			}
 		}
+	}
+	if ids >= m.limit {
+		m.cutoff = m.items[len(m.items)-1].QueueID
 	}
 }
 
 // Messages lists the queued deliveries q chooses, by queue id (time
-// order), one page at a time. It walks queues: one domain's active queues
-// and the delayed queue for a domain or pair, every domain's for a
-// sender, each walk under tickMu as a cancel's (so no delivery is between
-// the delayed queue and an active one while it is walked), never more
-// than one domain at a time. A delivery in a session's hands at that
-// moment is not listed.
+// order), one page at a time. It walks the delayed queue, then one
+// domain's active queues for a domain or pair, every domain's for a
+// sender, each under that queue's own lock only, never tickMu: a page
+// must not stop Tick or a settle's Delay for longer than one walk. A
+// delivery Tick or Flush moves from the delayed queue to an active one
+// between the walks is seen twice and listed once, as active (the walks
+// go in that order so the moves the scheduler makes all the time are
+// never missed); one a retire or rebind moves between active queues
+// meanwhile may be missed or listed on both pairs. A delivery in a
+// session's hands at that moment is not listed.
 func (s *Scheduler) Messages(q MessageQuery) (MessagePage, error) {
 	match, err := s.checkMessages(&q)
 	if err != nil {
 		return MessagePage{}, err
 	}
-	picks := &msgPicks{limit: q.Limit, seen: map[[3]string]bool{}}
+	picks := &msgPicks{limit: q.Limit}
+	s.q.WalkDelayed(func(d *queue.Delivery) bool {
+		if match(d) {
+			picks.add(s, d, true)
+		}
+		return true
+	})
 	walk := func(dr *queue.DomainRecord) {
-		s.tickMu.Lock()
-		defer s.tickMu.Unlock()
 		dr.WalkActive(func(d *queue.Delivery) bool {
 			if match(d) {
 				picks.add(s, d, false)
@@ -600,18 +632,10 @@ func (s *Scheduler) Messages(q MessageQuery) (MessagePage, error) {
 			walk(dr)
 		}
 	}
-	s.tickMu.Lock()
-	s.q.WalkDelayed(func(d *queue.Delivery) bool {
-		if match(d) {
-			picks.add(s, d, true)
-		}
-		return true
-	})
-	s.tickMu.Unlock()
 	picks.trim()
-	page := MessagePage{Items: picks.items}
-	if page.Items == nil {
-		page.Items = []MessageItem{}
+	page := MessagePage{Items: make([]MessageItem, len(picks.items))}
+	for i, it := range picks.items {
+		page.Items[i] = it.MessageItem
 	}
 	if n := len(page.Items); n > 0 {
 		ids := 0

@@ -388,3 +388,36 @@ func TestQueueViewPolicy(t *testing.T) {
 		t.Errorf("after both ended: %+v %+v", p.Items[0].Suspension, p.Items[0].Throttle)
 	}
 }
+
+// TestQueueViewOperatorEnds: an operator's bounce counts in the view's
+// bounced and its class 25 (admin failure), as its log record, metric and
+// summary do; a cancel is no bounce there but is the pair's last reply.
+func TestQueueViewOperatorEnds(t *testing.T) {
+	t.Parallel()
+	h, _, _ := viewFixture(t)
+	if n, err := h.s.Bounce(Selector{Domain: "x.test"}, "spam complaint", "erin"); err != nil || n != 2 {
+		t.Fatalf("bounce x.test: %d, %v; want 2", n, err)
+	}
+	if n, err := h.s.Cancel(Selector{Domain: "y.test"}, "wrong list", "gus", false); err != nil || n != 1 {
+		t.Fatalf("cancel y.test: %d, %v; want 1", n, err)
+	}
+	page, err := h.s.QueueView(ViewQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := fmt.Sprint(int(policy.ClassAdminFailure))
+	x := itemByName(page, "x.test")
+	if x == nil || x.Bounced != 2 || x.BounceClasses[admin] != 2 || x.Delayed != 0 {
+		t.Fatalf("x.test %+v, want 2 bounced of class %s and none delayed", x, admin)
+	}
+	if x.LastReply == nil || !strings.Contains(x.LastReply.Text, "bounced by erin: spam complaint") {
+		t.Errorf("x.test last reply %+v, want the operator's bounce", x.LastReply)
+	}
+	y := itemByName(page, "y.test")
+	if y == nil || y.Bounced != 0 || y.BounceClasses[admin] != 0 || y.Delayed != 0 {
+		t.Fatalf("y.test %+v, want no bounce and none delayed", y)
+	}
+	if y.LastReply == nil || !strings.Contains(y.LastReply.Text, "cancelled by gus: wrong list") {
+		t.Errorf("y.test last reply %+v, want the operator's cancel", y.LastReply)
+	}
+}
