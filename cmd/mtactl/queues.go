@@ -128,7 +128,13 @@ func printQueues(out io.Writer, b []byte) error {
 		}
 		reply := ""
 		if lr := it.LastReply; lr != nil {
-			reply = cut(strings.Join(strings.Fields(fmt.Sprintf("%d %s %s", lr.Code, lr.Enhanced, lr.Text)), " "), 40)
+			// A local error (no connection) has no reply code: the API
+			// gives 0, and only the enhanced code is shown.
+			code := ""
+			if lr.Code != 0 {
+				code = strconv.Itoa(lr.Code)
+			}
+			reply = cut(strings.Join(strings.Fields(code+" "+lr.Enhanced+" "+lr.Text), " "), 40)
 		}
 		var state []string
 		if it.Suspension != nil {
