@@ -310,11 +310,11 @@ func (a *app) quarantineCmd() *cobra.Command {
 			if body {
 				return a.stream(p + "/body")
 			}
-			_, b, err := a.call(http.MethodGet, p, nil)
-			if err != nil {
+			b, done, err := a.get(p)
+			if done {
 				return err
 			}
-			return a.printJSON(b)
+			return printDoc(a.out, "quarantine", b)
 		},
 	}
 	show.Flags().BoolVar(&body, "body", false, "print the message's content as stored")

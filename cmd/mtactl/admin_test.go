@@ -67,7 +67,7 @@ func TestAdminFlag(t *testing.T) {
 	}{
 		{"", []string{"--admin", hostPort, "health"}, 0, `"path":"/healthz"`, ""},
 		{"", []string{"--admin", srv.URL + "/", "health"}, 0, `"path":"/healthz"`, ""},
-		{"", []string{"--admin=" + hostPort, "status"}, 0, `"path":"/api/v1/status"`, ""},
+		{"", []string{"--admin=" + hostPort, "status"}, 0, "path:    /api/v1/status\n", ""},
 		{hostPort, []string{"health"}, 0, `"path":"/healthz"`, ""},
 		{"nonsense", []string{"--admin", hostPort, "health"}, 0, `"path":"/healthz"`, ""},
 		{"", []string{"--admin", "localhost", "health"}, 2, "", `--admin: "localhost": want host:port`},

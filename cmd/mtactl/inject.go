@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -44,20 +46,48 @@ type injectOpts struct {
 	password             string // read from passwordFile
 }
 
-// tally counts what the daemon took and refused, and why, safe for the
-// workers to share.
+// tally counts what the daemon took and refused, and why, and the queue
+// ids it gave; safe for the workers to share.
 type tally struct {
 	mu                sync.Mutex
 	accepted, refused int
-	reasons           []string
+	refusals          []refusal
+	ids               []string
 }
 
-func (t *tally) add(accepted, refused int, reasons ...string) {
+// refusal is why a recipient (or a whole source, Recipient "") was not
+// taken; Source is the file, "line N", or "message" for the one
+// generated message.
+type refusal struct {
+	Recipient string `json:"recipient"`
+	Reason    string `json:"reason"`
+	Source    string `json:"source,omitempty"`
+}
+
+// String is the refusal as "refused:" prints it.
+func (r refusal) String() string {
+	var parts []string
+	if r.Source != "" {
+		parts = append(parts, r.Source)
+	}
+	if r.Recipient != "" {
+		parts = append(parts, "<"+r.Recipient+">")
+	}
+	return strings.Join(append(parts, r.Reason), ": ")
+}
+
+func (t *tally) add(accepted, refused int, refusals ...refusal) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.accepted += accepted
 	t.refused += refused
-	t.reasons = append(t.reasons, reasons...)
+	t.refusals = append(t.refusals, refusals...)
+}
+
+func (t *tally) queued(ids ...string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ids = append(t.ids, ids...)
 }
 
 func (a *app) injectCmd() *cobra.Command {
@@ -76,6 +106,15 @@ reply; exit 1 if any was refused. STARTTLS is used when offered (--no-tls:
 never); AUTH PLAIN with --user and --password-file.`,
 		Args: nargs(0, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var to []string
+			for _, v := range o.to {
+				for _, r := range strings.Split(v, ",") {
+					if r = strings.TrimSpace(r); r != "" {
+						to = append(to, r)
+					}
+				}
+			}
+			o.to = to
 			modes := 0
 			for _, on := range []bool{o.dir != "", o.jsonl != "", o.dir == "" && o.jsonl == "" && len(o.to) > 0} {
 				if on {
@@ -84,6 +123,14 @@ never); AUTH PLAIN with --user and --password-file.`,
 			}
 			if modes != 1 || o.concurrency < 1 || o.concurrency > 64 || (o.jsonl != "" && (len(o.to) > 0 || o.from != "")) {
 				return usagef("choose one of --to, --dir or --jsonl (--concurrency 1-64)")
+			}
+			for _, f := range []struct {
+				name string
+				vals []string
+			}{{"--subject", []string{o.subject}}, {"--from", []string{o.from}}, {"--to", o.to}} {
+				if err := headerValue(f.name, f.vals); err != nil {
+					return err
+				}
 			}
 			if (o.user == "") != (o.passwordFile == "") {
 				return usagef("--user and --password-file go together")
@@ -111,7 +158,10 @@ never); AUTH PLAIN with --user and --password-file.`,
 	f.StringVar(&o.smtpAddr, "smtp", "127.0.0.1:2525", "the SMTP injection listener (inject.smtp.listen)")
 	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8026", "the HTTP injection listener (inject.http.listen), host:port or URL")
 	f.StringVar(&o.from, "from", "", "envelope sender (default: mtactl@localhost, or the file's From)")
-	f.StringSliceVar(&o.to, "to", nil, "recipient (repeat or comma-separate)")
+	// A string array split on commas here, not pflag's StringSlice: that
+	// reads the value as CSV and drops everything after a line break, so
+	// "a@x.test\nBcc: …" would pass as a@x.test, unchecked.
+	f.StringArrayVar(&o.to, "to", nil, "recipient (repeat or comma-separate)")
 	f.StringVar(&o.subject, "subject", "mtactl test message", "the test message's subject")
 	f.StringVar(&o.user, "user", "", "AUTH PLAIN as this user (inject.smtp users file)")
 	f.StringVar(&o.passwordFile, "password-file", "", "file holding the AUTH password (not a flag: it would show in ps)")
@@ -122,6 +172,21 @@ never); AUTH PLAIN with --user and --password-file.`,
 	f.StringVar(&o.httpToken, "http-token", "", "bearer token for HTTP injection (env MTAD_INJECT_TOKEN)")
 	f.IntVar(&o.concurrency, "concurrency", 4, "connections (requests) in parallel")
 	return cmd
+}
+
+// headerValue refuses a value mtactl would write into a header that
+// carries a control character: a CR or LF would end the field and start
+// another (--subject $'x\r\nBcc: evil@example.test' would add a Bcc
+// field), the others have no place in a header either.
+func headerValue(flag string, vals []string) error {
+	for _, v := range vals {
+		for _, r := range v {
+			if unicode.IsControl(r) {
+				return usagef("%s %q: contains the control character %U; a header value is one line of text", flag, v, r)
+			}
+		}
+	}
+	return nil
 }
 
 // injectOne sends one generated message and prints its queue id.
@@ -141,19 +206,35 @@ func (a *app) injectOne(o *injectOpts) error {
 	defer s.close()
 	var t tally
 	id := s.send("message", from, o.to, []byte(msg), &t)
-	if t.refused == 0 {
+	if t.refused == 0 && !a.asJSON {
 		fmt.Fprintf(a.out, "queued as %s\n", id)
 	}
 	return a.report(&t)
 }
 
-// report prints the final count and the refusals; any refusal is exit 1.
+// report prints the final count and the refusals (--json: as one JSON
+// object on stdout); any refusal is exit 1.
 func (a *app) report(t *tally) error {
-	sort.Strings(t.reasons)
-	for _, r := range t.reasons {
-		fmt.Fprintln(a.errOut, "refused:", r)
+	sort.Slice(t.refusals, func(i, j int) bool { return t.refusals[i].String() < t.refusals[j].String() })
+	sort.Strings(t.ids)
+	if a.asJSON {
+		b, err := json.MarshalIndent(struct {
+			Accepted int       `json:"accepted"`
+			Refused  []refusal `json:"refused"`
+			QueueIDs []string  `json:"queue_ids"`
+		}{t.accepted, append([]refusal{}, t.refusals...), append([]string{}, t.ids...)}, "", "  ")
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(a.out, "%s\n", b); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range t.refusals {
+			fmt.Fprintln(a.errOut, "refused:", r)
+		}
+		fmt.Fprintf(a.errOut, "accepted %d, refused %d\n", t.accepted, t.refused)
 	}
-	fmt.Fprintf(a.errOut, "accepted %d, refused %d\n", t.accepted, t.refused)
 	if t.refused > 0 {
 		return &refusedError{t.refused}
 	}
@@ -225,14 +306,15 @@ func (s *smtpSender) dial() error {
 
 // send sends one message; recipients refused at RCPT are counted one by
 // one, the others by DATA's reply. It returns the queue id of the 250
-// ("queued as ID"), or its whole text.
+// ("queued as ID"), or its whole text. name is the source: the file, or
+// "message" for the one generated message.
 func (s *smtpSender) send(name, from string, to []string, msg []byte, t *tally) string {
 	fail := func(rcpts []string, err error) string {
-		reasons := make([]string, len(rcpts))
+		refusals := make([]refusal, len(rcpts))
 		for i, r := range rcpts {
-			reasons[i] = fmt.Sprintf("%s: <%s>: %s", name, r, replyText(err))
+			refusals[i] = refusal{Recipient: r, Reason: replyText(err), Source: name}
 		}
-		t.add(0, len(rcpts), reasons...)
+		t.add(0, len(rcpts), refusals...)
 		return ""
 	}
 	if s.c == nil {
@@ -240,7 +322,13 @@ func (s *smtpSender) send(name, from string, to []string, msg []byte, t *tally) 
 			return fail(to, err)
 		}
 	}
-	if err := s.c.Mail(from, nil); err != nil {
+	// A non-ASCII address or header field needs SMTPUTF8 (RFC 6531):
+	// without it the daemon refuses user@bücher.test with 553 5.6.7.
+	var mo *smtp.MailOptions
+	if needsUTF8(from, to, msg) {
+		mo = &smtp.MailOptions{UTF8: true}
+	}
+	if err := s.c.Mail(from, mo); err != nil {
 		s.reset(err)
 		return fail(to, err)
 	}
@@ -277,10 +365,32 @@ func (s *smtpSender) send(name, from string, to []string, msg []byte, t *tally) 
 		return fail(ok, err)
 	}
 	t.add(len(ok), 0)
-	if i := strings.Index(resp.StatusText, "queued as "); i >= 0 {
-		return strings.TrimSpace(resp.StatusText[i+len("queued as "):])
+	id := resp.StatusText
+	if i := strings.Index(id, "queued as "); i >= 0 {
+		id = strings.TrimSpace(id[i+len("queued as "):])
 	}
-	return resp.StatusText
+	t.queued(id)
+	return id
+}
+
+// needsUTF8 reports whether the envelope or the header block has a
+// non-ASCII byte. The body does not count: 8-bit content is 8BITMIME's
+// matter, not SMTPUTF8's.
+func needsUTF8(from string, to []string, msg []byte) bool {
+	head := msg
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		head = msg[:i]
+	} else if i := bytes.Index(msg, []byte("\n\n")); i >= 0 {
+		head = msg[:i]
+	}
+	for _, s := range append([]string{from, string(head)}, to...) {
+		for i := 0; i < len(s); i++ {
+			if s[i] >= utf8.RuneSelf {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // reset drops the connection after an error that is not an SMTP reply
@@ -330,7 +440,7 @@ func (a *app) injectDir(o *injectOpts) error {
 				name := filepath.Base(path)
 				from, to, msg, err := readEML(path, o)
 				if err != nil {
-					t.add(0, 1, fmt.Sprintf("%s: %v", name, err))
+					t.add(0, 1, refusal{Reason: err.Error(), Source: name})
 				} else {
 					s.send(name, from, to, msg, &t)
 				}
@@ -469,7 +579,7 @@ func (a *app) injectJSONL(o *injectOpts) error {
 func postLine(hc *http.Client, target, token string, n int, line []byte, t *tally) {
 	req, err := http.NewRequest(http.MethodPost, target, bytes.NewReader(line))
 	if err != nil {
-		t.add(0, 1, fmt.Sprintf("line %d: %v", n, err))
+		t.add(0, 1, refusal{Reason: err.Error(), Source: fmt.Sprintf("line %d", n)})
 		return
 	}
 	req.Header.Set("Content-Type", "application/json")
@@ -478,7 +588,7 @@ func postLine(hc *http.Client, target, token string, n int, line []byte, t *tall
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		t.add(0, lineRecipients(line), fmt.Sprintf("line %d: %v", n, err))
+		t.add(0, lineRecipients(line), refusal{Reason: err.Error(), Source: fmt.Sprintf("line %d", n)})
 		return
 	}
 	defer resp.Body.Close()
@@ -488,24 +598,23 @@ func postLine(hc *http.Client, target, token string, n int, line []byte, t *tall
 			Error string `json:"error"`
 		}
 		_ = json.Unmarshal(b, &e)
-		t.add(0, lineRecipients(line), fmt.Sprintf("line %d: %s: %s", n, resp.Status, e.Error))
+		t.add(0, lineRecipients(line), refusal{Reason: resp.Status + ": " + e.Error, Source: fmt.Sprintf("line %d", n)})
 		return
 	}
 	var r struct {
-		Accepted int `json:"accepted"`
-		Refused  []struct {
-			Recipient, Reason string
-		} `json:"refused"`
+		Accepted int       `json:"accepted"`
+		Refused  []refusal `json:"refused"`
+		IDs      []string  `json:"ids"`
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
-		t.add(0, lineRecipients(line), fmt.Sprintf("line %d: the answer is not an injection result: %q", n, b))
+		t.add(0, lineRecipients(line), refusal{Reason: fmt.Sprintf("the answer is not an injection result: %q", b), Source: fmt.Sprintf("line %d", n)})
 		return
 	}
-	reasons := make([]string, len(r.Refused))
-	for i, x := range r.Refused {
-		reasons[i] = fmt.Sprintf("line %d: <%s>: %s", n, x.Recipient, x.Reason)
+	for i := range r.Refused {
+		r.Refused[i].Source = fmt.Sprintf("line %d", n)
 	}
-	t.add(r.Accepted, len(r.Refused), reasons...)
+	t.add(r.Accepted, len(r.Refused), r.Refused...)
+	t.queued(r.IDs...)
 }
 
 // lineRecipients is how many recipients a refused request had, so that
@@ -531,8 +640,17 @@ func (a *app) progress(n int, what string) *progress {
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return &progress{}
 	}
-	return &progress{progressbar.NewOptions(n, progressbar.OptionSetWriter(f),
-		progressbar.OptionSetDescription(what), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())}
+	return newProgress(f, n, what)
+}
+
+// newProgress draws the bar on w. It is not cleared on finish: with
+// OptionClearOnFinish the last frame drawn stayed on the screen, the bar
+// throttled short of the end (199/200, 99%) above "accepted 200".
+// Finished, it is drawn at 100% and its line ended.
+func newProgress(w io.Writer, n int, what string) *progress {
+	return &progress{progressbar.NewOptions(n, progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))}
 }
 
 func (p *progress) add() {

@@ -87,12 +87,22 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "%s: %s\n", name, err)
 		if cmd != nil {
-			fmt.Fprintf(stderr, "usage: %s\nrun 'mtactl help %s' for more\n", cmd.UseLine(), strings.TrimSpace(strings.TrimPrefix(cmd.CommandPath(), "mtactl")))
+			fmt.Fprintf(stderr, "usage: %s\n%s\n", cmd.UseLine(), helpHint(cmd))
 		}
 		return 2
 	}
 	fmt.Fprintln(stderr, "mtactl:", err)
 	return 1
+}
+
+// helpHint says where more help is: the command's own page, or the
+// list of commands when the command line named none mtactl knows.
+func helpHint(cmd *cobra.Command) string {
+	sub := strings.TrimSpace(strings.TrimPrefix(cmd.CommandPath(), "mtactl"))
+	if sub == "" {
+		return "run 'mtactl help' for the commands"
+	}
+	return "run 'mtactl help " + sub + "' for more"
 }
 
 // refusedError is a command whose requests went through but some were
@@ -118,6 +128,14 @@ func (a *app) rootCmd() *cobra.Command {
 			return usagef("no command given; 'mtactl help' lists them")
 		},
 	}
+	// A zero or negative bound would make every request fail at once
+	// (or, for http.Client, never time out): refuse it before any.
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if a.timeout <= 0 {
+			return usagef("--timeout %s: want a positive duration, e.g. 10s", a.timeout)
+		}
+		return nil
+	}
 	root.SetVersionTemplate("mtactl {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	pf := root.PersistentFlags()
@@ -130,14 +148,13 @@ func (a *app) rootCmd() *cobra.Command {
 	a.root = root
 
 	for _, r := range []struct{ name, path, short string }{
-		{"status", "/api/v1/status", "queue and connection state, as JSON"},
 		{"health", "/healthz", "exits 0 when the daemon answers healthy"},
 		{"ready", "/readyz", "exits 0 when /readyz says ready (spool, listeners, scheduler)"},
 		{"metrics", "/metrics", "the Prometheus metrics text"},
 	} {
 		root.AddCommand(a.rawCmd(r.name, r.path, r.short))
 	}
-	root.AddCommand(a.summaryCmd(), a.queueSummaryCmd(), a.domainCmd(), a.bindingCmd(), a.messageCmd(),
+	root.AddCommand(a.statusCmd(), a.summaryCmd(), a.queueSummaryCmd(), a.domainCmd(), a.bindingCmd(), a.messageCmd(),
 		a.shapingCmd(), a.suspensionsCmd(), a.suspendCmd(), a.resumeCmd(), a.throttlesCmd(), a.unthrottleCmd(), a.clusterCmd(),
 		a.cancelCmd(), a.flushCmd(), a.bounceCmd(), a.rebindCmd(), a.reloadCmd(), a.quarantineCmd(),
 		a.topCmd(), a.injectCmd())
@@ -214,6 +231,23 @@ func (a *app) printJSON(b []byte) error {
 	buf.WriteByte('\n')
 	_, err := a.out.Write(buf.Bytes())
 	return err
+}
+
+// statusCmd prints the daemon's state (GET /api/v1/status) as key/value
+// lines and tables; --json as the API gives it.
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "queue and connection state",
+		Args:  nargs(0, 0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, done, err := a.get("/api/v1/status")
+			if done {
+				return err
+			}
+			return printDoc(a.out, "status", b)
+		},
+	}
 }
 
 // rawCmd prints the answer to GET path as it comes (--json: indented).

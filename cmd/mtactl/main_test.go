@@ -33,6 +33,12 @@ func TestRun(t *testing.T) {
 		{[]string{"--admin", srv.URL, "health"}, 0, `{"status":"ok"}`, ""},
 		{[]string{"--admin", srv.URL, "status"}, 1, "", "no such endpoint: /api/v1/status"},
 		{[]string{"--admin", srv.URL, "frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		// The hint names a command that exists: "mtactl help", not "mtactl help ".
+		{[]string{"--admin", srv.URL, "frobnicate"}, 2, "", "run 'mtactl help' for the commands\n"},
+		{[]string{"--admin", srv.URL, "queue-summary", "--limit", "x"}, 2, "", "run 'mtactl help queue-summary' for more\n"},
+		// A bound of zero or less is refused before any request.
+		{[]string{"--admin", srv.URL, "--timeout", "-5s", "health"}, 2, "", "--timeout -5s: want a positive duration"},
+		{[]string{"--admin", srv.URL, "--timeout", "0s", "health"}, 2, "", "--timeout 0s: want a positive duration"},
 		{[]string{"--admin", srv.URL}, 2, "", "usage"},
 		{[]string{"--version"}, 0, "mtactl dev", ""},
 	}
@@ -64,9 +70,9 @@ func TestGlobalFlags(t *testing.T) {
 		err  string
 	}{
 		{"", []string{"status"}, 1, "", "401"},
-		{token, []string{"status"}, 0, "{", ""},
+		{token, []string{"status"}, 0, "uptime_seconds:  0\n", ""},
 		{"", []string{"--token", token, "status", "--json"}, 0, "{\n", ""},
-		{"wrong", []string{"--token", token, "status"}, 0, "{", ""},
+		{"wrong", []string{"--token", token, "status"}, 0, "uptime_seconds:  0\n", ""},
 		{"", []string{"help", "bounce"}, 0, "mtactl bounce (--queue-id ID", ""},
 		{"", []string{"cancel", "--help"}, 0, "--binding", ""},
 		{"", []string{"completion", "bash"}, 0, "bash completion", ""},

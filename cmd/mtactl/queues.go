@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/net/idna"
 )
 
 // queuesQuery is GET /api/v1/queues's parameters.
@@ -37,6 +39,18 @@ func (q *queuesQuery) flags(f *pflag.FlagSet, filters bool) {
 		f.StringVar(&q.provider, "provider", "", "only this provider's domains")
 		f.StringVar(&q.binding, "binding", "", "only the mail queued from this binding")
 	}
+}
+
+// check refuses, before any request, what the API would refuse: a page
+// of no rows or a negative offset.
+func (q *queuesQuery) check() error {
+	if q.limit < 1 {
+		return usagef("--limit %d: want at least 1", q.limit)
+	}
+	if q.offset < 0 {
+		return usagef("--offset %d: want 0 or more", q.offset)
+	}
+	return nil
 }
 
 func (q *queuesQuery) path() string {
@@ -114,7 +128,13 @@ func printQueues(out io.Writer, b []byte) error {
 		}
 		reply := ""
 		if lr := it.LastReply; lr != nil {
-			reply = cut(strings.Join(strings.Fields(fmt.Sprintf("%d %s %s", lr.Code, lr.Enhanced, lr.Text)), " "), 40)
+			// A local error (no connection) has no reply code: the API
+			// gives 0, and only the enhanced code is shown.
+			code := ""
+			if lr.Code != 0 {
+				code = strconv.Itoa(lr.Code)
+			}
+			reply = cut(strings.Join(strings.Fields(code+" "+lr.Enhanced+" "+lr.Text), " "), 40)
 		}
 		var state []string
 		if it.Suspension != nil {
@@ -166,6 +186,9 @@ func isNotFound(err error) bool {
 
 // queues prints one page of the queue view.
 func (a *app) queues(q *queuesQuery) error {
+	if err := q.check(); err != nil {
+		return err
+	}
 	b, done, err := a.get(q.path())
 	if done {
 		return err
@@ -209,6 +232,12 @@ func (a *app) domainCmd() *cobra.Command {
 		Short: "one domain: its queue per binding, and its shaping",
 		Args:  nargs(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// NAME is one domain: the queue view takes a glob, and
+			// "domain '*'" would list every domain, then fail on the
+			// shaping of a domain named "*".
+			if strings.ContainsAny(args[0], globChars) {
+				return usagef("NAME %q: a domain name, not a pattern (queue-summary --domain GLOB takes patterns)", args[0])
+			}
 			q.by, q.domain = "pair", args[0]
 			if err := a.queues(&q); err != nil {
 				return err
@@ -225,6 +254,21 @@ func (a *app) domainCmd() *cobra.Command {
 	cmd.Flags().StringVar(&q.binding, "binding", "", "only this binding's queue (and its shaping)")
 	_ = cmd.Flags().MarkHidden("by")
 	return cmd
+}
+
+// globChars are the characters of a domain pattern (path.Match's).
+const globChars = "*?[]\\"
+
+// aLabels converts an internationalised domain name to its A-labels
+// (bücher.test → xn--bcher-kva.test), the form the queues are keyed by;
+// an ASCII name is returned as given.
+func aLabels(d string) (string, error) {
+	for _, r := range d {
+		if r >= utf8.RuneSelf {
+			return idna.Lookup.ToASCII(d)
+		}
+	}
+	return d, nil
 }
 
 // bindingCmd: binding NAME = queue-summary --by pair --binding NAME.
@@ -266,6 +310,16 @@ func (a *app) messageCmd() *cobra.Command {
 			if (domain == "") == (sender == "") || (binding != "" && domain == "") {
 				return usagef("choose the mail with --domain D [--binding B] or --sender S")
 			}
+			if limit < 1 {
+				return usagef("--limit %d: want at least 1", limit)
+			}
+			// The API (admin/messages.go) matches the queue's key, the
+			// A-label: convert here so that bücher.test finds its mail.
+			d, err := aLabels(domain)
+			if err != nil {
+				return usagef("--domain %q: not a valid internationalised domain name: %v", domain, err)
+			}
+			domain = d
 			v := url.Values{"limit": {strconv.Itoa(limit)}}
 			for k, s := range map[string]string{"domain": domain, "binding": binding, "sender": sender, "after": after} {
 				if s != "" {
@@ -297,13 +351,11 @@ func (a *app) messageCmd() *cobra.Command {
 			if body {
 				return a.stream(p + "/body")
 			}
-			_, b, err := a.call(http.MethodGet, p, nil)
-			if err != nil {
+			b, done, err := a.get(p)
+			if done {
 				return err
 			}
-			// The detail is a nested document (recipients, attempts,
-			// headers): indented JSON reads better than a table here.
-			return a.printJSON(b)
+			return printDoc(a.out, "message", b)
 		},
 	}
 	show.Flags().BoolVar(&body, "body", false, "print the message itself (RFC 5322), streamed")
@@ -323,10 +375,10 @@ func printMessages(out io.Writer, b []byte) error {
 	}
 	rows := make([][]string, 0, len(p.Items))
 	for _, m := range p.Items {
-		rows = append(rows, []string{str(m["queue_id"]), str(m["state"]), str(m["sender"]),
+		rows = append(rows, []string{str(m["queue_id"]), str(m["domain"]), str(m["state"]), str(m["sender"]),
 			str(m["arrival"]), str(m["size"]), str(m["recipients"]), str(m["attempts"]), str(m["next_attempt"])})
 	}
-	if err := writeTable(out, []string{"QUEUE ID", "STATE", "SENDER", "ARRIVAL", "SIZE", "RCPTS", "ATTEMPTS", "NEXT ATTEMPT"}, rows); err != nil {
+	if err := writeTable(out, []string{"QUEUE ID", "DOMAIN", "STATE", "SENDER", "ARRIVAL", "SIZE", "RCPTS", "ATTEMPTS", "NEXT ATTEMPT"}, rows); err != nil {
 		return err
 	}
 	if p.Next != "" {

@@ -34,6 +34,14 @@ the connections and the busiest domains. Type q and Enter, or close stdin
 			if interval < 100*time.Millisecond || limit < 1 || frames < 0 {
 				return usagef("--interval must be at least 100ms, --limit at least 1, --frames not negative")
 			}
+			if a.asJSON && !once {
+				// A stream of redrawn JSON frames is no document a
+				// program could read: one frame, with --once.
+				return usagef("--json needs --once (one frame)")
+			}
+			if once && a.asJSON {
+				return a.topJSON(limit)
+			}
 			if once {
 				text, err := a.topFrame(limit)
 				if err != nil {
@@ -108,6 +116,32 @@ func waitInput(in *os.File, d time.Duration) (stop bool, err error) {
 		return true, nil
 	}
 	return strings.ContainsAny(string(buf[:k]), "qQ"), nil
+}
+
+// topJSON prints one frame as the API's answers:
+// {"summary": GET /api/v1/summary, "queues": GET /api/v1/queues (null
+// while the daemon lacks it)}.
+func (a *app) topJSON(limit int) error {
+	_, sum, err := a.call("GET", "/api/v1/summary", nil)
+	if err != nil {
+		return err
+	}
+	q := queuesQuery{by: "domain", sort: "active", limit: limit}
+	_, queues, err := a.call("GET", q.path(), nil)
+	switch {
+	case isNotFound(err):
+		queues = []byte("null")
+	case err != nil:
+		return err
+	}
+	b, err := json.Marshal(struct {
+		Summary json.RawMessage `json:"summary"`
+		Queues  json.RawMessage `json:"queues"`
+	}{sum, queues})
+	if err != nil {
+		return fmt.Errorf("top: the daemon's answers are not JSON: %w", err)
+	}
+	return a.printJSON(b)
 }
 
 // topFrame builds one frame: a summary line of rates, the queue and

@@ -100,13 +100,15 @@ func TestTopLoop(t *testing.T) {
 // cut to fit, the state, and a paging hint.
 func TestPrintQueues(t *testing.T) {
 	t.Parallel()
-	page := `{"by":"pair","total":3,"offset":0,"limit":2,"items":[
+	page := `{"by":"pair","total":4,"offset":0,"limit":3,"items":[
 {"domain":"a.test","binding":"b1","provider":"bigmail","active":40,"delayed":7,"connections":3,"oldest_seconds":3900,
  "deferred":12,"bounced":2,"bounce_classes":{"invalid-recipient":2},
  "last_reply":{"at":"2026-12-01T10:00:00Z","code":451,"enhanced":"4.7.1","text":"Try again later, the receiving server is having a very long day today"},
  "suspension":{"id":"s1","scope":"domain","until":"2026-12-01T12:00:00Z","reason":"r","by":"x"},"throttle":null},
 {"domain":"b.test","binding":"b2","provider":"","active":1,"delayed":0,"connections":0,"oldest_seconds":0,
- "deferred":0,"bounced":0,"bounce_classes":{},"last_reply":null,"suspension":null,"throttle":{"scope":"site:x","rate":"1/m","until":"2026-12-01T11:00:00Z"}}]}`
+ "deferred":0,"bounced":0,"bounce_classes":{},"last_reply":null,"suspension":null,"throttle":{"scope":"site:x","rate":"1/m","until":"2026-12-01T11:00:00Z"}},
+{"domain":"c.test","binding":"b1","provider":"","active":1,"delayed":1,"connections":0,"oldest_seconds":0,
+ "deferred":1,"bounced":0,"bounce_classes":{},"last_reply":{"at":"2026-12-01T10:00:00Z","code":0,"enhanced":"4.4.1","text":"connection refused"},"suspension":null,"throttle":null}]}`
 	var out bytes.Buffer
 	if err := printQueues(&out, []byte(page)); err != nil {
 		t.Fatal(err)
@@ -116,7 +118,9 @@ func TestPrintQueues(t *testing.T) {
 		append([]string{"a.test", "b1", "bigmail", "40", "7", "3", "1h05m", "12", "2"},
 			append(strings.Fields("451 4.7.1 Try again later, the receivin…"), "suspended")...),
 		{"b.test", "b2", "-", "1", "0", "0", "-", "0", "0", "-", "throttled"},
-		{"(1-2", "of", "3;", "--offset", "2", "for", "more)"},
+		// A local error's code 0 is not shown: only the enhanced code.
+		{"c.test", "b1", "-", "1", "1", "0", "-", "1", "0", "4.4.1", "connection", "refused", "-"},
+		{"(1-3", "of", "4;", "--offset", "3", "for", "more)"},
 	} {
 		if !hasRow(out.String(), want) {
 			t.Errorf("no row %q in\n%s", want, out.String())

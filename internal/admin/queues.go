@@ -18,6 +18,10 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // Queues is what the queue and message views need from the daemon;
@@ -87,6 +91,9 @@ func parseQueueQuery(v url.Values) (QueueQuery, error) {
 		return q, &ParamError{"order", strconv.Quote(o) + " is not asc or desc"}
 	}
 	var err error
+	if q.Domain, err = aLabelPattern(q.Domain); err != nil {
+		return q, err
+	}
 	if q.Limit, err = intParam(v, "limit", 50); err != nil {
 		return q, err
 	}
@@ -97,6 +104,42 @@ func parseQueueQuery(v url.Values) (QueueQuery, error) {
 		return q, err
 	}
 	return q, nil
+}
+
+// aLabelPattern converts the labels of a domain or domain glob to
+// A-labels (bücher.test → xn--bcher-kva.test, *.bücher.test →
+// *.xn--bcher-kva.test): the queues are keyed by A-labels, as suspend and
+// shaping resolve convert them, and a U-label pattern would match
+// nothing and say nothing. ASCII labels, "*" among them, pass as given;
+// a label with both non-ASCII letters and glob characters cannot be
+// converted and is refused.
+func aLabelPattern(p string) (string, error) {
+	labels := strings.Split(p, ".")
+	changed := false
+	for i, l := range labels {
+		ascii := true
+		for j := 0; j < len(l); j++ {
+			if l[j] >= utf8.RuneSelf {
+				ascii = false
+				break
+			}
+		}
+		if ascii {
+			continue
+		}
+		if strings.ContainsAny(l, "*?[]\\") {
+			return "", &ParamError{"domain", strconv.Quote(l) + " mixes non-ASCII letters and glob characters; write the label as its A-label (xn--…)"}
+		}
+		a, err := idna.Lookup.ToASCII(l)
+		if err != nil {
+			return "", &ParamError{"domain", strconv.Quote(l) + " is not a valid internationalised domain label: " + err.Error()}
+		}
+		labels[i], changed = a, true
+	}
+	if !changed {
+		return p, nil
+	}
+	return strings.Join(labels, "."), nil
 }
 
 // queues serves GET /api/v1/queues.

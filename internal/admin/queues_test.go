@@ -21,6 +21,13 @@ func TestParseQueueQuery(t *testing.T) {
 		{"limit=0", QueueQuery{}, "limit: "},
 		{"limit=ten", QueueQuery{}, "limit: "},
 		{"offset=-1", QueueQuery{}, "offset: "},
+		// IDN: the queues are keyed by A-labels; U-labels are converted,
+		// "*" and ASCII labels kept as given.
+		{"domain=b%C3%BCcher.test", QueueQuery{Desc: true, Limit: 50, Domain: "xn--bcher-kva.test"}, ""},
+		{"domain=*.b%C3%BCcher.test", QueueQuery{Desc: true, Limit: 50, Domain: "*.xn--bcher-kva.test"}, ""},
+		{"domain=B%C3%9CCHER.*", QueueQuery{Desc: true, Limit: 50, Domain: "xn--bcher-kva.*"}, ""},
+		{"domain=b%C3%BC*.test", QueueQuery{}, "domain: "},
+		{"domain=a%E2%80%AEb.test", QueueQuery{}, "domain: "},
 	} {
 		v, _ := url.ParseQuery(tc.in)
 		got, err := parseQueueQuery(v)
@@ -45,6 +52,7 @@ func FuzzQueueQuery(f *testing.F) {
 	f.Add("by=domain&sort=active&order=desc&limit=50")
 	f.Add("limit=99999999999999999999&offset=1")
 	f.Add("domain=%5B&order=ASC")
+	f.Add("domain=*.b%C3%BCcher.test")
 	f.Fuzz(func(t *testing.T, raw string) {
 		v, err := url.ParseQuery(raw)
 		if err != nil {
@@ -56,7 +64,7 @@ func FuzzQueueQuery(f *testing.F) {
 		} {
 			err := parse(v)
 			var pe *ParamError
-			if err != nil && (!errors.As(err, &pe) || (pe.Param != "order" && pe.Param != "limit" && pe.Param != "offset")) {
+			if err != nil && (!errors.As(err, &pe) || (pe.Param != "order" && pe.Param != "limit" && pe.Param != "offset" && pe.Param != "domain")) {
 				t.Fatalf("%q: %v", raw, err)
 			}
 		}
@@ -66,5 +74,10 @@ func FuzzQueueQuery(f *testing.F) {
 func checkQQ(t *testing.T, q QueueQuery, err error) {
 	if err == nil && (q.Limit < 1 || q.Offset < 0) {
 		t.Fatalf("accepted %+v", q)
+	}
+	for i := 0; err == nil && i < len(q.Domain); i++ {
+		if q.Domain[i] >= 0x80 {
+			t.Fatalf("domain %q passed on with non-ASCII", q.Domain)
+		}
 	}
 }

@@ -90,11 +90,14 @@ func deliveringScheduler(t *testing.T) (*scheduler.Scheduler, *binding.Set, *spo
 	const sinkIP = "127.0.93.1"
 	_, port := loopbacktest.StartSinks(t, []string{sinkIP}, func(int) loopbacktest.Config {
 		return loopbacktest.Config{Rcpt: func(to string) error {
+			// Long, with an unbroken URL, as big providers answer: the
+			// page must wrap them inside their column.
+			const more = "; see https://support.page.test/mail/answer/6596?visit_id=0123456789abcdef0123456789abcdef0123456789&rd=1&hl=en-GB-oxendict"
 			switch strings.Split(to, "@")[0] {
 			case "nouser":
-				return loopbacktest.Reply(550, [3]int{5, 1, 1}, "no such user <b>here</b>")
+				return loopbacktest.Reply(550, [3]int{5, 1, 1}, "no such user <b>here</b>; please check the address for typos or unnecessary spaces"+more)
 			case "full":
-				return loopbacktest.Reply(452, [3]int{4, 2, 2}, "mailbox full")
+				return loopbacktest.Reply(452, [3]int{4, 2, 2}, "mailbox full, the recipient has exceeded their storage quota"+more)
 			}
 			return nil
 		}}
@@ -194,7 +197,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	// The browser: its own profile, gone with it; no sandbox when root
 	// (Chromium refuses to start sandboxed as root).
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.WindowSize(1280, 1000))
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.WindowSize(1280, 900))
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox)
 	}
@@ -387,7 +390,37 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	run("wait for the count", poll(`document.getElementById("suspension_count").textContent === "1"`))
 
-	// 7. The screenshot, for a person to look at.
+	// 7. The layout at 1280×900, the width a tester found broken: no
+	// horizontal scrolling of the page, no section drawn over another
+	// (the troubled domains' long reply over the bindings' table).
+	var layout struct {
+		ScrollWidth, ClientWidth int
+		Overlaps                 []string
+	}
+	eval("measure the layout", `(() => {
+		const ids = ["summary-section", "chart-section", "busiest", "troubled", "bindings", "suspensions"];
+		const boxes = ids.map((id) => [id, (document.querySelector("#" + id + " table") || document.getElementById(id)).getBoundingClientRect()]);
+		const overlaps = [];
+		for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+			const [a, ra] = boxes[i], [b, rb] = boxes[j];
+			if (ra.left < rb.right && rb.left < ra.right && ra.top < rb.bottom && rb.top < ra.bottom) overlaps.push(a + " × " + b);
+		}
+		return { ScrollWidth: document.documentElement.scrollWidth, ClientWidth: document.documentElement.clientWidth, Overlaps: overlaps };
+	})()`, &layout)
+	if layout.ScrollWidth > layout.ClientWidth {
+		t.Errorf("the page overflows: scrollWidth %d > clientWidth %d", layout.ScrollWidth, layout.ClientWidth)
+	}
+	if len(layout.Overlaps) > 0 {
+		t.Errorf("boxes drawn over each other: %q", layout.Overlaps)
+	}
+	// A local error has no reply code (0): only its enhanced code shows.
+	var zeroReply string
+	eval("format a code-0 reply", `window.mtadReplyText({code: 0, enhanced: "4.4.1", text: "connection refused"})`, &zeroReply)
+	if zeroReply != "4.4.1 connection refused" {
+		t.Errorf("code-0 reply shown as %q, want %q", zeroReply, "4.4.1 connection refused")
+	}
+
+	// 8. The screenshot, for a person to look at.
 	png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)

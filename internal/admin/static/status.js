@@ -138,11 +138,20 @@
     el.appendChild(p);
   }
 
+  // replyText is a reply as "550 5.1.1 text". A local error (no
+  // connection, a timeout) has no reply code: the API gives code 0, and
+  // only its enhanced code is shown ("4.4.1 text", not "0 4.4.1 text").
+  function replyText(r) {
+    const code = r.code === 0 ? "" : r.code;
+    return [code, r.enhanced, r.text].filter((x) => x !== undefined && x !== null && x !== "").join(" ");
+  }
+
   function reply(r) {
     if (!r) return "";
-    return [r.code, r.enhanced, r.text].filter((x) => x !== undefined && x !== null && x !== "").join(" ") +
-      (r.at ? " (" + r.at + ")" : "");
+    return replyText(r) + (r.at ? " (" + r.at + ")" : "");
   }
+  // For the browser test and the console: how a reply is written.
+  window.mtadReplyText = replyText;
 
   function age(sec) {
     if (sec === undefined || sec === null) return "";
