@@ -120,7 +120,7 @@ func TestMakeRunReadme(t *testing.T) {
 	}
 
 	// mtactl, given admin.listen as the config writes it.
-	ctl := exec.Command(filepath.Join(bin, "mtactl"), "--admin", d.admin, "status")
+	ctl := exec.Command(filepath.Join(bin, "mtactl"), "--admin", d.admin, "--json", "status")
 	ctl.Env = append(os.Environ(), "MTAD_ADMIN=") // the flag, not an inherited setting
 	out, err := ctl.Output()
 	if err != nil {

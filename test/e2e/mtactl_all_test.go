@@ -252,7 +252,8 @@ func TestMtactlEveryCommand(t *testing.T) {
 	})
 
 	// ---- reads.
-	ok(`"version"`, "status")
+	ok("version:", "status")
+	ok(`"version"`, "--json", "status")
 	ok("", "health")
 	readyDeadline := time.Now().Add(20 * time.Second)
 	for {
