@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
 	"github.com/mtad/mtad/internal/policy"
 )
@@ -20,7 +21,12 @@ func TestSuspensionsSurviveRestart(t *testing.T) {
 	t.Parallel()
 	sinks, port := loopbacktest.StartSinks(t, []string{ip(64, 10)}, nil)
 	file := filepath.Join(t.TempDir(), "suspensions.json")
-	h := newHarness(t, port, func(o *Options) { o.SuspensionsFile = file })
+	// With a shaper, as the daemon always has: suspensions are applied
+	// through the pairs' shaping.
+	h := newHarness(t, port, func(o *Options) {
+		o.SuspensionsFile = file
+		o.Shaper = testShaper(t, func(*config.Shaping) {})
+	})
 	h.mxFor("held.test", ip(64, 10))
 	now := h.clock.Now()
 	long := h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: "held.test", Source: policy.SourceOperator,
@@ -45,6 +51,9 @@ func TestSuspensionsSurviveRestart(t *testing.T) {
 	if next.ID == long.ID || next.ID == short.ID {
 		t.Errorf("new suspension got a used id %s", next.ID)
 	}
+	// Resolved first, so that the check below does not pass merely
+	// because the lookup had not ended yet.
+	h.resolved("held.test")
 	injectVia(h, "b0", "", "a@held.test")
 	for range 3 {
 		h.s.Tick(h.clock.Advance(time.Second))
