@@ -143,7 +143,7 @@ func Salvage(dir string, opts Options, cause error) (*Spool, SalvageStats, error
 	if opts.Logger != nil {
 		log = opts.Logger.With(zap.String("component", "spool"))
 	}
-	log.Error("spool: damaged store, salvaging what can be read", zap.String("dir", dir), zap.Error(cause))
+	log.Error("spool: damaged store, salvaging what can be read", zap.String("dir", dir), errField(cause))
 	damaged, err := moveAside(dir)
 	if err != nil {
 		return nil, st, fmt.Errorf("spool salvage %s: %w", dir, err)
@@ -269,10 +269,10 @@ func openDamaged(path string, log *zap.Logger) (*pebble.DB, error) {
 	return pebble.Open(path, &pebble.Options{
 		ReadOnly:           true,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             pebbleLogger{log: sugar, fatal: func(err error) { sugar.Errorw("pebble fatal error in the damaged store", "error", err) }},
+		Logger:             pebbleLogger{log: sugar, fatal: func(err error) { sugar.Errorw("pebble fatal error in the damaged store", "error", ErrLine(err)) }},
 		EventListener: &pebble.EventListener{
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				sugar.Warnw("pebble data corruption in the damaged store", "info", info.String())
+				sugar.Warnw("pebble data corruption in the damaged store", "info", corruptionLine(info))
 			},
 		},
 	})
@@ -795,7 +795,7 @@ func (s *Spool) SalvageOwed() ([]*Message, error) {
 		for _, id := range ids {
 			m, err := readQuarantinedEnvelope(db, id)
 			if err != nil {
-				s.log.Warn("spool: quarantined message owed a DSN cannot be read", zap.String("id", id), zap.Error(err))
+				s.log.Warn("spool: quarantined message owed a DSN cannot be read", zap.String("id", id), errField(err))
 				continue
 			}
 			out = append(out, m)
