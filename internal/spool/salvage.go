@@ -377,7 +377,7 @@ func walk(db *pebble.DB, lo, hi []byte, keysOnly bool, fn func(k, v []byte) erro
 	from := lo
 	width := 0 // the longest key read: the bisection's precision
 	for {
-		last, err := walkFrom(db, from, hi, keysOnly, func(k, v []byte) error {
+		last, err := walkFrom(db, from, hi, keysOnly, 0, func(k, v []byte) error {
 			width = max(width, len(k))
 			return fn(k, v)
 		})
@@ -413,9 +413,12 @@ func walk(db *pebble.DB, lo, hi []byte, keysOnly bool, fn func(k, v []byte) erro
 // for it and the walk goes on after it.
 var errValue = errors.New("value unreadable")
 
-// walkFrom iterates [from, hi) until the end or the first error, returning
-// the last key it read (nil when none) and the error.
-func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, fn func(k, v []byte) error) (last []byte, err error) {
+// walkFrom iterates [from, hi) until the end, the first error or, when
+// limit > 0, the limit-th key, returning the last key it read (nil when
+// none) and the error. At the limit it stops without a further Next: that
+// step may load the next block, past hi, and fail on its damage (pebble
+// cannot always tell from the index that the next block starts above hi).
+func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, limit int, fn func(k, v []byte) error) (last []byte, err error) {
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: from, UpperBound: hi})
 	if err != nil {
 		return nil, err
@@ -435,6 +438,9 @@ func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, fn func(k, v []byte
 		}
 		if err := fn(last, v); err != nil {
 			return last, stopWalk{err}
+		}
+		if limit--; limit == 0 {
+			return last, nil
 		}
 	}
 	if err := it.Error(); err != nil {
@@ -645,8 +651,15 @@ func (s *Spool) salvageKept(old *pebble.DB, st *SalvageStats) error {
 // unreadable record is enough to set the message aside, while every read
 // of a damaged block is dear (pebble's bit-flip search runs up to 320,000
 // checksums of the whole block, seconds for a 256 KiB body chunk).
-func readRange(db *pebble.DB, lo, hi []byte, fn func(k, v []byte) error) (damaged bool, err error) {
-	_, err = walkFrom(db, lo, hi, false, fn)
+//
+// want > 0 is the number of records the message's meta names: the read
+// stops after that many, never stepping past the message's last key into
+// the next block, whose damage is another message's. A message whose
+// records all read was once quarantined for its neighbour's damage, and
+// its sender told it failed (found by a new-user test); records beyond
+// the count, if any, are not the message's and are not copied.
+func readRange(db *pebble.DB, lo, hi []byte, want int, fn func(k, v []byte) error) (damaged bool, err error) {
+	_, err = walkFrom(db, lo, hi, false, want, fn)
 	var sw stopWalk
 	switch {
 	case err == nil:
@@ -671,7 +684,10 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	}
 	p := rcptPrefix(id)
 	idx := 0
-	damaged, err := readRange(db, p, prefixEnd(string(p)), func(k, v []byte) error {
+	if m == nil {
+		n = 0 // no count to stop at: read to the end of the range
+	}
+	damaged, err := readRange(db, p, prefixEnd(string(p)), n, func(k, v []byte) error {
 		recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 		if len(k) != len(p)+4 || int(binary.BigEndian.Uint32(k[len(p):])) != idx {
 			whole = false
@@ -691,7 +707,7 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	if m != nil && m.chunks > 0 {
 		cp := chunkPrefix(m.bodyID)
 		ci := 0
-		damaged, err := readRange(db, cp, prefixEnd(string(cp)), func(k, v []byte) error {
+		damaged, err := readRange(db, cp, prefixEnd(string(cp)), m.chunks, func(k, v []byte) error {
 			recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 			b, derr := decodeBody(v)
 			if derr != nil || !bytes.Equal(k, chunkKey(m.bodyID, ci)) {
