@@ -73,7 +73,7 @@ type SalvageStats struct {
 	DamagedDir  string // where the damaged store was moved: <dir>/damaged-<UTC time>
 	Copied      int    // messages copied whole, with their recipient states
 	Quarantined int    // messages with a readable meta record but some record missing or unsound
-	DSNOwed     int    // of those, the ones marked as owed a DSN (readable envelope, non-null sender)
+	DSNOwed     int    // of those, the ones owed a DSN: a non-null sender and a readable recipient still pending
 	// Orphans counts messages of which only recipient records could be
 	// read (their meta record was in a damaged range): those
 	// records are quarantined too.
@@ -580,7 +580,7 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 				return err
 			}
 		}
-		if m != nil && m.Sender != "" {
+		if m != nil && m.Sender != "" && pendingReadable(recs, id) {
 			st.DSNOwed++
 			return add(op{key: append([]byte(prefixSalvageDSN), id...), val: [][]byte{nil}})
 		}
@@ -598,6 +598,25 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 		return err
 	}
 	return s.salvageKept(old, st)
+}
+
+// pendingReadable reports whether recs, a message's readable records,
+// hold a recipient still pending: a DSN needs one to report on (RFC 3464
+// requires a Final-Recipient), and one whose recipients are all final
+// owes its sender nothing. A message whose sender is readable but whose
+// recipient records are not is not owed a DSN that could never be sent:
+// counted as owed, it told the operator its sender had been told.
+func pendingReadable(recs []kv, id string) bool {
+	p := rcptPrefix(id)
+	for _, r := range recs {
+		if !bytes.HasPrefix(r.k, p) {
+			continue
+		}
+		if rc, err := decodeRecipient(r.v); err == nil && rc.State == Pending {
+			return true
+		}
+	}
+	return false
 }
 
 // salvageKept copies, as they are, the readable records the damaged store

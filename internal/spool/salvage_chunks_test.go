@@ -123,3 +123,55 @@ func TestSalvageIntactBeforeDamage(t *testing.T) {
 		t.Errorf("damaged store not kept: %v", err)
 	}
 }
+
+// A message whose sender reads but whose recipient records do not is
+// quarantined without a DSN owed: a DSN needs a recipient to report on,
+// and counting it as owed told the operator its sender had been told
+// (found by the crash harness's salvage round).
+func TestSalvageUnreadableRecipients(t *testing.T) {
+	t.Parallel()
+	f := writeFlushed(t, 300)
+	table := largestTable(t, f.dir)
+	raw, err := os.ReadFile(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// r/ is the last keyspace with data: the last recipient address in
+	// the file is in a recipient record.
+	at := bytes.LastIndex(raw, []byte("@example.net"))
+	if at < 0 {
+		t.Fatal("no recipient address in the table")
+	}
+	corruptAt(t, table, int64(max(0, at-32)))
+	cause := openOrRecover(t, f.dir)
+	if !IsDamage(cause) {
+		t.Fatalf("open+recover with damaged recipients: %v, want a damage error", cause)
+	}
+	s, st, err := Salvage(f.dir, Options{MemTableSize: 4 << 20, CacheSize: 4 << 20, Logger: zap.NewNop()}, cause)
+	if err != nil {
+		t.Fatalf("Salvage: %v", err)
+	}
+	defer s.Close()
+	t.Logf("salvage: %+v", st)
+	if st.Quarantined == 0 || st.DSNOwed >= st.Quarantined {
+		t.Errorf("quarantined %d, dsn owed %d: want some quarantined with no recipient to report on", st.Quarantined, st.DSNOwed)
+	}
+	owed, err := s.SalvageOwed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(owed) != st.DSNOwed {
+		t.Errorf("%d owed a DSN, stats say %d", len(owed), st.DSNOwed)
+	}
+	for _, m := range owed {
+		pending := 0
+		for _, r := range m.Recipients {
+			if r.State == Pending {
+				pending++
+			}
+		}
+		if pending == 0 {
+			t.Errorf("%s owed a DSN with no pending recipient readable (%d read)", m.ID, len(m.Recipients))
+		}
+	}
+}
