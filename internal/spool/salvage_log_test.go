@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -57,4 +58,23 @@ func toString(v any) string {
 		return v.Error()
 	}
 	return fmt.Sprint(v)
+}
+
+func TestErrLine(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("pebble: file 000006: block 44735/644: crc32c checksum mismatch")
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{cause, cause.Error()},
+		{fmt.Errorf("spool recover: read X: %w", errors.Join(cause, errors.New("<corruption detail carrier>"))),
+			"spool recover: read X: " + cause.Error()},
+		{errors.Join(cause, cause, errors.New("second")), cause.Error() + "; second"},
+	} {
+		if got := ErrLine(tt.err); got != tt.want {
+			t.Errorf("ErrLine(%q) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
 }

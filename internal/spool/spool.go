@@ -60,6 +60,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,7 +323,8 @@ func plainArgs(args []any) []any {
 // ErrLine is err's message on one line, for a log field: never the stack
 // trace that cockroachdb/errors prints under %+v (zap.Error adds it as
 // errorVerbose), nor the "<corruption detail carrier>" that pebble joins
-// to its corruption errors, and newlines become "; ".
+// to its corruption errors; newlines become "; ", a repeated line is
+// dropped.
 func ErrLine(err error) string {
 	if err == nil {
 		return ""
@@ -330,8 +332,8 @@ func ErrLine(err error) string {
 	var parts []string
 	for _, p := range strings.Split(err.Error(), "\n") {
 		p = strings.TrimSpace(p)
-		if p == "" || p == "<corruption detail carrier>" {
-			continue
+		if p == "" || p == "<corruption detail carrier>" || slices.Contains(parts, p) {
+			continue // a joined error often repeats its cause
 		}
 		parts = append(parts, p)
 	}
