@@ -630,7 +630,7 @@ func salvageSpool(dir string, opts spool.Options, cause error, log *zap.Logger) 
 		return nil, err
 	}
 	logging.SpoolSalvaged{Copied: st.Copied, Quarantined: st.Quarantined, DSNOwed: st.DSNOwed, Orphans: st.Orphans,
-		DamagedRanges: st.DamagedRanges, DamagedDir: st.DamagedDir, Cause: cause.Error()}.Log(log)
+		KeptQuarantined: st.KeptQuarantined, KeptDSNOwed: st.KeptDSNOwed, DamagedRanges: st.DamagedRanges, DamagedDir: st.DamagedDir, Cause: spool.ErrLine(cause)}.Log(log)
 	return sp, nil
 }
 

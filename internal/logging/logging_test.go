@@ -283,3 +283,33 @@ func BenchmarkDeliveryLog(b *testing.B) {
 		d.Log(l)
 	}
 }
+
+// A salvage's record is one error-level line carrying every count,
+// including the quarantine that was there before the damage.
+func TestSpoolSalvagedRecord(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	l, err := NewWriter(Options{}, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	SpoolSalvaged{Copied: 42, Quarantined: 4, DSNOwed: 3, Orphans: 1, KeptQuarantined: 5, KeptDSNOwed: 2,
+		DamagedRanges: 6, DamagedDir: "/s/damaged-x", Cause: "checksum"}.Log(l)
+	recs := decodeLines(t, buf.String())
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want 1: %s", len(recs), buf.String())
+	}
+	rec := recs[0]
+	if rec["level"] != "error" {
+		t.Errorf("level %v, want error", rec["level"])
+	}
+	for _, k := range []string{"level", "msg", "ts"} {
+		delete(rec, k)
+	}
+	want := map[string]any{"event": "spool_salvaged", "copied": 42.0, "quarantined": 4.0, "dsn_owed": 3.0,
+		"unreadable_envelopes": 1.0, "kept_quarantined": 5.0, "kept_dsn_owed": 2.0, "damaged_ranges": 6.0,
+		"damaged_dir": "/s/damaged-x", "cause": "checksum"}
+	if !reflect.DeepEqual(rec, want) {
+		t.Errorf("record\n got %v\nwant %v", rec, want)
+	}
+}

@@ -257,13 +257,18 @@ func (s SpoolRecovered) Log(l *zap.Logger) {
 // was kept. Always an error: mail was or may have been lost, and an
 // operator should look at the disk.
 type SpoolSalvaged struct {
-	Copied        int    // messages copied whole
-	Quarantined   int    // messages with a readable envelope, damaged elsewhere
-	DSNOwed       int    // of those, the ones whose sender is sent a DSN
-	Orphans       int    // messages whose envelope was unreadable, some records kept
-	DamagedRanges int    // key ranges that could not be read
-	DamagedDir    string // where the damaged store is kept
-	Cause         string // the read error that started the salvage
+	Copied      int // messages copied whole
+	Quarantined int // messages with a readable envelope, damaged elsewhere
+	DSNOwed     int // of those, the ones whose sender is sent a DSN
+	Orphans     int // messages whose envelope was unreadable, some records kept
+	// KeptQuarantined and KeptDSNOwed count what was in quarantine before
+	// the damage (messages, owed-DSN markers), copied as it was: not new
+	// losses, but what an operator still has to look at.
+	KeptQuarantined int
+	KeptDSNOwed     int
+	DamagedRanges   int    // key ranges that could not be read
+	DamagedDir      string // where the damaged store is kept
+	Cause           string // the read error that started the salvage
 }
 
 // Fields returns the record's fields, "event" first.
@@ -274,6 +279,8 @@ func (s SpoolSalvaged) Fields() []zap.Field {
 		zap.Int("quarantined", s.Quarantined),
 		zap.Int("dsn_owed", s.DSNOwed),
 		zap.Int("unreadable_envelopes", s.Orphans),
+		zap.Int("kept_quarantined", s.KeptQuarantined),
+		zap.Int("kept_dsn_owed", s.KeptDSNOwed),
 		zap.Int("damaged_ranges", s.DamagedRanges),
 		zap.String("damaged_dir", s.DamagedDir),
 		zap.String("cause", s.Cause),

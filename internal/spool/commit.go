@@ -211,7 +211,7 @@ func (s *Spool) freeBytes() (uint64, bool) {
 	if err != nil {
 		if !s.diskUsageWarned {
 			s.diskUsageWarned = true
-			s.log.Warn("spool cannot read free disk space; low-space guard off", zap.Error(err))
+			s.log.Warn("spool cannot read free disk space; low-space guard off", errField(err))
 		}
 		return 0, false
 	}
@@ -247,7 +247,7 @@ func (s *Spool) commitGroup(group []*commitReq, size int, sync bool) error {
 		s.broken = err
 		s.lastReopen = time.Now()
 		s.log.Error("spool write failed; refusing writes until the store is reopened",
-			zap.Error(err), zap.Bool("no_space", errors.Is(err, ErrNoSpace)), zap.Int("group", len(group)))
+			errField(err), zap.Bool("no_space", errors.Is(err, ErrNoSpace)), zap.Int("group", len(group)))
 		return err
 	}
 	_ = b.Close()
@@ -372,20 +372,20 @@ func (s *Spool) tryReopen() bool {
 	s.lastReopen = time.Now()
 	if s.db != nil {
 		if err := closeDB(s.db); err != nil {
-			s.log.Warn("spool close after write failure", zap.Error(err))
+			s.log.Warn("spool close after write failure", errField(err))
 		}
 		s.db = nil
 	}
 	s.takeFatal() // whatever the old instance reported is moot now
 	db, err := s.openDB(false)
 	if err != nil {
-		s.log.Error("spool reopen failed; writes still refused", zap.Error(err))
+		s.log.Error("spool reopen failed; writes still refused", errField(err))
 		s.broken = classify(fmt.Errorf("reopen: %w", err))
 		// Open it read-only (it writes nothing) so reads go on meanwhile.
 		if ro, rerr := s.openDB(true); rerr == nil {
 			s.db = ro
 		} else {
-			s.log.Error("spool read-only reopen failed; reads fail too", zap.Error(rerr))
+			s.log.Error("spool read-only reopen failed; reads fail too", errField(rerr))
 		}
 		return false
 	}

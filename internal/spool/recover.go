@@ -106,7 +106,7 @@ func (s *Spool) recover(db *pebble.DB, fn func(m *Message) error, st *RecoverSta
 			if qerr != nil {
 				return fmt.Errorf("quarantine %s: %w", id, qerr)
 			}
-			s.log.Warn("spool: corrupt message moved to quarantine", zap.String("id", id), zap.Error(cerr))
+			s.log.Warn("spool: corrupt message moved to quarantine", zap.String("id", id), errField(cerr))
 			pending = append(pending, ops...)
 			st.Quarantined++
 			if m != nil && m.chunks > 0 {

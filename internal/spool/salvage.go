@@ -73,7 +73,7 @@ type SalvageStats struct {
 	DamagedDir  string // where the damaged store was moved: <dir>/damaged-<UTC time>
 	Copied      int    // messages copied whole, with their recipient states
 	Quarantined int    // messages with a readable meta record but some record missing or unsound
-	DSNOwed     int    // of those, the ones marked as owed a DSN (readable envelope, non-null sender)
+	DSNOwed     int    // of those, the ones owed a DSN: a non-null sender and a readable recipient still pending
 	// Orphans counts messages of which only recipient records could be
 	// read (their meta record was in a damaged range): those
 	// records are quarantined too.
@@ -143,7 +143,7 @@ func Salvage(dir string, opts Options, cause error) (*Spool, SalvageStats, error
 	if opts.Logger != nil {
 		log = opts.Logger.With(zap.String("component", "spool"))
 	}
-	log.Error("spool: damaged store, salvaging what can be read", zap.String("dir", dir), zap.Error(cause))
+	log.Error("spool: damaged store, salvaging what can be read", zap.String("dir", dir), errField(cause))
 	damaged, err := moveAside(dir)
 	if err != nil {
 		return nil, st, fmt.Errorf("spool salvage %s: %w", dir, err)
@@ -269,10 +269,10 @@ func openDamaged(path string, log *zap.Logger) (*pebble.DB, error) {
 	return pebble.Open(path, &pebble.Options{
 		ReadOnly:           true,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             pebbleLogger{log: sugar, fatal: func(err error) { sugar.Errorw("pebble fatal error in the damaged store", "error", err) }},
+		Logger:             pebbleLogger{log: sugar, fatal: func(err error) { sugar.Errorw("pebble fatal error in the damaged store", "error", ErrLine(err)) }},
 		EventListener: &pebble.EventListener{
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				sugar.Warnw("pebble data corruption in the damaged store", "info", info.String())
+				sugar.Warnw("pebble data corruption in the damaged store", "info", corruptionLine(info))
 			},
 		},
 	})
@@ -377,7 +377,7 @@ func walk(db *pebble.DB, lo, hi []byte, keysOnly bool, fn func(k, v []byte) erro
 	from := lo
 	width := 0 // the longest key read: the bisection's precision
 	for {
-		last, err := walkFrom(db, from, hi, keysOnly, func(k, v []byte) error {
+		last, err := walkFrom(db, from, hi, keysOnly, 0, func(k, v []byte) error {
 			width = max(width, len(k))
 			return fn(k, v)
 		})
@@ -413,9 +413,12 @@ func walk(db *pebble.DB, lo, hi []byte, keysOnly bool, fn func(k, v []byte) erro
 // for it and the walk goes on after it.
 var errValue = errors.New("value unreadable")
 
-// walkFrom iterates [from, hi) until the end or the first error, returning
-// the last key it read (nil when none) and the error.
-func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, fn func(k, v []byte) error) (last []byte, err error) {
+// walkFrom iterates [from, hi) until the end, the first error or, when
+// limit > 0, the limit-th key, returning the last key it read (nil when
+// none) and the error. At the limit it stops without a further Next: that
+// step may load the next block, past hi, and fail on its damage (pebble
+// cannot always tell from the index that the next block starts above hi).
+func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, limit int, fn func(k, v []byte) error) (last []byte, err error) {
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: from, UpperBound: hi})
 	if err != nil {
 		return nil, err
@@ -435,6 +438,9 @@ func walkFrom(db *pebble.DB, from, hi []byte, keysOnly bool, fn func(k, v []byte
 		}
 		if err := fn(last, v); err != nil {
 			return last, stopWalk{err}
+		}
+		if limit--; limit == 0 {
+			return last, nil
 		}
 	}
 	if err := it.Error(); err != nil {
@@ -574,7 +580,7 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 				return err
 			}
 		}
-		if m != nil && m.Sender != "" {
+		if m != nil && m.Sender != "" && pendingReadable(recs, id) {
 			st.DSNOwed++
 			return add(op{key: append([]byte(prefixSalvageDSN), id...), val: [][]byte{nil}})
 		}
@@ -592,6 +598,25 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 		return err
 	}
 	return s.salvageKept(old, st)
+}
+
+// pendingReadable reports whether recs, a message's readable records,
+// hold a recipient still pending: a DSN needs one to report on (RFC 3464
+// requires a Final-Recipient), and one whose recipients are all final
+// owes its sender nothing. A message whose sender is readable but whose
+// recipient records are not is not owed a DSN that could never be sent:
+// counted as owed, it told the operator its sender had been told.
+func pendingReadable(recs []kv, id string) bool {
+	p := rcptPrefix(id)
+	for _, r := range recs {
+		if !bytes.HasPrefix(r.k, p) {
+			continue
+		}
+		if rc, err := decodeRecipient(r.v); err == nil && rc.State == Pending {
+			return true
+		}
+	}
+	return false
 }
 
 // salvageKept copies, as they are, the readable records the damaged store
@@ -645,8 +670,15 @@ func (s *Spool) salvageKept(old *pebble.DB, st *SalvageStats) error {
 // unreadable record is enough to set the message aside, while every read
 // of a damaged block is dear (pebble's bit-flip search runs up to 320,000
 // checksums of the whole block, seconds for a 256 KiB body chunk).
-func readRange(db *pebble.DB, lo, hi []byte, fn func(k, v []byte) error) (damaged bool, err error) {
-	_, err = walkFrom(db, lo, hi, false, fn)
+//
+// want > 0 is the number of records the message's meta names: the read
+// stops after that many, never stepping past the message's last key into
+// the next block, whose damage is another message's. A message whose
+// records all read was once quarantined for its neighbour's damage, and
+// its sender told it failed (found by a new-user test); records beyond
+// the count, if any, are not the message's and are not copied.
+func readRange(db *pebble.DB, lo, hi []byte, want int, fn func(k, v []byte) error) (damaged bool, err error) {
+	_, err = walkFrom(db, lo, hi, false, want, fn)
 	var sw stopWalk
 	switch {
 	case err == nil:
@@ -671,7 +703,10 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	}
 	p := rcptPrefix(id)
 	idx := 0
-	damaged, err := readRange(db, p, prefixEnd(string(p)), func(k, v []byte) error {
+	if m == nil {
+		n = 0 // no count to stop at: read to the end of the range
+	}
+	damaged, err := readRange(db, p, prefixEnd(string(p)), n, func(k, v []byte) error {
 		recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 		if len(k) != len(p)+4 || int(binary.BigEndian.Uint32(k[len(p):])) != idx {
 			whole = false
@@ -691,7 +726,7 @@ func readWhole(db *pebble.DB, id string, meta []byte, st *SalvageStats) (recs []
 	if m != nil && m.chunks > 0 {
 		cp := chunkPrefix(m.bodyID)
 		ci := 0
-		damaged, err := readRange(db, cp, prefixEnd(string(cp)), func(k, v []byte) error {
+		damaged, err := readRange(db, cp, prefixEnd(string(cp)), m.chunks, func(k, v []byte) error {
 			recs = append(recs, kv{bytes.Clone(k), bytes.Clone(v)})
 			b, derr := decodeBody(v)
 			if derr != nil || !bytes.Equal(k, chunkKey(m.bodyID, ci)) {
@@ -795,7 +830,7 @@ func (s *Spool) SalvageOwed() ([]*Message, error) {
 		for _, id := range ids {
 			m, err := readQuarantinedEnvelope(db, id)
 			if err != nil {
-				s.log.Warn("spool: quarantined message owed a DSN cannot be read", zap.String("id", id), zap.Error(err))
+				s.log.Warn("spool: quarantined message owed a DSN cannot be read", zap.String("id", id), errField(err))
 				continue
 			}
 			out = append(out, m)

@@ -60,6 +60,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -246,11 +248,11 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 		FormatMajorVersion:          pebble.FormatNewest,
 		Logger:                      pebbleLogger{log: sugar, fatal: s.noteFatal},
 		EventListener: &pebble.EventListener{
-			BackgroundError: func(err error) { sugar.Warnw("pebble background error", "error", err) },
+			BackgroundError: func(err error) { sugar.Warnw("pebble background error", "error", ErrLine(err)) },
 			// Corruption found while reading a table is logged, not fatal:
 			// the affected read fails and the spool keeps serving the rest.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				sugar.Errorw("pebble data corruption", "info", info.String())
+				sugar.Errorw("pebble data corruption", "info", corruptionLine(info))
 			},
 			DiskSlow: func(info pebble.DiskSlowInfo) {
 				sugar.Warnw("spool disk slow", "info", info.String())
@@ -285,10 +287,14 @@ type pebbleLogger struct {
 	fatal func(error)
 }
 
-func (l pebbleLogger) Infof(format string, args ...any)  { l.log.Infof("pebble: "+format, args...) }
-func (l pebbleLogger) Errorf(format string, args ...any) { l.log.Errorf("pebble: "+format, args...) }
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.log.Infof("pebble: "+format, plainArgs(args)...)
+}
+func (l pebbleLogger) Errorf(format string, args ...any) {
+	l.log.Errorf("pebble: "+format, plainArgs(args)...)
+}
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	msg := fmt.Sprintf(format, plainArgs(args)...)
 	l.log.Errorw("pebble fatal error; spool refuses writes until reopened", "error", msg)
 	err := errors.New(msg)
 	for _, a := range args { // keep the original error, so ENOSPC can be recognised
@@ -298,6 +304,50 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 		}
 	}
 	l.fatal(err)
+}
+
+// plainArgs replaces the errors among a format's arguments by their
+// message on one line: pebble's errors (cockroachdb/errors) print their
+// stack traces under %+v, kilobytes in one JSON field.
+func plainArgs(args []any) []any {
+	out := make([]any, len(args)) // args may be pebble's own slice
+	for i, a := range args {
+		if e, ok := a.(error); ok {
+			a = ErrLine(e)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// ErrLine is err's message on one line, for a log field: never the stack
+// trace that cockroachdb/errors prints under %+v (zap.Error adds it as
+// errorVerbose), nor the "<corruption detail carrier>" that pebble joins
+// to its corruption errors; newlines become "; ", a repeated line is
+// dropped.
+func ErrLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	var parts []string
+	for _, p := range strings.Split(err.Error(), "\n") {
+		p = strings.TrimSpace(p)
+		if p == "" || p == "<corruption detail carrier>" || slices.Contains(parts, p) {
+			continue // a joined error often repeats its cause
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// errField is err as a log field, on one line (see ErrLine).
+func errField(err error) zap.Field { return zap.String("error", ErrLine(err)) }
+
+// corruptionLine is a pebble corruption event on one line: the file, the
+// key range it holds, the error's message; DataCorruptionInfo.String
+// prints the error with %+v, stack and all.
+func corruptionLine(info pebble.DataCorruptionInfo) string {
+	return fmt.Sprintf("file %s; keys %s; %s", info.Path, info.Bounds.String(), ErrLine(info.Details))
 }
 
 func (s *Spool) noteFatal(err error) { s.fatalE.CompareAndSwap(nil, &err) }

@@ -291,6 +291,7 @@ type tally struct {
 	mu        sync.Mutex
 	delivered map[string]*arrival // Message-ID → deliveries of the message
 	dsn       map[string]*arrival // original Message-ID → DSNs naming it
+	damaged   map[int]*arrival    // message number → 5.3.0 DSNs of a salvage naming its recipient
 	strangers []string            // Message-IDs the harness never sent
 	dsnNoID   int                 // DSNs naming none of our Message-IDs
 	events    [evCount]int
@@ -301,7 +302,7 @@ type tally struct {
 }
 
 func newTally() *tally {
-	return &tally{delivered: map[string]*arrival{}, dsn: map[string]*arrival{}}
+	return &tally{delivered: map[string]*arrival{}, dsn: map[string]*arrival{}, damaged: map[int]*arrival{}}
 }
 
 // arm returns a channel closed once n more events of kind ev happened.
@@ -348,6 +349,19 @@ func (ty *tally) take(from string, data []byte, dot time.Time) {
 			seen[string(m[1])] = true
 		}
 		if len(seen) == 0 {
+			// A salvage's DSN for a damaged message names no header of
+			// it, only its recipients.
+			if msgs := damagedMsgs(data); len(msgs) > 0 {
+				for _, n := range msgs {
+					a := ty.damaged[n]
+					if a == nil {
+						a = &arrival{first: dot}
+						ty.damaged[n] = a
+					}
+					a.n++
+				}
+				return
+			}
 			ty.dsnNoID++
 		}
 		for id := range seen {
