@@ -206,16 +206,27 @@ func TestHTTPBadFields(t *testing.T) {
 	}
 }
 
-// TestHTTPStatusCodes: 413, 415, 401, 405 and 503 on a closed spool.
+// TestHTTPStatusCodes: 413, 415, 401, 405 and 503 on a closed spool. The
+// tokens file is admin.tokens_file's format, "name:token": the token after
+// the name is what a client sends, and the name is the received record's
+// auth_user.
 func TestHTTPStatusCodes(t *testing.T) {
 	t.Parallel()
 	tokFile := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(tokFile, []byte("# ops\ns3cret\n"), 0o600); err != nil {
+	s3cret := strings.Repeat("s3cret", 6)
+	if err := os.WriteFile(tokFile, []byte("# ops\nsvc:"+s3cret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	toks, err := LoadTokens(tokFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	short := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(short, []byte("svc:tokenB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadTokens(short); err == nil || !strings.Contains(err.Error(), "line 1: token: 6 characters, fewer than 32") || strings.Contains(err.Error(), "tokenB") {
+		t.Errorf("LoadTokens(6-character token) = %v, want the line named and not the token", err)
 	}
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
@@ -229,16 +240,27 @@ func TestHTTPStatusCodes(t *testing.T) {
 	if code, out := e.post(t, good, "wrong"); code != http.StatusUnauthorized {
 		t.Errorf("bad token: %d %v", code, out)
 	}
-	if code, out := e.post(t, good, "s3cret"); code != http.StatusAccepted {
-		t.Errorf("good token: %d %v", code, out)
+	if code, out := e.post(t, good, "svc:"+s3cret); code != http.StatusUnauthorized {
+		t.Errorf("the whole line as a token: %d %v", code, out)
+	}
+	code, out := e.post(t, good, s3cret)
+	if code != http.StatusAccepted {
+		t.Fatalf("good token: %d %v", code, out)
+	}
+	id := ids(t, out)[0]
+	if n := e.logs.FilterMessage("received").FilterField(zap.String("queue_id", id)).FilterField(zap.String("auth_user", "svc")).Len(); n != 1 {
+		t.Errorf("%d received records of %s with auth_user svc, want 1: %v", n, id, e.logs.FilterMessage("received").All())
+	}
+	if m, err := sp.Get(id); err != nil || m.AuthUser != "svc" {
+		t.Errorf("stored AuthUser: %+v %v", m, err)
 	}
 	big := `{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "` + strings.Repeat("x", testMaxSize) + `"}`
-	if code, out := e.post(t, big, "s3cret"); code != http.StatusRequestEntityTooLarge {
+	if code, out := e.post(t, big, s3cret); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("too big: %d %v", code, out)
 	}
 	req, _ := http.NewRequest(http.MethodPost, e.url, strings.NewReader(good))
 	req.Header.Set("Content-Type", "text/plain")
-	req.Header.Set("Authorization", "Bearer s3cret")
+	req.Header.Set("Authorization", "Bearer "+s3cret)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnsupportedMediaType {
 		t.Errorf("text/plain: %v %v", resp, err)
 	} else {
@@ -252,7 +274,7 @@ func TestHTTPStatusCodes(t *testing.T) {
 	if err := sp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if code, out := e.post(t, good, "s3cret"); code != http.StatusServiceUnavailable {
+	if code, out := e.post(t, good, s3cret); code != http.StatusServiceUnavailable {
 		t.Errorf("closed spool: %d %v", code, out)
 	}
 }

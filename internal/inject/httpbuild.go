@@ -518,7 +518,8 @@ func (d *draft) build(r *rendered, id, host string, now time.Time) []byte {
 // storeAll renders, builds and stores every message of the request, a
 // bounded number at a time (each PutBody waits for a group-committed
 // fsync, so concurrent puts share syncs), and says what happened.
-func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTTPResult, *httpError) {
+// who is the name of the bearer token, "" without tokens.
+func (h *HTTPServer) storeAll(r *http.Request, who string, req *httpRequest, d *draft) (*HTTPResult, *httpError) {
 	res := &HTTPResult{Refused: d.refused, IDs: []string{}}
 	if res.Refused == nil {
 		res.Refused = []HTTPRefusal{}
@@ -531,7 +532,7 @@ func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTT
 		return nil, e
 	}
 	ip, _ := netip.ParseAddrPort(r.RemoteAddr)
-	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: len(h.tokenList()) > 0, utf8: d.utf8}
+	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: who != "", utf8: d.utf8}
 	type outcome struct {
 		id string
 		e  *httpError
@@ -546,7 +547,7 @@ func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTT
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			id, e := h.storeOne(d, m, req, ti)
+			id, e := h.storeOne(d, m, req, ti, who)
 			outs[i] = outcome{id, e}
 		}()
 	}
@@ -584,7 +585,9 @@ func (e *httpError) reason() string {
 
 // storeOne takes one rendered message through the SMTP path's content
 // rules (scanner, header parsing, conformance, DKIM) into the spool.
-func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceInfo) (string, *httpError) {
+// who, the token's name, is the message's AuthUser, as the SMTP AUTH
+// user is an SMTP message's: the "received" record says who injected.
+func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceInfo, who string) (string, *httpError) {
 	s := h.core
 	id := s.store.NewID()
 	now := time.Now()
@@ -671,6 +674,7 @@ func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceI
 		Recipients: make([]spool.Recipient, len(rcpts)),
 		Received:   now,
 		ClientIP:   ipString(ti.ip),
+		AuthUser:   who,
 		MessageID:  mw.h.messageID,
 		Group:      group,
 		Binding:    mw.h.binding,
@@ -691,6 +695,7 @@ func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceI
 		Recipients:   rcpts,
 		Size:         m.Size,
 		ClientIP:     m.ClientIP,
+		AuthUser:     m.AuthUser,
 		DKIM:         sig.Signatures,
 		DKIMUnsigned: sig.Unsigned,
 		Metadata:     req.Metadata,
