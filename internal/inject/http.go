@@ -80,7 +80,7 @@ const DefaultHTTPMaxRecipients = 10000
 type HTTPServer struct {
 	opts    HTTPOptions
 	tokens  atomic.Pointer[tokens.Tokens] // swapped by SetTokens; nil = none
-	core    *Server                  // the content rules and store path shared with SMTP; never started
+	core    *Server                       // the content rules and store path shared with SMTP; never started
 	handoff Handoff
 	busy    busyHandoff
 	log     *zap.Logger
