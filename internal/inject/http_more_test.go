@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
@@ -73,6 +74,34 @@ func FuzzParseTemplate(f *testing.F) {
 		out := tm.render(func(string) string { return "" }, true)
 		if len(out) > len(src) {
 			t.Errorf("%q rendered longer with empty values: %q", src, out)
+		}
+	})
+}
+
+// FuzzCheckContentHeader: any content is either refused naming content or
+// accepted with a From field in its header section, and an accepted one
+// without a Message-ID, as build makes it, has the one added, found by
+// parseHeaders.
+func FuzzCheckContentHeader(f *testing.F) {
+	f.Add("From: a@example.com\nSubject: s\n\nbody\n")
+	f.Add("no header here")
+	f.Add("Subject: x\r\n folded\r\nFROM : a@b\r\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		cf, e := checkContentHeader(content)
+		if e != nil {
+			if e.field != "content" || e.status != http.StatusBadRequest || e.msg == "" {
+				t.Fatalf("refusal %+v", e)
+			}
+			return
+		}
+		head, _, _ := strings.Cut(strings.ReplaceAll(content, "\r\n", "\n"), "\n\n")
+		if !strings.HasPrefix(strings.ToLower(head), "from") && !strings.Contains(strings.ToLower(head), "\nfrom") {
+			t.Fatalf("accepted %q without a From field", content)
+		}
+		d := &draft{raw: true, addDate: !cf.date, addMessageID: !cf.messageID}
+		msg := d.build(&rendered{content: content}, "ID", "h.test", time.Unix(0, 0))
+		if h, err := parseHeaders(msg); !cf.messageID && err == nil && h.messageID != "<ID@h.test>" {
+			t.Fatalf("built %q has no Message-ID", msg)
 		}
 	})
 }

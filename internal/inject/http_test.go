@@ -170,6 +170,56 @@ func TestHTTPOneMessageWithoutSubstitutions(t *testing.T) {
 	}
 }
 
+// TestHTTPContentHeaderSection: content that is not a message (no header
+// section, a stray line in it, no From) gets 400 naming content and what is
+// missing, and nothing is stored; content without Date or Message-ID gets
+// both added, as a built message has them, and one with them keeps its own.
+func TestHTTPContentHeaderSection(t *testing.T) {
+	t.Parallel()
+	e := startHTTP(t, nil)
+	post := func(content string) (int, map[string]any) {
+		b, _ := json.Marshal(map[string]any{"from": "app@example.com", "recipients": []string{"a@dest.test"}, "content": content})
+		return e.post(t, string(b), "")
+	}
+	for _, c := range []struct{ content, want string }{
+		{"no header here", "content has no header section"},
+		{"\nbody after an empty line\n", "content has no header section"},
+		{" folded: nothing\n\nbody\n", "content line 1: starts with white space"},
+		{"Subject: s\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\nbody\n", "content has no From field"},
+		{"From: app@example.com\nthis is not a field\n\nbody\n", "content line 2: neither a header field"},
+		{"From app@example.com Mon Jan  1 00:00:00 2024\nFrom: app@example.com\n\nbody\n", "content has no header section"},
+	} {
+		code, out := post(c.content)
+		if msg, _ := out["error"].(string); code != http.StatusBadRequest || out["field"] != "content" || !strings.Contains(msg, c.want) {
+			t.Errorf("%q: %d %v, want 400 naming content and %q", c.content, code, out, c.want)
+		}
+	}
+	if n := len(e.logs.FilterMessage("received").All()); n != 0 {
+		t.Errorf("%d messages received from refused content", n)
+	}
+
+	code, out := post("From: app@example.com\nSubject: s\n\nbody\n")
+	if code != http.StatusAccepted {
+		t.Fatalf("From only: %d %v", code, out)
+	}
+	id := ids(t, out)[0]
+	b := e.body(t, id)
+	if !strings.Contains(b, "\r\nDate: ") || !strings.Contains(b, "\r\nMessage-ID: <"+id+"@mx.test>\r\nFrom: app@example.com\r\n") {
+		t.Errorf("From only: stored %q, want Date and Message-ID added", b)
+	}
+	if m, _ := e.sp.Get(id); m == nil || m.MessageID != "<"+id+"@mx.test>" {
+		t.Errorf("stored message id %+v", m)
+	}
+	const own = "From: app@example.com\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <own@example.com>\r\n\r\nbody\r\n"
+	code, out = post(own)
+	if code != http.StatusAccepted {
+		t.Fatalf("complete: %d %v", code, out)
+	}
+	if b := e.body(t, ids(t, out)[0]); !strings.HasSuffix(b, "\r\n"+own) || strings.Count(b, "Date:") != 1 || strings.Count(b, "Message-ID:") != 1 {
+		t.Errorf("complete: stored %q, want it as sent", b)
+	}
+}
+
 // TestHTTPBadFields: each bad field gets 400 naming it, header injection
 // included, and nothing is stored.
 func TestHTTPBadFields(t *testing.T) {

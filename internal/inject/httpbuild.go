@@ -165,6 +165,9 @@ type draft struct {
 	utf8     bool
 	content  template // content mode
 	raw      bool     // content given
+	// addDate and addMessageID: content lacks the field, and build adds
+	// it, as it writes it in a built message.
+	addDate, addMessageID bool
 	subject  template
 	text     template
 	html     template
@@ -272,6 +275,11 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		if err != nil {
 			return nil, badField("content", "%v", err)
 		}
+		hs, e := checkContentHeader(*req.Content)
+		if e != nil {
+			return nil, e
+		}
+		d.addDate, d.addMessageID = !hs.date, !hs.messageID
 		return d, nil
 	case req.Text == "" && req.HTML == "" && len(req.Attachments) == 0:
 		return nil, badField("text", "one of content, text, html or attachments is required")
@@ -325,6 +333,61 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		d.atts = append(d.atts, attachment{a.Name, ct, data})
 	}
 	return d, nil
+}
+
+// contentFields is what checkContentHeader found in content's header
+// section.
+type contentFields struct{ date, messageID bool }
+
+// checkContentHeader reads the header section of a request's content (the
+// template's source: field names hold no variables) and refuses what is
+// not a message: no header section at all (a body alone), a line in it
+// that is neither a field, a folded continuation nor the empty line that
+// ends it, or no From field. RFC 5322 3.6 requires From and Date; Date,
+// like Message-ID, is added when missing (build), as the request's
+// builder path writes both, while a missing From is the client's to fix,
+// since mtad cannot know whom the message is from in the reader's eyes.
+func checkContentHeader(src string) (contentFields, *httpError) {
+	var cf contentFields
+	var from, fields int
+	for n, rest := 1, src; rest != ""; n++ {
+		line, after, _ := strings.Cut(rest, "\n")
+		rest = after
+		line = strings.TrimSuffix(line, "\r")
+		if line == "" {
+			break // the end of the header section
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if fields == 0 {
+				return cf, badField("content", "content line 1: starts with white space: a message starts with a header field (RFC 5322 2.2)")
+			}
+			continue
+		}
+		name, _, ok := strings.Cut(line, ":")
+		name = strings.TrimRight(name, " \t")
+		if !ok || !validFieldName([]byte(name)) {
+			if fields == 0 {
+				return cf, badField("content", "content has no header section: a message starts with header fields (From and Date at least, RFC 5322 3.6), then an empty line, then the body")
+			}
+			return cf, badField("content", "content line %d: neither a header field (\"Name: value\") nor the empty line that ends the header section", n)
+		}
+		fields++
+		switch strings.ToLower(name) {
+		case "from":
+			from++
+		case "date":
+			cf.date = true
+		case "message-id":
+			cf.messageID = true
+		}
+	}
+	switch {
+	case fields == 0:
+		return cf, badField("content", "content has no header section: a message starts with header fields (From and Date at least, RFC 5322 3.6), then an empty line, then the body")
+	case from == 0:
+		return cf, badField("content", "content has no From field (RFC 5322 3.6 requires one; Date and Message-ID are added when missing)")
+	}
+	return cf, nil
 }
 
 // hasVars says whether any template uses a variable.
@@ -413,7 +476,18 @@ func (d *draft) render(global map[string]string) ([]*rendered, *httpError) {
 // scanner makes them CRLF).
 func (d *draft) build(r *rendered, id, host string, now time.Time) []byte {
 	if d.raw {
-		return []byte(r.content)
+		if !d.addDate && !d.addMessageID {
+			return []byte(r.content)
+		}
+		var b bytes.Buffer
+		if d.addDate {
+			b.WriteString("Date: " + now.Format(time.RFC1123Z) + "\r\n")
+		}
+		if d.addMessageID {
+			b.WriteString("Message-ID: <" + id + "@" + host + ">\r\n")
+		}
+		b.WriteString(r.content)
+		return b.Bytes()
 	}
 	var b bytes.Buffer
 	hdr := func(name, value string) {
