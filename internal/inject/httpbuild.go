@@ -14,6 +14,7 @@ import (
 	"net/mail"
 	"net/netip"
 	"net/textproto"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ type httpRequest struct {
 	Text          string            `json:"text"`
 	HTML          string            `json:"html"`
 	Headers       map[string]string `json:"headers"`
-	Attachments   []httpAttachment  `json:"attachments"`
+	Attachments   []json.RawMessage `json:"attachments"` // each an httpAttachment, decoded in plan to name its index
 	Substitutions map[string]string `json:"substitutions"`
 	BindingGroup  string            `json:"binding_group"`
 	Metadata      map[string]string `json:"metadata"`
@@ -73,7 +74,9 @@ func strictDecode(r io.Reader, v any) error {
 	return nil
 }
 
-// jsonFieldError turns a decoding error into a 400 naming the field.
+// jsonFieldError turns a decoding error into a 400 naming the field and
+// saying, in the API's words rather than Go's types, what was wanted and
+// what came.
 func jsonFieldError(prefix string, err error) *httpError {
 	var te *json.UnmarshalTypeError
 	var mbe *http.MaxBytesError
@@ -85,7 +88,15 @@ func jsonFieldError(prefix string, err error) *httpError {
 		if prefix != "" {
 			f = strings.TrimSuffix(prefix+"."+f, ".")
 		}
-		return badField(f, "%s: want %s, got JSON %s", f, te.Type, te.Value)
+		if f == "" {
+			f = "body"
+		}
+		got := jsonKind(te.Value)
+		if te.Type.Kind() == reflect.String && mapFields[lastField(f)] != "" {
+			// A map's value: encoding/json names the map, not the key.
+			return badField(f, "%s: every value must be a string, got %s", f, got)
+		}
+		return badField(f, "%s: want %s, got %s", f, wantJSON(f, te.Type), got)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		if prefix != "" {
@@ -98,6 +109,75 @@ func jsonFieldError(prefix string, err error) *httpError {
 		f = "body"
 	}
 	return badField(f, "%s: %v", f, err)
+}
+
+// mapFields are the request's objects of names to strings, by field name.
+var mapFields = map[string]string{
+	"headers":       "an object of header field names to strings",
+	"substitutions": "an object of variable names to strings",
+	"metadata":      "an object of keys to strings",
+}
+
+// lastField is the last name of a field path: "recipients[2].substitutions"
+// is "substitutions".
+func lastField(f string) string {
+	if i := strings.LastIndexByte(f, '.'); i >= 0 {
+		f = f[i+1:]
+	}
+	if i := strings.IndexByte(f, '['); i >= 0 {
+		f = f[:i]
+	}
+	return f
+}
+
+// wantJSON says what field f takes, for a request whose f decoded into t.
+func wantJSON(f string, t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[httpRequest]():
+		return "a JSON object"
+	case reflect.TypeFor[httpAddr]():
+		if strings.HasPrefix(f, "recipients") {
+			return `an address string or {"email","name","substitutions"}`
+		}
+		return `an address string or {"email","name"}`
+	case reflect.TypeFor[httpAttachment]():
+		return `an object {"name","content_type","data"}`
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Map:
+		if w := mapFields[lastField(f)]; w != "" {
+			return w
+		}
+		return "an object"
+	case reflect.Slice:
+		switch lastField(f) {
+		case "recipients":
+			return "a list of addresses"
+		case "attachments":
+			return `a list of {"name","content_type","data"}`
+		}
+		return "a list"
+	}
+	return "another JSON type"
+}
+
+// jsonKind is encoding/json's name of a JSON value's kind as a user says it.
+func jsonKind(v string) string {
+	switch {
+	case strings.HasPrefix(v, "number"):
+		return "a number"
+	case v == "string":
+		return "a string"
+	case v == "bool":
+		return "true or false"
+	case v == "array":
+		return "a list"
+	case v == "object":
+		return "an object"
+	}
+	return v
 }
 
 func decodeAddr(field string, raw json.RawMessage) (httpAddr, *httpError) {
@@ -314,8 +394,12 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		d.hdrNames = append(d.hdrNames, k)
 	}
 	sort.Strings(d.hdrNames)
-	for i, a := range req.Attachments {
+	for i, raw := range req.Attachments {
 		f := fmt.Sprintf("attachments[%d]", i)
+		var a httpAttachment
+		if err := strictDecode(bytes.NewReader(raw), &a); err != nil {
+			return nil, jsonFieldError(f, err)
+		}
 		if a.Name == "" || strings.ContainsAny(a.Name, "\r\n\"") {
 			return nil, badField(f+".name", "%s.name: required, without CR, LF or '\"'", f)
 		}
