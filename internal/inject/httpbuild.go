@@ -238,22 +238,22 @@ func (h *HTTPServer) decode(w http.ResponseWriter, r *http.Request) (*httpReques
 
 // draft is a request checked and its templates parsed.
 type draft struct {
-	from     httpAddr
-	rcpts    []httpAddr // the valid, distinct ones, canonical
-	fields   []string   // recipients[i], for error messages
-	refused  []HTTPRefusal
-	utf8     bool
-	content  template // content mode
-	raw      bool     // content given
+	from    httpAddr
+	rcpts   []httpAddr // the valid, distinct ones, canonical
+	fields  []string   // recipients[i], for error messages
+	refused []HTTPRefusal
+	utf8    bool
+	content template // content mode
+	raw     bool     // content given
 	// addDate and addMessageID: content lacks the field, and build adds
 	// it, as it writes it in a built message.
 	addDate, addMessageID bool
-	subject  template
-	text     template
-	html     template
-	hdrNames []string // sorted
-	hdrs     map[string]template
-	atts     []attachment
+	subject               template
+	text                  template
+	html                  template
+	hdrNames              []string // sorted
+	hdrs                  map[string]template
+	atts                  []attachment
 }
 
 type attachment struct {
