@@ -433,7 +433,11 @@ func Load(path string) (*Config, error) {
 	v.SetConfigType("yaml")
 	v.SetEnvPrefix("MTAD")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
+	// Each leaf key is bound to its variable (registerDefaults), not
+	// viper.AutomaticEnv: that one also takes a variable named after a
+	// section as the whole section's value, so MTAD_ADMIN (mtactl's
+	// address, often exported in the operator's shell) emptied every
+	// admin.* key.
 	registerDefaults(v, "", reflect.ValueOf(*Default()))
 	if err := setEmptyEnv(v, "", reflect.ValueOf(*Default())); err != nil {
 		return nil, err
@@ -471,8 +475,9 @@ func Load(path string) (*Config, error) {
 }
 
 // registerDefaults walks the default Config and gives viper every leaf key
-// with its default value. Registering each key matters twice over: viper only
-// consults the environment for keys it knows, and the decoder starts from a
+// with its default value and binds it to its MTAD_* variable. Registering
+// each key matters twice over: viper only consults the environment for the
+// keys bound, and the decoder starts from a
 // zero Config, so an unregistered key would silently become zero.
 func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 	t := val.Type()
@@ -503,9 +508,11 @@ func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 				_ = v.BindEnv(key)
 			} else {
 				v.SetDefault(key, fv.Elem().Interface())
+				_ = v.BindEnv(key)
 			}
 		default:
 			v.SetDefault(key, fv.Interface())
+			_ = v.BindEnv(key) // MTAD_ + the key upper-cased, dots as underscores
 		}
 	}
 }

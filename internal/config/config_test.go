@@ -874,6 +874,12 @@ func TestEnvEmptyClears(t *testing.T) {
 	if c.Admin.Listen != "127.0.0.1:9025" {
 		t.Errorf("admin.listen = %q: an empty MTAD_ADMIN changed the admin section", c.Admin.Listen)
 	}
+	// Nor does a set one: MTAD_ADMIN is mtactl's address, not a key.
+	t.Setenv("MTAD_ADMIN", "127.0.0.1:8025")
+	if c, err = Load(p); err != nil || c.Admin.Listen != "127.0.0.1:9025" || c.Admin.ReadTimeout == 0 {
+		t.Errorf("with MTAD_ADMIN set: %+v, %v; want the file's admin section", c, err)
+	}
+	t.Setenv("MTAD_ADMIN", "")
 	t.Setenv("MTAD_DELIVERY_MAX_CONNECTIONS", "")
 	const want = "config: MTAD_DELIVERY_MAX_CONNECTIONS is set but empty: delivery.max_connections takes a number; unset the variable"
 	if _, err := Load(p); err == nil || !strings.HasPrefix(err.Error(), want) {
