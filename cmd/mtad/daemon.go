@@ -35,6 +35,7 @@ import (
 	"github.com/mtad/mtad/internal/smtpclient"
 	"github.com/mtad/mtad/internal/spool"
 	"github.com/mtad/mtad/internal/tlspolicy"
+	"github.com/mtad/mtad/internal/tokens"
 )
 
 // statics is what is built from a config without touching the spool or the
@@ -55,7 +56,7 @@ type statics struct {
 	roots     *x509.CertPool // system + tls.ca_file
 	allowed   []netip.Prefix // delivery.allowed_networks
 	adminToks *admin.Tokens  // admin.tokens_file; nil = none
-	httpToks  []string       // inject.http.tokens_file; nil = none
+	httpToks  *tokens.Tokens // inject.http.tokens_file; nil = none
 }
 
 func buildStatics(cfg *config.Config, log *zap.Logger) (*statics, error) {
@@ -656,7 +657,7 @@ func bounceDamaged(sp *spool.Spool, sched *scheduler.Scheduler, log *zap.Logger)
 
 // startHTTPInject starts the HTTP injection API when inject.http.listen
 // names addresses; nil when it does not.
-func startHTTPInject(cfg *config.Config, toks []string, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, wm *inject.Watermark, log *zap.Logger) (*inject.HTTPServer, error) {
+func startHTTPInject(cfg *config.Config, toks *tokens.Tokens, sp *spool.Spool, b inject.Bindings, h inject.Handoff, signer *dkim.Signer, wm *inject.Watermark, log *zap.Logger) (*inject.HTTPServer, error) {
 	hc := cfg.Inject.HTTP
 	if len(hc.Listen) == 0 {
 		return nil, nil

@@ -138,7 +138,7 @@ func (r *reloader) apply(res *admin.ReloadResult) ([]restartKey, []zap.Field, er
 		zap.String("response_rules_file", next.ResponseRulesFile), zap.Int("response_rules", st.rules.Len()),
 		zap.Int("admin_tokens", st.adminToks.Len()),
 		zap.Int("auth_users", len(st.users)), zap.Bool("inject_tls", st.tls != nil),
-		zap.Int("http_inject_tokens", len(st.httpToks)), zap.Int("binding_slots", r.bindings.Len()),
+		zap.Int("http_inject_tokens", st.httpToks.Len()), zap.Int("binding_slots", r.bindings.Len()),
 	}, nil
 }
 

@@ -3,9 +3,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,108 +13,6 @@ var (
 	tokB = "b-._~+/0123456789abcdefghijklmnopqrstuvwxyz==" // every allowed kind
 	tokC = strings.Repeat("c", 40)
 )
-
-func TestParseTokens(t *testing.T) {
-	t.Parallel()
-	toks, err := ParseTokens(strings.NewReader("# ops team\n\nalice:" + tokA + "\n  " + tokB + "  \nci-bot@x.y:" + tokC + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if toks.Len() != 3 {
-		t.Fatalf("Len = %d, want 3", toks.Len())
-	}
-	for tok, want := range map[string]string{tokA: "alice", tokB: "line 4", tokC: "ci-bot@x.y"} {
-		if name, ok := toks.Lookup(tok); !ok || name != want {
-			t.Errorf("Lookup(%.8s…) = %q, %v; want %q", tok, name, ok, want)
-		}
-	}
-	for _, bad := range []string{"", tokA[:31], tokA + "x", tokA[1:] + "a", "A" + tokA, "alice:" + tokA, strings.ToUpper(tokA)} {
-		if name, ok := toks.Lookup(bad); ok {
-			t.Errorf("Lookup(%q) = %q, true; want refused", bad, name)
-		}
-	}
-
-	for _, c := range []struct{ name, in, want string }{
-		{"empty", "# nothing\n\n", "no tokens"},
-		{"short", "ops:" + tokA[:31], "line 1: token: 31 characters, fewer than 32"},
-		{"space inside", "x " + tokA, "line 1: token: character 2 is not one of"},
-		{"bad char", "ops:" + tokA + "!", "line 1: token: character 33"},
-		{"equals inside", "ops:" + tokA[:16] + "=" + tokA[16:], "line 1: token: character 17"},
-		{"only equals", strings.Repeat("=", 40), "line 1: token: only '='"},
-		{"empty name", ":" + tokA, "line 1: name: must be 1 to 64"},
-		{"long name", strings.Repeat("n", 65) + ":" + tokA, "line 1: name: must be 1 to 64"},
-		{"bad name", "a b:" + tokA, `line 1: name: "a b": only letters`},
-		{"dup name", "a:" + tokA + "\na:" + tokC, `line 2: name "a" is used twice`},
-		{"dup token", "a:" + tokA + "\n# x\nb:" + tokA, "line 3: the same token is on an earlier line"},
-		{"long line", strings.Repeat("x", 2000), "a line is longer than 1024 bytes"},
-	} {
-		_, err := ParseTokens(strings.NewReader(c.in))
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
-			continue
-		}
-		// An error must never echo a token back into a log.
-		for _, tok := range []string{tokA, tokA[:31], tokC} {
-			if strings.Contains(err.Error(), tok) {
-				t.Errorf("%s: error %q contains a token", c.name, err)
-			}
-		}
-	}
-}
-
-// TestLookupIsConstantTime reads auth.go: Lookup must compare with
-// subtle.ConstantTimeCompare, and its loop over the entries must neither
-// return nor break early, so that the time taken does not say which entry
-// matched or how many bytes of a guess were right. (Timing it would be a
-// flaky test; the code's shape is what guarantees it.)
-func TestLookupIsConstantTime(t *testing.T) {
-	t.Parallel()
-	f, err := parser.ParseFile(token.NewFileSet(), "auth.go", nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lookup *ast.FuncDecl
-	for _, d := range f.Decls {
-		if fd, ok := d.(*ast.FuncDecl); ok && fd.Name.Name == "Lookup" && fd.Recv != nil {
-			lookup = fd
-		}
-	}
-	if lookup == nil {
-		t.Fatal("no (*Tokens).Lookup in auth.go")
-	}
-	var compares, loops int
-	ast.Inspect(lookup.Body, func(n ast.Node) bool {
-		switch n := n.(type) {
-		case *ast.SelectorExpr:
-			if x, ok := n.X.(*ast.Ident); ok && x.Name == "subtle" && n.Sel.Name == "ConstantTimeCompare" {
-				compares++
-			}
-		case *ast.BinaryExpr:
-			if n.Op == token.EQL || n.Op == token.NEQ {
-				if _, isLit := n.Y.(*ast.BasicLit); !isLit {
-					t.Errorf("Lookup compares with %s between non-constants: use subtle.ConstantTimeCompare", n.Op)
-				}
-			}
-		case *ast.RangeStmt, *ast.ForStmt:
-			loops++
-			ast.Inspect(n, func(m ast.Node) bool {
-				switch m := m.(type) {
-				case *ast.ReturnStmt:
-					t.Error("Lookup returns from inside its loop: the comparison stops early")
-				case *ast.BranchStmt:
-					if m.Tok == token.BREAK || m.Tok == token.GOTO {
-						t.Error("Lookup breaks out of its loop: the comparison stops early")
-					}
-				}
-				return true
-			})
-		}
-		return true
-	})
-	if compares == 0 || loops != 1 {
-		t.Errorf("Lookup: %d calls of subtle.ConstantTimeCompare and %d loops; want ≥1 and 1", compares, loops)
-	}
-}
 
 func do(t *testing.T, method, url, auth string) (*http.Response, map[string]any) {
 	t.Helper()
@@ -231,37 +126,4 @@ func TestNonLoopbackNeedsTokens(t *testing.T) {
 			t.Errorf("%s: SetTokens(nil) accepted", addr)
 		}
 	}
-}
-
-func FuzzParseTokens(f *testing.F) {
-	f.Add("alice:" + tokA + "\n# c\n\n" + tokB + "\n")
-	f.Add("x:y\n")
-	f.Add(":" + tokA)
-	f.Fuzz(func(t *testing.T, in string) {
-		toks, err := ParseTokens(strings.NewReader(in))
-		if err != nil {
-			if toks != nil {
-				t.Fatal("tokens with an error")
-			}
-			return
-		}
-		if toks.Len() == 0 {
-			t.Fatal("no error and no tokens")
-		}
-		// Every token line parsed is found again under its name.
-		for i, line := range strings.Split(in, "\n") {
-			line = strings.TrimSpace(line)
-			if line == "" || line[0] == '#' {
-				continue
-			}
-			name, tok, named := strings.Cut(line, ":")
-			if !named {
-				tok = line
-			}
-			got, ok := toks.Lookup(tok)
-			if !ok || (named && got != name) {
-				t.Fatalf("line %d %q: Lookup = %q, %v", i+1, line, got, ok)
-			}
-		}
-	})
 }

@@ -26,10 +26,15 @@ type MessageQuery struct {
 }
 
 // parseMessageQuery reads a message list's query string; the chooser's
-// rules are the Queues' to judge.
+// rules are the Queues' to judge. The domain is converted to A-labels, as
+// every other endpoint takes it (aLabelPattern): the queues are keyed by
+// A-labels, and domain=bücher.test would otherwise find nothing.
 func parseMessageQuery(v url.Values) (MessageQuery, error) {
 	q := MessageQuery{Domain: v.Get("domain"), Binding: v.Get("binding"), Sender: v.Get("sender"), After: v.Get("after")}
 	var err error
+	if q.Domain, err = aLabelPattern(q.Domain); err != nil {
+		return q, err
+	}
 	if q.Limit, err = intParam(v, "limit", 0); err != nil {
 		return q, err
 	}

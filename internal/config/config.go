@@ -33,6 +33,7 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
+	yamlv2 "go.yaml.in/yaml/v2"
 )
 
 // Config is mtad's whole configuration. A *Config returned by Load or Default
@@ -432,15 +433,22 @@ func Load(path string) (*Config, error) {
 	v.SetConfigType("yaml")
 	v.SetEnvPrefix("MTAD")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
+	// Each leaf key is bound to its variable (registerDefaults), not
+	// viper.AutomaticEnv: that one also takes a variable named after a
+	// section as the whole section's value, so MTAD_ADMIN (mtactl's
+	// address, often exported in the operator's shell) emptied every
+	// admin.* key.
 	registerDefaults(v, "", reflect.ValueOf(*Default()))
+	if err := setEmptyEnv(v, "", reflect.ValueOf(*Default())); err != nil {
+		return nil, err
+	}
 
 	where := "environment"
 	if path != "" {
 		where = path
 		v.SetConfigFile(path)
 		if err := v.ReadInConfig(); err != nil {
-			return nil, fmt.Errorf("config: read %s: %w", path, err)
+			return nil, readError(path, err)
 		}
 		// Refused by name, not as an unknown key, so an operator with
 		// an old file learns where the entries went.
@@ -467,8 +475,9 @@ func Load(path string) (*Config, error) {
 }
 
 // registerDefaults walks the default Config and gives viper every leaf key
-// with its default value. Registering each key matters twice over: viper only
-// consults the environment for keys it knows, and the decoder starts from a
+// with its default value and binds it to its MTAD_* variable. Registering
+// each key matters twice over: viper only consults the environment for the
+// keys bound, and the decoder starts from a
 // zero Config, so an unregistered key would silently become zero.
 func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 	t := val.Type()
@@ -499,11 +508,132 @@ func registerDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 				_ = v.BindEnv(key)
 			} else {
 				v.SetDefault(key, fv.Elem().Interface())
+				_ = v.BindEnv(key)
 			}
 		default:
 			v.SetDefault(key, fv.Interface())
+			_ = v.BindEnv(key) // MTAD_ + the key upper-cased, dots as underscores
 		}
 	}
+}
+
+// readError is ReadInConfig's error, with a YAML syntax error's line made
+// the line at fault. yaml.v3 (viper's parser) reports the line where the
+// enclosing block starts when it has one, not where the parser stopped: a
+// stray " x: 1" appended at line 579 of the shipped file is "line 15: did
+// not find expected key", line 15 being where the top-level mapping starts
+// (go.yaml.in/yaml/v3 decode.go, parser.fail, prefers context_mark over
+// problem_mark). yaml.v2, the same libyaml port, prefers the problem's
+// mark, so the file is parsed again with it to name the line; v2 counts
+// that mark from 0 for a parser error (it adds 1 only to a scanner
+// error's), which v2Line corrects. Should v2 accept what v3 refused, v3's
+// error is given as it is.
+func readError(path string, err error) error {
+	var pe viper.ConfigParseError
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("config: read %s: %w", path, err)
+	}
+	if b, rerr := os.ReadFile(path); rerr == nil {
+		var doc any
+		if yerr := yamlv2.Unmarshal(b, &doc); yerr != nil {
+			return fmt.Errorf("config: %s: YAML syntax: %s", path, v2Line(strings.TrimPrefix(yerr.Error(), "yaml: ")))
+		}
+	}
+	return fmt.Errorf("config: %s: YAML syntax: %s", path, strings.TrimPrefix(errors.Unwrap(pe).Error(), "yaml: "))
+}
+
+// yamlParserProblems are the problems libyaml's parser (not its scanner)
+// reports, from go.yaml.in/yaml/v2's parserc.go: their line is counted
+// from 0 in v2's message.
+var yamlParserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// v2Line turns yaml.v2's "line N: problem" into the 1-based line.
+func v2Line(msg string) string {
+	rest, ok := strings.CutPrefix(msg, "line ")
+	if !ok {
+		return msg
+	}
+	num, problem, ok := strings.Cut(rest, ": ")
+	n, err := strconv.Atoi(num)
+	if !ok || err != nil || !yamlParserProblems[problem] {
+		return msg
+	}
+	return fmt.Sprintf("line %d: %s", n+1, problem)
+}
+
+// setEmptyEnv gives every string key whose MTAD_* variable is set but
+// empty the value "" (and every list of strings the empty list), over the
+// file's: systemd's Environment=MTAD_RESPONSE_RULES_FILE= means "none",
+// while viper by default takes an empty variable for an unset one and
+// keeps the file's value. viper's AllowEmptyEnv would do it for all keys
+// at once, but it also lets an empty variable named after a section
+// (MTAD_ADMIN=, which is mtactl's) hide that whole section's keys. An
+// empty variable for any other kind of key (a number, a duration, a
+// switch) has no meaning and is refused naming the variable and the key.
+func setEmptyEnv(v *viper.Viper, prefix string, val reflect.Value) error {
+	t := val.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("mapstructure")
+		if !f.IsExported() || tag == "" || tag == "-" {
+			continue
+		}
+		key := tag
+		if prefix != "" {
+			key = prefix + "." + tag
+		}
+		fv := val.Field(i)
+		if fv.Kind() == reflect.Struct {
+			if err := setEmptyEnv(v, key, fv); err != nil {
+				return err
+			}
+			continue
+		}
+		env := "MTAD_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		if s, ok := os.LookupEnv(env); !ok || s != "" {
+			continue
+		}
+		ft := fv.Type()
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case ft.Kind() == reflect.String:
+			v.Set(key, "")
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.String:
+			v.Set(key, []string{})
+		default:
+			return fmt.Errorf("config: %s is set but empty: %s takes %s; unset the variable to keep the file's value", env, key, valueWords(ft))
+		}
+	}
+	return nil
+}
+
+// valueWords says what a key of type t takes, for an error message.
+func valueWords(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "a duration (e.g. \"30s\")"
+	case t == reflect.TypeFor[Size]():
+		return "a size (e.g. \"25MiB\")"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Float64:
+		return "a number"
+	}
+	return "a value"
 }
 
 // normalize gives every absent or empty list one representation: plain

@@ -1,12 +1,14 @@
 package config
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -809,5 +811,78 @@ func TestAdminListenWithTokens(t *testing.T) {
 	c.Admin.Listen, c.Admin.TokensFile = "[::1]:0", ""
 	if err := c.Validate(); err != nil {
 		t.Errorf("loopback without tokens: %v", err)
+	}
+}
+
+// TestYAMLSyntaxErrorLine: a bad line appended to the shipped config is
+// reported at its own line, not at the line where the mapping it breaks
+// starts (yaml.v3 said "line 15: did not find expected key" for all of
+// these).
+func TestYAMLSyntaxErrorLine(t *testing.T) {
+	t.Parallel()
+	shipped, err := os.ReadFile(filepath.Join("..", "..", "configs", "mtad.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Count(shipped, []byte("\n")) + 1 // the appended line's number
+	for _, c := range []struct{ line, want string }{
+		{" x: 1\n", fmt.Sprintf("line %d: did not find expected key", bad)},
+		{"- item\n", fmt.Sprintf("line %d: did not find expected key", bad)},
+		{"}\n", fmt.Sprintf("line %d: did not find expected key", bad)},
+		{"\tz: 3\n", fmt.Sprintf("line %d: found character that cannot start any token", bad)},
+		{"x: [\n", "did not find expected node content"},
+	} {
+		p := writeFile(t, "mtad.yaml", string(shipped)+c.line)
+		_, err := Load(p)
+		if err == nil || !strings.HasPrefix(err.Error(), "config: "+p+": YAML syntax: ") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q appended: %v, want %q", c.line, err, c.want)
+		}
+	}
+	// In the middle: the stray line is line 300.
+	lines := strings.SplitAfter(string(shipped), "\n")
+	p := writeFile(t, "mtad.yaml", strings.Join(lines[:299], "")+" x: 1\n"+strings.Join(lines[299:], ""))
+	if _, err := Load(p); err == nil || !strings.HasSuffix(err.Error(), "YAML syntax: line 300: did not find expected key") {
+		t.Errorf("line 300 inserted: %v", err)
+	}
+}
+
+// TestEnvEmptyClears: an explicitly empty MTAD_* variable clears a string
+// key (or a list) set in the file, as systemd's Environment=KEY= means;
+// for a number it is refused naming the variable; an empty variable named
+// after a section (mtactl's MTAD_ADMIN) changes nothing.
+func TestEnvEmptyClears(t *testing.T) {
+	// t.Setenv: not parallel.
+	rules := writeFile(t, "rules.yaml", "rules: []\n")
+	p := writeFile(t, "c.yaml", "response_rules_file: "+rules+"\ninject:\n  smtp:\n    relay_networks: [10.0.0.0/8]\nadmin:\n  listen: 127.0.0.1:9025\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ResponseRulesFile != rules {
+		t.Fatalf("response_rules_file = %q before the override", c.ResponseRulesFile)
+	}
+	t.Setenv("MTAD_RESPONSE_RULES_FILE", "")
+	t.Setenv("MTAD_INJECT_SMTP_RELAY_NETWORKS", "")
+	t.Setenv("MTAD_ADMIN", "")
+	c, err = Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ResponseRulesFile != "" || len(c.Inject.SMTP.RelayNetworks) != 0 {
+		t.Errorf("response_rules_file %q, relay_networks %q; want both cleared", c.ResponseRulesFile, c.Inject.SMTP.RelayNetworks)
+	}
+	if c.Admin.Listen != "127.0.0.1:9025" {
+		t.Errorf("admin.listen = %q: an empty MTAD_ADMIN changed the admin section", c.Admin.Listen)
+	}
+	// Nor does a set one: MTAD_ADMIN is mtactl's address, not a key.
+	t.Setenv("MTAD_ADMIN", "127.0.0.1:8025")
+	if c, err = Load(p); err != nil || c.Admin.Listen != "127.0.0.1:9025" || c.Admin.ReadTimeout == 0 {
+		t.Errorf("with MTAD_ADMIN set: %+v, %v; want the file's admin section", c, err)
+	}
+	t.Setenv("MTAD_ADMIN", "")
+	t.Setenv("MTAD_DELIVERY_MAX_CONNECTIONS", "")
+	const want = "config: MTAD_DELIVERY_MAX_CONNECTIONS is set but empty: delivery.max_connections takes a number; unset the variable"
+	if _, err := Load(p); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Load = %v, want %q", err, want)
 	}
 }

@@ -175,7 +175,7 @@ func TestDiskFullUnderInjection(t *testing.T) {
 	_, err = diskClient(addr, 99, 1, body)
 	wantSMTPError(t, "a new session on a full disk", err, 452, "4.3.1")
 	he := startHTTP(t, sp)
-	const req = `{"from": "app@example.com", "recipients": ["a@dest.test"], "content": "Subject: http\n\nbody\n"}`
+	const req = `{"from": "app@example.com", "recipients": ["a@dest.test"], "content": "From: app@example.com\nSubject: http\n\nbody\n"}`
 	if code, out := he.post(t, req, ""); code != http.StatusServiceUnavailable || out["error"] != "spool full; retry later" {
 		t.Fatalf("HTTP on a full disk: %d %v", code, out)
 	}

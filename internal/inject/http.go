@@ -16,17 +16,13 @@ package inject
 // with a 5xx.
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +31,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mtad/mtad/internal/dkim"
+	"github.com/mtad/mtad/internal/tokens"
 )
 
 // HTTPPath is where messages are posted.
@@ -44,10 +41,11 @@ const HTTPPath = "/api/v1/messages"
 type HTTPOptions struct {
 	// Listen are the host:port addresses to serve on; at least one.
 	Listen []string
-	// Tokens are the accepted bearer tokens (see LoadTokens). Empty means
-	// no authentication, allowed only when every Listen address is on
-	// loopback.
-	Tokens []string
+	// Tokens are the accepted bearer tokens (inject.http.tokens_file, read
+	// by tokens.Load: the admin API's format). nil means no
+	// authentication, allowed only when every Listen address is on
+	// loopback. A token's name is the auth_user of the messages it injects.
+	Tokens *tokens.Tokens
 	// Hostname is our name in Received fields and Message-IDs; required.
 	Hostname string
 	// MaxMessageSize bounds each message as built (before the Received
@@ -81,8 +79,8 @@ const DefaultHTTPMaxRecipients = 10000
 // Start; stop it with Shutdown. Not restartable.
 type HTTPServer struct {
 	opts    HTTPOptions
-	tokens  atomic.Pointer[tokenSet] // swapped by SetTokens; nil = none
-	core    *Server                  // the content rules and store path shared with SMTP; never started
+	tokens  atomic.Pointer[tokens.Tokens] // swapped by SetTokens; nil = none
+	core    *Server                       // the content rules and store path shared with SMTP; never started
 	handoff Handoff
 	busy    busyHandoff
 	log     *zap.Logger
@@ -113,7 +111,7 @@ func NewHTTP(opts HTTPOptions, store Store, bindings Bindings, handoff Handoff) 
 	if opts.MaxRecipients < 0 || opts.MaxReceivedHeaders < 0 {
 		return nil, errors.New("inject http: negative limit")
 	}
-	if len(opts.Tokens) == 0 {
+	if opts.Tokens.Len() == 0 {
 		for _, a := range opts.Listen {
 			if !loopbackListen(a) {
 				return nil, fmt.Errorf("inject http: listen %s is not a loopback address and no tokens are configured: refusing to serve unauthenticated injection", a)
@@ -151,11 +149,9 @@ func NewHTTP(opts HTTPOptions, store Store, bindings Bindings, handoff Handoff) 
 			traceHost: traceToken(strings.TrimSpace(opts.Hostname)),
 		},
 	}
-	toks, err := newTokenSet(opts.Tokens)
-	if err != nil {
-		return nil, fmt.Errorf("inject http: %w", err)
+	if opts.Tokens.Len() > 0 {
+		h.tokens.Store(opts.Tokens)
 	}
-	h.tokens.Store(&toks)
 	h.busy, _ = handoff.(busyHandoff)
 	mux := http.NewServeMux()
 	mux.HandleFunc(HTTPPath, h.serveMessages)
@@ -192,34 +188,14 @@ func loopbackListen(hostPort string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// LoadTokens reads bearer tokens from a file, one a line; blank lines and
-// lines starting with '#' are skipped. A file with no token is an error,
-// so a mistyped file does not silently leave the API open.
-func LoadTokens(path string) ([]string, error) {
-	f, err := os.Open(path)
+// LoadTokens reads inject.http.tokens_file: "name:token" a line, the
+// format of admin.tokens_file (see tokens.Parse).
+func LoadTokens(path string) (*tokens.Tokens, error) {
+	t, err := tokens.Load(path)
 	if err != nil {
 		return nil, fmt.Errorf("tokens file: %w", err)
 	}
-	defer f.Close()
-	var toks []string
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		l := strings.TrimSpace(sc.Text())
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		if strings.ContainsAny(l, " \t") {
-			return nil, fmt.Errorf("tokens file %s line %d: a token has no blanks", path, n)
-		}
-		toks = append(toks, l)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("tokens file %s: %w", path, err)
-	}
-	if len(toks) == 0 {
-		return nil, fmt.Errorf("tokens file %s: no token", path)
-	}
-	return toks, nil
+	return t, nil
 }
 
 // Start binds every Listen address and serves each in a goroutine the
@@ -295,24 +271,19 @@ func (h *HTTPServer) Shutdown(ctx context.Context) error {
 }
 
 // authorized checks the bearer token against every configured one in
-// constant time (hashes of equal length, no early exit), so neither a
-// token's content nor its length leaks through timing.
-func (h *HTTPServer) authorized(r *http.Request) bool {
-	toks := h.tokenList()
-	if len(toks) == 0 {
-		return true
+// constant time (tokens.Lookup), and says under which name: "" when no
+// tokens are required.
+func (h *HTTPServer) authorized(r *http.Request) (name string, ok bool) {
+	toks := h.tokens.Load()
+	if toks == nil {
+		return "", true
 	}
 	a := r.Header.Get("Authorization")
 	const pfx = "Bearer "
 	if len(a) <= len(pfx) || !strings.EqualFold(a[:len(pfx)], pfx) {
-		return false
+		return "", false
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(a[len(pfx):])))
-	ok := 0
-	for i := range toks {
-		ok |= subtle.ConstantTimeCompare(sum[:], toks[i][:])
-	}
-	return ok == 1
+	return toks.Lookup(strings.TrimSpace(a[len(pfx):]))
 }
 
 // httpError is an answer other than 202.
@@ -370,7 +341,8 @@ func (h *HTTPServer) serveMessages(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, &httpError{status: http.StatusMethodNotAllowed, msg: "use POST"})
 		return
 	}
-	if !h.authorized(r) {
+	who, ok := h.authorized(r)
+	if !ok {
 		h.fail(w, &httpError{status: http.StatusUnauthorized, msg: "missing or bad bearer token"})
 		return
 	}
@@ -397,7 +369,7 @@ func (h *HTTPServer) serveMessages(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, e)
 		return
 	}
-	res, e := h.storeAll(r, req, plan)
+	res, e := h.storeAll(r, who, req, plan)
 	if e != nil {
 		h.fail(w, e)
 		return

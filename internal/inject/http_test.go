@@ -170,6 +170,56 @@ func TestHTTPOneMessageWithoutSubstitutions(t *testing.T) {
 	}
 }
 
+// TestHTTPContentHeaderSection: content that is not a message (no header
+// section, a stray line in it, no From) gets 400 naming content and what is
+// missing, and nothing is stored; content without Date or Message-ID gets
+// both added, as a built message has them, and one with them keeps its own.
+func TestHTTPContentHeaderSection(t *testing.T) {
+	t.Parallel()
+	e := startHTTP(t, nil)
+	post := func(content string) (int, map[string]any) {
+		b, _ := json.Marshal(map[string]any{"from": "app@example.com", "recipients": []string{"a@dest.test"}, "content": content})
+		return e.post(t, string(b), "")
+	}
+	for _, c := range []struct{ content, want string }{
+		{"no header here", "content has no header section"},
+		{"\nbody after an empty line\n", "content has no header section"},
+		{" folded: nothing\n\nbody\n", "content line 1: starts with white space"},
+		{"Subject: s\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\nbody\n", "content has no From field"},
+		{"From: app@example.com\nthis is not a field\n\nbody\n", "content line 2: neither a header field"},
+		{"From app@example.com Mon Jan  1 00:00:00 2024\nFrom: app@example.com\n\nbody\n", "content has no header section"},
+	} {
+		code, out := post(c.content)
+		if msg, _ := out["error"].(string); code != http.StatusBadRequest || out["field"] != "content" || !strings.Contains(msg, c.want) {
+			t.Errorf("%q: %d %v, want 400 naming content and %q", c.content, code, out, c.want)
+		}
+	}
+	if n := len(e.logs.FilterMessage("received").All()); n != 0 {
+		t.Errorf("%d messages received from refused content", n)
+	}
+
+	code, out := post("From: app@example.com\nSubject: s\n\nbody\n")
+	if code != http.StatusAccepted {
+		t.Fatalf("From only: %d %v", code, out)
+	}
+	id := ids(t, out)[0]
+	b := e.body(t, id)
+	if !strings.Contains(b, "\r\nDate: ") || !strings.Contains(b, "\r\nMessage-ID: <"+id+"@mx.test>\r\nFrom: app@example.com\r\n") {
+		t.Errorf("From only: stored %q, want Date and Message-ID added", b)
+	}
+	if m, _ := e.sp.Get(id); m == nil || m.MessageID != "<"+id+"@mx.test>" {
+		t.Errorf("stored message id %+v", m)
+	}
+	const own = "From: app@example.com\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <own@example.com>\r\n\r\nbody\r\n"
+	code, out = post(own)
+	if code != http.StatusAccepted {
+		t.Fatalf("complete: %d %v", code, out)
+	}
+	if b := e.body(t, ids(t, out)[0]); !strings.HasSuffix(b, "\r\n"+own) || strings.Count(b, "Date:") != 1 || strings.Count(b, "Message-ID:") != 1 {
+		t.Errorf("complete: stored %q, want it as sent", b)
+	}
+}
+
 // TestHTTPBadFields: each bad field gets 400 naming it, header injection
 // included, and nothing is stored.
 func TestHTTPBadFields(t *testing.T) {
@@ -206,16 +256,27 @@ func TestHTTPBadFields(t *testing.T) {
 	}
 }
 
-// TestHTTPStatusCodes: 413, 415, 401, 405 and 503 on a closed spool.
+// TestHTTPStatusCodes: 413, 415, 401, 405 and 503 on a closed spool. The
+// tokens file is admin.tokens_file's format, "name:token": the token after
+// the name is what a client sends, and the name is the received record's
+// auth_user.
 func TestHTTPStatusCodes(t *testing.T) {
 	t.Parallel()
 	tokFile := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(tokFile, []byte("# ops\ns3cret\n"), 0o600); err != nil {
+	s3cret := strings.Repeat("s3cret", 6)
+	if err := os.WriteFile(tokFile, []byte("# ops\nsvc:"+s3cret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	toks, err := LoadTokens(tokFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	short := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(short, []byte("svc:tokenB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadTokens(short); err == nil || !strings.Contains(err.Error(), "line 1: token: 6 characters, fewer than 32") || strings.Contains(err.Error(), "tokenB") {
+		t.Errorf("LoadTokens(6-character token) = %v, want the line named and not the token", err)
 	}
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
@@ -229,16 +290,27 @@ func TestHTTPStatusCodes(t *testing.T) {
 	if code, out := e.post(t, good, "wrong"); code != http.StatusUnauthorized {
 		t.Errorf("bad token: %d %v", code, out)
 	}
-	if code, out := e.post(t, good, "s3cret"); code != http.StatusAccepted {
-		t.Errorf("good token: %d %v", code, out)
+	if code, out := e.post(t, good, "svc:"+s3cret); code != http.StatusUnauthorized {
+		t.Errorf("the whole line as a token: %d %v", code, out)
+	}
+	code, out := e.post(t, good, s3cret)
+	if code != http.StatusAccepted {
+		t.Fatalf("good token: %d %v", code, out)
+	}
+	id := ids(t, out)[0]
+	if n := e.logs.FilterMessage("received").FilterField(zap.String("queue_id", id)).FilterField(zap.String("auth_user", "svc")).Len(); n != 1 {
+		t.Errorf("%d received records of %s with auth_user svc, want 1: %v", n, id, e.logs.FilterMessage("received").All())
+	}
+	if m, err := sp.Get(id); err != nil || m.AuthUser != "svc" {
+		t.Errorf("stored AuthUser: %+v %v", m, err)
 	}
 	big := `{"from": "a@example.com", "recipients": ["a@dest.test"], "text": "` + strings.Repeat("x", testMaxSize) + `"}`
-	if code, out := e.post(t, big, "s3cret"); code != http.StatusRequestEntityTooLarge {
+	if code, out := e.post(t, big, s3cret); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("too big: %d %v", code, out)
 	}
 	req, _ := http.NewRequest(http.MethodPost, e.url, strings.NewReader(good))
 	req.Header.Set("Content-Type", "text/plain")
-	req.Header.Set("Authorization", "Bearer s3cret")
+	req.Header.Set("Authorization", "Bearer "+s3cret)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnsupportedMediaType {
 		t.Errorf("text/plain: %v %v", resp, err)
 	} else {
@@ -252,7 +324,7 @@ func TestHTTPStatusCodes(t *testing.T) {
 	if err := sp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if code, out := e.post(t, good, "s3cret"); code != http.StatusServiceUnavailable {
+	if code, out := e.post(t, good, s3cret); code != http.StatusServiceUnavailable {
 		t.Errorf("closed spool: %d %v", code, out)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/mail"
 	"net/netip"
 	"net/textproto"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ type httpRequest struct {
 	Text          string            `json:"text"`
 	HTML          string            `json:"html"`
 	Headers       map[string]string `json:"headers"`
-	Attachments   []httpAttachment  `json:"attachments"`
+	Attachments   []json.RawMessage `json:"attachments"` // each an httpAttachment, decoded in plan to name its index
 	Substitutions map[string]string `json:"substitutions"`
 	BindingGroup  string            `json:"binding_group"`
 	Metadata      map[string]string `json:"metadata"`
@@ -73,7 +74,9 @@ func strictDecode(r io.Reader, v any) error {
 	return nil
 }
 
-// jsonFieldError turns a decoding error into a 400 naming the field.
+// jsonFieldError turns a decoding error into a 400 naming the field and
+// saying, in the API's words rather than Go's types, what was wanted and
+// what came.
 func jsonFieldError(prefix string, err error) *httpError {
 	var te *json.UnmarshalTypeError
 	var mbe *http.MaxBytesError
@@ -85,7 +88,15 @@ func jsonFieldError(prefix string, err error) *httpError {
 		if prefix != "" {
 			f = strings.TrimSuffix(prefix+"."+f, ".")
 		}
-		return badField(f, "%s: want %s, got JSON %s", f, te.Type, te.Value)
+		if f == "" {
+			f = "body"
+		}
+		got := jsonKind(te.Value)
+		if te.Type.Kind() == reflect.String && mapFields[lastField(f)] != "" {
+			// A map's value: encoding/json names the map, not the key.
+			return badField(f, "%s: every value must be a string, got %s", f, got)
+		}
+		return badField(f, "%s: want %s, got %s", f, wantJSON(f, te.Type), got)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		if prefix != "" {
@@ -98,6 +109,75 @@ func jsonFieldError(prefix string, err error) *httpError {
 		f = "body"
 	}
 	return badField(f, "%s: %v", f, err)
+}
+
+// mapFields are the request's objects of names to strings, by field name.
+var mapFields = map[string]string{
+	"headers":       "an object of header field names to strings",
+	"substitutions": "an object of variable names to strings",
+	"metadata":      "an object of keys to strings",
+}
+
+// lastField is the last name of a field path: "recipients[2].substitutions"
+// is "substitutions".
+func lastField(f string) string {
+	if i := strings.LastIndexByte(f, '.'); i >= 0 {
+		f = f[i+1:]
+	}
+	if i := strings.IndexByte(f, '['); i >= 0 {
+		f = f[:i]
+	}
+	return f
+}
+
+// wantJSON says what field f takes, for a request whose f decoded into t.
+func wantJSON(f string, t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[httpRequest]():
+		return "a JSON object"
+	case reflect.TypeFor[httpAddr]():
+		if strings.HasPrefix(f, "recipients") {
+			return `an address string or {"email","name","substitutions"}`
+		}
+		return `an address string or {"email","name"}`
+	case reflect.TypeFor[httpAttachment]():
+		return `an object {"name","content_type","data"}`
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Map:
+		if w := mapFields[lastField(f)]; w != "" {
+			return w
+		}
+		return "an object"
+	case reflect.Slice:
+		switch lastField(f) {
+		case "recipients":
+			return "a list of addresses"
+		case "attachments":
+			return `a list of {"name","content_type","data"}`
+		}
+		return "a list"
+	}
+	return "another JSON type"
+}
+
+// jsonKind is encoding/json's name of a JSON value's kind as a user says it.
+func jsonKind(v string) string {
+	switch {
+	case strings.HasPrefix(v, "number"):
+		return "a number"
+	case v == "string":
+		return "a string"
+	case v == "bool":
+		return "true or false"
+	case v == "array":
+		return "a list"
+	case v == "object":
+		return "an object"
+	}
+	return v
 }
 
 func decodeAddr(field string, raw json.RawMessage) (httpAddr, *httpError) {
@@ -158,19 +238,22 @@ func (h *HTTPServer) decode(w http.ResponseWriter, r *http.Request) (*httpReques
 
 // draft is a request checked and its templates parsed.
 type draft struct {
-	from     httpAddr
-	rcpts    []httpAddr // the valid, distinct ones, canonical
-	fields   []string   // recipients[i], for error messages
-	refused  []HTTPRefusal
-	utf8     bool
-	content  template // content mode
-	raw      bool     // content given
-	subject  template
-	text     template
-	html     template
-	hdrNames []string // sorted
-	hdrs     map[string]template
-	atts     []attachment
+	from    httpAddr
+	rcpts   []httpAddr // the valid, distinct ones, canonical
+	fields  []string   // recipients[i], for error messages
+	refused []HTTPRefusal
+	utf8    bool
+	content template // content mode
+	raw     bool     // content given
+	// addDate and addMessageID: content lacks the field, and build adds
+	// it, as it writes it in a built message.
+	addDate, addMessageID bool
+	subject               template
+	text                  template
+	html                  template
+	hdrNames              []string // sorted
+	hdrs                  map[string]template
+	atts                  []attachment
 }
 
 type attachment struct {
@@ -272,6 +355,11 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		if err != nil {
 			return nil, badField("content", "%v", err)
 		}
+		hs, e := checkContentHeader(*req.Content)
+		if e != nil {
+			return nil, e
+		}
+		d.addDate, d.addMessageID = !hs.date, !hs.messageID
 		return d, nil
 	case req.Text == "" && req.HTML == "" && len(req.Attachments) == 0:
 		return nil, badField("text", "one of content, text, html or attachments is required")
@@ -306,8 +394,12 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		d.hdrNames = append(d.hdrNames, k)
 	}
 	sort.Strings(d.hdrNames)
-	for i, a := range req.Attachments {
+	for i, raw := range req.Attachments {
 		f := fmt.Sprintf("attachments[%d]", i)
+		var a httpAttachment
+		if err := strictDecode(bytes.NewReader(raw), &a); err != nil {
+			return nil, jsonFieldError(f, err)
+		}
 		if a.Name == "" || strings.ContainsAny(a.Name, "\r\n\"") {
 			return nil, badField(f+".name", "%s.name: required, without CR, LF or '\"'", f)
 		}
@@ -325,6 +417,61 @@ func (h *HTTPServer) plan(req *httpRequest) (*draft, *httpError) {
 		d.atts = append(d.atts, attachment{a.Name, ct, data})
 	}
 	return d, nil
+}
+
+// contentFields is what checkContentHeader found in content's header
+// section.
+type contentFields struct{ date, messageID bool }
+
+// checkContentHeader reads the header section of a request's content (the
+// template's source: field names hold no variables) and refuses what is
+// not a message: no header section at all (a body alone), a line in it
+// that is neither a field, a folded continuation nor the empty line that
+// ends it, or no From field. RFC 5322 3.6 requires From and Date; Date,
+// like Message-ID, is added when missing (build), as the request's
+// builder path writes both, while a missing From is the client's to fix,
+// since mtad cannot know whom the message is from in the reader's eyes.
+func checkContentHeader(src string) (contentFields, *httpError) {
+	var cf contentFields
+	var from, fields int
+	for n, rest := 1, src; rest != ""; n++ {
+		line, after, _ := strings.Cut(rest, "\n")
+		rest = after
+		line = strings.TrimSuffix(line, "\r")
+		if line == "" {
+			break // the end of the header section
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if fields == 0 {
+				return cf, badField("content", "content line 1: starts with white space: a message starts with a header field (RFC 5322 2.2)")
+			}
+			continue
+		}
+		name, _, ok := strings.Cut(line, ":")
+		name = strings.TrimRight(name, " \t")
+		if !ok || !validFieldName([]byte(name)) {
+			if fields == 0 {
+				return cf, badField("content", "content has no header section: a message starts with header fields (From and Date at least, RFC 5322 3.6), then an empty line, then the body")
+			}
+			return cf, badField("content", "content line %d: neither a header field (\"Name: value\") nor the empty line that ends the header section", n)
+		}
+		fields++
+		switch strings.ToLower(name) {
+		case "from":
+			from++
+		case "date":
+			cf.date = true
+		case "message-id":
+			cf.messageID = true
+		}
+	}
+	switch {
+	case fields == 0:
+		return cf, badField("content", "content has no header section: a message starts with header fields (From and Date at least, RFC 5322 3.6), then an empty line, then the body")
+	case from == 0:
+		return cf, badField("content", "content has no From field (RFC 5322 3.6 requires one; Date and Message-ID are added when missing)")
+	}
+	return cf, nil
 }
 
 // hasVars says whether any template uses a variable.
@@ -413,7 +560,18 @@ func (d *draft) render(global map[string]string) ([]*rendered, *httpError) {
 // scanner makes them CRLF).
 func (d *draft) build(r *rendered, id, host string, now time.Time) []byte {
 	if d.raw {
-		return []byte(r.content)
+		if !d.addDate && !d.addMessageID {
+			return []byte(r.content)
+		}
+		var b bytes.Buffer
+		if d.addDate {
+			b.WriteString("Date: " + now.Format(time.RFC1123Z) + "\r\n")
+		}
+		if d.addMessageID {
+			b.WriteString("Message-ID: <" + id + "@" + host + ">\r\n")
+		}
+		b.WriteString(r.content)
+		return b.Bytes()
 	}
 	var b bytes.Buffer
 	hdr := func(name, value string) {
@@ -518,7 +676,8 @@ func (d *draft) build(r *rendered, id, host string, now time.Time) []byte {
 // storeAll renders, builds and stores every message of the request, a
 // bounded number at a time (each PutBody waits for a group-committed
 // fsync, so concurrent puts share syncs), and says what happened.
-func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTTPResult, *httpError) {
+// who is the name of the bearer token, "" without tokens.
+func (h *HTTPServer) storeAll(r *http.Request, who string, req *httpRequest, d *draft) (*HTTPResult, *httpError) {
 	res := &HTTPResult{Refused: d.refused, IDs: []string{}}
 	if res.Refused == nil {
 		res.Refused = []HTTPRefusal{}
@@ -531,7 +690,7 @@ func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTT
 		return nil, e
 	}
 	ip, _ := netip.ParseAddrPort(r.RemoteAddr)
-	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: len(h.tokenList()) > 0, utf8: d.utf8}
+	ti := traceInfo{helo: "", ip: ip.Addr().Unmap(), host: h.core.traceHost, tls: r.TLS != nil, auth: who != "", utf8: d.utf8}
 	type outcome struct {
 		id string
 		e  *httpError
@@ -546,7 +705,7 @@ func (h *HTTPServer) storeAll(r *http.Request, req *httpRequest, d *draft) (*HTT
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			id, e := h.storeOne(d, m, req, ti)
+			id, e := h.storeOne(d, m, req, ti, who)
 			outs[i] = outcome{id, e}
 		}()
 	}
@@ -584,7 +743,9 @@ func (e *httpError) reason() string {
 
 // storeOne takes one rendered message through the SMTP path's content
 // rules (scanner, header parsing, conformance, DKIM) into the spool.
-func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceInfo) (string, *httpError) {
+// who, the token's name, is the message's AuthUser, as the SMTP AUTH
+// user is an SMTP message's: the "received" record says who injected.
+func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceInfo, who string) (string, *httpError) {
 	s := h.core
 	id := s.store.NewID()
 	now := time.Now()
@@ -671,6 +832,7 @@ func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceI
 		Recipients: make([]spool.Recipient, len(rcpts)),
 		Received:   now,
 		ClientIP:   ipString(ti.ip),
+		AuthUser:   who,
 		MessageID:  mw.h.messageID,
 		Group:      group,
 		Binding:    mw.h.binding,
@@ -691,6 +853,7 @@ func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceI
 		Recipients:   rcpts,
 		Size:         m.Size,
 		ClientIP:     m.ClientIP,
+		AuthUser:     m.AuthUser,
 		DKIM:         sig.Signatures,
 		DKIMUnsigned: sig.Unsigned,
 		Metadata:     req.Metadata,

@@ -1,12 +1,13 @@
 package inject
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mtad/mtad/internal/tokens"
 )
 
 // What a reload (SIGHUP) may change while sessions run: the AUTH users, the
@@ -90,44 +91,21 @@ func (s *Server) SetTLSConfig(c *tls.Config) error {
 	return nil
 }
 
-// tokenSet is the HTTP server's bearer tokens as SHA-256 sums.
-type tokenSet [][sha256.Size]byte
-
-func newTokenSet(toks []string) (tokenSet, error) {
-	set := make(tokenSet, 0, len(toks))
-	for _, t := range toks {
-		if t == "" {
-			return nil, errors.New("empty token")
-		}
-		set = append(set, sha256.Sum256([]byte(t)))
-	}
-	return set, nil
-}
-
 // SetTokens replaces the accepted bearer tokens (see LoadTokens) for every
 // request from now on. No tokens is refused when a listen address is not
 // loopback, as NewHTTP refuses it; the old tokens then stay. Safe for
 // concurrent use.
-func (h *HTTPServer) SetTokens(toks []string) error {
-	if len(toks) == 0 {
+func (h *HTTPServer) SetTokens(toks *tokens.Tokens) error {
+	if toks.Len() == 0 {
 		for _, a := range h.opts.Listen {
 			if !loopbackListen(a) {
 				return fmt.Errorf("inject http: set tokens: listen %s is not a loopback address: refusing to serve unauthenticated injection", a)
 			}
 		}
 	}
-	set, err := newTokenSet(toks)
-	if err != nil {
-		return fmt.Errorf("inject http: set tokens: %w", err)
+	if toks.Len() == 0 {
+		toks = nil
 	}
-	h.tokens.Store(&set)
-	return nil
-}
-
-// tokenList is the current tokens; empty means none are required.
-func (h *HTTPServer) tokenList() tokenSet {
-	if p := h.tokens.Load(); p != nil {
-		return *p
-	}
+	h.tokens.Store(toks)
 	return nil
 }

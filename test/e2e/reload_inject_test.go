@@ -33,6 +33,13 @@ import (
 // edited HTTP tokens file (the revoked token gets 401), none of them
 // reported as needing a restart; a broken users file refuses the reload
 // and the users in force stay.
+// The HTTP tokens, in the tokens-file format shared with admin.tokens_file
+// ("name:token", a token of at least 32 characters).
+const (
+	oldHTTPToken = "old-http-token-0123456789abcdef0123"
+	newHTTPToken = "new-http-token-0123456789abcdef0123"
+)
+
 func TestReloadInjectFiles(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, cfgOpts{dns: "127.0.0.1:1", port: 1})
@@ -41,7 +48,7 @@ func TestReloadInjectFiles(t *testing.T) {
 	tokens := filepath.Join(e.dir, "http-tokens")
 	writeAuthUsers(t, users, "ann")
 	writeSerialCert(t, certFile, keyFile, 1001)
-	writeText(t, tokens, "old-http-token\n")
+	writeText(t, tokens, "app:"+oldHTTPToken+"\n")
 	withHTTPInject(t, e)
 	replaceInConfig(t, e, "    shutdown_grace: 20s\n", fmt.Sprintf("    shutdown_grace: 20s\n    tls_cert: %s\n    tls_key: %s\n    auth_users_file: %s\n", certFile, keyFile, users))
 	replaceInConfig(t, e, "  http:\n    listen: [\"127.0.0.1:0\"]\n", "  http:\n    listen: [\"127.0.0.1:0\"]\n    tokens_file: "+tokens+"\n")
@@ -58,14 +65,14 @@ func TestReloadInjectFiles(t *testing.T) {
 		t.Fatalf("certificate serial %d at start, want 1001", s)
 	}
 	msg := map[string]any{"from": "app@e2e.test", "recipients": []string{"a@dest.e2e"}, "subject": "s", "text": "t"}
-	if code := postBearer(t, httpAddr, "old-http-token", msg); code != http.StatusAccepted {
+	if code := postBearer(t, httpAddr, oldHTTPToken, msg); code != http.StatusAccepted {
 		t.Fatalf("HTTP with the old token before the reload: %d", code)
 	}
 
 	// Ann out, bob in, a new certificate, a new token; SIGHUP.
 	writeAuthUsers(t, users, "bob")
 	writeSerialCert(t, certFile, keyFile, 2002)
-	writeText(t, tokens, "new-http-token\n")
+	writeText(t, tokens, "app:"+newHTTPToken+"\n")
 	r := sighupAndWait(t, d, 1, "configuration reloaded")
 	if r.num("auth_users") != 1 || r.num("http_inject_tokens") != 1 {
 		t.Errorf("reload record %v: want auth_users 1 and http_inject_tokens 1", r)
@@ -82,10 +89,10 @@ func TestReloadInjectFiles(t *testing.T) {
 	if s := startTLSSerial(t, d.smtpAddr); s != 2002 {
 		t.Errorf("certificate serial %d after the reload, want 2002", s)
 	}
-	if code := postBearer(t, httpAddr, "old-http-token", msg); code != http.StatusUnauthorized {
+	if code := postBearer(t, httpAddr, oldHTTPToken, msg); code != http.StatusUnauthorized {
 		t.Errorf("HTTP with the revoked token: %d, want 401", code)
 	}
-	if code := postBearer(t, httpAddr, "new-http-token", msg); code != http.StatusAccepted {
+	if code := postBearer(t, httpAddr, newHTTPToken, msg); code != http.StatusAccepted {
 		t.Errorf("HTTP with the new token: %d, want 202", code)
 	}
 
