@@ -386,7 +386,7 @@ func TestFallback(t *testing.T) {
 func TestShareOf(t *testing.T) {
 	for _, tc := range []struct {
 		cap, n int
-		want []int
+		want   []int
 	}{
 		{6, 3, []int{2, 2, 2}},
 		{7, 3, []int{3, 2, 2}},
