@@ -373,8 +373,10 @@ func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) i
 }
 
 // leasesOpened moves one parked lease set of pair to its open connections
-// (Opened); a connection opened without one (a hook calling the pool
-// itself) holds none.
+// (Opened). Every session is opened by the grantor (Pool.Open has no
+// other caller: hooks open through Scheduler.Opener), so every one has a
+// set when the pair has shared caps; one opened on the pool directly,
+// against Scheduler.Pool's contract, would hold none.
 func (g *grantor) leasesOpened(pair *queue.Pair) {
 	cs := g.s.cl
 	cs.leaseMu.Lock()

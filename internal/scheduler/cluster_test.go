@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -11,7 +12,9 @@ import (
 	"github.com/mtad/mtad/internal/cluster/redistest"
 	"github.com/mtad/mtad/internal/config"
 	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/policy"
+	"github.com/mtad/mtad/internal/queue"
 )
 
 // TestClusterSuspensionsShared: two schedulers on one real redis-server.
@@ -165,5 +168,51 @@ func TestShedOne(t *testing.T) {
 		if got := shedOne(tc.cap, tc.total, tc.mine, tc.held, tc.leaving); got != tc.want {
 			t.Errorf("shedOne(%+v) = %v", tc, got)
 		}
+	}
+}
+
+// TestClusterHookOpenerLeases: a maintenance hook that opens connections
+// itself (spending the reserve) goes through Scheduler.Opener, so in a
+// shared cluster each of its connections holds a lease under the shared
+// cap and the cap holds: Redis counts the sink's sessions, and no more
+// than the cap are opened.
+func TestClusterHookOpenerLeases(t *testing.T) {
+	r := redistest.Start(t)
+	c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: "n1", Prefix: "hook:", Heartbeat: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	gate := make(chan struct{})
+	defer close(gate)
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 12)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(string, []string, []byte) error { <-gate; return nil }}
+	})
+	h := newHarness(t, port, func(o *Options) {
+		o.Cluster = c
+		o.Shaper = testShaper(t, func(s *config.Shaping) { s.Default.MaxConnections = ptr(3) })
+	})
+	var opened atomic.Int32
+	h.reg.MailQueueMaintain.RegisterFirst(func(dr *queue.DomainRecord, slot int, _ *queue.Pair, _ time.Time, goal, _ int) int {
+		n := h.s.Opener().Open(dr, slot, 8)
+		opened.Add(int32(n))
+		if n == 0 {
+			return hooks.Handled
+		}
+		return n
+	})
+	h.mxFor("hook.test", ip(58, 12))
+	h.resolved("hook.test")
+	for i := range 8 {
+		injectOn(h, fmt.Sprintf("r%d@hook.test", i))
+	}
+	h.s.Tick(h.clock.Now())
+	sinks[0].Wait(t, waitLimit, "three sessions in DATA", func(_ []loopbacktest.Message, s int) bool { return s == 3 })
+	h.s.Tick(h.clock.Advance(time.Second))
+	if n := h.s.Pool().Total(); n != 3 {
+		t.Fatalf("%d connections under a shared cap of 3", n)
+	}
+	if n, err := c.Count(context.Background(), "site:mx.hook.test|b0"); err != nil || n != 3 {
+		t.Fatalf("Redis counts %d leases (%v) for the hook's 3 connections", n, err)
 	}
 }
