@@ -312,7 +312,8 @@ func (c *Cluster) Status() error {
 	}
 	switch c.cfg.Fallback {
 	case FallbackShare:
-		return fmt.Errorf("redis unreachable (%s): fallback share, 1/%d of each shared limit", why, c.members.Load())
+		return fmt.Errorf("redis unreachable (%s): fallback share, 1/%d of each shared rate, connection caps by name (this node %d of %d)",
+			why, c.members.Load(), c.rank.Load()+1, c.members.Load())
 	case FallbackLocal:
 		return fmt.Errorf("redis unreachable (%s): fallback local, full limits on this node", why)
 	}
