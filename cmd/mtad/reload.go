@@ -176,6 +176,8 @@ func needingRestart(old, next *config.Config) []restartKey {
 	ol.Level, nl.Level = "", "" // applied
 	add(ol != nl, "log", "the log file and format are opened at start (log.level is applied)")
 	add(old.Hostname != next.Hostname, "hostname", "listeners and bindings say it from start")
+	add(fmt.Sprint(old.Cluster) != fmt.Sprint(next.Cluster), "cluster",
+		"the node joins the cluster at start (Redis client, node name, mode, fallback, lease and call timeouts)")
 	// The TLS engine (tls.ca_file's roots, the MTA-STS cache, DANE) is
 	// built once at start; tls.mta_sts and tls.dane as defaults of the
 	// shaping are applied with it.

@@ -3,14 +3,17 @@
 // shared records (suspensions, rule throttles) with a pub/sub channel, and
 // node membership with a heartbeat.
 //
-// Every Redis call is bounded by Config.Timeout (50–200 ms is usual) and
-// never retried in place: a node whose Redis does not answer enters
-// fallback at once (Config.Fallback: each limit divided by the last known
-// number of nodes, full local limits, or nothing sent), logs it once, and
-// stays there without asking Redis again on the delivery path; its
-// background loop pings Redis each second and takes the shared limits up
-// again when it answers. So no delivery waits on a dead Redis longer than
-// one timeout.
+// Every Redis call is bounded by Config.Timeout (200 ms default) and
+// never retried in place. A call on the delivery path that fails is
+// answered locally (Config.Fallback: the node's share of each limit, full
+// local limits, or nothing sent), and so are the calls after it until the
+// next heartbeat answers: so no delivery waits on a dead Redis longer than
+// one timeout per heartbeat. The node declares fallback (logs it once,
+// metrics, /readyz) only after two consecutive heartbeats failed: one slow
+// reply under load is not an outage (with a 100 ms timeout nodes fell in
+// and out of fallback under the cluster benchmark's load). Its background
+// loop keeps beating each second and takes the shared limits up again when
+// Redis answers.
 //
 // It must never import the packages above it (policy, scheduler): limits
 // are given as plain rates and counts, records as opaque bytes, and the
@@ -85,7 +88,7 @@ type Config struct {
 	// LeaseTTL is how long a connection lease lives without renewal (30 s
 	// default); leases are renewed every LeaseTTL/3.
 	LeaseTTL time.Duration
-	// Timeout bounds every Redis call (100 ms default).
+	// Timeout bounds every Redis call (200 ms default).
 	Timeout time.Duration
 	// Prefix starts every key and channel name ("mtad:" default), so that
 	// clusters can share one Redis.
@@ -117,6 +120,12 @@ type Cluster struct {
 	downSince atomic.Int64 // unix nanos
 	downErr   atomic.Pointer[string]
 	members   atomic.Int64 // nodes last seen, ≥ 1
+	rank      atomic.Int64 // this node's place among them by name, from 0
+	// strikes counts consecutive failed heartbeats (fallback at 2);
+	// suspect is until when (unix nanos) delivery calls answer locally
+	// after a failed call, without asking Redis.
+	strikes atomic.Int32
+	suspect atomic.Int64
 
 	budgets budgets
 	leases  leaseSet
@@ -142,7 +151,7 @@ func New(cfg Config) (*Cluster, error) {
 		cfg.LeaseTTL = 30 * time.Second
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 100 * time.Millisecond
+		cfg.Timeout = 200 * time.Millisecond
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "mtad:"
@@ -177,8 +186,12 @@ func New(cfg Config) (*Cluster, error) {
 	c.leases.init()
 	c.shared.init()
 	// The first heartbeat before returning: a node knows at once whether
-	// it starts shared or in fallback, and how many others there are.
-	c.beat()
+	// it starts shared or in fallback (a Redis that does not answer at the
+	// start is not a slow reply: no second heartbeat is awaited), and how
+	// many others there are.
+	if !c.beat() {
+		c.goDown()
+	}
 	c.wg.Add(3)
 	go c.loop()
 	go c.renewer()
@@ -222,8 +235,10 @@ func (c *Cluster) callCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.ctx, c.cfg.Timeout)
 }
 
-// failed puts the node in fallback after a Redis error (logged once) and
-// reports whether err was a Redis failure at all (redis.Nil is not).
+// failed notes a Redis error of a call and reports whether err was a
+// Redis failure at all (redis.Nil is not). The caller answers locally, and
+// so do the delivery calls until the next heartbeat answers (local); only
+// heartbeats declare fallback (beat).
 func (c *Cluster) failed(what string, err error) bool {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return false
@@ -233,18 +248,46 @@ func (c *Cluster) failed(what string, err error) bool {
 	}
 	msg := what + ": " + err.Error()
 	c.downErr.Store(&msg)
-	if c.down.CompareAndSwap(false, true) {
-		c.downSince.Store(time.Now().UnixNano())
-		c.log.Warn("cluster: redis unreachable, limits fall back",
-			zap.String("fallback", c.cfg.Fallback.String()),
-			zap.Int64("nodes", c.members.Load()),
-			zap.String("op", what), zap.Error(err))
-	}
+	c.suspect.Store(time.Now().Add(c.cfg.Heartbeat).UnixNano())
 	return true
 }
 
-// recovered takes the node out of fallback (logged once).
+// local reports whether calls are answered without Redis now: in
+// fallback, or since a failed call until the next heartbeat answers.
+func (c *Cluster) local() bool {
+	return c.down.Load() || time.Now().UnixNano() < c.suspect.Load()
+}
+
+// beatFailed counts a failed heartbeat; the second in a row declares
+// fallback.
+func (c *Cluster) beatFailed() {
+	if c.strikes.Add(1) >= 2 {
+		c.goDown()
+	}
+}
+
+// goDown declares fallback (logged once).
+func (c *Cluster) goDown() {
+	if c.ctx.Err() != nil {
+		return
+	}
+	if c.down.CompareAndSwap(false, true) {
+		c.downSince.Store(time.Now().UnixNano())
+		why := ""
+		if p := c.downErr.Load(); p != nil {
+			why = *p
+		}
+		c.log.Warn("cluster: redis unreachable, limits fall back",
+			zap.String("fallback", c.cfg.Fallback.String()),
+			zap.Int64("nodes", c.members.Load()), zap.String("error", why))
+	}
+}
+
+// recovered takes the node out of fallback (logged once) after a
+// heartbeat answered.
 func (c *Cluster) recovered() {
+	c.strikes.Store(0)
+	c.suspect.Store(0)
 	if c.down.CompareAndSwap(true, false) {
 		since := time.Unix(0, c.downSince.Load())
 		c.log.Info("cluster: redis answers again, shared limits resume",
@@ -269,7 +312,8 @@ func (c *Cluster) Status() error {
 	}
 	switch c.cfg.Fallback {
 	case FallbackShare:
-		return fmt.Errorf("redis unreachable (%s): fallback share, 1/%d of each shared limit", why, c.members.Load())
+		return fmt.Errorf("redis unreachable (%s): fallback share, 1/%d of each shared rate, connection caps by name (this node %d of %d)",
+			why, c.members.Load(), c.rank.Load()+1, c.members.Load())
 	case FallbackLocal:
 		return fmt.Errorf("redis unreachable (%s): fallback local, full limits on this node", why)
 	}
@@ -287,7 +331,9 @@ func (c *Cluster) loop() {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
-			c.beat()
+			if !c.beat() {
+				c.beatFailed()
+			}
 			if !c.down.Load() {
 				c.syncAll()
 			}
@@ -296,8 +342,9 @@ func (c *Cluster) loop() {
 	}
 }
 
-// beat writes this node's membership record and counts the members.
-func (c *Cluster) beat() {
+// beat writes this node's membership record and counts the members; it
+// reports whether Redis answered (and if so ends fallback).
+func (c *Cluster) beat() bool {
 	ctx, cancel := c.callCtx()
 	defer cancel()
 	q := 0
@@ -313,14 +360,15 @@ func (c *Cluster) beat() {
 	pipe.SAdd(ctx, c.key("nodes"), c.cfg.Node)
 	c.calls.Add(3)
 	if _, err := pipe.Exec(ctx); c.failed("heartbeat", err) {
-		return
+		return false
 	}
 	// Members counts the live nodes (and forgets the dead), which sets the
 	// share this node would fall back to.
 	if _, err := c.Members(ctx); c.failed("heartbeat", err) {
-		return
+		return false
 	}
 	c.recovered()
+	return true
 }
 
 // Member is one node's membership record.
@@ -369,23 +417,64 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 		c.rdb.SRem(ctx, c.key("nodes"), gone...)
 		c.calls.Add(1)
 	}
-	if len(out) > 0 {
-		c.members.Store(int64(len(out)))
-	}
 	sortMembers(out)
+	for i, m := range out {
+		if m.Name == c.cfg.Node {
+			// Only a list with this node in it sets the share: the
+			// ranks must add up over the nodes that see each other.
+			c.members.Store(int64(len(out)))
+			c.rank.Store(int64(i))
+		}
+	}
 	return out, nil
 }
 
-// share is the part of a shared limit this node may use in fallback: the
-// limit divided by the nodes last seen, at least 1 for a limit ≥ 1.
+// share is the part of a shared rate this node may use in fallback: the
+// rate divided by the nodes last seen.
 func (c *Cluster) share(limit float64) float64 {
 	n := float64(max(c.members.Load(), 1))
 	return limit / n
 }
 
+// FallbackCap is the part of a shared connection cap this node may use
+// while it answers without Redis: the whole cap in mode local, none in
+// mode stop, and in mode share its part by rank (ShareOf).
+func (c *Cluster) FallbackCap(cap int) int {
+	switch c.cfg.Fallback {
+	case FallbackLocal:
+		return cap
+	case FallbackStop:
+		return 0
+	}
+	return ShareOf(cap, int(c.members.Load()), int(c.rank.Load()))
+}
+
+// ShareOf is node i's (0-based, of n ranked by name) part of a cap: the
+// nodes ranked first get the remainder, floor(cap/n) + (1 if i < cap mod
+// n), so the parts add up to the cap exactly and, for a cap below n, some
+// nodes get 0 (they do not connect under it until Redis is back; with
+// "at least 1 each" three nodes kept a cap of 1 at 3).
+func ShareOf(cap, n, i int) int {
+	if n < 1 {
+		n = 1
+	}
+	if cap <= 0 {
+		return 0
+	}
+	p := cap / n
+	if i >= 0 && i < cap%n {
+		p++
+	}
+	return p
+}
+
+// InFallback reports whether the node answers without Redis now (in
+// fallback, or after a failed call until the next heartbeat).
+func (c *Cluster) InFallback() bool { return c.local() }
+
 // Stopped reports whether the node is in fallback stop: nothing under a
 // shared limit is sent.
-func (c *Cluster) Stopped() bool { return c.down.Load() && c.cfg.Fallback == FallbackStop }
+func (c *Cluster) Stopped() bool { return c.local() && c.cfg.Fallback == FallbackStop }
 
 // Register adds the cluster's metrics to r: mtad_cluster_fallback (1 while
 // Redis is unreachable and the limits are the fallback's),

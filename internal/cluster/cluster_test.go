@@ -302,6 +302,13 @@ func TestFallback(t *testing.T) {
 		t.Fatalf("fallback Acquire = %v, %v", ok, err)
 	}
 	defer l.Release()
+	// Fallback is declared at the second failed heartbeat (100 ms each).
+	for i := 0; i < 100; i++ {
+		if down, _ := a.Fallback(); down {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if down, mode := a.Fallback(); !down || mode != FallbackShare {
 		t.Fatalf("Fallback() = %v, %v", down, mode)
 	}
@@ -313,6 +320,22 @@ func TestFallback(t *testing.T) {
 	}
 	if _, ok, _ := a.Acquire("site:y", 6); ok {
 		t.Fatal("third lease granted over a share of 2")
+	}
+	// A cap of 2 over 3 nodes: a and b (first by name) 1 each, c none,
+	// so the three together stay within 2.
+	got := 0
+	for _, c := range nodes {
+		for i := 0; i < 3; i++ {
+			if _, ok, _ := c.Acquire("site:two", 2); ok {
+				got++
+			}
+		}
+	}
+	if got != 2 {
+		t.Fatalf("three nodes in fallback took %d leases under a cap of 2", got)
+	}
+	if _, ok, _ := nodes[2].Acquire("site:z", 2); ok {
+		t.Fatal("node c, third of three, got a lease under a cap of 2")
 	}
 	// Rate at 1/3 of 30/s over 1 s: about 10 (+1 start token), not 30.
 	r30 := Rate{N: 30, Per: time.Second}
@@ -355,5 +378,94 @@ func TestFallback(t *testing.T) {
 		if ok, _ := c.Take(fmt.Sprint("after", i), r30, time.Now()); !ok {
 			t.Fatalf("node %d: shared budget refused after recovery", i)
 		}
+	}
+}
+
+// TestShareOf: the parts of a cap add up to it over the nodes, the first
+// ranked taking the remainder.
+func TestShareOf(t *testing.T) {
+	for _, tc := range []struct {
+		cap, n int
+		want   []int
+	}{
+		{6, 3, []int{2, 2, 2}},
+		{7, 3, []int{3, 2, 2}},
+		{2, 3, []int{1, 1, 0}},
+		{1, 4, []int{1, 0, 0, 0}},
+		{5, 1, []int{5}},
+		{0, 2, []int{0, 0}},
+	} {
+		sum := 0
+		for i, w := range tc.want {
+			got := ShareOf(tc.cap, tc.n, i)
+			if got != w {
+				t.Errorf("ShareOf(%d, %d, %d) = %d, want %d", tc.cap, tc.n, i, got, w)
+			}
+			sum += got
+		}
+		if sum != tc.cap {
+			t.Errorf("cap %d over %d nodes: parts add up to %d", tc.cap, tc.n, sum)
+		}
+	}
+}
+
+// TestSlowReplyNotFallback: redis-server stopped (SIGSTOP) across one
+// heartbeat is a slow reply, not an outage: the calls made meanwhile are
+// answered locally within the timeout, but the node does not declare
+// fallback; stopped across two heartbeats in a row, it does. The
+// heartbeats are driven by hand (Heartbeat is an hour) so that each
+// pause spans exactly the beats the test says.
+func TestSlowReplyNotFallback(t *testing.T) {
+	r := redistest.Start(t)
+	core, logs := observer.New(zap.InfoLevel)
+	a := newNode(t, r, "a", func(c *Config) { c.Heartbeat = time.Hour; c.Log = zap.New(core) })
+	defer r.Resume() // before Cleanup's Close and Kill
+
+	r.Pause()
+	t0 := time.Now()
+	_, ok, err := a.Acquire("site:s", 2)
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("Acquire on a stopped redis took %v", took)
+	}
+	if err != nil || !ok {
+		t.Fatalf("Acquire on a stopped redis = %v, %v, want a local answer", ok, err)
+	}
+	if a.beat() {
+		t.Fatal("heartbeat answered by a stopped redis")
+	}
+	a.beatFailed()
+	if down, _ := a.Fallback(); down || a.Status() != nil {
+		t.Fatalf("one failed heartbeat declared fallback: %v", a.Status())
+	}
+	r.Resume()
+	if !a.beat() {
+		t.Fatal("heartbeat failed after SIGCONT")
+	}
+	if a.InFallback() {
+		t.Fatal("calls still answered locally after a heartbeat answered")
+	}
+	if c := logs.FilterMessageSnippet("redis unreachable").Len(); c != 0 {
+		t.Fatalf("fallback logged %d times for one slow heartbeat", c)
+	}
+
+	r.Pause()
+	for i := 0; i < 2; i++ {
+		if a.beat() {
+			t.Fatal("heartbeat answered by a stopped redis")
+		}
+		a.beatFailed()
+	}
+	r.Resume()
+	if down, _ := a.Fallback(); !down {
+		t.Fatal("two failed heartbeats in a row did not declare fallback")
+	}
+	if c := logs.FilterMessageSnippet("redis unreachable").Len(); c != 1 {
+		t.Fatalf("fallback logged %d times, want once", c)
+	}
+	if !a.beat() {
+		t.Fatal("heartbeat failed after SIGCONT")
+	}
+	if down, _ := a.Fallback(); down {
+		t.Fatal("still in fallback after a heartbeat answered")
 	}
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -68,7 +69,7 @@ func (s *leaseSet) init() {
 
 // Acquire takes a lease under key's shared cap (connections across all
 // nodes). ok false: the cap is reached. In fallback the count is local,
-// at the node's share of cap (at least 1), or full, or nothing (stop); a
+// at the node's FallbackCap (which may be 0); a
 // lease taken in fallback is added to Redis by the next renewal once Redis
 // answers, so it counts there too. err is only for a closed Cluster.
 func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
@@ -80,7 +81,7 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	s.seq++
 	l := &Lease{c: c, key: c.key("conn", key), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
 	s.mu.Unlock()
-	if !c.down.Load() {
+	if !c.local() {
 		ctx, cancel := c.callCtx()
 		n, err := acquireScript.Run(ctx, c.rdb, []string{l.key}, cap, l.member, c.cfg.LeaseTTL.Milliseconds()).Int()
 		cancel()
@@ -96,13 +97,7 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 			return l, true, nil
 		}
 	}
-	limit := cap
-	switch c.cfg.Fallback {
-	case FallbackStop:
-		return nil, false, nil
-	case FallbackShare:
-		limit = max(int(c.share(float64(cap))), 1)
-	}
+	limit := c.FallbackCap(cap)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.local[l.key] >= limit {
@@ -143,17 +138,36 @@ func (c *Cluster) Held(key string) int {
 	return c.leases.local[c.key("conn", key)]
 }
 
+// countScript counts a key's live leases by Redis's clock, in one round
+// trip.
+var countScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+`)
+
 // Count is the live leases under key across the cluster.
 func (c *Cluster) Count(ctx context.Context, key string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	k := c.key("conn", key)
-	t, err := c.rdb.Time(ctx).Result()
-	if err != nil {
-		return 0, err
+	c.calls.Add(1)
+	return countScript.Run(ctx, c.rdb, []string{c.key("conn", key)}).Int()
+}
+
+// Snapshot is the live leases under key across the cluster (total) and
+// how many of them this node held when it asked (mine), for deciding how
+// many of its connections to end when a cap is lowered. In fallback it
+// does not ask Redis and err says so.
+func (c *Cluster) Snapshot(key string) (total, mine int, err error) {
+	if c.local() {
+		return 0, 0, errors.New("cluster: redis unreachable")
 	}
-	n, err := c.rdb.ZCount(ctx, k, "("+strconv.FormatInt(t.UnixMilli(), 10), "+inf").Result()
-	return int(n), err
+	mine = c.Held(key)
+	total, err = c.Count(c.ctx, key)
+	if c.failed("lease count "+key, err) {
+		return 0, 0, err
+	}
+	return total, mine, nil
 }
 
 // renewer pushes the expiry of every held lease each LeaseTTL/3, one

@@ -111,7 +111,7 @@ func (c *Cluster) TakeAll(keys []string, rates []Rate, now time.Time) (ok bool, 
 	}
 	c.budgets.mu.Lock()
 	defer c.budgets.mu.Unlock()
-	if c.down.Load() {
+	if c.local() {
 		return c.takeLocal(keys, rates, now)
 	}
 	next = now
@@ -167,7 +167,7 @@ func (c *Cluster) TakeAll(keys []string, rates []Rate, now time.Time) (ok bool, 
 func (c *Cluster) Ready(keys []string, rates []Rate, now time.Time) (ok bool, next time.Time) {
 	c.budgets.mu.Lock()
 	defer c.budgets.mu.Unlock()
-	down := c.down.Load()
+	down := c.local()
 	next = now
 	for i, key := range keys {
 		r := rates[i]

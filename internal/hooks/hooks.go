@@ -363,7 +363,8 @@ type Opener interface {
 // open none of a positive goal, it tells the Opener the pair waits.
 //
 // The reserve is for hooks: a hook that wants to spend it calls the Opener
-// itself — Open is bound by Max, not Max − reserve — and returns the number
+// itself (the scheduler's, Scheduler.Opener: never the pool's Open, which
+// skips shaping and cluster leases) — Open is bound by Max, not Max − reserve — and returns the number
 // it opened (or Handled), which also keeps the default from running for the
 // pair. The default's budget is read from Total before opening; the
 // maintenance tick calls the chain one pair at a time, so the reserve holds,

@@ -84,6 +84,104 @@ type clusterState struct {
 	leaseMu sync.Mutex
 	pending map[*queue.Pair][][]*cluster.Lease
 	held    map[*queue.Pair][][]*cluster.Lease
+
+	// snaps are the cluster's lease counts per key, as last read (overCap).
+	snapMu sync.Mutex
+	snaps  map[string]*countSnap
+}
+
+// snapEvery is how old a cluster lease count may be when a session asks
+// whether to end: a round trip per capped key a second per node while
+// sessions run. A count read under another cap is read again at once: the
+// first transaction after a cap is lowered decides on current counts.
+const snapEvery = time.Second
+
+// countSnap is one key's lease count as last read.
+type countSnap struct {
+	at          time.Time
+	total, mine int
+	cap         int  // the cap in force when read
+	reading     bool // a caller is refreshing it
+}
+
+// sharedCount is what overCap knows of one key across the cluster: the
+// lease counts (known), or the node's cap in fallback.
+type sharedCount struct {
+	known             bool
+	total, mine, held int
+	fallback          bool
+	cap               int
+}
+
+// sharedCounts reads each capped key's cluster count (cached for
+// snapEvery; one caller refreshes it, the others use the old one), or in
+// fallback the node's part of the cap.
+func (cs *clusterState) sharedCounts(caps [3]keyCap) (out [3]sharedCount) {
+	for i, kc := range caps {
+		if kc.key == "" || kc.cap <= 0 {
+			continue
+		}
+		if cs.c.InFallback() {
+			out[i] = sharedCount{fallback: true, cap: cs.c.FallbackCap(kc.cap)}
+			continue
+		}
+		s, ok := cs.snapshot(kc.key, kc.cap)
+		if ok {
+			out[i] = sharedCount{known: true, total: s.total, mine: s.mine, held: cs.c.Held(kc.key)}
+		}
+	}
+	return out
+}
+
+func (cs *clusterState) snapshot(key string, cap int) (countSnap, bool) {
+	now := time.Now() // Redis's counts are in real time, not the scheduler's clock
+	cs.snapMu.Lock()
+	s := cs.snaps[key]
+	if s == nil {
+		s = &countSnap{}
+		cs.snaps[key] = s
+	}
+	fresh := !s.at.IsZero() && now.Sub(s.at) < snapEvery && s.cap == cap
+	if fresh || s.reading {
+		v := *s
+		cs.snapMu.Unlock()
+		return v, !v.at.IsZero()
+	}
+	s.reading = true
+	cs.snapMu.Unlock()
+	total, mine, err := cs.c.Snapshot(key)
+	cs.snapMu.Lock()
+	defer cs.snapMu.Unlock()
+	s.reading = false
+	if err != nil {
+		return countSnap{}, false
+	}
+	s.at, s.total, s.mine, s.cap = now, total, mine, cap
+	if len(cs.snaps) > 10000 {
+		// Bounded: keys of pairs long gone are read again if needed.
+		for k, o := range cs.snaps {
+			if now.Sub(o.at) > time.Minute && !o.reading {
+				delete(cs.snaps, k)
+			}
+		}
+	}
+	return *s, true
+}
+
+// shedOne decides whether one more of this node's sessions under a
+// shared cap ends. When last counted the cluster held total connections
+// (leases) under the key, mine of them this node's; held is this node's
+// now, leaving its sessions already told to end. The excess over cap is
+// shared out in proportion to each node's connections, rounded up (the
+// nodes together end at least the excess, at most one more each), and
+// this node ends its part, counting those that ended since the count.
+func shedOne(cap, total, mine, held, leaving int) bool {
+	if total <= cap || mine <= 0 {
+		return false
+	}
+	part := ((total-cap)*mine + total - 1) / total
+	gone := max(mine-held, 0)
+	return gone+leaving < part
 }
 
 // initCluster wires Options.Cluster in (New).
@@ -93,7 +191,7 @@ func (s *Scheduler) initCluster() {
 		return
 	}
 	cs := &clusterState{c: c, shared: !s.opts.ClusterLocal, known: map[string]map[string]bool{},
-		gone: map[string]time.Time{}, pending: map[*queue.Pair][][]*cluster.Lease{}, held: map[*queue.Pair][][]*cluster.Lease{}}
+		gone: map[string]time.Time{}, snaps: map[string]*countSnap{}, pending: map[*queue.Pair][][]*cluster.Lease{}, held: map[*queue.Pair][][]*cluster.Lease{}}
 	s.cl = cs
 	if cs.shared {
 		s.budgets = sharedBudgets{c}
@@ -275,8 +373,10 @@ func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) i
 }
 
 // leasesOpened moves one parked lease set of pair to its open connections
-// (Opened); a connection opened without one (a hook calling the pool
-// itself) holds none.
+// (Opened). Every session is opened by the grantor (Pool.Open has no
+// other caller: hooks open through Scheduler.Opener), so every one has a
+// set when the pair has shared caps; one opened on the pool directly,
+// against Scheduler.Pool's contract, would hold none.
 func (g *grantor) leasesOpened(pair *queue.Pair) {
 	cs := g.s.cl
 	cs.leaseMu.Lock()

@@ -1,12 +1,20 @@
 package scheduler
 
 import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mtad/mtad/internal/cluster"
 	"github.com/mtad/mtad/internal/cluster/redistest"
+	"github.com/mtad/mtad/internal/config"
+	"github.com/mtad/mtad/internal/connpool/loopbacktest"
+	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/policy"
+	"github.com/mtad/mtad/internal/queue"
 )
 
 // TestClusterSuspensionsShared: two schedulers on one real redis-server.
@@ -52,4 +60,166 @@ func TestClusterSuspensionsShared(t *testing.T) {
 		}
 	}
 	t.Fatalf("node 1 still holds %+v five seconds after node 2 lifted it", h1.s.Suspensions(h1.clock.Now()))
+}
+
+// TestClusterLoweredCapShared: two nodes on one real redis-server hold
+// three sessions each to one sink under a shared max_connections of 6;
+// the cap is lowered to 4 on both. Neither node alone is over 4, but the
+// cluster is: the nodes end their part of the excess (one each) and the
+// sink holds no more than 4 again; every message arrives once.
+func TestClusterLoweredCapShared(t *testing.T) {
+	r := redistest.Start(t)
+	node := func(name string) *cluster.Cluster {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "cap:", Heartbeat: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	release := make(chan struct{})
+	var inData atomic.Int64
+	var after atomic.Bool // the drop to four was seen
+	var over atomic.Int64 // sessions seen above four after it
+	var sink *loopbacktest.Sink
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 11)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(string, []string, []byte) error {
+			if n := sink.Sessions(); after.Load() && n > 4 {
+				over.Store(int64(n))
+			}
+			inData.Add(1)
+			<-release
+			inData.Add(-1)
+			return nil
+		}}
+	})
+	sink = sinks[0]
+	var closeOnce sync.Once
+	open := func() { closeOnce.Do(func() { close(release) }) }
+	defer open()
+	capOf := func(n int) *policy.Shaper {
+		return testShaper(t, func(s *config.Shaping) { s.Default.MaxConnections = ptr(n) })
+	}
+	const each = 20
+	start := func(name string, cap int) *harness {
+		h := newHarness(t, port, func(o *Options) {
+			o.Pool.IdleTimeout = waitLimit
+			o.Cluster = node(name)
+			o.Shaper = capOf(cap)
+		})
+		h.mxFor("cap.test", ip(58, 11))
+		h.resolved("cap.test")
+		for i := range each {
+			injectOn(h, fmt.Sprintf("%s-%d@cap.test", name, i))
+		}
+		return h
+	}
+	// n1 first under a cap of 3 (it takes 3 leases), then n2 under 6
+	// (it takes the 3 left): three sessions each.
+	h1 := start("n1", 3)
+	h1.until("three sessions of n1 in DATA", func() bool { return inData.Load() == 3 })
+	h2 := start("n2", 6)
+	h2.until("six sessions in DATA", func() bool { return inData.Load() == 6 })
+	if a, b := h1.s.Pool().Total(), h2.s.Pool().Total(); a != 3 || b != 3 {
+		t.Fatalf("n1 %d and n2 %d connections, want 3 each", a, b)
+	}
+	h1.s.SetShaper(capOf(4))
+	h2.s.SetShaper(capOf(4))
+	for range 6 {
+		select {
+		case release <- struct{}{}:
+		case <-time.After(waitLimit):
+			t.Fatal("a held DATA did not take its release")
+		}
+	}
+	h1.until("four sessions, all in their next DATA", func() bool {
+		return sink.Sessions() == 4 && inData.Load() == 4 && h1.s.Pool().Total()+h2.s.Pool().Total() == 4
+	})
+	after.Store(true)
+	for range 3 {
+		h1.s.Tick(h1.clock.Advance(time.Second))
+		h2.s.Tick(h2.clock.Advance(time.Second))
+		if n := h1.s.Pool().Total() + h2.s.Pool().Total(); n > 4 {
+			t.Fatalf("%d connections across the nodes after the cap dropped to 4", n)
+		}
+	}
+	open()
+	msgs := sink.WaitMessages(t, 2*each)
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		seen[m.To[0]] = true
+	}
+	if len(msgs) != 2*each || len(seen) != 2*each {
+		t.Fatalf("%d messages for %d recipients, want %d", len(msgs), len(seen), 2*each)
+	}
+	if n := over.Load(); n != 0 {
+		t.Fatalf("the sink held %d sessions after the cap dropped to 4", n)
+	}
+}
+
+// TestShedOne: a node's part of a shared cap's excess, in proportion to
+// its connections, rounded up, less those already gone or leaving.
+func TestShedOne(t *testing.T) {
+	for _, tc := range []struct {
+		cap, total, mine, held, leaving int
+		want                            bool
+	}{
+		{4, 6, 3, 3, 0, true},  // excess 2, part ceil(2·3/6) = 1
+		{4, 6, 3, 3, 1, false}, // its one is leaving
+		{4, 6, 3, 2, 0, false}, // its one has gone since the count
+		{4, 4, 2, 2, 0, false}, // at the cap
+		{2, 9, 3, 3, 1, true},  // excess 7, part ceil(21/9) = 3
+		{2, 9, 3, 3, 3, false},
+		{4, 6, 0, 1, 0, false}, // none of its own when counted
+	} {
+		if got := shedOne(tc.cap, tc.total, tc.mine, tc.held, tc.leaving); got != tc.want {
+			t.Errorf("shedOne(%+v) = %v", tc, got)
+		}
+	}
+}
+
+// TestClusterHookOpenerLeases: a maintenance hook that opens connections
+// itself (spending the reserve) goes through Scheduler.Opener, so in a
+// shared cluster each of its connections holds a lease under the shared
+// cap and the cap holds: Redis counts the sink's sessions, and no more
+// than the cap are opened.
+func TestClusterHookOpenerLeases(t *testing.T) {
+	r := redistest.Start(t)
+	c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: "n1", Prefix: "hook:", Heartbeat: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	gate := make(chan struct{})
+	defer close(gate)
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 12)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(string, []string, []byte) error { <-gate; return nil }}
+	})
+	h := newHarness(t, port, func(o *Options) {
+		o.Cluster = c
+		o.Shaper = testShaper(t, func(s *config.Shaping) { s.Default.MaxConnections = ptr(3) })
+	})
+	var opened atomic.Int32
+	h.reg.MailQueueMaintain.RegisterFirst(func(dr *queue.DomainRecord, slot int, _ *queue.Pair, _ time.Time, goal, _ int) int {
+		n := h.s.Opener().Open(dr, slot, 8)
+		opened.Add(int32(n))
+		if n == 0 {
+			return hooks.Handled
+		}
+		return n
+	})
+	h.mxFor("hook.test", ip(58, 12))
+	h.resolved("hook.test")
+	for i := range 8 {
+		injectOn(h, fmt.Sprintf("r%d@hook.test", i))
+	}
+	h.s.Tick(h.clock.Now())
+	sinks[0].Wait(t, waitLimit, "three sessions in DATA", func(_ []loopbacktest.Message, s int) bool { return s == 3 })
+	h.s.Tick(h.clock.Advance(time.Second))
+	if n := h.s.Pool().Total(); n != 3 {
+		t.Fatalf("%d connections under a shared cap of 3", n)
+	}
+	if n, err := c.Count(context.Background(), "site:mx.hook.test|b0"); err != nil || n != 3 {
+		t.Fatalf("Redis counts %d leases (%v) for the hook's 3 connections", n, err)
+	}
 }

@@ -288,9 +288,11 @@ func (g *grantor) Admit(pair *queue.Pair) time.Duration {
 }
 
 // overCap reports whether a session of pair should end because a
-// suspension now covers the pair, or its site's cap was lowered below the
-// connections it has (counting those already leaving); it counts the
-// session as leaving.
+// suspension now covers the pair, or a cap of its site, domain or provider
+// was lowered below the connections under it (counting those already
+// leaving); it counts the session as leaving. With a shared cluster the
+// connections are the cluster's (leases, overCapShared), so the nodes
+// together come down to the cap.
 func (g *grantor) overCap(pair *queue.Pair) bool {
 	ps := g.s.shapeOf(pair)
 	if ps == nil {
@@ -302,15 +304,38 @@ func (g *grantor) overCap(pair *queue.Pair) bool {
 	}
 	l := g.s.limitsOf(ps, now)
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	c := g.counts[pair]
 	if c == nil {
+		g.mu.Unlock()
 		return false
 	}
-	over := func(k string, max int) bool {
-		return k != "" && max > 0 && g.byKey[k]-g.leaving[k] > max
+	caps := [3]keyCap{{c.site, l.maxConns}, {c.dom, l.domConns}, {c.prov, l.provConns}}
+	g.mu.Unlock()
+	var sh [3]sharedCount
+	if cs := g.s.cl; cs != nil && cs.shared {
+		// Round trips (at most one per key a second): not under g.mu.
+		sh = cs.sharedCounts(caps)
 	}
-	if !over(c.site, l.maxConns) && !over(c.dom, l.domConns) && !over(c.prov, l.provConns) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c = g.counts[pair]; c == nil {
+		return false
+	}
+	over := false
+	for i, kc := range caps {
+		if kc.key == "" || kc.cap <= 0 {
+			continue
+		}
+		switch s := sh[i]; {
+		case s.known:
+			over = over || shedOne(kc.cap, s.total, s.mine, s.held, g.leaving[kc.key])
+		case s.fallback:
+			over = over || g.byKey[kc.key]-g.leaving[kc.key] > s.cap
+		default:
+			over = over || g.byKey[kc.key]-g.leaving[kc.key] > kc.cap
+		}
+	}
+	if !over {
 		return false
 	}
 	c.leaving++
@@ -318,6 +343,12 @@ func (g *grantor) overCap(pair *queue.Pair) bool {
 		g.leaving[k]++
 	}
 	return true
+}
+
+// keyCap is a budget key and its connection cap (0: none).
+type keyCap struct {
+	key string
+	cap int
 }
 
 // behind reports whether pair must wait behind a pair in first: it has a

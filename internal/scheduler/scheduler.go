@@ -434,9 +434,18 @@ func (s *Scheduler) SetBounceClassifier(c *policy.Classifier) {
 	}
 }
 
-// Pool returns the connection pool, for metrics and for hooks that open
-// connections themselves.
+// Pool returns the connection pool, for metrics and stats. Hooks must not
+// open connections through it: Pool.Open applies only the hard caps, so a
+// session opened there skips the shaping (suspensions, rates, site and
+// provider caps) and, in a shared cluster, holds no lease, so the other
+// nodes do not count it. Hooks open through Opener.
 func (s *Scheduler) Pool() *connpool.Pool { return s.pool }
+
+// Opener is what a MailQueueMaintain hook that opens connections itself
+// calls (to spend the reserve): the one grantor of slots, bound by the
+// global max (not max − reserve), which applies the pair's shaping and, in
+// a shared cluster, takes a lease under each shared cap per connection.
+func (s *Scheduler) Opener() hooks.Opener { return s.grant }
 
 // Pending reports how many messages have recipients still pending.
 func (s *Scheduler) Pending() int {

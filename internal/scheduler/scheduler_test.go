@@ -271,7 +271,7 @@ func TestReserve(t *testing.T) {
 			})
 			if spend {
 				h.reg.MailQueueMaintain.RegisterFirst(func(dr *queue.DomainRecord, slot int, _ *queue.Pair, _ time.Time, goal, _ int) int {
-					n := h.s.Pool().Open(dr, slot, goal)
+					n := h.s.Opener().Open(dr, slot, goal)
 					opened.Add(int32(n))
 					if n == 0 {
 						return hooks.Handled

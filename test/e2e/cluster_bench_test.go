@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,25 +18,32 @@ import (
 )
 
 // TestBenchClusterW1 is `make bench-cluster` (skipped unless
-// MTAD_BENCH_CLUSTER=1): W1's shape (BENCH_CLUSTER_N messages, 3,000 by
-// default, one recipient each, over 100 domains on 5 loopback sinks,
-// injected by 20 SMTP sessions) through one node without a cluster, one
-// node with one, and three nodes sharing one redis-server, each node with
-// the harness's limits (20 connections, 5 per domain: shared across the
-// nodes in the cluster legs). It reports messages per second from the
-// first injection to the last arrival, and Redis commands per message
-// from INFO commandstats (reset before each leg). The messages are the
-// harness's (about 1 KB), not bench/run.sh's 5 KB through smtp-source: the
-// figures compare the legs with each other, not with BENCHMARKS.md's W1.
+// MTAD_BENCH_CLUSTER=1): bench/run.sh's W1 shape (BENCH_CLUSTER_N
+// messages, 5,000 by default, of 5 KB, one recipient each, over 100
+// domains each on its own loopback sink address, injected by run.sh's own
+// driver: Postfix's smtp-source in 20 lanes, one message per connection,
+// each lane a sequence of `smtp-source -s 1 -m ≤50 -N -l 5120` runs to
+// one domain) and run.sh's limits (delivery.max_connections 100, reserve
+// 5, 50 per domain: shared across the nodes in the cluster legs), through
+// one node without a cluster, one node with one, and three nodes sharing
+// one redis-server (the lanes spread over the nodes). It reports messages
+// per second from the first injection to the last arrival, and Redis
+// commands per message from INFO commandstats (reset before each leg).
+// The daemons are the e2e harness's (its short maintain interval and idle
+// timeout, no TLS, the accounting plugin), so the figures compare the legs
+// with each other more than with BENCHMARKS.md's W1 table.
 func TestBenchClusterW1(t *testing.T) {
 	if os.Getenv("MTAD_BENCH_CLUSTER") == "" {
 		t.Skip("a benchmark: make bench-cluster runs it")
 	}
-	n := 3000
+	if _, err := exec.LookPath("smtp-source"); err != nil {
+		t.Fatalf("smtp-source (postfix) not installed: bench/run.sh's injector: %v", err)
+	}
+	n := 5000
 	if v := os.Getenv("BENCH_CLUSTER_N"); v != "" {
 		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 100 {
-			t.Fatalf("BENCH_CLUSTER_N=%q: want a number ≥ 100", v)
+		if n, err = strconv.Atoi(v); err != nil || n < 100 || n%100 != 0 {
+			t.Fatalf("BENCH_CLUSTER_N=%q: want a multiple of 100 (W1's), at least 100", v)
 		}
 	}
 	var results []string
@@ -52,7 +60,7 @@ func TestBenchClusterW1(t *testing.T) {
 		t.Log(line)
 		results = append(results, line)
 	}
-	fmt.Printf("\nW1 shape, %d messages to 100 domains:\n%s\n", n, strings.Join(results, "\n"))
+	fmt.Printf("\nW1 shape, %d × 5 KB messages to 100 domains, 20 smtp-source lanes:\n%s\n", n, strings.Join(results, "\n"))
 }
 
 func benchClusterLeg(t *testing.T, n, nodes int, withCluster bool) (rate, cmdsPerMsg float64) {
@@ -68,15 +76,15 @@ func benchClusterLeg(t *testing.T, n, nodes int, withCluster bool) (rate, cmdsPe
 		mu.Unlock()
 		return nil
 	}
-	sinkIPs := ips("127.0.67", 5)
+	sinkIPs := ips("127.0.67", 100)
 	z, _, port := remote(t, sinkIPs, func(int) loopbacktest.Config { return loopbacktest.Config{Data: count} })
 	for d := range 100 {
-		addMX(t, z, fmt.Sprintf("w%d.e2e", d), sinkIPs[d%len(sinkIPs)])
+		addMX(t, z, fmt.Sprintf("w%d.e2e", d), sinkIPs[d])
 	}
 	var ds []*daemon
 	for i := 1; i <= nodes; i++ {
-		addr := fmt.Sprintf("127.0.67.%d", 10+i)
-		e := newEnv(t, cfgOpts{dns: z.Addr, port: port, bindings: []string{addr}})
+		addr := fmt.Sprintf("127.0.68.%d", 10+i)
+		e := newEnv(t, cfgOpts{dns: z.Addr, port: port, bindings: []string{addr}, maxConnections: 100, perDomain: 50})
 		if withCluster {
 			b, err := os.ReadFile(e.cfgPath)
 			if err != nil {
@@ -98,22 +106,23 @@ func benchClusterLeg(t *testing.T, n, nodes int, withCluster bool) (rate, cmdsPe
 			t.Fatal(err)
 		}
 	}
-	msgs := make([]testMsg, n)
-	for i := range msgs {
-		msgs[i] = testMsg{id: fmt.Sprintf("w1-%d@e2e", i), from: "app@sender.e2e", to: []string{fmt.Sprintf("u%d@w%d.e2e", i, i%100)}}
-	}
+	lanes := w1Lanes(n)
 	t0 := time.Now()
 	var wg sync.WaitGroup
-	for i, d := range ds {
+	for k, lane := range lanes {
+		d := ds[k%len(ds)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var part []testMsg
-			for j := i; j < n; j += len(ds) {
-				part = append(part, msgs[j])
-			}
-			if in := inject(d.smtpAddr, 20/len(ds), part, nil); in.ackedCount() != len(part) {
-				t.Errorf("node %d acked %d of %d: %v", i+1, in.ackedCount(), len(part), in.errs)
+			for _, run := range lane {
+				// run.sh's lane: one smtp-source run per chunk, one
+				// message per connection, 5,120 bytes each.
+				cmd := exec.Command("smtp-source", "-s", "1", "-m", strconv.Itoa(run.n), "-N", "-l", "5120",
+					"-f", "bench@src.bench", "-M", "inj.bench", "-t", fmt.Sprintf("l%d@%s", k, run.dom), d.smtpAddr)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Errorf("lane %d: smtp-source to %s: %v: %s", k, run.dom, err, out)
+					return
+				}
 			}
 		}()
 	}
@@ -143,4 +152,27 @@ func benchClusterLeg(t *testing.T, n, nodes int, withCluster bool) (rate, cmdsPe
 		d.stop()
 	}
 	return rate, cmdsPerMsg
+}
+
+// laneRun is one smtp-source run of a lane: n messages to dom.
+type laneRun struct {
+	dom string
+	n   int
+}
+
+// w1Lanes plans bench/run.sh's W1 injection: n/100 messages to each of
+// the 100 domains, in runs of at most 50 to one domain, dealt round-robin
+// to 20 lanes.
+func w1Lanes(n int) [][]laneRun {
+	const nLanes = 20
+	lanes := make([][]laneRun, nLanes)
+	k := 0
+	per := n / 100
+	for d := range 100 {
+		for left := per; left > 0; left -= 50 {
+			lanes[k%nLanes] = append(lanes[k%nLanes], laneRun{fmt.Sprintf("w%d.e2e", d), min(left, 50)})
+			k++
+		}
+	}
+	return lanes
 }

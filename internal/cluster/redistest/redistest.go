@@ -94,3 +94,19 @@ func (r *Server) Restart() {
 		r.t.Fatalf("redis-server restart: %v", err)
 	}
 }
+
+// Pause stops redis-server with SIGSTOP: it holds its connections and
+// answers nothing (a stalled server, unlike Kill's refused connections)
+// until Resume.
+func (r *Server) Pause() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Resume continues a paused redis-server (SIGCONT).
+func (r *Server) Resume() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
