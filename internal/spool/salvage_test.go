@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -307,10 +308,19 @@ func TestCheckDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	if f, err := os.CreateTemp(ro, "probe"); err == nil {
-		// root (CAP_DAC_OVERRIDE) writes through mode bits: nothing to show.
+		// root (CAP_DAC_OVERRIDE) writes through mode bits: a read-only
+		// file system stops it, as a spool on a volume mounted read-only.
 		_ = f.Close()
 		_ = os.Remove(f.Name())
-		t.Skip("skipping the read-only check: this user writes into a 0555 directory (root)")
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro).CombinedOutput(); err != nil {
+			t.Skipf("skipping the read-only check: root writes into a 0555 directory and mounting a read-only tmpfs failed: %v %s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("umount", ro).Run() })
+		err = CheckDir(ro)
+		if err == nil || err.Error() != "spool.dir "+ro+": not writable: read-only file system" {
+			t.Errorf("read-only file system: %v", err)
+		}
+		return
 	}
 	err = CheckDir(ro)
 	if err == nil || err.Error() != "spool.dir "+ro+": not writable: permission denied" {
