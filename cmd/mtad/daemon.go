@@ -339,7 +339,11 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	// MTA-STS policies are cached on disk beside the spool; the refreshes
 	// in the background end before the process does. The policy servers'
 	// addresses are refused or allowed as MX hosts' are.
-	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Servers: cfg.DNS.Servers, DNSTimeout: cfg.DNS.Timeout,
+	// One health table of the DNS servers for MX, MTA-STS and DANE: a
+	// server the MX lookups found dead is not waited on again for the
+	// _mta-sts TXT or the TLSA records.
+	dnsx := st.resolver.Exchanger()
+	sts, err := tlspolicy.NewSTS(tlspolicy.STSOptions{Exchanger: dnsx,
 		CacheDir: cfg.MTASTSDir(), Roots: st.roots, Logger: log.Named("mta-sts"),
 		AllowLoopback: cfg.Delivery.AllowLoopbackMX, AllowedNetworks: st.allowed})
 	if err != nil {
@@ -349,7 +353,13 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	// DANE (RFC 7672) for the pairs whose shaping says dane: true: TLSA
 	// records through dns.servers, which must validate DNSSEC (the AD
 	// bit); validated records are checked in the handshake itself.
-	dane := tlspolicy.DANEChecker(tlspolicy.NewDANE(cfg.DNS.Servers, cfg.DNS.Timeout, cfg.Delivery.Port), st.roots)
+	// Without dns.servers the resolver asks /etc/resolv.conf's, which
+	// DANE must not trust to validate: NewDANE with none refuses lookups.
+	daneLookup := tlspolicy.NewDANE(nil, cfg.DNS.Timeout, cfg.Delivery.Port)
+	if len(cfg.DNS.Servers) > 0 {
+		daneLookup = tlspolicy.NewDANEExchanger(dnsx, cfg.Delivery.Port)
+	}
+	dane := tlspolicy.DANEChecker(daneLookup, st.roots)
 	tlsp, err := tlspolicy.New(tlspolicy.Options{Roots: st.roots, STS: sts, DANE: dane, Logger: log, Metrics: st.metrics})
 	if err != nil {
 		return err

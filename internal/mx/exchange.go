@@ -69,6 +69,12 @@ func NewExchanger(servers []string, timeout time.Duration) *Exchanger {
 // Servers returns the servers asked.
 func (x *Exchanger) Servers() []string { return x.servers }
 
+// Exchanger returns the Exchanger the resolver asks through, for the
+// other questions asked of the same servers (MTA-STS, DANE): sharing it
+// shares its health table, so a server one lookup found dead is not
+// waited on by the others.
+func (r *Resolver) Exchanger() *Exchanger { return r.x }
+
 // attempt is one server to ask, in the order of one Exchange.
 type attempt struct {
 	i     int

@@ -101,10 +101,19 @@ func NewDANE(servers []string, timeout time.Duration, port int) *DANE {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
+	return NewDANEExchanger(mx.NewExchanger(slices.Clone(servers), timeout), port)
+}
+
+// NewDANEExchanger is NewDANE asking through x, whose servers must be
+// DNSSEC-validating resolvers. The daemon passes the resolver's
+// (mx.Resolver.Exchanger), so that one table of DNS servers' health
+// serves MX, MTA-STS and DANE: a server found dead by one is not waited
+// on by the others.
+func NewDANEExchanger(x *mx.Exchanger, port int) *DANE {
 	if port <= 0 || port > 65535 {
 		port = 25
 	}
-	return &DANE{x: mx.NewExchanger(slices.Clone(servers), timeout), port: port}
+	return &DANE{x: x, port: port}
 }
 
 // Lookup returns the TLSA records of _port._tcp.<mxHost> (RFC 7672 §2.2)

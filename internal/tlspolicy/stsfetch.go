@@ -70,6 +70,11 @@ type STSOptions struct {
 	Servers []string
 	// DNSTimeout bounds each query (default 5s).
 	DNSTimeout time.Duration
+	// Exchanger, when set, asks the TXT and address questions in place
+	// of one made from Servers and DNSTimeout (both then unused). The
+	// daemon passes the resolver's (mx.Resolver.Exchanger), so a DNS
+	// server the MX lookups found dead is not waited on again here.
+	Exchanger *mx.Exchanger
 	// CacheDir holds the policy files; created if missing. "" keeps
 	// policies in memory only.
 	CacheDir string
@@ -128,7 +133,7 @@ const (
 
 // NewSTS builds an STS and its cache directory.
 func NewSTS(o STSOptions) (*STS, error) {
-	if len(o.Servers) == 0 {
+	if len(o.Servers) == 0 && o.Exchanger == nil {
 		cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
 		if err != nil {
 			return nil, fmt.Errorf("tlspolicy: reading DNS servers: %w", err)
@@ -180,11 +185,14 @@ func NewSTS(o STSOptions) (*STS, error) {
 			ResponseHeaderTimeout:  o.FetchTimeout,
 			MaxResponseHeaderBytes: 16 << 10,
 		},
-		x:          mx.NewExchanger(o.Servers, o.DNSTimeout),
+		x:          o.Exchanger,
 		sem:        make(chan struct{}, refreshWorkers),
 		mem:        map[string]*stsEntry{},
 		none:       map[string]time.Time{},
 		refreshing: map[string]bool{},
+	}
+	if s.x == nil {
+		s.x = mx.NewExchanger(o.Servers, o.DNSTimeout)
 	}
 	s.tr.DialContext = s.dialPolicyHost
 	s.client = &http.Client{
