@@ -204,18 +204,72 @@ func (s *Spool) refuseStale(group []*commitReq, size int) ([]*commitReq, int) {
 	return kept, size
 }
 
+// spaceCheckEvery bounds how often LowSpace reads the free space itself
+// (a statfs): the listeners ask it at every MAIL command.
+const spaceCheckEvery = time.Second
+
+// LowSpace reports whether new messages are refused now because the spool's
+// file system has less than Options.MinFreeBytes free. It answers what the
+// last check found: the committer's (one per group commit holding a Put,
+// and one per reopen attempt) or its own, made when the last check is over
+// spaceCheckEvery old. So it costs an atomic load, and a statfs at most
+// once a second, and the listeners can refuse a message at MAIL instead of
+// after its body. Always false when the check is off (MinFreeBytes < 0)
+// or the file system cannot say.
+func (s *Spool) LowSpace() bool {
+	if s.opts.MinFreeBytes < 0 {
+		return false
+	}
+	if time.Since(time.Unix(0, s.spaceChecked.Load())) >= spaceCheckEvery && s.spaceMu.TryLock() {
+		// Another caller checking now answers for this one too.
+		s.checkSpaceLocked()
+		s.spaceMu.Unlock()
+	}
+	return s.spaceLow.Load()
+}
+
+// MinFree returns the free space below which Puts are refused: the
+// Options.MinFreeBytes in force, after its default (negative: off).
+func (s *Spool) MinFree() int64 { return s.opts.MinFreeBytes }
+
 // freeBytes reports the space available to the spool; ok is false when the
-// file system cannot say.
+// file system cannot say. It records the low-space state LowSpace reports.
 func (s *Spool) freeBytes() (uint64, bool) {
+	s.spaceMu.Lock()
+	defer s.spaceMu.Unlock()
+	return s.checkSpaceLocked()
+}
+
+// checkSpaceLocked is freeBytes with spaceMu held.
+func (s *Spool) checkSpaceLocked() (uint64, bool) {
+	s.spaceChecked.Store(time.Now().UnixNano())
 	u, err := s.opts.FS.GetDiskUsage(s.dbDir)
 	if err != nil {
 		if !s.diskUsageWarned {
 			s.diskUsageWarned = true
 			s.log.Warn("spool cannot read free disk space; low-space guard off", errField(err))
 		}
+		s.setLowSpace(false, 0)
 		return 0, false
 	}
+	s.setLowSpace(s.opts.MinFreeBytes >= 0 && u.AvailBytes < uint64(s.opts.MinFreeBytes), u.AvailBytes)
 	return u.AvailBytes, true
+}
+
+// setLowSpace records the low-space state and logs a change of it, once
+// per change: a warning going below the reserve and coming back, never a
+// line per refused message. Called with spaceMu held.
+func (s *Spool) setLowSpace(low bool, free uint64) {
+	if s.spaceLow.Swap(low) == low {
+		return
+	}
+	fields := []zap.Field{zap.Uint64("free_bytes", free), zap.Int64("min_free_bytes", s.opts.MinFreeBytes),
+		zap.String("dir", s.dbDir)}
+	if low {
+		s.log.Warn("spool free space below the reserve (spool.min_free); new messages refused until space returns", fields...)
+		return
+	}
+	s.log.Warn("spool free space back above the reserve (spool.min_free); new messages accepted again", fields...)
 }
 
 // commitGroup writes the group's ops in one batch, synced when sync is set;

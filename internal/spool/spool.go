@@ -44,6 +44,8 @@
 //   - refuses Puts with ErrNoSpace while free space is below
 //     Options.MinFreeBytes, so a filling disk is met here and not inside a
 //     WAL rotation. Updates and deletes go on, so deliveries free space.
+//     LowSpace tells the listeners, so they refuse a message before its
+//     body is sent; entering and leaving that state is logged once each.
 //
 // What remains fatal is an I/O error other than ENOSPC (EIO: a failing disk)
 // striking exactly while the WAL is rotated.
@@ -142,10 +144,17 @@ type Spool struct {
 	// each a read then a commit.
 	qmu sync.Mutex
 
+	// The low-space state (LowSpace): spaceMu orders the checks of the
+	// free space, so that each change of state is logged once; the
+	// atomics let LowSpace answer without it.
+	spaceMu         sync.Mutex
+	diskUsageWarned bool         // under spaceMu
+	spaceLow        atomic.Bool  // the last check found less than MinFreeBytes free
+	spaceChecked    atomic.Int64 // when, in Unix nanoseconds
+
 	// Committer state, touched only by the committer goroutine.
-	broken          error // non-nil: writes are refused until a reopen succeeds
-	lastReopen      time.Time
-	diskUsageWarned bool
+	broken     error // non-nil: writes are refused until a reopen succeeds
+	lastReopen time.Time
 
 	reqs      chan *commitReq
 	quit      chan struct{} // closed by Close
@@ -210,6 +219,11 @@ func Open(dir string, opts Options) (*Spool, error) {
 		_ = db.Close()
 		_ = lock.Close()
 		return nil, fmt.Errorf("spool open %s: %w", dir, err)
+	}
+	if opts.MinFreeBytes >= 0 {
+		// Already below the reserve: say so now, once, rather than let
+		// the daemon report ready and refuse every message unexplained.
+		s.freeBytes()
 	}
 	s.wg.Add(1)
 	go s.run()
