@@ -205,22 +205,32 @@ func (s *Spool) refuseStale(group []*commitReq, size int) ([]*commitReq, int) {
 }
 
 // spaceCheckEvery bounds how often LowSpace reads the free space itself
-// (a statfs): the listeners ask it at every MAIL command.
+// (a statfs) while space is not low: the listeners ask it at every MAIL
+// command.
 const spaceCheckEvery = time.Second
 
 // LowSpace reports whether new messages are refused now because the spool's
 // file system has less than Options.MinFreeBytes free. It answers what the
 // last check found: the committer's (one per group commit holding a Put,
-// and one per reopen attempt) or its own, made when the last check is over
-// spaceCheckEvery old. So it costs an atomic load, and a statfs at most
-// once a second, and the listeners can refuse a message at MAIL instead of
-// after its body. Always false when the check is off (MinFreeBytes < 0)
-// or the file system cannot say.
+// and one per reopen attempt) or its own. While space is fine it checks
+// when the last check is over spaceCheckEvery old, so it costs an atomic
+// load and a statfs at most once a second; while space is low it checks
+// at every call (a refused MAIL is cheap anyway), so mail is taken again
+// as soon as space returns. The listeners can so refuse a message at MAIL
+// instead of after its body. Always false when the check is off
+// (MinFreeBytes < 0) or the file system cannot say.
+//
+// Once low, it stays low until the free space is back above the reserve
+// plus a tenth (lowSpaceMargin): a disk filling up hovers at the reserve
+// (deliveries and pebble's compactions free a little, the next message
+// takes it), and the state, logged at each change, must not flap with it.
+// Puts are refused below the reserve itself.
 func (s *Spool) LowSpace() bool {
 	if s.opts.MinFreeBytes < 0 {
 		return false
 	}
-	if time.Since(time.Unix(0, s.spaceChecked.Load())) >= spaceCheckEvery && s.spaceMu.TryLock() {
+	due := s.spaceLow.Load() || time.Since(time.Unix(0, s.spaceChecked.Load())) >= spaceCheckEvery
+	if due && s.spaceMu.TryLock() {
 		// Another caller checking now answers for this one too.
 		s.checkSpaceLocked()
 		s.spaceMu.Unlock()
@@ -252,9 +262,17 @@ func (s *Spool) checkSpaceLocked() (uint64, bool) {
 		s.setLowSpace(false, 0)
 		return 0, false
 	}
-	s.setLowSpace(s.opts.MinFreeBytes >= 0 && u.AvailBytes < uint64(s.opts.MinFreeBytes), u.AvailBytes)
+	limit := uint64(s.opts.MinFreeBytes)
+	if s.spaceLow.Load() {
+		limit += lowSpaceMargin(limit)
+	}
+	s.setLowSpace(s.opts.MinFreeBytes >= 0 && u.AvailBytes < limit, u.AvailBytes)
 	return u.AvailBytes, true
 }
+
+// lowSpaceMargin is how far above the reserve the free space must be back
+// before the low-space state ends: a tenth of it.
+func lowSpaceMargin(reserve uint64) uint64 { return reserve / 10 }
 
 // setLowSpace records the low-space state and logs a change of it, once
 // per change: a warning going below the reserve and coming back, never a
