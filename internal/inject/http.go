@@ -153,6 +153,7 @@ func NewHTTP(opts HTTPOptions, store Store, bindings Bindings, handoff Handoff) 
 		h.tokens.Store(opts.Tokens)
 	}
 	h.busy, _ = handoff.(busyHandoff)
+	h.core.space, _ = store.(lowSpaceStore)
 	mux := http.NewServeMux()
 	mux.HandleFunc(HTTPPath, h.serveMessages)
 	h.srv = &http.Server{
@@ -357,6 +358,10 @@ func (h *HTTPServer) serveMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.opts.Watermark.Over() {
 		h.fail(w, &httpError{status: http.StatusServiceUnavailable, msg: "queue above its high watermark; retry later"})
+		return
+	}
+	if lowSpace(h.core.space) {
+		h.fail(w, &httpError{status: http.StatusServiceUnavailable, msg: "spool full; retry later"})
 		return
 	}
 	req, e := h.decode(w, r)

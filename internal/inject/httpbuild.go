@@ -866,10 +866,12 @@ func (h *HTTPServer) storeOne(d *draft, r *rendered, req *httpRequest, ti traceI
 
 // storeFailure is a local failure: always 503, the client retries.
 func (h *HTTPServer) storeFailure(what string, err error) *httpError {
-	h.log.Error("inject http: "+what, zap.Error(err))
 	msg := "local storage error; retry later"
 	if errors.Is(err, spool.ErrNoSpace) {
+		// The spool logs its low-space state once as it changes.
 		msg = "spool full; retry later"
+	} else {
+		h.log.Error("inject http: "+what, zap.Error(err))
 	}
 	return &httpError{status: http.StatusServiceUnavailable, msg: msg}
 }

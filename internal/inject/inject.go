@@ -150,8 +150,9 @@ const authWait = 5 * time.Second
 type Server struct {
 	opts     Options
 	store    Store
-	bindings Bindings // nil: any group/binding is accepted
-	handoff  Handoff  // nil: nobody is told
+	space    lowSpaceStore // store's LowSpace, when it has one
+	bindings Bindings      // nil: any group/binding is accepted
+	handoff  Handoff       // nil: nobody is told
 	busy     busyHandoff
 	log      *zap.Logger
 	// traceHost is Hostname as written in Received fields.
@@ -231,6 +232,7 @@ func New(opts Options, store Store, bindings Bindings, handoff Handoff) (*Server
 		perIP:     make(map[netip.Prefix]int),
 	}
 	s.busy, _ = handoff.(busyHandoff)
+	s.space, _ = store.(lowSpaceStore)
 	a, err := newAuthState(opts.AuthUsers, nil)
 	if err != nil {
 		return nil, fmt.Errorf("inject: new server: auth users: %w", err)

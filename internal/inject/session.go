@@ -495,6 +495,12 @@ func (c *conn) mail(arg string) {
 		c.fail("MAIL", errQueueFullMail)
 		return
 	}
+	if lowSpace(s.space) {
+		// Refused now rather than after the body: the store would refuse
+		// the message anyway (spool.min_free), and the client keeps it.
+		c.fail("MAIL", errNoSpace)
+		return
+	}
 	ss.hasFrom, ss.from, ss.mp = true, from, mp
 	ss.rcpts = ss.rcpts[:0]
 	c.inTxn.Store(true)
@@ -812,8 +818,12 @@ func (c *conn) finishMessage(command string, mw *msgWriter, sc *dataScanner) {
 	}
 	if err := s.store.PutBody(m, body); err != nil {
 		body.Abort()
-		s.log.Error("inject: storing message", zap.String("client_ip", ipString(c.ip)),
-			zap.String("sender", ss.from), zap.Int("recipients", len(ss.rcpts)), zap.Error(err))
+		if !errors.Is(err, spool.ErrNoSpace) {
+			// A refusal for space is the spool's state, logged by it
+			// once as it changes; the rejected record says the rest.
+			s.log.Error("inject: storing message", zap.String("client_ip", ipString(c.ip)),
+				zap.String("sender", ss.from), zap.Int("recipients", len(ss.rcpts)), zap.Error(err))
+		}
 		c.fail(command, storeRefusal(err))
 		return
 	}

@@ -17,3 +17,14 @@ type Store interface {
 	NewBody() *spool.BodyWriter
 	PutBody(m *spool.Message, w *spool.BodyWriter) error
 }
+
+// A Store may also have a LowSpace() bool method, found by type assertion
+// (*spool.Spool has one): while it reports true the store would refuse any
+// message for lack of disk space, so MAIL is answered 452 4.3.1 and an HTTP
+// request 503 before the body is sent, not after it. It is asked at every
+// MAIL, so it must be cheap. The store logs its changes of state; a refusal
+// here is one "rejected" record, not an error line.
+type lowSpaceStore interface{ LowSpace() bool }
+
+// lowSpace reports whether store says it is refusing for low space.
+func lowSpace(store lowSpaceStore) bool { return store != nil && store.LowSpace() }
