@@ -242,3 +242,47 @@ func parseNotice(t *testing.T, raw []byte) notice {
 
 // unwrap joins wrapped lines, so a phrase split over two is found.
 func unwrap(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// FuzzDamageNotice: whatever the envelope and the original headers hold,
+// the notice parses as multipart/mixed with lines within 998 octets, one
+// text/plain part and at most one text/rfc822-headers part, ASCII but for
+// a non-ASCII sender's address, and no header field beyond its own (no
+// outside text injects one).
+func FuzzDamageNotice(f *testing.F) {
+	f.Add("alice@origin.test", "<a.1@origin.test>", "env-1", "Subject: hi\r\nFrom: a@b\r\n\r\nbody")
+	f.Add("ü@例え.jp", "<x\r\nBcc: evil@x>", "e\r\nX: y", "Subject: =?utf-8?q?x?=\r\nX-Ü: ü\r\n\r\n")
+	f.Add("a@b\r\nBcc: c@d", "", "", "no blank line")
+	f.Fuzz(func(t *testing.T, sender, msgID, envID, head string) {
+		if clean(sender) == "" {
+			return // BounceDamaged sends nothing to the null sender
+		}
+		n := &damageNotice{ReportingMTA: "mta.example", QueueID: "01JFUZZ", Sender: sender, MessageID: msgID, EnvID: envID,
+			Arrival: time.Unix(1e9, 0).UTC(), Size: 1234, Now: time.Unix(2e9, 0).UTC(), Headers: headerBlock([]byte(head))}
+		var b bytes.Buffer
+		if err := n.write(&b); err != nil {
+			t.Fatal(err)
+		}
+		raw := b.Bytes()
+		p := parseNotice(t, raw)
+		if !n.global() && !isASCII(raw) {
+			t.Fatalf("an ASCII sender's notice has 8-bit octets:\n%q", raw)
+		}
+		allowed := map[string]bool{"From": true, "To": true, "Subject": true, "Date": true, "Message-Id": true,
+			"Auto-Submitted": true, "X-Mtad-Queue-Id": true, "Mime-Version": true, "Content-Type": true}
+		for k := range p.header {
+			if !allowed[k] {
+				t.Fatalf("header field %q in the notice:\n%q", k, raw)
+			}
+		}
+		if p.header.Get("Subject") != noticeSubject {
+			t.Fatalf("Subject %q", p.header.Get("Subject"))
+		}
+		if len(p.parts) == 0 || len(p.parts) > 2 || p.parts[0].typ != "text/plain" ||
+			len(p.parts) == 2 && p.parts[1].typ != "text/rfc822-headers" {
+			t.Fatalf("parts %v", p.types())
+		}
+		if !strings.Contains(p.parts[0].body, "01JFUZZ") {
+			t.Fatalf("text part lacks the queue id:\n%s", p.parts[0].body)
+		}
+	})
+}
