@@ -640,14 +640,15 @@ func salvageSpool(dir string, opts spool.Options, cause error, log *zap.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	logging.SpoolSalvaged{Copied: st.Copied, Quarantined: st.Quarantined, DSNOwed: st.DSNOwed, Orphans: st.Orphans,
+	logging.SpoolSalvaged{Copied: st.Copied, Quarantined: st.Quarantined, DSNOwed: st.DSNOwed, NoticeOwed: st.NoticeOwed, Orphans: st.Orphans,
 		KeptQuarantined: st.KeptQuarantined, KeptDSNOwed: st.KeptDSNOwed, DamagedRanges: st.DamagedRanges, DamagedDir: st.DamagedDir, Cause: spool.ErrLine(cause)}.Log(log)
 	return sp, nil
 }
 
-// bounceDamaged sends the DSNs owed for messages a salvage (this start or
-// an earlier one cut short) quarantined with a readable envelope. A DSN
-// that cannot be spooled now stays owed and is tried at the next start.
+// bounceDamaged sends the DSNs (or damage notices, see
+// scheduler.BounceDamaged) owed for messages a salvage (this start or an
+// earlier one cut short) quarantined with a readable envelope. One that
+// cannot be spooled now stays owed and is tried at the next start.
 func bounceDamaged(sp *spool.Spool, sched *scheduler.Scheduler, log *zap.Logger) {
 	owed, err := sp.SalvageOwed()
 	if err != nil {

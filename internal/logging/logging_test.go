@@ -293,7 +293,7 @@ func TestSpoolSalvagedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	SpoolSalvaged{Copied: 42, Quarantined: 4, DSNOwed: 3, Orphans: 1, KeptQuarantined: 5, KeptDSNOwed: 2,
+	SpoolSalvaged{Copied: 42, Quarantined: 4, DSNOwed: 3, NoticeOwed: 1, Orphans: 1, KeptQuarantined: 5, KeptDSNOwed: 2,
 		DamagedRanges: 6, DamagedDir: "/s/damaged-x", Cause: "checksum"}.Log(l)
 	recs := decodeLines(t, buf.String())
 	if len(recs) != 1 {
@@ -306,7 +306,7 @@ func TestSpoolSalvagedRecord(t *testing.T) {
 	for _, k := range []string{"level", "msg", "ts"} {
 		delete(rec, k)
 	}
-	want := map[string]any{"event": "spool_salvaged", "copied": 42.0, "quarantined": 4.0, "dsn_owed": 3.0,
+	want := map[string]any{"event": "spool_salvaged", "copied": 42.0, "quarantined": 4.0, "dsn_owed": 3.0, "notice_owed": 1.0,
 		"unreadable_envelopes": 1.0, "kept_quarantined": 5.0, "kept_dsn_owed": 2.0, "damaged_ranges": 6.0,
 		"damaged_dir": "/s/damaged-x", "cause": "checksum"}
 	if !reflect.DeepEqual(rec, want) {

@@ -260,6 +260,7 @@ type SpoolSalvaged struct {
 	Copied      int // messages copied whole
 	Quarantined int // messages with a readable envelope, damaged elsewhere
 	DSNOwed     int // of those, the ones whose sender is sent a DSN
+	NoticeOwed  int // of those, the ones whose sender is sent a damage notice (no recipient readable to report on)
 	Orphans     int // messages whose envelope was unreadable, some records kept
 	// KeptQuarantined and KeptDSNOwed count what was in quarantine before
 	// the damage (messages, owed-DSN markers), copied as it was: not new
@@ -278,6 +279,7 @@ func (s SpoolSalvaged) Fields() []zap.Field {
 		zap.Int("copied", s.Copied),
 		zap.Int("quarantined", s.Quarantined),
 		zap.Int("dsn_owed", s.DSNOwed),
+		zap.Int("notice_owed", s.NoticeOwed),
 		zap.Int("unreadable_envelopes", s.Orphans),
 		zap.Int("kept_quarantined", s.KeptQuarantined),
 		zap.Int("kept_dsn_owed", s.KeptDSNOwed),

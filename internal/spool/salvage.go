@@ -74,6 +74,11 @@ type SalvageStats struct {
 	Copied      int    // messages copied whole, with their recipient states
 	Quarantined int    // messages with a readable meta record but some record missing or unsound
 	DSNOwed     int    // of those, the ones owed a DSN: a non-null sender and a readable recipient still pending
+	// NoticeOwed counts the quarantined messages owed a damage notice
+	// instead: a non-null sender, some recipient records unreadable and
+	// none readable still pending, so there is no recipient a DSN could
+	// name, yet the sender was told 250 and must be told it failed.
+	NoticeOwed int
 	// Orphans counts messages of which only recipient records could be
 	// read (their meta record was in a damaged range): those
 	// records are quarantined too.
@@ -580,11 +585,21 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 				return err
 			}
 		}
-		if m != nil && m.Sender != "" && pendingReadable(recs, id) {
-			st.DSNOwed++
-			return add(op{key: append([]byte(prefixSalvageDSN), id...), val: [][]byte{nil}})
+		if m == nil || m.Sender == "" {
+			return nil
 		}
-		return nil
+		switch {
+		case pendingReadable(recs, id):
+			st.DSNOwed++
+		case recipientsMissing(recs, id, recs[0].v):
+			st.NoticeOwed++
+		default:
+			return nil // every recipient is final: nothing is owed
+		}
+		// One marker for both: SalvageOwed returns the envelope with
+		// its readable recipients, and the scheduler sends a DSN when
+		// one is pending, else the notice.
+		return add(op{key: append([]byte(prefixSalvageDSN), id...), val: [][]byte{nil}})
 	})
 	st.DamagedRanges += n
 	walkErr = err
@@ -617,6 +632,29 @@ func pendingReadable(recs []kv, id string) bool {
 		}
 	}
 	return false
+}
+
+// recipientsMissing reports whether fewer of a message's recipient records
+// decode among recs than its meta record (meta) counts: the recipients it
+// cannot name may still be pending, so its sender is owed a notice that
+// the message was damaged (see scheduler.BounceDamaged). A message whose
+// recipients all read and are all final owes nothing.
+func recipientsMissing(recs []kv, id string, meta []byte) bool {
+	_, n, err := decodeMeta(meta)
+	if err != nil {
+		return false
+	}
+	p := rcptPrefix(id)
+	read := 0
+	for _, r := range recs {
+		if !bytes.HasPrefix(r.k, p) {
+			continue
+		}
+		if _, err := decodeRecipient(r.v); err == nil {
+			read++
+		}
+	}
+	return read < n
 }
 
 // salvageKept copies, as they are, the readable records the damaged store
@@ -809,10 +847,10 @@ func (s *Spool) salvageOrphans(old *pebble.DB, st *SalvageStats) error {
 }
 
 // SalvageOwed returns the quarantined messages whose sender is owed a DSN
-// because Salvage could not copy them, as far as they can be read from
-// quarantine: the envelope, and the recipients whose records are readable
-// (in index order). Each is reported with SalvageDSNSent once its DSN is
-// spooled.
+// (or, with no readable recipient pending, a damage notice) because
+// Salvage could not copy them, as far as they can be read from quarantine:
+// the envelope, and the recipients whose records are readable (in index
+// order). Each is reported with SalvageDSNSent once its DSN is spooled.
 func (s *Spool) SalvageOwed() ([]*Message, error) {
 	var out []*Message
 	err := s.withDB(func(db *pebble.DB) error {
@@ -871,6 +909,43 @@ func readQuarantinedEnvelope(db *pebble.DB, id string) (*Message, error) {
 		}
 	}
 	return m, errors.Join(it.Error(), it.Close())
+}
+
+// SalvageHead returns up to max bytes from the start of quarantined
+// message id's body (its first body record), for the header block a damage
+// notice quotes. It returns nil and no error when that record is missing
+// or does not decode: the body is what may have been damaged, and a notice
+// goes out without the headers then.
+func (s *Spool) SalvageHead(id string, max int) ([]byte, error) {
+	var head []byte
+	err := s.withDB(func(db *pebble.DB) error {
+		v, found, err := getCopy(db, quarantineKey(metaKey(id)))
+		if err != nil || !found {
+			return err
+		}
+		m, _, err := decodeMeta(v)
+		if err != nil {
+			return nil
+		}
+		key := quarantineKey(bodyKey(id))
+		if m.chunks > 0 {
+			key = quarantineKey(chunkKey(m.bodyID, 0))
+		}
+		v, found, err = getCopy(db, key)
+		if err != nil || !found {
+			return err
+		}
+		b, err := decodeBody(v)
+		if err != nil {
+			return nil
+		}
+		head = bytes.Clone(b[:min(len(b), max)])
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool salvage head %s: %w", id, err)
+	}
+	return head, nil
 }
 
 // SalvageDSNSent records that the DSN owed for quarantined message id has

@@ -125,9 +125,10 @@ func TestSalvageIntactBeforeDamage(t *testing.T) {
 }
 
 // A message whose sender reads but whose recipient records do not is
-// quarantined without a DSN owed: a DSN needs a recipient to report on,
-// and counting it as owed told the operator its sender had been told
-// (found by the crash harness's salvage round).
+// owed a damage notice, not a DSN: a DSN needs a recipient to report on
+// (found by the crash harness's salvage round, which then counted such
+// senders as never told). One with a readable pending recipient is owed
+// a DSN; SalvageHead reads the start of the body for the notice.
 func TestSalvageUnreadableRecipients(t *testing.T) {
 	t.Parallel()
 	f := writeFlushed(t, 300)
@@ -156,22 +157,44 @@ func TestSalvageUnreadableRecipients(t *testing.T) {
 	if st.Quarantined == 0 || st.DSNOwed >= st.Quarantined {
 		t.Errorf("quarantined %d, dsn owed %d: want some quarantined with no recipient to report on", st.Quarantined, st.DSNOwed)
 	}
+	if st.NoticeOwed == 0 || st.DSNOwed+st.NoticeOwed != st.Quarantined {
+		t.Errorf("quarantined %d = dsn owed %d + notice owed %d? want every one owed one or the other, some a notice",
+			st.Quarantined, st.DSNOwed, st.NoticeOwed)
+	}
 	owed, err := s.SalvageOwed()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(owed) != st.DSNOwed {
-		t.Errorf("%d owed a DSN, stats say %d", len(owed), st.DSNOwed)
+	if len(owed) != st.DSNOwed+st.NoticeOwed {
+		t.Errorf("%d owed, stats say %d DSNs and %d notices", len(owed), st.DSNOwed, st.NoticeOwed)
 	}
+	notices := 0
 	for _, m := range owed {
+		want := f.msgs[m.ID]
+		if want == nil || m.Sender != want.Sender || m.MessageID != want.MessageID || m.Size != int64(len(f.bodies[m.ID])) {
+			t.Fatalf("owed %s (%q, %q, %d bytes): not the envelope that was put", m.ID, m.Sender, m.MessageID, m.Size)
+		}
 		pending := 0
 		for _, r := range m.Recipients {
 			if r.State == Pending {
 				pending++
 			}
 		}
-		if pending == 0 {
-			t.Errorf("%s owed a DSN with no pending recipient readable (%d read)", m.ID, len(m.Recipients))
+		if pending > 0 {
+			continue
 		}
+		// Owed a notice: fewer recipients read than were put, none
+		// pending; the body (undamaged here) gives the notice its head.
+		notices++
+		if len(m.Recipients) >= len(want.Recipients) {
+			t.Errorf("%s owed a notice with all %d recipients readable", m.ID, len(m.Recipients))
+		}
+		head, err := s.SalvageHead(m.ID, 512)
+		if err != nil || !bytes.Equal(head, f.bodies[m.ID][:512]) {
+			t.Errorf("SalvageHead(%s) = %d bytes, %v; want the body's first 512", m.ID, len(head), err)
+		}
+	}
+	if notices != st.NoticeOwed {
+		t.Errorf("%d owed with no pending recipient, stats say %d notices", notices, st.NoticeOwed)
 	}
 }

@@ -227,17 +227,17 @@ func salvageCounts(rec map[string]any) string {
 		return "no spool_salvaged record"
 	}
 	var b strings.Builder
-	for _, k := range []string{"copied", "quarantined", "dsn_owed", "unreadable_envelopes", "kept_quarantined", "kept_dsn_owed", "damaged_ranges"} {
+	for _, k := range []string{"copied", "quarantined", "dsn_owed", "notice_owed", "unreadable_envelopes", "kept_quarantined", "kept_dsn_owed", "damaged_ranges"} {
 		fmt.Fprintf(&b, "%s %v ", k, rec[k])
 	}
 	return strings.TrimSpace(b.String())
 }
 
 // check compares what the clients were told with what the sinks saw.
-// A salvage (salvaged) may lose acked messages to the damage: those whose
-// records the damaged store cannot read, and only those, are counted as
-// "lost to damage"; a message whose sender got the salvage's 5.3.0 DSN
-// counts as bounced.
+// Every acked message must be delivered, bounced with a DSN, or (after a
+// salvage) bounced with the salvage's 5.3.0 DSN or its damage notice. The
+// one loss allowed is a message whose envelope (meta record) the damaged
+// store cannot read: no sender to tell, counted as "envelope lost".
 func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool) {
 	t.Helper()
 	ty.mu.Lock()
@@ -257,9 +257,26 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 			never = append(never, strconv.Itoa(i))
 		}
 	}
+	var qids map[string]string // Message-ID → queue id, read when needed
+	qidOf := func(id string) string {
+		if qids == nil {
+			qids = queueIDs(t, e.dir)
+		}
+		return qids[id]
+	}
+	notified := func(id string) bool {
+		if ty.notified[id] != nil {
+			return true
+		}
+		if len(ty.notifiedQID) == 0 {
+			return false
+		}
+		q := qidOf(id)
+		return q != "" && ty.notifiedQID[q] != nil
+	}
 	var states [4]int
 	var unexplained []*attempt
-	bouncedDamaged := 0
+	bouncedDamaged, notifiedDamaged := 0, 0
 	var lostAcked, badDelivered, goodDSN, unackedSeen, uncertainSeen []string
 	sent := map[string]bool{}
 	for _, a := range w.attempts {
@@ -272,15 +289,17 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 			case (a.bad && dsn != nil) || (!a.bad && del != nil):
 			case ty.damaged[a.msg] != nil:
 				bouncedDamaged++
+			case notified(a.id):
+				notifiedDamaged++
 			default:
 				unexplained = append(unexplained, a)
 			}
 		case stUncertain:
-			if del != nil || dsn != nil {
+			if del != nil || dsn != nil || ty.notified[a.id] != nil {
 				uncertainSeen = append(uncertainSeen, a.id)
 			}
 		default:
-			if del != nil || dsn != nil {
+			if del != nil || dsn != nil || ty.notified[a.id] != nil {
 				unackedSeen = append(unackedSeen, a.id)
 			}
 		}
@@ -291,24 +310,28 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 			goodDSN = append(goodDSN, a.id)
 		}
 	}
-	// A message lost to a salvage's damage: its records are unreadable in
-	// the damaged store (by its queue id, from the daemon's "received"
-	// record). Any other acked message neither delivered nor bounced is
-	// lost, and an error.
-	lostDamage := 0
+	// An acked message neither delivered nor bounced nor notified is
+	// lost, and an error, unless a salvage met its envelope unreadable
+	// in the damaged store (by its queue id, from the daemon's
+	// "received" record). One whose envelope read but whose recipients
+	// did not was owed a notice: lost in silence, also an error.
+	envelopeLost, silent := 0, 0
 	if len(unexplained) > 0 && salvaged {
-		qids := queueIDs(t, e.dir)
 		var ask []string
 		for _, a := range unexplained {
-			if q := qids[a.id]; q != "" {
+			if q := qidOf(a.id); q != "" {
 				ask = append(ask, q)
 			}
 		}
-		hit := inDamage(t, filepath.Join(e.dir, "spool"), ask)
+		envelope, rcpts := inDamage(t, filepath.Join(e.dir, "spool"), ask)
 		for _, a := range unexplained {
-			if q := qids[a.id]; q != "" && hit[q] {
-				lostDamage++
+			q := qidOf(a.id)
+			switch {
+			case q != "" && envelope[q]:
+				envelopeLost++
 				continue
+			case q != "" && rcpts[q]:
+				silent++
 			}
 			lostAcked = append(lostAcked, a.id)
 		}
@@ -320,6 +343,11 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 	for id := range ty.dsn {
 		if !sent[id] {
 			unackedSeen = append(unackedSeen, id+" (DSN)")
+		}
+	}
+	for id := range ty.notified {
+		if !sent[id] {
+			unackedSeen = append(unackedSeen, id+" (notice)")
 		}
 	}
 
@@ -351,6 +379,17 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 			}
 		}
 	}
+	// A notice is sent again when a kill lands between its spooling and
+	// the record that it was sent: the same window.
+	dupNotice := 0
+	for q, a := range ty.notifiedQID {
+		if a.n > 1 {
+			dupNotice += a.n - 1
+			if !inWindow(a.first) {
+				outside = append(outside, q+" (notice)")
+			}
+		}
+	}
 
 	byKind := map[string]int{}
 	for _, k := range kills {
@@ -360,10 +399,11 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 		w.n, len(w.attempts), states[stAcked], states[stUncertain], states[stRefused], states[stNotSent])
 	t.Logf("kills %d %v; sinks: %d delivered, %d DSNs, %d refusals", len(kills), byKind,
 		len(ty.delivered), len(ty.dsn), ty.events[evRefuse])
-	t.Logf("salvage: %d acked messages bounced with a 5.3.0 DSN (damaged in the spool), %d lost to damage (records unreadable in the damaged store, no envelope to bounce to)",
-		bouncedDamaged, lostDamage)
-	t.Logf("duplicates: %d deliveries, %d DSNs (allowed: first arrival %s before to %s after a kill; largest seen %s before); answers lost to a kill yet delivered: %d",
-		dups, dupDSN, dupBefore, dupAfter, lead.Round(time.Millisecond), len(uncertainSeen))
+	t.Logf("salvage: %d acked messages bounced with a 5.3.0 DSN (damaged in the spool), %d notified (envelope readable, recipients not: damage notice), "+
+		"%d envelope lost (meta record unreadable in the damaged store: no sender to tell), %d lost in silence (envelope readable, no notice)",
+		bouncedDamaged, notifiedDamaged, envelopeLost, silent)
+	t.Logf("duplicates: %d deliveries, %d DSNs, %d notices (allowed: first arrival %s before to %s after a kill; largest seen %s before); answers lost to a kill yet delivered: %d",
+		dups, dupDSN, dupNotice, dupBefore, dupAfter, lead.Round(time.Millisecond), len(uncertainSeen))
 
 	report := func(what string, ids []string) {
 		if len(ids) > 0 {
@@ -372,7 +412,7 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 		}
 	}
 	report("messages never acked after their attempts", never)
-	report("acked but neither delivered nor bounced with a DSN", lostAcked)
+	report("acked but neither delivered, bounced with a DSN, nor notified", lostAcked)
 	report("refused or never sent, yet at a sink", unackedSeen)
 	report("duplicates outside the unsynced window of every kill", outside)
 	report("refused recipients delivered", badDelivered)
@@ -380,5 +420,8 @@ func check(t *testing.T, w *work, ty *tally, kills []kill, e *env, salvaged bool
 	report("Message-IDs the harness never sent", ty.strangers)
 	if ty.dsnNoID > 0 {
 		t.Errorf("%d DSNs name no Message-ID of ours", ty.dsnNoID)
+	}
+	if ty.noticeNoID > 0 {
+		t.Errorf("%d damage notices name no queue id", ty.noticeNoID)
 	}
 }

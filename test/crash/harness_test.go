@@ -292,17 +292,24 @@ type tally struct {
 	delivered map[string]*arrival // Message-ID → deliveries of the message
 	dsn       map[string]*arrival // original Message-ID → DSNs naming it
 	damaged   map[int]*arrival    // message number → 5.3.0 DSNs of a salvage naming its recipient
-	strangers []string            // Message-IDs the harness never sent
-	dsnNoID   int                 // DSNs naming none of our Message-IDs
-	events    [evCount]int
-	wire      struct {
+	// A salvage's damage notices (no recipient to name: see
+	// scheduler.BounceDamaged), by the Message-ID they quote and by the
+	// queue id they name.
+	notified    map[string]*arrival
+	notifiedQID map[string]*arrival
+	noticeNoID  int      // notices naming no queue id
+	strangers   []string // Message-IDs the harness never sent
+	dsnNoID     int      // DSNs naming none of our Message-IDs
+	events      [evCount]int
+	wire        struct {
 		ev, at int
 		ch     chan struct{}
 	}
 }
 
 func newTally() *tally {
-	return &tally{delivered: map[string]*arrival{}, dsn: map[string]*arrival{}, damaged: map[int]*arrival{}}
+	return &tally{delivered: map[string]*arrival{}, dsn: map[string]*arrival{}, damaged: map[int]*arrival{},
+		notified: map[string]*arrival{}, notifiedQID: map[string]*arrival{}}
 }
 
 // arm returns a channel closed once n more events of kind ev happened.
@@ -343,6 +350,22 @@ var ourID = regexp.MustCompile(`<(crash\.\d+\.\d+@inject\.test)>`)
 func (ty *tally) take(from string, data []byte, dot time.Time) {
 	ty.mu.Lock()
 	defer ty.mu.Unlock()
+	if from == "" && isNotice(data) {
+		qid := noticeQID(data)
+		if qid == "" {
+			ty.noticeNoID++
+			return
+		}
+		add(ty.notifiedQID, qid, dot)
+		seen := map[string]bool{}
+		for _, m := range ourID.FindAllSubmatch(data, -1) {
+			seen[string(m[1])] = true
+		}
+		for id := range seen {
+			add(ty.notified, id, dot)
+		}
+		return
+	}
 	if from == "" { // a DSN: count every original it names
 		seen := map[string]bool{}
 		for _, m := range ourID.FindAllSubmatch(data, -1) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -183,19 +184,20 @@ func queueIDs(t *testing.T, dir string) map[string]string {
 	return ids
 }
 
-// inDamage reports which of the queue ids have a record the damaged store
-// (the salvage's damaged-*/db) cannot read: the meta record or one of the
-// recipient records. Only these may be lost to the damage.
-func inDamage(t *testing.T, spoolDir string, qids []string) map[string]bool {
+// inDamage reports which of the queue ids have an unreadable meta record
+// (envelope) in the damaged store (the salvage's damaged-*/db), and which
+// a readable meta but an unreadable recipient record. Only the first may
+// be lost to the damage in silence: the second are owed a notice.
+func inDamage(t *testing.T, spoolDir string, qids []string) (envelope, rcpts map[string]bool) {
 	t.Helper()
-	out := map[string]bool{}
+	envelope, rcpts = map[string]bool{}, map[string]bool{}
 	if len(qids) == 0 {
-		return out
+		return envelope, rcpts
 	}
 	dirs, err := filepath.Glob(filepath.Join(spoolDir, "damaged-*", "db"))
 	if err != nil || len(dirs) == 0 {
 		t.Errorf("no damaged store kept in %s (%v)", spoolDir, err)
-		return out
+		return envelope, rcpts
 	}
 	for _, dbDir := range dirs {
 		// pebble's default event listener makes a data corruption fatal
@@ -210,13 +212,13 @@ func inDamage(t *testing.T, spoolDir string, qids []string) map[string]bool {
 			if _, c, err := db.Get([]byte("m/" + q)); err == nil {
 				_ = c.Close()
 			} else if !errors.Is(err, pebble.ErrNotFound) {
-				out[q] = true
+				envelope[q] = true
 				continue
 			}
 			lo := []byte("r/" + q + "/")
 			it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: []byte("r/" + q + "0")})
 			if err != nil {
-				out[q] = true
+				rcpts[q] = true
 				continue
 			}
 			for ok := it.First(); ok; ok = it.Next() {
@@ -225,13 +227,32 @@ func inDamage(t *testing.T, spoolDir string, qids []string) map[string]bool {
 				}
 			}
 			if it.Error() != nil {
-				out[q] = true
+				rcpts[q] = true
 			}
 			_ = it.Close()
 		}
 		_ = db.Close()
 	}
-	return out
+	return envelope, rcpts
+}
+
+// noticeSubject is the Subject of a salvage's damage notice, sent for a
+// message whose envelope reads and whose recipients do not; it names the
+// message's queue id in X-Mtad-Queue-ID and, when its body's start reads,
+// quotes its Message-ID.
+const noticeSubject = "Undelivered Mail: damaged in the spool"
+
+func isNotice(data []byte) bool {
+	m, err := mail.ReadMessage(bytes.NewReader(data))
+	return err == nil && m.Header.Get("Subject") == noticeSubject && m.Header.Get("Auto-Submitted") == "auto-replied"
+}
+
+func noticeQID(data []byte) string {
+	m, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(m.Header.Get("X-Mtad-Queue-ID"))
 }
 
 // damagedFor matches a DSN for a message a salvage quarantined (5.3.0):
