@@ -135,6 +135,8 @@ type Cluster struct {
 	// calls counts Redis commands sent, for the benchmarks' round trips
 	// per message.
 	calls atomic.Int64
+	// epoch is the Redis epoch last seen (beat's goroutine only).
+	epoch string
 }
 
 // New connects to Redis and starts the node's background work. It does
@@ -358,7 +360,13 @@ func (c *Cluster) beat() bool {
 		"queued", q, "heartbeat", now.UnixMilli())
 	pipe.PExpire(ctx, k, 3*c.cfg.Heartbeat)
 	pipe.SAdd(ctx, c.key("nodes"), c.cfg.Node)
-	c.calls.Add(3)
+	// The epoch is set by the first node to find it missing: a new one
+	// means Redis lost its content (a restart without persistence, a
+	// flush), even between two heartbeats, so every node writes its
+	// records again.
+	pipe.SetNX(ctx, c.key("epoch"), c.cfg.Node+"-"+strconv.FormatInt(now.UnixNano(), 36), 0)
+	epoch := pipe.Get(ctx, c.key("epoch"))
+	c.calls.Add(5)
 	if _, err := pipe.Exec(ctx); c.failed("heartbeat", err) {
 		return false
 	}
@@ -367,6 +375,22 @@ func (c *Cluster) beat() bool {
 	if _, err := c.Members(ctx); c.failed("heartbeat", err) {
 		return false
 	}
+	wasDown := c.down.Load()
+	newEpoch := epoch.Val() != c.epoch
+	if wasDown {
+		// The leases held through fallback count in Redis before the
+		// node takes new ones against Redis's count (re-added if they
+		// expired there or Redis lost them).
+		if !c.renew() {
+			return false
+		}
+	}
+	if wasDown || newEpoch || c.pendingOps() {
+		if !c.replay(wasDown || newEpoch) {
+			return false
+		}
+	}
+	c.epoch = epoch.Val()
 	c.recovered()
 	return true
 }

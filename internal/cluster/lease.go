@@ -189,7 +189,9 @@ func (c *Cluster) renewer() {
 	}
 }
 
-func (c *Cluster) renew() {
+// renew pushes the expiry of every held lease (re-adding those Redis
+// lost); it reports whether Redis answered.
+func (c *Cluster) renew() bool {
 	s := &c.leases
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -200,7 +202,7 @@ func (c *Cluster) renew() {
 	}
 	s.mu.Unlock()
 	if len(byKey) == 0 {
-		return
+		return true
 	}
 	ctx, cancel := c.callCtx()
 	defer cancel()
@@ -210,7 +212,7 @@ func (c *Cluster) renew() {
 	}
 	c.calls.Add(int64(len(byKey)))
 	_, err := pipe.Exec(ctx)
-	c.failed("lease renewal", err)
+	return !c.failed("lease renewal", err)
 }
 
 // releaseAll gives back every lease held (Close).

@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mtad/mtad/internal/cluster/redistest"
+)
+
+// rawRecord reads kind/id straight from Redis (ok false: missing).
+func rawRecord(t *testing.T, r *redistest.Server, c *Cluster, kind, id string) (Record, bool) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	v, err := rdb.HGet(ctx, c.hashKey(kind), id).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, false
+	}
+	if err != nil {
+		return Record{}, false // down: the caller waits
+	}
+	var rec Record
+	if err := json.Unmarshal([]byte(v), &rec); err != nil {
+		t.Fatalf("record %s/%s: %v", kind, id, err)
+	}
+	return rec, true
+}
+
+// waitFor polls cond every 20 ms for at most 5 s (bounded; a machine
+// under load does not fail what works) and fails with what.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("after 5 s: %s", what)
+}
+
+// TestSharedRepublishedAfterEmptyRestart: Redis restarted without its
+// data gets the node's live record back (the epoch changed), and no node
+// is told it was lifted.
+func TestSharedRepublishedAfterEmptyRestart(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a")
+	now := time.Now()
+	if err := a.Put(context.Background(), "susp", "s1", now, now.Add(time.Hour), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	r.Kill()
+	r.Restart()
+	waitFor(t, "the record is back in the restarted Redis", func() bool {
+		rec, ok := rawRecord(t, r, a, "susp", "s1")
+		return ok && !rec.Lifted && rec.Source == "a"
+	})
+}
+
+// TestSharedChangesDuringFallback: a lift made on b while Redis is
+// stalled (SIGSTOP) is queued and written when Redis answers, and a sees
+// it; a's own record, re-put before the lift, stays lifted.
+func TestSharedChangesDuringFallback(t *testing.T) {
+	r := redistest.Start(t)
+	seen := make(chan Record, 64)
+	a := newNode(t, r, "a", func(c *Config) {
+		c.SharedKinds = []string{"susp"}
+		c.OnShared = func(kind string, recs map[string]Record) {
+			if rec, ok := recs["s1"]; ok {
+				seen <- rec
+			}
+		}
+	})
+	b := newNode(t, r, "b")
+	now := time.Now()
+	if err := a.Put(context.Background(), "susp", "s1", now, now.Add(time.Hour), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	r.Pause()
+	waitFor(t, "b in fallback", func() bool { down, _ := b.Fallback(); return down })
+	if err := b.Lift(context.Background(), "susp", "s1", time.Now(), now.Add(time.Hour)); !errors.Is(err, ErrPending) {
+		r.Resume()
+		t.Fatalf("lift in fallback: %v, want ErrPending", err)
+	}
+	r.Resume()
+	waitFor(t, "b's lift reaches Redis", func() bool {
+		rec, ok := rawRecord(t, r, b, "susp", "s1")
+		return ok && rec.Lifted && rec.Source == "b"
+	})
+	waitFor(t, "a sees b's lift", func() bool {
+		for {
+			select {
+			case rec := <-seen:
+				if rec.Lifted && rec.Source == "b" {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	// a replays its own record after recovery: refused (older than the lift).
+	if !a.replay(true) {
+		t.Fatal("replay failed")
+	}
+	if rec, _ := rawRecord(t, r, a, "susp", "s1"); !rec.Lifted {
+		t.Fatalf("a's replay undid b's lift: %+v", rec)
+	}
+}
+
+// TestSharedConditional: a shorter record does not replace a longer one,
+// and the shorter one's expiry does not delete the longer; a record set
+// after a lift replaces the tombstone, one set before it does not.
+func TestSharedConditional(t *testing.T) {
+	r := redistest.Start(t)
+	a, b := newNode(t, r, "a"), newNode(t, r, "b")
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Millisecond)
+	long, short := now.Add(time.Hour), now.Add(10*time.Minute)
+	if err := b.Put(ctx, "susp", "s1", now, long, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Put(ctx, "susp", "s1", now, short, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := rawRecord(t, r, a, "susp", "s1"); rec.Source != "b" || rec.Until != long.UnixMilli() {
+		t.Fatalf("after a's shorter put Redis holds %+v, want b's hour", rec)
+	}
+	if err := a.Expire(ctx, "susp", "s1", short); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok := rawRecord(t, r, a, "susp", "s1"); !ok || rec.Source != "b" {
+		t.Fatalf("a's expiry removed b's longer record: %+v %v", rec, ok)
+	}
+	lift := now.Add(time.Minute)
+	if err := a.Lift(ctx, "susp", "s1", lift, short); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := rawRecord(t, r, a, "susp", "s1")
+	if !rec.Lifted || rec.Until != long.UnixMilli() {
+		t.Fatalf("tombstone %+v, want lifted and kept until the lifted hour", rec)
+	}
+	if err := b.Put(ctx, "susp", "s1", now, long.Add(time.Hour), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := rawRecord(t, r, a, "susp", "s1"); !rec.Lifted {
+		t.Fatalf("a record set before the lift replaced it: %+v", rec)
+	}
+	if err := b.Put(ctx, "susp", "s1", lift.Add(time.Second), short, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := rawRecord(t, r, a, "susp", "s1"); rec.Lifted || rec.Source != "b" {
+		t.Fatalf("a record set after the lift did not replace it: %+v", rec)
+	}
+	if err := b.Expire(ctx, "susp", "s1", short); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rawRecord(t, r, a, "susp", "s1"); ok {
+		t.Fatal("the expired record is still there")
+	}
+}
