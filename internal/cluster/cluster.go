@@ -202,16 +202,24 @@ func New(cfg Config) (*Cluster, error) {
 }
 
 // Close stops the background work, releases this node's leases and
-// membership (best effort, one timeout each) and closes the client.
+// membership (best effort, in one pipeline under one timeout: a hung
+// Redis delays Close by Timeout, whatever the leases held) and closes the
+// client.
 func (c *Cluster) Close() error {
 	c.stop()
 	c.wg.Wait()
-	c.leases.releaseAll(c)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	n := c.leases.releaseAll(ctx, pipe)
 	if !c.down.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
-		c.rdb.Del(ctx, c.nodeKey(c.cfg.Node))
-		c.rdb.SRem(ctx, c.key("nodes"), c.cfg.Node)
-		cancel()
+		pipe.Del(ctx, c.nodeKey(c.cfg.Node))
+		pipe.SRem(ctx, c.key("nodes"), c.cfg.Node)
+		n += 2
+	}
+	if n > 0 {
+		c.calls.Add(int64(n))
+		_, _ = pipe.Exec(ctx) // best effort: leases expire, the record too
 	}
 	return c.rdb.Close()
 }

@@ -215,15 +215,30 @@ func (c *Cluster) renew() bool {
 	return !c.failed("lease renewal", err)
 }
 
-// releaseAll gives back every lease held (Close).
-func (s *leaseSet) releaseAll(c *Cluster) {
+// releaseAll gives back every lease held (Close): one ZREM per key, all
+// in pipe, so that a hung Redis costs Close one timeout, not one per
+// lease.
+func (s *leaseSet) releaseAll(ctx context.Context, pipe redis.Pipeliner) int {
 	s.mu.Lock()
 	ls := make([]*Lease, 0, len(s.held))
 	for l := range s.held {
 		ls = append(ls, l)
 	}
 	s.mu.Unlock()
+	byKey := map[string][]any{}
 	for _, l := range ls {
-		l.Release()
+		l.once.Do(func() {
+			s.mu.Lock()
+			delete(s.held, l)
+			if s.local[l.key]--; s.local[l.key] <= 0 {
+				delete(s.local, l.key)
+			}
+			s.mu.Unlock()
+			byKey[l.key] = append(byKey[l.key], l.member)
+		})
 	}
+	for k, ms := range byKey {
+		pipe.ZRem(ctx, k, ms...)
+	}
+	return len(byKey)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,5 +197,71 @@ func TestLeasesRenewedOnRecovery(t *testing.T) {
 	if l, ok, _ := a.Acquire("site:z", 4); ok {
 		l.Release()
 		t.Fatal("a fifth lease under a cap of 4 after recovery")
+	}
+}
+
+// countHook counts the round trips a client makes (a command, or a
+// pipeline), and the ZREMs sent alone.
+type countHook struct {
+	mu          sync.Mutex
+	trips, zrem int
+}
+
+func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.mu.Lock()
+		h.trips++
+		if cmd.Name() == "zrem" {
+			h.zrem++
+		}
+		h.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.mu.Lock()
+		h.trips++
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// TestCloseReleasesInOneTrip: Close gives back 20 leases over two keys
+// in one round trip (so a hung Redis costs one timeout), and they are
+// gone from Redis; with Redis stalled, Close still returns.
+func TestCloseReleasesInOneTrip(t *testing.T) {
+	r := redistest.Start(t)
+	b := newNode(t, r, "b")
+	for _, stalled := range []bool{false, true} {
+		a, err := New(Config{Addrs: []string{r.Addr()}, Node: "a", Timeout: 100 * time.Millisecond, Prefix: "t:" + t.Name() + ":"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			if _, ok, _ := a.Acquire(fmt.Sprintf("k%d", i%2), 100); !ok {
+				t.Fatal("lease refused")
+			}
+		}
+		h := &countHook{}
+		a.rdb.AddHook(h)
+		if stalled {
+			r.Pause()
+		}
+		a.Close()
+		if stalled {
+			r.Resume()
+		}
+		if h.trips != 1 || h.zrem != 0 {
+			t.Fatalf("stalled=%v: Close made %d round trips (%d lone ZREMs), want 1", stalled, h.trips, h.zrem)
+		}
+		if !stalled {
+			for _, k := range []string{"k0", "k1"} {
+				if n, err := b.Count(context.Background(), k); err != nil || n != 0 {
+					t.Fatalf("%s: %d leases left after Close (%v)", k, n, err)
+				}
+			}
+		}
 	}
 }
