@@ -178,7 +178,7 @@ func New(cfg Config) (*Cluster, error) {
 		PoolTimeout:     cfg.Timeout,
 		DisableIdentity: true,
 	})
-	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(rdb), log: cfg.Log}
+	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(prefixedRDB{rdb, cfg.Prefix}), log: cfg.Log}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	c.members.Store(1)
 	if cfg.OnShared != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -201,10 +202,12 @@ func TestLeasesRenewedOnRecovery(t *testing.T) {
 }
 
 // countHook counts the round trips a client makes (a command, or a
-// pipeline), and the ZREMs sent alone.
+// pipeline), and the ZREMs sent alone; delay, if set, holds each command
+// that long (widening the window for concurrent callers).
 type countHook struct {
 	mu          sync.Mutex
 	trips, zrem int
+	delay       time.Duration
 }
 
 func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -216,6 +219,7 @@ func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			h.zrem++
 		}
 		h.mu.Unlock()
+		time.Sleep(h.delay)
 		return next(ctx, cmd)
 	}
 }
@@ -263,5 +267,127 @@ func TestCloseReleasesInOneTrip(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestKeysPrefixed: every key a node writes (rate budgets, leases,
+// records, membership) starts with its Prefix, so an ACL such as
+// ~mtad:* covers them.
+func TestKeysPrefixed(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a", func(c *Config) { c.Prefix = "pfx:" })
+	if ok, _ := a.Take("site:x|b1", Rate{N: 10, Per: time.Second}, time.Now()); !ok {
+		t.Fatal("first token refused")
+	}
+	if _, ok, _ := a.Acquire("site:x|b1", 3); !ok {
+		t.Fatal("lease refused")
+	}
+	if err := a.Put(context.Background(), "susp", "s1", time.Now(), time.Now().Add(time.Hour), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	keys, err := rdb.Keys(context.Background(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasRate := false
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "pfx:") {
+			t.Errorf("key %q does not start with the prefix", k)
+		}
+		hasRate = hasRate || strings.Contains(k, "rate:site:x|b1")
+	}
+	if !hasRate {
+		t.Fatalf("no rate key among %q", keys)
+	}
+}
+
+// inFlightHook holds each command until a second one is in flight (or
+// its deadline): it shows whether two calls reach Redis at once.
+type inFlightHook struct {
+	mu      sync.Mutex
+	n, most int
+	arrived chan struct{}
+	once    sync.Once
+}
+
+func (h *inFlightHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *inFlightHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *inFlightHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name != "evalsha" && name != "eval" {
+			return next(ctx, cmd) // the rate script only
+		}
+		h.mu.Lock()
+		h.n++
+		h.most = max(h.most, h.n)
+		if h.n >= 2 {
+			h.once.Do(func() { close(h.arrived) })
+		}
+		h.mu.Unlock()
+		select {
+		case <-h.arrived:
+		case <-ctx.Done():
+		}
+		defer func() { h.mu.Lock(); h.n--; h.mu.Unlock() }()
+		return next(ctx, cmd)
+	}
+}
+
+// TestTakesNotSerialized: Takes of different keys reach Redis together
+// (no node-wide lock across the round trip): two refills are in flight at
+// once. With the lock held across the call the first waits alone until
+// its deadline.
+func TestTakesNotSerialized(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a", func(c *Config) { c.Timeout = 2 * time.Second; c.Heartbeat = time.Hour })
+	h := &inFlightHook{arrived: make(chan struct{})}
+	a.rdb.AddHook(h)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.Take(fmt.Sprintf("site:k%d", i), Rate{N: 100, Per: time.Second}, time.Now())
+		}()
+	}
+	wg.Wait()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.most < 2 {
+		t.Fatalf("at most %d Redis calls in flight for 8 Takes of 8 keys, want them concurrent", h.most)
+	}
+}
+
+// TestOneRefillPerKey: eight concurrent Takes of one key whose batch is
+// ten tokens make one refill between them, not one each.
+func TestOneRefillPerKey(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a", func(c *Config) { c.Timeout = 2 * time.Second; c.Heartbeat = time.Hour })
+	a.Take("site:warm", Rate{N: 100, Per: time.Second}, time.Now()) // loads the script (EVALSHA's NOSCRIPT, then EVAL)
+	h := &countHook{delay: 50 * time.Millisecond}
+	a.rdb.AddHook(h)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	took := 0
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, _ := a.Take("site:one", Rate{N: 100, Per: time.Second}, time.Now()); ok {
+				mu.Lock()
+				took++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if took != 8 || h.trips != 1 {
+		t.Fatalf("8 Takes of one key: %d took a token, %d Redis calls; want 8 and 1 refill of 10", took, h.trips)
 	}
 }
