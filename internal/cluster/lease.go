@@ -108,6 +108,81 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	return l, true, nil
 }
 
+// AcquireAll takes a lease under each of keys[i]'s cap caps[i], all or
+// none, for one connection: the scripts go in one pipeline (one round
+// trip; a refusal costs a second, to give back the others). In fallback
+// it counts locally as Acquire does. err is only for a closed Cluster.
+func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) {
+	if len(keys) != len(caps) {
+		panic("cluster: AcquireAll: keys and caps differ in length")
+	}
+	if err := c.ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	s := &c.leases
+	ls := make([]*Lease, len(keys))
+	s.mu.Lock()
+	for i, k := range keys {
+		s.seq++
+		ls[i] = &Lease{c: c, key: c.key("conn", k), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
+	}
+	s.mu.Unlock()
+	if !c.local() {
+		ctx, cancel := c.callCtx()
+		defer cancel()
+		pipe := c.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(ls))
+		for i, l := range ls {
+			// EVAL, not EVALSHA: a pipeline cannot load a script a
+			// restarted Redis forgot.
+			cmds[i] = acquireScript.Eval(ctx, pipe, []string{l.key}, caps[i], l.member, c.cfg.LeaseTTL.Milliseconds())
+		}
+		c.calls.Add(int64(len(ls)))
+		_, err := pipe.Exec(ctx)
+		if !c.failed("leases", err) {
+			all := true
+			for _, cmd := range cmds {
+				if n, _ := cmd.Int(); n != 1 {
+					all = false
+				}
+			}
+			if !all {
+				rel := c.rdb.Pipeline()
+				for i, l := range ls {
+					if n, _ := cmds[i].Int(); n == 1 {
+						rel.ZRem(ctx, l.key, l.member)
+					}
+				}
+				if rel.Len() > 0 {
+					c.calls.Add(int64(rel.Len()))
+					_, err := rel.Exec(ctx)
+					c.failed("lease release", err) // else they expire
+				}
+				return nil, false, nil
+			}
+			s.mu.Lock()
+			for _, l := range ls {
+				s.held[l] = struct{}{}
+				s.local[l.key]++
+			}
+			s.mu.Unlock()
+			return ls, true, nil
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, l := range ls {
+		if s.local[l.key] >= c.FallbackCap(caps[i]) {
+			return nil, false, nil
+		}
+	}
+	for _, l := range ls {
+		s.held[l] = struct{}{}
+		s.local[l.key]++
+	}
+	return ls, true, nil
+}
+
 // Release gives the lease back; later calls do nothing. It waits for a
 // renewal in flight, so that renewal cannot add the lease back after it.
 func (l *Lease) Release() {

@@ -213,6 +213,10 @@ type countHook struct {
 func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		switch cmd.Name() {
+		case "subscribe", "ping", "hello", "client":
+			return next(ctx, cmd) // the pub/sub reader's connection, not a call
+		}
 		h.mu.Lock()
 		h.trips++
 		if cmd.Name() == "zrem" {
@@ -389,5 +393,40 @@ func TestOneRefillPerKey(t *testing.T) {
 	defer h.mu.Unlock()
 	if took != 8 || h.trips != 1 {
 		t.Fatalf("8 Takes of one key: %d took a token, %d Redis calls; want 8 and 1 refill of 10", took, h.trips)
+	}
+}
+
+// TestAcquireAllOneTrip: a connection's three leases take one round
+// trip; when one key is at its cap none is held and the others' counts
+// are as before.
+func TestAcquireAllOneTrip(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a", func(c *Config) { c.Heartbeat = time.Hour })
+	keys := []string{"site:s", "domain:d", "provider:p"}
+	h := &countHook{}
+	a.rdb.AddHook(h)
+	set, ok, err := a.AcquireAll(keys, []int{5, 5, 1})
+	if err != nil || !ok || len(set) != 3 {
+		t.Fatalf("AcquireAll = %d leases, %v, %v", len(set), ok, err)
+	}
+	h.mu.Lock()
+	trips := h.trips
+	h.mu.Unlock()
+	if trips != 1 {
+		t.Fatalf("three leases took %d round trips, want 1", trips)
+	}
+	if _, ok, _ := a.AcquireAll(keys, []int{5, 5, 1}); ok {
+		t.Fatal("a second set granted over the provider's cap of 1")
+	}
+	for i, k := range keys {
+		if n, err := a.Count(context.Background(), k); err != nil || n != 1 {
+			t.Fatalf("%s holds %d leases (%v) after a refused set, want 1", k, n, err)
+		}
+		if a.Held(k) != 1 {
+			t.Fatalf("%s: Held = %d", keys[i], a.Held(k))
+		}
+	}
+	for _, l := range set {
+		l.Release()
 	}
 }

@@ -379,20 +379,16 @@ func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) i
 	if len(keys) == 0 {
 		return n
 	}
+	var ka [3]string
+	var ca [3]int
+	for i, k := range keys {
+		ka[i], ca[i] = k.key, k.cap
+	}
 	got := 0
 	for ; got < n; got++ {
-		set := make([]*cluster.Lease, 0, len(keys))
-		for _, k := range keys {
-			lease, ok, _ := cs.c.Acquire(k.key, k.cap)
-			if !ok {
-				break
-			}
-			set = append(set, lease)
-		}
-		if len(set) < len(keys) {
-			for _, lease := range set {
-				lease.Release()
-			}
+		// One round trip per connection for all its keys.
+		set, ok, _ := cs.c.AcquireAll(ka[:len(keys)], ca[:len(keys)])
+		if !ok {
 			break
 		}
 		cs.leaseMu.Lock()
