@@ -29,6 +29,7 @@ func openCluster(cfg *config.Config, queued func() int, reg prometheus.Registere
 	if err != nil {
 		return nil, fmt.Errorf("cluster.fallback: %w", err)
 	}
+	cluster.RouteRedisLog(log.Named("redis"))
 	var pw string
 	if cc.PasswordFile != "" {
 		b, err := os.ReadFile(cc.PasswordFile)

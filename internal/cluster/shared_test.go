@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mtad/mtad/internal/cluster/redistest"
 )
@@ -428,5 +430,24 @@ func TestAcquireAllOneTrip(t *testing.T) {
 	}
 	for _, l := range set {
 		l.Release()
+	}
+}
+
+// TestRedisLogLimited: go-redis's log lines reach zap at most once per
+// period, the next one counting those dropped.
+func TestRedisLogLimited(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	l := newRedisLog(zap.New(core), time.Hour)
+	for i := range 100 {
+		l.Printf(context.Background(), "failed to dial after %d attempts", i)
+	}
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d lines logged for 100, want 1", n)
+	}
+	if e := logs.All()[0]; e.ContextMap()["msg"] != "failed to dial after 0 attempts" {
+		t.Fatalf("logged %v", e.ContextMap())
+	}
+	if l.dropped.Load() != 99 {
+		t.Fatalf("dropped %d, want 99", l.dropped.Load())
 	}
 }
