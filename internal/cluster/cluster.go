@@ -27,7 +27,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +105,11 @@ type Config struct {
 	OnShared func(kind string, recs map[string]Record)
 	// SharedKinds are the kinds OnShared follows.
 	SharedKinds []string
-	Log         *zap.Logger
+	// StateFile, if set, keeps the names of the nodes last seen (written
+	// when they change), so that a node that starts while Redis is down
+	// falls back to its share among them instead of the whole limit.
+	StateFile string
+	Log       *zap.Logger
 }
 
 // Cluster is one node's connection to the shared state. Its methods are
@@ -137,6 +144,9 @@ type Cluster struct {
 	calls atomic.Int64
 	// epoch is the Redis epoch last seen (beat's goroutine only).
 	epoch string
+	// stateSaved is StateFile's content as last written.
+	stateMu    sync.Mutex
+	stateSaved string
 }
 
 // New connects to Redis and starts the node's background work. It does
@@ -187,6 +197,7 @@ func New(cfg Config) (*Cluster, error) {
 	c.budgets.init()
 	c.leases.init()
 	c.shared.init()
+	c.loadMembers()
 	// The first heartbeat before returning: a node knows at once whether
 	// it starts shared or in fallback (a Redis that does not answer at the
 	// start is not a slow reply: no second heartbeat is awaited), and how
@@ -456,9 +467,75 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 			// ranks must add up over the nodes that see each other.
 			c.members.Store(int64(len(out)))
 			c.rank.Store(int64(i))
+			c.saveMembers(out)
 		}
 	}
 	return out, nil
+}
+
+// saveMembers writes the names of the nodes seen to StateFile when they
+// changed (write, fsync, rename: a crash leaves the old list or the new).
+func (c *Cluster) saveMembers(ms []Member) {
+	if c.cfg.StateFile == "" {
+		return
+	}
+	names := make([]string, len(ms))
+	for i, m := range ms {
+		names[i] = m.Name
+	}
+	text := strings.Join(names, "\n") + "\n"
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if text == c.stateSaved {
+		return
+	}
+	tmp := c.cfg.StateFile + ".tmp"
+	f, err := os.Create(tmp)
+	if err == nil {
+		_, err = f.WriteString(text)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, c.cfg.StateFile)
+	}
+	if err != nil {
+		c.log.Warn("cluster: nodes seen not saved", zap.String("file", c.cfg.StateFile), zap.Error(err))
+		return
+	}
+	c.stateSaved = text
+}
+
+// loadMembers sets the share from StateFile's list (New, before the first
+// heartbeat, which replaces it if Redis answers). A list without this
+// node counts it as one more, ranked last.
+func (c *Cluster) loadMembers() {
+	if c.cfg.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(c.cfg.StateFile)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("cluster: nodes seen not read", zap.String("file", c.cfg.StateFile), zap.Error(err))
+		}
+		return
+	}
+	names := strings.Fields(string(b))
+	if len(names) == 0 || len(names) > 10000 {
+		return
+	}
+	i := slices.Index(names, c.cfg.Node)
+	if i < 0 {
+		names = append(names, c.cfg.Node)
+		i = len(names) - 1
+	}
+	c.stateSaved = string(b)
+	c.members.Store(int64(len(names)))
+	c.rank.Store(int64(i))
 }
 
 // share is the part of a shared rate this node may use in fallback: the

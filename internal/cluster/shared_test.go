@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -449,5 +450,30 @@ func TestRedisLogLimited(t *testing.T) {
 	}
 	if l.dropped.Load() != 99 {
 		t.Fatalf("dropped %d, want 99", l.dropped.Load())
+	}
+}
+
+// TestMembersKeptForStartInFallback: a node that starts while Redis is
+// down takes its share among the nodes it saw last (kept in its state
+// file), not the whole limit.
+func TestMembersKeptForStartInFallback(t *testing.T) {
+	r := redistest.Start(t)
+	state := filepath.Join(t.TempDir(), "cluster-nodes")
+	withState := func(c *Config) { c.StateFile = state }
+	a := newNode(t, r, "a", withState)
+	newNode(t, r, "b")
+	newNode(t, r, "c")
+	waitFor(t, "a sees 3 nodes", func() bool { return a.members.Load() == 3 })
+	a.Close()
+	r.Kill()
+	a2 := newNode(t, r, "a", withState)
+	if down, _ := a2.Fallback(); !down {
+		t.Fatal("started in shared mode on a dead Redis")
+	}
+	if got := a2.FallbackCap(6); got != 2 {
+		t.Fatalf("FallbackCap(6) = %d on a start in fallback after seeing 3 nodes, want 2", got)
+	}
+	if err := a2.Status(); err == nil || !strings.Contains(err.Error(), "1/3") {
+		t.Fatalf("Status = %v, want the 1/3 share", err)
 	}
 }
