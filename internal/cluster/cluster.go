@@ -409,6 +409,9 @@ func (c *Cluster) beat() bool {
 			return false
 		}
 	}
+	if !c.dropOrphans() {
+		return false
+	}
 	c.epoch = epoch.Val()
 	c.recovered()
 	return true

@@ -60,6 +60,51 @@ type leaseSet struct {
 	local  map[string]int // fallback counts per key
 	seq    uint64
 	sendMu sync.Mutex // orders a renewal before a Release's ZREM
+	// orphans are members that may be in Redis though no connection holds
+	// them: an acquire whose reply was lost (timeout) and that fallback
+	// then refused, a lease released while Redis did not answer. The next
+	// heartbeat that answers removes them (bounded by maxOrphans; past it
+	// they expire within LeaseTTL).
+	orphans []orphan
+}
+
+type orphan struct{ key, member string }
+
+const maxOrphans = 10000
+
+// orphaned notes members whose acquire may have run in Redis (mu held).
+func (s *leaseSet) orphaned(ls ...*Lease) {
+	for _, l := range ls {
+		if len(s.orphans) < maxOrphans {
+			s.orphans = append(s.orphans, orphan{l.key, l.member})
+		}
+	}
+}
+
+// dropOrphans removes the orphans from Redis in one pipeline (beat).
+func (c *Cluster) dropOrphans() bool {
+	s := &c.leases
+	s.mu.Lock()
+	os := s.orphans
+	s.orphans = nil
+	s.mu.Unlock()
+	if len(os) == 0 {
+		return true
+	}
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	for _, o := range os {
+		pipe.ZRem(ctx, o.key, o.member)
+	}
+	c.calls.Add(int64(len(os)))
+	if _, err := pipe.Exec(ctx); c.failed("orphan leases", err) {
+		s.mu.Lock()
+		s.orphans = append(s.orphans, os[:min(len(os), maxOrphans-min(len(s.orphans), maxOrphans))]...)
+		s.mu.Unlock()
+		return false
+	}
+	return true
 }
 
 func (s *leaseSet) init() {
@@ -81,7 +126,9 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	s.seq++
 	l := &Lease{c: c, key: c.key("conn", key), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
 	s.mu.Unlock()
+	asked := false
 	if !c.local() {
+		asked = true
 		ctx, cancel := c.callCtx()
 		n, err := acquireScript.Run(ctx, c.rdb, []string{l.key}, cap, l.member, c.cfg.LeaseTTL.Milliseconds()).Int()
 		cancel()
@@ -101,6 +148,9 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.local[l.key] >= limit {
+		if asked {
+			s.orphaned(l)
+		}
 		return nil, false, nil
 	}
 	s.held[l] = struct{}{}
@@ -127,7 +177,9 @@ func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) 
 		ls[i] = &Lease{c: c, key: c.key("conn", k), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
 	}
 	s.mu.Unlock()
+	asked := false
 	if !c.local() {
+		asked = true
 		ctx, cancel := c.callCtx()
 		defer cancel()
 		pipe := c.rdb.Pipeline()
@@ -173,6 +225,9 @@ func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) 
 	defer s.mu.Unlock()
 	for i, l := range ls {
 		if s.local[l.key] >= c.FallbackCap(caps[i]) {
+			if asked {
+				s.orphaned(ls...)
+			}
 			return nil, false, nil
 		}
 	}
@@ -193,10 +248,12 @@ func (l *Lease) Release() {
 		if s.local[l.key]--; s.local[l.key] <= 0 {
 			delete(s.local, l.key)
 		}
-		s.mu.Unlock()
 		if c.down.Load() {
-			return // it expires in Redis by itself
+			s.orphaned(l) // removed when Redis answers, else it expires
+			s.mu.Unlock()
+			return
 		}
+		s.mu.Unlock()
 		s.sendMu.Lock()
 		defer s.sendMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)

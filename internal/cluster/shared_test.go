@@ -477,3 +477,25 @@ func TestMembersKeptForStartInFallback(t *testing.T) {
 		t.Fatalf("Status = %v, want the 1/3 share", err)
 	}
 }
+
+// TestNoPhantomLease: an acquire whose reply is lost (Redis stalled past
+// the timeout; it runs the script when it continues) and that fallback
+// stop refuses leaves no lease counted once Redis answers again, long
+// before the lease TTL.
+func TestNoPhantomLease(t *testing.T) {
+	r := redistest.Start(t)
+	a := newNode(t, r, "a", func(c *Config) { c.Fallback = FallbackStop; c.LeaseTTL = time.Minute })
+	if l, ok, _ := a.Acquire("site:warm", 5); ok {
+		l.Release() // Redis knows the script: the stalled EVALSHA runs when it continues
+	}
+	r.Pause()
+	_, ok, _ := a.Acquire("site:ph", 5)
+	r.Resume()
+	if ok {
+		t.Fatal("a lease granted on a stalled Redis in fallback stop")
+	}
+	waitFor(t, "no lease counted", func() bool {
+		n, err := a.Count(context.Background(), "site:ph")
+		return err == nil && n == 0 && !a.InFallback()
+	})
+}
