@@ -362,11 +362,42 @@ func (c *Cluster) sync(kind string) {
 		return
 	}
 	c.forgetLifted(kind, recs)
+	c.sweepEnded(kind, recs)
 	if old, ok := c.shared.last[kind]; ok && sameRecords(old, recs) {
 		return
 	}
 	c.shared.last[kind] = recs
 	f.fn(kind, recs)
+}
+
+// endedGrace is how long past its Until a record stays before any node
+// sweeps it: the node that holds it removes it itself when it ends there.
+const endedGrace = time.Minute
+
+// sweepEnded removes records and tombstones that ended more than
+// endedGrace ago, whoever set them (their node may be gone; a tombstone
+// has no node that ends it), at most 100 a read, by compare-and-delete
+// (a longer one written meanwhile stays).
+func (c *Cluster) sweepEnded(kind string, recs map[string]Record) {
+	cut := time.Now().Add(-endedGrace).UnixMilli()
+	var ended []Record
+	for _, r := range recs {
+		if r.Until < cut && len(ended) < 100 {
+			ended = append(ended, r)
+		}
+	}
+	if len(ended) == 0 {
+		return
+	}
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	for _, r := range ended {
+		expireScript.Eval(ctx, pipe, []string{c.hashKey(kind)}, r.ID, r.Until)
+	}
+	c.calls.Add(int64(len(ended)))
+	_, err := pipe.Exec(ctx)
+	c.failed("sweep "+kind, err)
 }
 
 // forgetLifted drops this node's records that another node lifted since

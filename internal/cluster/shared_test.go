@@ -499,3 +499,35 @@ func TestNoPhantomLease(t *testing.T) {
 		return err == nil && n == 0 && !a.InFallback()
 	})
 }
+
+// TestEndedRecordsSwept: a record and a tombstone that ended over a
+// minute ago, set by a node that is gone, are removed by a node that
+// reads the kind; a current one stays.
+func TestEndedRecordsSwept(t *testing.T) {
+	r := redistest.Start(t)
+	gone := newNode(t, r, "gone")
+	old := time.Now().Add(-time.Hour)
+	ctx := context.Background()
+	if err := gone.Put(ctx, "susp", "s-old", old, old.Add(time.Minute), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Lift(ctx, "susp", "t-old", old, old.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Put(ctx, "susp", "s-now", time.Now(), time.Now().Add(time.Hour), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	gone.Close()
+	a := newNode(t, r, "a", func(c *Config) {
+		c.SharedKinds = []string{"susp"}
+		c.OnShared = func(string, map[string]Record) {}
+	})
+	waitFor(t, "the ended record and tombstone swept", func() bool {
+		_, s := rawRecord(t, r, a, "susp", "s-old")
+		_, tb := rawRecord(t, r, a, "susp", "t-old")
+		return !s && !tb
+	})
+	if _, ok := rawRecord(t, r, a, "susp", "s-now"); !ok {
+		t.Fatal("the current record was swept")
+	}
+}
