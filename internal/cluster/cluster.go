@@ -15,6 +15,12 @@
 // loop keeps beating each second and takes the shared limits up again when
 // Redis answers.
 //
+// Redis may lose its content (a restart without persistence, a flush): a
+// missing record is therefore never a lift (lifts are tombstones), every
+// node writes its own records and changes again when it finds Redis back
+// or emptied (an epoch key), and renews the leases it held through an
+// outage before it leaves fallback.
+//
 // It must never import the packages above it (policy, scheduler): limits
 // are given as plain rates and counts, records as opaque bytes, and the
 // scheduler adapts them. It owns three goroutines per Cluster (the
