@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 
@@ -29,6 +30,7 @@ func openCluster(cfg *config.Config, queued func() int, reg prometheus.Registere
 	if err != nil {
 		return nil, fmt.Errorf("cluster.fallback: %w", err)
 	}
+	cluster.RouteRedisLog(log.Named("redis"))
 	var pw string
 	if cc.PasswordFile != "" {
 		b, err := os.ReadFile(cc.PasswordFile)
@@ -53,7 +55,8 @@ func openCluster(cfg *config.Config, queued func() int, reg prometheus.Registere
 		}
 	}
 	c, err := cluster.New(cluster.Config{Addrs: cc.Redis, Password: pw, TLS: tc, Node: cc.NodeName(), Version: version,
-		Fallback: fb, LeaseTTL: cc.LeaseTTL, Timeout: cc.Timeout, Queued: queued, Log: log.Named("cluster")})
+		Fallback: fb, LeaseTTL: cc.LeaseTTL, Timeout: cc.Timeout, Queued: queued, Log: log.Named("cluster"),
+		StateFile: filepath.Join(cfg.Spool.Dir, "cluster-nodes")})
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,12 @@
 // loop keeps beating each second and takes the shared limits up again when
 // Redis answers.
 //
+// Redis may lose its content (a restart without persistence, a flush): a
+// missing record is therefore never a lift (lifts are tombstones), every
+// node writes its own records and changes again when it finds Redis back
+// or emptied (an epoch key), and renews the leases it held through an
+// outage before it leaves fallback.
+//
 // It must never import the packages above it (policy, scheduler): limits
 // are given as plain rates and counts, records as opaque bytes, and the
 // scheduler adapts them. It owns three goroutines per Cluster (the
@@ -27,7 +33,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +111,11 @@ type Config struct {
 	OnShared func(kind string, recs map[string]Record)
 	// SharedKinds are the kinds OnShared follows.
 	SharedKinds []string
-	Log         *zap.Logger
+	// StateFile, if set, keeps the names of the nodes last seen (written
+	// when they change), so that a node that starts while Redis is down
+	// falls back to its share among them instead of the whole limit.
+	StateFile string
+	Log       *zap.Logger
 }
 
 // Cluster is one node's connection to the shared state. Its methods are
@@ -135,6 +148,11 @@ type Cluster struct {
 	// calls counts Redis commands sent, for the benchmarks' round trips
 	// per message.
 	calls atomic.Int64
+	// epoch is the Redis epoch last seen (beat's goroutine only).
+	epoch string
+	// stateSaved is StateFile's content as last written.
+	stateMu    sync.Mutex
+	stateSaved string
 }
 
 // New connects to Redis and starts the node's background work. It does
@@ -176,7 +194,7 @@ func New(cfg Config) (*Cluster, error) {
 		PoolTimeout:     cfg.Timeout,
 		DisableIdentity: true,
 	})
-	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(rdb), log: cfg.Log}
+	c := &Cluster{cfg: cfg, rdb: rdb, lim: redis_rate.NewLimiter(prefixedRDB{rdb, cfg.Prefix}), log: cfg.Log}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	c.members.Store(1)
 	if cfg.OnShared != nil {
@@ -185,6 +203,7 @@ func New(cfg Config) (*Cluster, error) {
 	c.budgets.init()
 	c.leases.init()
 	c.shared.init()
+	c.loadMembers()
 	// The first heartbeat before returning: a node knows at once whether
 	// it starts shared or in fallback (a Redis that does not answer at the
 	// start is not a slow reply: no second heartbeat is awaited), and how
@@ -200,16 +219,24 @@ func New(cfg Config) (*Cluster, error) {
 }
 
 // Close stops the background work, releases this node's leases and
-// membership (best effort, one timeout each) and closes the client.
+// membership (best effort, in one pipeline under one timeout: a hung
+// Redis delays Close by Timeout, whatever the leases held) and closes the
+// client.
 func (c *Cluster) Close() error {
 	c.stop()
 	c.wg.Wait()
-	c.leases.releaseAll(c)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	n := c.leases.releaseAll(ctx, pipe)
 	if !c.down.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
-		c.rdb.Del(ctx, c.nodeKey(c.cfg.Node))
-		c.rdb.SRem(ctx, c.key("nodes"), c.cfg.Node)
-		cancel()
+		pipe.Del(ctx, c.nodeKey(c.cfg.Node))
+		pipe.SRem(ctx, c.key("nodes"), c.cfg.Node)
+		n += 2
+	}
+	if n > 0 {
+		c.calls.Add(int64(n))
+		_, _ = pipe.Exec(ctx) // best effort: leases expire, the record too
 	}
 	return c.rdb.Close()
 }
@@ -358,7 +385,13 @@ func (c *Cluster) beat() bool {
 		"queued", q, "heartbeat", now.UnixMilli())
 	pipe.PExpire(ctx, k, 3*c.cfg.Heartbeat)
 	pipe.SAdd(ctx, c.key("nodes"), c.cfg.Node)
-	c.calls.Add(3)
+	// The epoch is set by the first node to find it missing: a new one
+	// means Redis lost its content (a restart without persistence, a
+	// flush), even between two heartbeats, so every node writes its
+	// records again.
+	pipe.SetNX(ctx, c.key("epoch"), c.cfg.Node+"-"+strconv.FormatInt(now.UnixNano(), 36), 0)
+	epoch := pipe.Get(ctx, c.key("epoch"))
+	c.calls.Add(5)
 	if _, err := pipe.Exec(ctx); c.failed("heartbeat", err) {
 		return false
 	}
@@ -367,6 +400,25 @@ func (c *Cluster) beat() bool {
 	if _, err := c.Members(ctx); c.failed("heartbeat", err) {
 		return false
 	}
+	wasDown := c.down.Load()
+	newEpoch := epoch.Val() != c.epoch
+	if wasDown {
+		// The leases held through fallback count in Redis before the
+		// node takes new ones against Redis's count (re-added if they
+		// expired there or Redis lost them).
+		if !c.renew() {
+			return false
+		}
+	}
+	if wasDown || newEpoch || c.pendingOps() {
+		if !c.replay(wasDown || newEpoch) {
+			return false
+		}
+	}
+	if !c.dropOrphans() {
+		return false
+	}
+	c.epoch = epoch.Val()
 	c.recovered()
 	return true
 }
@@ -424,9 +476,75 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 			// ranks must add up over the nodes that see each other.
 			c.members.Store(int64(len(out)))
 			c.rank.Store(int64(i))
+			c.saveMembers(out)
 		}
 	}
 	return out, nil
+}
+
+// saveMembers writes the names of the nodes seen to StateFile when they
+// changed (write, fsync, rename: a crash leaves the old list or the new).
+func (c *Cluster) saveMembers(ms []Member) {
+	if c.cfg.StateFile == "" {
+		return
+	}
+	names := make([]string, len(ms))
+	for i, m := range ms {
+		names[i] = m.Name
+	}
+	text := strings.Join(names, "\n") + "\n"
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if text == c.stateSaved {
+		return
+	}
+	tmp := c.cfg.StateFile + ".tmp"
+	f, err := os.Create(tmp)
+	if err == nil {
+		_, err = f.WriteString(text)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, c.cfg.StateFile)
+	}
+	if err != nil {
+		c.log.Warn("cluster: nodes seen not saved", zap.String("file", c.cfg.StateFile), zap.Error(err))
+		return
+	}
+	c.stateSaved = text
+}
+
+// loadMembers sets the share from StateFile's list (New, before the first
+// heartbeat, which replaces it if Redis answers). A list without this
+// node counts it as one more, ranked last.
+func (c *Cluster) loadMembers() {
+	if c.cfg.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(c.cfg.StateFile)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("cluster: nodes seen not read", zap.String("file", c.cfg.StateFile), zap.Error(err))
+		}
+		return
+	}
+	names := strings.Fields(string(b))
+	if len(names) == 0 || len(names) > 10000 {
+		return
+	}
+	i := slices.Index(names, c.cfg.Node)
+	if i < 0 {
+		names = append(names, c.cfg.Node)
+		i = len(names) - 1
+	}
+	c.stateSaved = string(b)
+	c.members.Store(int64(len(names)))
+	c.rank.Store(int64(i))
 }
 
 // share is the part of a shared rate this node may use in fallback: the

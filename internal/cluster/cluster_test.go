@@ -238,7 +238,7 @@ func TestSharedPropagation(t *testing.T) {
 		}
 		return got
 	}
-	if err := a.Put(context.Background(), "susp", "s1", []byte(`{"domain":"x.example"}`)); err != nil {
+	if err := a.Put(context.Background(), "susp", "s1", time.Now(), time.Now().Add(time.Hour), []byte(`{"domain":"x.example"}`)); err != nil {
 		t.Fatal(err)
 	}
 	for n, recs := range wait(1) {
@@ -246,10 +246,14 @@ func TestSharedPropagation(t *testing.T) {
 			t.Fatalf("node %s saw %+v", n, rec)
 		}
 	}
-	if err := a.Delete(context.Background(), "susp", "s1"); err != nil {
+	if err := a.Lift(context.Background(), "susp", "s1", time.Now(), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	wait(0)
+	for n, recs := range wait(1) {
+		if rec := recs["s1"]; !rec.Lifted || rec.Source != "a" {
+			t.Fatalf("node %s saw %+v after the lift, want a tombstone from a", n, rec)
+		}
+	}
 }
 
 // TestMembers lists the nodes with version and queued count, and drops a

@@ -60,6 +60,51 @@ type leaseSet struct {
 	local  map[string]int // fallback counts per key
 	seq    uint64
 	sendMu sync.Mutex // orders a renewal before a Release's ZREM
+	// orphans are members that may be in Redis though no connection holds
+	// them: an acquire whose reply was lost (timeout) and that fallback
+	// then refused, a lease released while Redis did not answer. The next
+	// heartbeat that answers removes them (bounded by maxOrphans; past it
+	// they expire within LeaseTTL).
+	orphans []orphan
+}
+
+type orphan struct{ key, member string }
+
+const maxOrphans = 10000
+
+// orphaned notes members whose acquire may have run in Redis (mu held).
+func (s *leaseSet) orphaned(ls ...*Lease) {
+	for _, l := range ls {
+		if len(s.orphans) < maxOrphans {
+			s.orphans = append(s.orphans, orphan{l.key, l.member})
+		}
+	}
+}
+
+// dropOrphans removes the orphans from Redis in one pipeline (beat).
+func (c *Cluster) dropOrphans() bool {
+	s := &c.leases
+	s.mu.Lock()
+	os := s.orphans
+	s.orphans = nil
+	s.mu.Unlock()
+	if len(os) == 0 {
+		return true
+	}
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	for _, o := range os {
+		pipe.ZRem(ctx, o.key, o.member)
+	}
+	c.calls.Add(int64(len(os)))
+	if _, err := pipe.Exec(ctx); c.failed("orphan leases", err) {
+		s.mu.Lock()
+		s.orphans = append(s.orphans, os[:min(len(os), maxOrphans-min(len(s.orphans), maxOrphans))]...)
+		s.mu.Unlock()
+		return false
+	}
+	return true
 }
 
 func (s *leaseSet) init() {
@@ -81,7 +126,9 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	s.seq++
 	l := &Lease{c: c, key: c.key("conn", key), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
 	s.mu.Unlock()
+	asked := false
 	if !c.local() {
+		asked = true
 		ctx, cancel := c.callCtx()
 		n, err := acquireScript.Run(ctx, c.rdb, []string{l.key}, cap, l.member, c.cfg.LeaseTTL.Milliseconds()).Int()
 		cancel()
@@ -101,11 +148,94 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.local[l.key] >= limit {
+		if asked {
+			s.orphaned(l)
+		}
 		return nil, false, nil
 	}
 	s.held[l] = struct{}{}
 	s.local[l.key]++
 	return l, true, nil
+}
+
+// AcquireAll takes a lease under each of keys[i]'s cap caps[i], all or
+// none, for one connection: the scripts go in one pipeline (one round
+// trip; a refusal costs a second, to give back the others). In fallback
+// it counts locally as Acquire does. err is only for a closed Cluster.
+func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) {
+	if len(keys) != len(caps) {
+		panic("cluster: AcquireAll: keys and caps differ in length")
+	}
+	if err := c.ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	s := &c.leases
+	ls := make([]*Lease, len(keys))
+	s.mu.Lock()
+	for i, k := range keys {
+		s.seq++
+		ls[i] = &Lease{c: c, key: c.key("conn", k), member: c.cfg.Node + ":" + strconv.FormatUint(s.seq, 10)}
+	}
+	s.mu.Unlock()
+	asked := false
+	if !c.local() {
+		asked = true
+		ctx, cancel := c.callCtx()
+		defer cancel()
+		pipe := c.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(ls))
+		for i, l := range ls {
+			// EVAL, not EVALSHA: a pipeline cannot load a script a
+			// restarted Redis forgot.
+			cmds[i] = acquireScript.Eval(ctx, pipe, []string{l.key}, caps[i], l.member, c.cfg.LeaseTTL.Milliseconds())
+		}
+		c.calls.Add(int64(len(ls)))
+		_, err := pipe.Exec(ctx)
+		if !c.failed("leases", err) {
+			all := true
+			for _, cmd := range cmds {
+				if n, _ := cmd.Int(); n != 1 {
+					all = false
+				}
+			}
+			if !all {
+				rel := c.rdb.Pipeline()
+				for i, l := range ls {
+					if n, _ := cmds[i].Int(); n == 1 {
+						rel.ZRem(ctx, l.key, l.member)
+					}
+				}
+				if rel.Len() > 0 {
+					c.calls.Add(int64(rel.Len()))
+					_, err := rel.Exec(ctx)
+					c.failed("lease release", err) // else they expire
+				}
+				return nil, false, nil
+			}
+			s.mu.Lock()
+			for _, l := range ls {
+				s.held[l] = struct{}{}
+				s.local[l.key]++
+			}
+			s.mu.Unlock()
+			return ls, true, nil
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, l := range ls {
+		if s.local[l.key] >= c.FallbackCap(caps[i]) {
+			if asked {
+				s.orphaned(ls...)
+			}
+			return nil, false, nil
+		}
+	}
+	for _, l := range ls {
+		s.held[l] = struct{}{}
+		s.local[l.key]++
+	}
+	return ls, true, nil
 }
 
 // Release gives the lease back; later calls do nothing. It waits for a
@@ -118,10 +248,12 @@ func (l *Lease) Release() {
 		if s.local[l.key]--; s.local[l.key] <= 0 {
 			delete(s.local, l.key)
 		}
-		s.mu.Unlock()
 		if c.down.Load() {
-			return // it expires in Redis by itself
+			s.orphaned(l) // removed when Redis answers, else it expires
+			s.mu.Unlock()
+			return
 		}
+		s.mu.Unlock()
 		s.sendMu.Lock()
 		defer s.sendMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
@@ -189,7 +321,9 @@ func (c *Cluster) renewer() {
 	}
 }
 
-func (c *Cluster) renew() {
+// renew pushes the expiry of every held lease (re-adding those Redis
+// lost); it reports whether Redis answered.
+func (c *Cluster) renew() bool {
 	s := &c.leases
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -200,7 +334,7 @@ func (c *Cluster) renew() {
 	}
 	s.mu.Unlock()
 	if len(byKey) == 0 {
-		return
+		return true
 	}
 	ctx, cancel := c.callCtx()
 	defer cancel()
@@ -210,18 +344,33 @@ func (c *Cluster) renew() {
 	}
 	c.calls.Add(int64(len(byKey)))
 	_, err := pipe.Exec(ctx)
-	c.failed("lease renewal", err)
+	return !c.failed("lease renewal", err)
 }
 
-// releaseAll gives back every lease held (Close).
-func (s *leaseSet) releaseAll(c *Cluster) {
+// releaseAll gives back every lease held (Close): one ZREM per key, all
+// in pipe, so that a hung Redis costs Close one timeout, not one per
+// lease.
+func (s *leaseSet) releaseAll(ctx context.Context, pipe redis.Pipeliner) int {
 	s.mu.Lock()
 	ls := make([]*Lease, 0, len(s.held))
 	for l := range s.held {
 		ls = append(ls, l)
 	}
 	s.mu.Unlock()
+	byKey := map[string][]any{}
 	for _, l := range ls {
-		l.Release()
+		l.once.Do(func() {
+			s.mu.Lock()
+			delete(s.held, l)
+			if s.local[l.key]--; s.local[l.key] <= 0 {
+				delete(s.local, l.key)
+			}
+			s.mu.Unlock()
+			byKey[l.key] = append(byKey[l.key], l.member)
+		})
 	}
+	for k, ms := range byKey {
+		pipe.ZRem(ctx, k, ms...)
+	}
+	return len(byKey)
 }

@@ -1,11 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 )
 
@@ -59,6 +62,8 @@ type batch struct {
 	notBefore time.Time // Redis refused a token until then
 	local     *rate.Limiter
 	localR    float64 // per second, local was made for
+	// filling is closed when the refill in flight ends (nil: none).
+	filling chan struct{}
 }
 
 func (b *budgets) init() { b.m = map[string]*batch{} }
@@ -86,7 +91,7 @@ func (b *budgets) sweep(now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for k, x := range b.m {
-		if (x.tokens == 0 || now.After(x.expires)) && !now.Before(x.notBefore) &&
+		if x.filling == nil && (x.tokens == 0 || now.After(x.expires)) && !now.Before(x.notBefore) &&
 			(x.local == nil || x.local.TokensAt(now) >= float64(x.local.Burst())) {
 			delete(b.m, k)
 		}
@@ -109,11 +114,71 @@ func (c *Cluster) TakeAll(keys []string, rates []Rate, now time.Time) (ok bool, 
 	if len(keys) != len(rates) {
 		panic("cluster: TakeAll: keys and rates differ in length")
 	}
-	c.budgets.mu.Lock()
-	defer c.budgets.mu.Unlock()
-	if c.local() {
-		return c.takeLocal(keys, rates, now)
+	// Each pass takes the tokens if every key has one, or names one key
+	// to refill (or a refill in flight to wait for). The Redis call is
+	// made outside budgets.mu, so Takes of other keys do not wait on it,
+	// and one refill per key is in flight at a time (the others wait for
+	// it instead of asking too). Each key is refilled at most once per
+	// call, and a refill in flight ends within Timeout: the passes are
+	// bounded.
+	for pass := 0; pass <= 2*len(keys); pass++ {
+		c.budgets.mu.Lock()
+		if c.local() {
+			ok, next = c.takeLocal(keys, rates, now)
+			c.budgets.mu.Unlock()
+			return ok, next
+		}
+		ok, next, fill, wait := c.tryTake(keys, rates, now)
+		if fill == nil && wait == nil {
+			c.budgets.mu.Unlock()
+			return ok, next
+		}
+		if wait != nil {
+			c.budgets.mu.Unlock()
+			<-wait
+			continue
+		}
+		i := slices.Index(keys, fill.key)
+		done := make(chan struct{})
+		fill.x.filling = done
+		c.budgets.mu.Unlock()
+
+		k := batchSize(rates[i])
+		ctx, cancel := c.callCtx()
+		res, err := c.lim.AllowAtMost(ctx, fill.key, rates[i].limit(), k)
+		cancel()
+		c.calls.Add(1)
+
+		c.budgets.mu.Lock()
+		fill.x.filling = nil
+		close(done)
+		if c.failed("rate "+keys[i], err) {
+			ok, next = c.takeLocal(keys, rates, now)
+			c.budgets.mu.Unlock()
+			return ok, next
+		}
+		if res.Allowed == 0 {
+			fill.x.notBefore = now.Add(max(res.RetryAfter, time.Millisecond))
+		} else {
+			fill.x.tokens, fill.x.expires = res.Allowed, now.Add(batchLife)
+		}
+		c.budgets.mu.Unlock()
 	}
+	// Bounded: another caller spent each refill first; ask again soon.
+	return false, now.Add(time.Millisecond)
+}
+
+// refill names the key TakeAll refills next.
+type refill struct {
+	key string // the limiter's key (prefixed)
+	x   *batch
+}
+
+// tryTake takes a token of each key if all have one (budgets.mu held);
+// else it reports when they will (next), or the first key with no tokens
+// that Redis has not refused (fill), or a refill in flight (wait). A key
+// refused makes no round trips for the keys after it.
+func (c *Cluster) tryTake(keys []string, rates []Rate, now time.Time) (ok bool, next time.Time, fill *refill, wait chan struct{}) {
 	next = now
 	var arr [4]*batch
 	held := arr[:0]
@@ -130,35 +195,65 @@ func (c *Cluster) TakeAll(keys []string, rates []Rate, now time.Time) (ok bool, 
 			next = later(next, x.notBefore)
 			continue
 		}
-		if x.tokens == 0 && !next.After(now) {
-			// Refill only while all so far have a token: a refused
-			// call makes no round trips for the keys after it.
-			k := batchSize(r)
-			ctx, cancel := c.callCtx()
-			res, err := c.lim.AllowAtMost(ctx, c.cfg.Prefix+key, r.limit(), k)
-			cancel()
-			c.calls.Add(1)
-			if c.failed("rate "+key, err) {
-				return c.takeLocal(keys, rates, now)
-			}
-			if res.Allowed == 0 {
-				x.notBefore = now.Add(max(res.RetryAfter, time.Millisecond))
-				next = later(next, x.notBefore)
+		if x.tokens == 0 {
+			if next.After(now) {
 				continue
 			}
-			x.tokens, x.expires = res.Allowed, now.Add(batchLife)
+			if x.filling != nil {
+				return false, now, nil, x.filling
+			}
+			return false, now, &refill{c.rateKey(key), x}, nil
 		}
-		if x.tokens > 0 {
-			held = append(held, x)
-		}
+		held = append(held, x)
 	}
 	if next.After(now) {
-		return false, next
+		return false, next, nil, nil
 	}
 	for _, x := range held {
 		x.tokens--
 	}
-	return true, now
+	return true, now, nil, nil
+}
+
+// rateKey is key's name for the limiter (redis_rate puts "rate:" before
+// it, prefixedRDB then Prefix before that).
+func (c *Cluster) rateKey(key string) string { return key }
+
+// prefixedRDB is the client redis_rate is given: it puts the cluster's
+// Prefix before every key, so that the limiter's keys start with it like
+// all the others (ACL key patterns such as ~mtad:*), not with redis_rate's
+// fixed "rate:".
+type prefixedRDB struct {
+	redis.UniversalClient
+	prefix string
+}
+
+func (p prefixedRDB) keys(ks []string) []string {
+	out := make([]string, len(ks))
+	for i, k := range ks {
+		out[i] = p.prefix + k
+	}
+	return out
+}
+
+func (p prefixedRDB) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+	return p.UniversalClient.Eval(ctx, script, p.keys(keys), args...)
+}
+
+func (p prefixedRDB) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	return p.UniversalClient.EvalSha(ctx, sha1, p.keys(keys), args...)
+}
+
+func (p prefixedRDB) EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+	return p.UniversalClient.EvalRO(ctx, script, p.keys(keys), args...)
+}
+
+func (p prefixedRDB) EvalShaRO(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	return p.UniversalClient.EvalShaRO(ctx, sha1, p.keys(keys), args...)
+}
+
+func (p prefixedRDB) Del(ctx context.Context, keys ...string) *redis.IntCmd {
+	return p.UniversalClient.Del(ctx, p.keys(keys)...)
 }
 
 // Ready reports whether each budget has a token for this node now without

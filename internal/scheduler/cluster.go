@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -71,9 +72,6 @@ type clusterState struct {
 	shared bool // mode shared: budgets and leases are the cluster's
 
 	mu sync.Mutex
-	// known are the record ids of each kind seen in the cluster at the
-	// last read: one that disappears was lifted on another node.
-	known map[string]map[string]bool
 	// gone are ids this node lifted, ignored in reads until then (a read
 	// in flight when the lift was written would put it back).
 	gone map[string]time.Time
@@ -190,12 +188,12 @@ func (s *Scheduler) initCluster() {
 	if c == nil {
 		return
 	}
-	cs := &clusterState{c: c, shared: !s.opts.ClusterLocal, known: map[string]map[string]bool{},
-		gone: map[string]time.Time{}, snaps: map[string]*countSnap{}, pending: map[*queue.Pair][][]*cluster.Lease{}, held: map[*queue.Pair][][]*cluster.Lease{}}
+	cs := &clusterState{c: c, shared: !s.opts.ClusterLocal, gone: map[string]time.Time{}, snaps: map[string]*countSnap{}, pending: map[*queue.Pair][][]*cluster.Lease{}, held: map[*queue.Pair][][]*cluster.Lease{}}
 	s.cl = cs
 	if cs.shared {
 		s.budgets = sharedBudgets{c}
 	}
+	s.republishOwn()
 	c.Follow([]string{kindSuspension, kindThrottle}, s.applyShared)
 }
 
@@ -205,37 +203,59 @@ func suspensionID(sp policy.Suspension) string {
 	return string(sp.Kind) + ":" + sp.Name + "|" + sp.Binding
 }
 
-// publish writes a record to the cluster; a failure is logged (the
-// change holds on this node).
-func (s *Scheduler) publish(kind, id string, v any) {
+// publish writes a record to the cluster (set at start, holding until
+// until); while Redis does not answer it is queued and written when it
+// answers again.
+func (s *Scheduler) publish(kind, id string, v any, start, until time.Time) {
 	if s.cl == nil {
 		return
 	}
 	b, err := json.Marshal(v)
 	if err == nil {
-		err = s.cl.c.Put(context.Background(), kind, id, b)
+		err = s.cl.c.Put(context.Background(), kind, id, start, until, b)
 	}
-	if err != nil {
-		s.log.Warn("cluster: change not shared", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	s.logShareErr("change", kind, id, err)
+}
+
+func (s *Scheduler) logShareErr(what, kind, id string, err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, cluster.ErrPending):
+		s.log.Info("cluster: "+what+" queued until redis answers", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	default:
+		s.log.Warn("cluster: "+what+" not shared", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
 	}
 }
 
-// unpublish removes a record from the cluster.
-func (s *Scheduler) unpublish(kind, id string) {
+// unpublish lifts a record on every node (a tombstone kept until until).
+func (s *Scheduler) unpublish(kind, id string, until time.Time) {
 	if s.cl == nil {
 		return
 	}
 	s.cl.mu.Lock()
 	s.cl.gone[kind+" "+id] = time.Now().Add(3 * time.Second)
 	s.cl.mu.Unlock()
-	if err := s.cl.c.Delete(context.Background(), kind, id); err != nil {
-		s.log.Warn("cluster: lift not shared", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
+	s.logShareErr("lift", kind, id, s.cl.c.Lift(context.Background(), kind, id, s.clock.Now(), until))
+}
+
+// republishOwn writes this node's own suspensions restored from the file
+// to the cluster (a start): a longer one there stays, and one lifted
+// while this node was down is refused and then lifted here by the
+// tombstone the first read brings.
+func (s *Scheduler) republishOwn() {
+	now := s.clock.Now()
+	for _, sp := range s.suspensions.All() {
+		if sp.Node == "" && now.Before(sp.Until) {
+			s.publish(kindSuspension, suspensionID(sp), sp, sp.Start, sp.Until)
+		}
 	}
 }
 
 // applyShared applies the cluster's records of kind (cluster.Follow): new
-// or longer ones are put in force here, ones gone from the cluster are
-// lifted here. It runs on the cluster's sync goroutine, one call at a time.
+// or longer ones are put in force here, tombstones lift here what was set
+// before them. A record missing from the cluster lifts nothing (Redis may
+// have lost it; its node writes it again). It runs on the cluster's sync
+// goroutine, one call at a time.
 func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 	now := s.clock.Now()
 	cs := s.cl
@@ -245,37 +265,28 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			delete(cs.gone, k)
 		}
 	}
-	prev, seen := cs.known[kind]
-	if !seen && kind == kindSuspension {
-		// The first read (a start): the suspensions restored from the
-		// file that came from other nodes are judged against the cluster
-		// too, so one lifted while this node was down ends here as well.
-		prev = map[string]bool{}
-		for _, sp := range s.suspensions.All() {
-			if sp.Node != "" {
-				prev[suspensionID(sp)] = true
-			}
+	live := make(map[string]bool, len(recs))
+	for id, rec := range recs {
+		if _, lifted := cs.gone[kind+" "+id]; !lifted && !rec.Lifted {
+			live[id] = true
 		}
 	}
-	cur := make(map[string]bool, len(recs))
-	for id := range recs {
-		if _, lifted := cs.gone[kind+" "+id]; !lifted {
-			cur[id] = true
-		}
-	}
-	cs.known[kind] = cur
 	cs.mu.Unlock()
 
 	changed := false
-	for id := range cur {
-		rec := recs[id]
+	for id, rec := range recs {
+		if !live[id] {
+			continue
+		}
 		switch kind {
 		case kindSuspension:
 			var sp policy.Suspension
 			if json.Unmarshal(rec.Data, &sp) != nil || !now.Before(sp.Until) {
 				continue
 			}
-			sp.Node = rec.Source
+			if rec.Source != s.cl.c.Node() {
+				sp.Node = rec.Source
+			}
 			got, added := s.suspensions.Put(sp)
 			if added {
 				changed = true
@@ -296,10 +307,11 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 				Name: name, Binding: b, Until: o.Until(), Settings: overrideSettings(o.MaxMessageRate, o.MaxConnections), Node: rec.Source})
 		}
 	}
-	for id := range prev {
-		if cur[id] {
+	for id, rec := range recs {
+		if !rec.Lifted {
 			continue
 		}
+		at := time.UnixMilli(rec.At)
 		switch kind {
 		case kindSuspension:
 			k, rest, _ := strings.Cut(id, ":")
@@ -307,22 +319,40 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			if i < 0 {
 				continue
 			}
-			if sp, ok := s.suspensions.LiftScope(policy.ScopeKind(k), rest[:i], rest[i+1:]); ok {
+			kindS, name, b := policy.ScopeKind(k), rest[:i], rest[i+1:]
+			if !s.setBefore(kindS, name, b, at) {
+				continue // none here, or set after the lift
+			}
+			if sp, ok := s.suspensions.LiftScope(kindS, name, b); ok {
 				changed = true
 				s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, Rule: sp.Rule, Scope: string(sp.Kind),
-					Name: sp.Name, Binding: sp.Binding, ID: sp.ID, Reason: "lifted on another node", Node: "cluster"})
+					Name: sp.Name, Binding: sp.Binding, ID: sp.ID, Reason: "lifted on another node", Node: rec.Source})
 			}
 		case kindThrottle:
+			if o, ok := s.overrides.Lookup(id); !ok || o.Start.After(at) {
+				continue
+			}
 			if o, ok := s.overrides.Lift(id); ok {
 				kindS, name, b := splitScopeKey(id)
 				s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, Rule: o.Rule, Scope: kindS,
-					Name: name, Binding: b, Reason: "lifted on another node", Node: "cluster"})
+					Name: name, Binding: b, Reason: "lifted on another node", Node: rec.Source})
 			}
 		}
 	}
 	if changed {
 		s.saveSuspensions()
 	}
+}
+
+// setBefore reports whether a suspension of the scope is in force here,
+// set no later than at (a tombstone lifts only what it could have seen).
+func (s *Scheduler) setBefore(kind policy.ScopeKind, name, binding string, at time.Time) bool {
+	for _, sp := range s.suspensions.All() {
+		if sp.Kind == kind && sp.Name == name && sp.Binding == binding {
+			return !sp.Start.After(at)
+		}
+	}
+	return false
 }
 
 // takeLeases takes, for each of n connections of pair, a lease under each
@@ -349,20 +379,16 @@ func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) i
 	if len(keys) == 0 {
 		return n
 	}
+	var ka [3]string
+	var ca [3]int
+	for i, k := range keys {
+		ka[i], ca[i] = k.key, k.cap
+	}
 	got := 0
 	for ; got < n; got++ {
-		set := make([]*cluster.Lease, 0, len(keys))
-		for _, k := range keys {
-			lease, ok, _ := cs.c.Acquire(k.key, k.cap)
-			if !ok {
-				break
-			}
-			set = append(set, lease)
-		}
-		if len(set) < len(keys) {
-			for _, lease := range set {
-				lease.Release()
-			}
+		// One round trip per connection for all its keys.
+		set, ok, _ := cs.c.AcquireAll(ka[:len(keys)], ca[:len(keys)])
+		if !ok {
 			break
 		}
 		cs.leaseMu.Lock()
@@ -436,11 +462,11 @@ func (g *grantor) leasesReleased(pair *queue.Pair) {
 	}
 }
 
-// unshareEnded removes the record of a suspension or throttle of this
-// node's that ended by itself (other nodes end theirs at the same time;
-// this keeps the store from growing).
-func (s *Scheduler) unshareEnded(kind, id string) {
-	if err := s.cl.c.Delete(context.Background(), kind, id); err != nil {
+// unshareEnded removes the record of a suspension or throttle that ended
+// by itself at until, unless a longer one took its place (compare and
+// delete): every node does it, so a record whose node died goes too.
+func (s *Scheduler) unshareEnded(kind, id string, until time.Time) {
+	if err := s.cl.c.Expire(context.Background(), kind, id, until); err != nil {
 		s.log.Debug("cluster: ended record not removed", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/mtad/mtad/internal/hooks"
 	"github.com/mtad/mtad/internal/policy"
 	"github.com/mtad/mtad/internal/queue"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestClusterSuspensionsShared: two schedulers on one real redis-server.
@@ -222,4 +223,74 @@ func TestClusterHookOpenerLeases(t *testing.T) {
 	if n, err := c.Count(context.Background(), "site:mx.hook.test|b0"); err != nil || n != 3 {
 		t.Fatalf("Redis counts %d leases (%v) for the hook's 3 connections", n, err)
 	}
+}
+
+// TestClusterSuspensionsSurviveRedisLoss: an operator's hour-long
+// suspension set on n1 and seen on n2 holds on both after Redis is
+// restarted empty (n1 writes it again; a missing record lifts nothing),
+// and a lift on n2 while Redis is stalled reaches n1 once Redis answers.
+func TestClusterSuspensionsSurviveRedisLoss(t *testing.T) {
+	r := redistest.Start(t)
+	node := func(name string) *cluster.Cluster {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "sch:",
+			Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c2 := node("n2")
+	h1 := newHarness(t, 0, func(o *Options) { o.Cluster = node("n1") })
+	h2 := newHarness(t, 0, func(o *Options) { o.Cluster = c2 })
+	now := h1.clock.Now()
+	h1.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: "x.example", Source: policy.SourceOperator,
+		Reason: "test", Start: now, Until: now.Add(time.Hour)})
+	waitHeld := func(h *harness, want int, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if len(h.s.Suspensions(h.clock.Now())) == want {
+				return
+			}
+		}
+		t.Fatalf("%s: holds %+v after 5 s, want %d", what, h.s.Suspensions(h.clock.Now()), want)
+	}
+	waitHeld(h2, 1, "n2 before the restart")
+	r.Kill()
+	r.Restart()
+	// Both nodes come out of the restart (a heartbeat answers) and read
+	// the records again; the suspension is back in Redis and held on both.
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n, _ := rdb.HLen(context.Background(), "sch:shared:suspension").Result()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n1 did not write its suspension to the restarted Redis within 5 s")
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // three heartbeats' reads: a lift would show (not a result: the checks below are)
+	waitHeld(h1, 1, "n1 after the restart")
+	waitHeld(h2, 1, "n2 after the restart")
+
+	r.Pause()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if down, _ := c2.Fallback(); down {
+			break
+		}
+		if time.Now().After(deadline) {
+			r.Resume()
+			t.Fatal("n2 not in fallback 5 s after Redis stalled")
+		}
+	}
+	got := h2.s.Suspensions(h2.clock.Now())
+	if len(got) != 1 {
+		r.Resume()
+		t.Fatalf("n2 holds %+v", got)
+	}
+	h2.s.Resume(got[0].ID, "t", "lifted on n2 in fallback")
+	r.Resume()
+	waitHeld(h1, 0, "n1 after n2's lift in fallback and Redis back")
 }

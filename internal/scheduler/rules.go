@@ -96,11 +96,11 @@ func (s *Scheduler) act(a *policy.Action, d *queue.Delivery, where policy.Where,
 			return
 		}
 		rec.Until, rec.ID = sp.Until, sp.ID
-		s.publish(kindSuspension, suspensionID(sp), sp)
+		s.publish(kindSuspension, suspensionID(sp), sp, sp.Start, sp.Until)
 	case policy.ActionThrottle:
 		o := a.Override(policy.ScopeKey(a.ScopeKind, a.ScopeName, a.Binding), now)
 		s.overrides.Set(o)
-		s.publish(kindThrottle, o.Scope, o)
+		s.publish(kindThrottle, o.Scope, o, o.Start, o.Until())
 		rec.Until, rec.Settings = o.Until(), overrideSettings(a.MaxMessageRate, a.MaxConnections)
 	case policy.ActionDefer:
 		if a.Duration > 0 {

@@ -437,15 +437,15 @@ func (s *Scheduler) stopTimers() {
 func (s *Scheduler) expirePolicies(now time.Time) {
 	defer s.saveSuspensions() // those a rule put in force, and those ended
 	for _, sp := range s.suspensions.Expire(now) {
-		if s.cl != nil && sp.Node == "" {
-			s.unshareEnded(kindSuspension, suspensionID(sp))
+		if s.cl != nil {
+			s.unshareEnded(kindSuspension, suspensionID(sp), sp.Until)
 		}
 		s.logPolicy(logging.Policy{Action: "suspension_ended", Source: sp.Source, Rule: sp.Rule, Scope: string(sp.Kind),
 			Name: sp.Name, Binding: sp.Binding, Until: sp.Until, ID: sp.ID, Reason: sp.Reason})
 	}
 	for _, o := range s.overrides.Expire(now) {
 		if s.cl != nil {
-			s.unshareEnded(kindThrottle, o.Scope)
+			s.unshareEnded(kindThrottle, o.Scope, o.Until())
 		}
 		kind, name, b := splitScopeKey(o.Scope)
 		s.logPolicy(logging.Policy{Action: "throttle_ended", Source: policy.SourceRule, Rule: o.Rule, Scope: kind,
@@ -497,7 +497,7 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 	}
 	got := s.suspensions.Add(sp)
 	s.saveSuspensions()
-	s.publish(kindSuspension, suspensionID(got), got)
+	s.publish(kindSuspension, suspensionID(got), got, got.Start, got.Until)
 	s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind), Name: got.Name,
 		Binding: got.Binding, Until: got.Until, Reason: got.Reason, ID: got.ID})
 	return got
@@ -509,7 +509,7 @@ func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
 	sp, ok := s.suspensions.Lift(id)
 	if ok {
 		s.saveSuspensions()
-		s.unpublish(kindSuspension, suspensionID(sp))
+		s.unpublish(kindSuspension, suspensionID(sp), sp.Until)
 		s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, By: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
 			Binding: sp.Binding, Reason: reason, ID: sp.ID})
 	}
@@ -526,7 +526,7 @@ func (s *Scheduler) Throttles(now time.Time) []policy.Override { return s.overri
 func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool) {
 	o, ok := s.overrides.Lift(scope)
 	if ok {
-		s.unpublish(kindThrottle, scope)
+		s.unpublish(kindThrottle, scope, o.Until())
 		kind, name, b := splitScopeKey(scope)
 		s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, By: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
 			Reason: reason})
