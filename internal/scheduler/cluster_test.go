@@ -294,3 +294,87 @@ func TestClusterSuspensionsSurviveRedisLoss(t *testing.T) {
 	r.Resume()
 	waitHeld(h1, 0, "n1 after n2's lift in fallback and Redis back")
 }
+
+// TestClusterSuspensionIDsUnique: three nodes each suspend a domain while
+// Redis is stalled (each numbers its own first suspension); the ids carry
+// the node name and differ. Once Redis answers, every node holds all
+// three under those ids; resuming n1's id on n2 lifts that one on every
+// node and only it, and n3 logs the resume with n2's operator, reason and
+// node.
+func TestClusterSuspensionIDsUnique(t *testing.T) {
+	r := redistest.Start(t)
+	var cs []*cluster.Cluster
+	var hs []*harness
+	for _, name := range []string{"n1", "n2", "n3"} {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "sch:",
+			Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		cs = append(cs, c)
+		hs = append(hs, newHarness(t, 0, func(o *Options) { o.Cluster = c }))
+	}
+	r.Pause()
+	for i, c := range cs {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if down, _ := c.Fallback(); down {
+				break
+			}
+			if time.Now().After(deadline) {
+				r.Resume()
+				t.Fatalf("node %d not in fallback 5 s after Redis stalled", i+1)
+			}
+		}
+	}
+	ids := map[string]string{} // id → domain
+	for i, h := range hs {
+		now := h.clock.Now()
+		d := fmt.Sprintf("d%d.example", i+1)
+		got := h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: d, Source: policy.SourceOperator,
+			Reason: "test", Start: now, Until: now.Add(time.Hour)})
+		if want := fmt.Sprintf("n%d-s1", i+1); got.ID != want {
+			r.Resume()
+			t.Fatalf("node %d gave id %q, want %q", i+1, got.ID, want)
+		}
+		ids[got.ID] = d
+	}
+	r.Resume()
+	held := func(h *harness) map[string]string {
+		m := map[string]string{}
+		for _, sp := range h.s.Suspensions(h.clock.Now()) {
+			m[sp.ID] = sp.Name
+		}
+		return m
+	}
+	waitHeld := func(want map[string]string, what string) {
+		t.Helper()
+		for i, h := range hs {
+			var got map[string]string
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if got = held(h); fmt.Sprint(got) == fmt.Sprint(want) {
+					break
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("%s: node %d holds %v after 5 s, want %v", what, i+1, got, want)
+			}
+		}
+	}
+	waitHeld(ids, "after Redis answered")
+	if sp, ok := hs[1].s.Resume("n1-s1", "alice", "receiver fixed"); !ok || sp.Name != "d1.example" {
+		t.Fatalf("resume of n1-s1 on n2: %+v %v", sp, ok)
+	}
+	delete(ids, "n1-s1")
+	waitHeld(ids, "after n2 resumed n1-s1")
+	for {
+		e := hs[2].next("policy")
+		if e.str("action") != "resume" {
+			continue
+		}
+		if e.str("id") != "n1-s1" || e.str("by") != "alice" || e.str("reason") != "receiver fixed" || e.str("node") != "n2" {
+			t.Fatalf("n3 logged the resume as %v, want id n1-s1 by alice, reason and node n2", e.fields)
+		}
+		break
+	}
+}
