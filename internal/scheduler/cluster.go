@@ -506,3 +506,42 @@ func liftReason(rec cluster.Record) string {
 	}
 	return "lifted on " + rec.Source
 }
+
+// idleAtCap reports whether a session of pair, whose queue is empty (it
+// would idle), ends now to give back its leases: the pair holds shared
+// leases and one of its capped keys is at its cap across the cluster. A
+// lease held while idling would keep another node's waiting mail out for
+// the whole idle timeout (finding of issue 13). The count is read fresh
+// (one round trip, once per session that would idle): a stale count
+// below the cap would keep the lease for the idle timeout. In fallback the
+// caps are split between the nodes, so an idle session keeps nothing from
+// another node and stays.
+func (g *grantor) idleAtCap(pair *queue.Pair) bool {
+	cs := g.s.cl
+	if cs == nil || !cs.shared || pair.Len() > 0 || cs.c.InFallback() {
+		return false
+	}
+	cs.leaseMu.Lock()
+	held := len(cs.held[pair])
+	cs.leaseMu.Unlock()
+	if held == 0 {
+		return false
+	}
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return false
+	}
+	l := g.s.limitsOf(ps, g.s.clock.Now())
+	for _, kc := range [3]keyCap{{ps.siteKey, l.maxConns}, {ps.domKey, l.domConns}, {ps.provKey, l.provConns}} {
+		if kc.key == "" || kc.cap <= 0 {
+			continue
+		}
+		if total, _, err := cs.c.Snapshot(kc.key); err == nil && total >= kc.cap {
+			// A session of the pair already idling (it found the queue
+			// empty while this one sent the last message) asks too.
+			g.pool.Wake(pair)
+			return true
+		}
+	}
+	return false
+}

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -376,5 +377,71 @@ func TestClusterSuspensionIDsUnique(t *testing.T) {
 			t.Fatalf("n3 logged the resume as %v, want id n1-s1 by alice, reason and node n2", e.fields)
 		}
 		break
+	}
+}
+
+// TestClusterIdleLeaseGivenBack: under a shared max_connections of 2, n1
+// holds both leases (two of its twenty messages held in DATA) while n2's
+// mail waits, refused. When n1's queue empties with the key at its cap,
+// its session ends at once, giving its lease back, although n1's idle
+// timeout is an hour; n2's next maintain (one tick) opens a connection
+// and delivers its mail.
+func TestClusterIdleLeaseGivenBack(t *testing.T) {
+	r := redistest.Start(t)
+	node := func(name string) *cluster.Cluster {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "idle:", Heartbeat: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	release := make(chan struct{})
+	var held atomic.Int64
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 12)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(_ string, rcpts []string, _ []byte) error {
+			if len(rcpts) > 0 && strings.Contains(rcpts[0], "n1-") {
+				held.Add(1)
+				<-release
+			}
+			return nil
+		}}
+	})
+	var closeOnce sync.Once
+	open := func() { closeOnce.Do(func() { close(release) }) }
+	defer open()
+	start := func(name string, n int) *harness {
+		h := newHarness(t, port, func(o *Options) {
+			// An idle session that kept its lease would hold it past the test.
+			o.Pool.IdleTimeout = time.Hour
+			o.Cluster = node(name)
+			o.Shaper = testShaper(t, func(s *config.Shaping) {
+				s.Default.MaxConnections = ptr(2)
+				s.Default.IdleTimeout = ptr(time.Hour)
+			})
+		})
+		h.mxFor("idle.test", ip(58, 12))
+		h.resolved("idle.test")
+		for i := range n {
+			injectOn(h, fmt.Sprintf("%s-%d@idle.test", name, i))
+		}
+		return h
+	}
+	h1 := start("n1", 20)
+	h1.until("two n1 messages held in DATA", func() bool { return held.Load() == 2 })
+	h2 := start("n2", 3)
+	h2.s.Tick(h2.clock.Advance(time.Second))
+	if n := h2.s.Pool().Total(); n != 0 {
+		t.Fatalf("n2 opened %d connections while n1 held both leases of the cap of 2", n)
+	}
+	open()
+	sinks[0].WaitMessages(t, 20)
+	// The session that sent n1's last message ends (the other one may
+	// keep its lease while the count is below the cap: n2 has room then).
+	h1.until("an n1 session to end with its queue empty (idle timeout: an hour)", func() bool { return h1.s.Pool().Total() < 2 })
+	h2.s.Tick(h2.clock.Advance(time.Second))
+	msgs := sinks[0].WaitMessages(t, 23)
+	if len(msgs) != 23 {
+		t.Fatalf("%d messages at the sink, want 23", len(msgs))
 	}
 }
