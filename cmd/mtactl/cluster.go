@@ -19,7 +19,8 @@ type clusterNode struct {
 
 // clusterCmd: cluster [--json]. The nodes sharing limits through Redis,
 // with their versions, queued messages and last heartbeat, then whether
-// the node asked uses the shared limits or a fallback.
+// the node asked uses the shared limits or a fallback. While Redis does
+// not answer it lists the nodes last seen and says they are stale.
 func (a *app) clusterCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "cluster",
@@ -32,6 +33,7 @@ func (a *app) clusterCmd() *cobra.Command {
 			}
 			var v struct {
 				Nodes  []clusterNode `json:"nodes"`
+				Stale  bool          `json:"stale"`
 				Status string        `json:"status"`
 			}
 			if err := json.Unmarshal(b, &v); err != nil {
@@ -43,6 +45,13 @@ func (a *app) clusterCmd() *cobra.Command {
 			}
 			if err := writeTable(a.out, []string{"NODE", "VERSION", "QUEUED", "LAST HEARTBEAT"}, rows); err != nil {
 				return err
+			}
+			if v.Stale {
+				// The node could not read Redis: these are the nodes it
+				// saw last, and the limits line says what it does now.
+				if _, err := fmt.Fprintln(a.out, "(stale: Redis unreachable)"); err != nil {
+					return err
+				}
 			}
 			_, err = fmt.Fprintf(a.out, "\nlimits: %s\n", v.Status)
 			return err

@@ -15,13 +15,14 @@ import (
 // which this package cannot import).
 type nodes struct{ c *cluster.Cluster }
 
-func (n nodes) Nodes(ctx context.Context) (any, error) { return n.c.Members(ctx) }
-func (n nodes) Status() error                          { return n.c.Status() }
-func (n nodes) Stopped() bool                          { return n.c.Stopped() }
+func (n nodes) Nodes(ctx context.Context) (any, bool) { return n.c.Nodes(ctx) }
+func (n nodes) Status() error                         { return n.c.Status() }
+func (n nodes) Stopped() bool                         { return n.c.Stopped() }
 
 // TestClusterCmd: `mtactl cluster` lists the nodes of a real redis-server
 // with their versions, queued counts and heartbeats, and says the limits
-// are shared; a daemon without a cluster answers 404 (exit 1).
+// are shared; with Redis stalled it lists the same nodes and says they are
+// stale (exit 0); a daemon without a cluster answers 404 (exit 1).
 func TestClusterCmd(t *testing.T) {
 	t.Parallel()
 	r := redistest.Start(t)
@@ -54,6 +55,23 @@ func TestClusterCmd(t *testing.T) {
 	} {
 		if !hasRow(out, want) {
 			t.Errorf("no row %q in\n%s", want, out)
+		}
+	}
+
+	if strings.Contains(out, "(stale:") {
+		t.Errorf("stale with Redis answering:\n%s", out)
+	}
+	rowA := []string{"mta-a", "v1.a", "10", hb(cs[0], "mta-a")}
+	r.Pause()
+	code, out, errOut = mtactl(t, "http://"+s.Addr().String(), "cluster")
+	r.Resume()
+	t.Logf("mtactl cluster, Redis stalled:\n%s", out)
+	if code != 0 {
+		t.Fatalf("Redis stalled: exit %d: %s", code, errOut)
+	}
+	for _, want := range [][]string{rowA, {"(stale:", "Redis", "unreachable)"}} {
+		if !hasRow(out, want) {
+			t.Errorf("Redis stalled: no row %q in\n%s", want, out)
 		}
 	}
 

@@ -75,9 +75,9 @@ func openCluster(cfg *config.Config, queued func() int, reg prometheus.Registere
 // clusterAdmin is admin.Cluster over a *cluster.Cluster.
 type clusterAdmin struct{ c *cluster.Cluster }
 
-func (a clusterAdmin) Nodes(ctx context.Context) (any, error) { return a.c.Members(ctx) }
-func (a clusterAdmin) Status() error                          { return a.c.Status() }
-func (a clusterAdmin) Stopped() bool                          { return a.c.Stopped() }
+func (a clusterAdmin) Nodes(ctx context.Context) (any, bool) { return a.c.Nodes(ctx) }
+func (a clusterAdmin) Status() error                         { return a.c.Status() }
+func (a clusterAdmin) Stopped() bool                         { return a.c.Stopped() }
 
 // pendingOf is the queued count for the membership record: the scheduler
 // is made after the cluster, so it is read through a pointer set later.

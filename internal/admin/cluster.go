@@ -11,9 +11,9 @@ import (
 
 // Cluster is what the admin API asks of the node's cluster membership.
 type Cluster interface {
-	// Nodes lists the nodes with a current heartbeat (JSON-able); an
-	// error when Redis does not answer.
-	Nodes(ctx context.Context) (any, error)
+	// Nodes lists the nodes with a current heartbeat (JSON-able), or
+	// while Redis does not answer the last ones seen, stale.
+	Nodes(ctx context.Context) (nodes any, stale bool)
 	// Status is nil while Redis answers, else why not and what the node
 	// does instead.
 	Status() error
@@ -25,14 +25,13 @@ type Cluster interface {
 
 // cluster serves GET /api/v1/cluster.
 func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
-	nodes, err := s.opts.Cluster.Nodes(r.Context())
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "cluster: "+err.Error())
-		return
-	}
+	// An outage is when the operator most needs the list: it answers with
+	// the last one seen, marked stale, and the fallback in force, rather
+	// than an error.
+	nodes, stale := s.opts.Cluster.Nodes(r.Context())
 	st := "shared"
 	if err := s.opts.Cluster.Status(); err != nil {
 		st = err.Error()
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"nodes": nodes, "status": st})
+	writeJSON(w, http.StatusOK, map[string]any{"nodes": nodes, "stale": stale, "status": st})
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -16,9 +17,9 @@ import (
 // clusterOf is admin.Cluster over a real node (cmd/mtad's adapter).
 type clusterOf struct{ c *cluster.Cluster }
 
-func (a clusterOf) Nodes(ctx context.Context) (any, error) { return a.c.Members(ctx) }
-func (a clusterOf) Status() error                          { return a.c.Status() }
-func (a clusterOf) Stopped() bool                          { return a.c.Stopped() }
+func (a clusterOf) Nodes(ctx context.Context) (any, bool) { return a.c.Nodes(ctx) }
+func (a clusterOf) Status() error                         { return a.c.Status() }
+func (a clusterOf) Stopped() bool                         { return a.c.Stopped() }
 
 func newNode(t *testing.T, addr, name string, fb cluster.Fallback) *cluster.Cluster {
 	t.Helper()
@@ -42,7 +43,9 @@ func deadAddr(t *testing.T) string {
 }
 
 // TestClusterEndpoints: GET /api/v1/cluster lists the nodes of a real
-// redis-server; with Redis unreachable it answers 503, and /readyz names
+// redis-server; with Redis stalled it answers 200 with the nodes last
+// seen, "stale": true and the fallback share (a node that never reached
+// Redis: no nodes, stale), and /readyz names
 // the fallback: ready (200, "degraded") in share fallback, not ready (503)
 // in stop fallback.
 func TestClusterEndpoints(t *testing.T) {
@@ -58,6 +61,26 @@ func TestClusterEndpoints(t *testing.T) {
 	}
 	if n := nodes[0].(map[string]any); n["name"] != "a" || n["version"] != "v9" || n["last_heartbeat"] == "" {
 		t.Errorf("node a: %v", n)
+	}
+	r.Pause()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if down, _ := a.Fallback(); down {
+			break
+		}
+		if time.Now().After(deadline) {
+			r.Resume()
+			t.Fatal("node a not in fallback 10 s after Redis stalled")
+		}
+	}
+	code, v = getJSON(t, http.MethodGet, base+"/api/v1/cluster")
+	r.Resume()
+	nodes, _ = v["nodes"].([]any)
+	st, _ := v["status"].(string)
+	if code != 200 || len(nodes) != 2 || v["stale"] != true || !strings.Contains(st, "fallback share") || !strings.Contains(st, "1 of 2") {
+		t.Fatalf("cluster during the outage: %d %v; want 200, both nodes, stale, share 1 of 2", code, v)
+	}
+	if n := nodes[1].(map[string]any); n["name"] != "b" || n["version"] != "v9" {
+		t.Errorf("node b as last seen: %v", n)
 	}
 
 	sp, err := spool.Open(t.TempDir(), spool.Options{MemTableSize: 4 << 20, CacheSize: 4 << 20})
@@ -90,8 +113,8 @@ func TestClusterEndpoints(t *testing.T) {
 		if code != tc.code || !strings.Contains(got, tc.want) {
 			t.Errorf("fallback %s: /readyz %d, cluster %q; want %d and %q", tc.fb, code, got, tc.code, tc.want)
 		}
-		if code, v := getJSON(t, http.MethodGet, base+"/api/v1/cluster"); code != 503 {
-			t.Errorf("fallback %s: /api/v1/cluster %d %v; want 503", tc.fb, code, v)
+		if code, v := getJSON(t, http.MethodGet, base+"/api/v1/cluster"); code != 200 || v["stale"] != true || fmt.Sprint(v["nodes"]) != "[]" {
+			t.Errorf("fallback %s: /api/v1/cluster %d %v; want 200, no nodes, stale", tc.fb, code, v)
 		}
 	}
 }

@@ -133,7 +133,10 @@ type Cluster struct {
 	downSince atomic.Int64 // unix nanos
 	downErr   atomic.Pointer[string]
 	members   atomic.Int64 // nodes last seen, ≥ 1
-	rank      atomic.Int64 // this node's place among them by name, from 0
+	// seen is the last member list read (or, before one, the names the
+	// state file kept), shown while Redis does not answer (Nodes).
+	seen atomic.Pointer[[]Member]
+	rank atomic.Int64 // this node's place among them by name, from 0
 	// strikes counts consecutive failed heartbeats (fallback at 2);
 	// suspect is until when (unix nanos) delivery calls answer locally
 	// after a failed call, without asking Redis.
@@ -477,9 +480,26 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 			c.members.Store(int64(len(out)))
 			c.rank.Store(int64(i))
 			c.saveMembers(out)
+			c.seen.Store(&out)
 		}
 	}
 	return out, nil
+}
+
+// Nodes is Members for a display: while Redis does not answer (fallback,
+// or this read failing) it returns at once the last list seen, stale
+// (their heartbeats as last read; only names when read from the state
+// file), instead of an error.
+func (c *Cluster) Nodes(ctx context.Context) (ms []Member, stale bool) {
+	if !c.local() {
+		if ms, err := c.Members(ctx); err == nil {
+			return ms, false
+		}
+	}
+	if p := c.seen.Load(); p != nil {
+		return slices.Clone(*p), true
+	}
+	return []Member{}, true
 }
 
 // saveMembers writes the names of the nodes seen to StateFile when they
@@ -543,6 +563,11 @@ func (c *Cluster) loadMembers() {
 		i = len(names) - 1
 	}
 	c.stateSaved = string(b)
+	ms := make([]Member, len(names))
+	for j, n := range names {
+		ms[j] = Member{Name: n}
+	}
+	c.seen.Store(&ms)
 	c.members.Store(int64(len(names)))
 	c.rank.Store(int64(i))
 }

@@ -246,11 +246,11 @@ func TestSharedPropagation(t *testing.T) {
 			t.Fatalf("node %s saw %+v", n, rec)
 		}
 	}
-	if err := a.Lift(context.Background(), "susp", "s1", time.Now(), time.Now().Add(time.Hour)); err != nil {
+	if err := a.Lift(context.Background(), "susp", "s1", time.Now(), time.Now().Add(time.Hour), "ops", "done"); err != nil {
 		t.Fatal(err)
 	}
 	for n, recs := range wait(1) {
-		if rec := recs["s1"]; !rec.Lifted || rec.Source != "a" {
+		if rec := recs["s1"]; !rec.Lifted || rec.Source != "a" || rec.By != "ops" || rec.Reason != "done" {
 			t.Fatalf("node %s saw %+v after the lift, want a tombstone from a", n, rec)
 		}
 	}

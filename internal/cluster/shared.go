@@ -29,6 +29,10 @@ type Record struct {
 	Source string          `json:"source"` // the node that set (or lifted) it
 	Data   json.RawMessage `json:"data,omitempty"`
 	Lifted bool            `json:"lifted,omitempty"`
+	// By and Reason are who lifted it and why (a tombstone), for the
+	// other nodes' logs.
+	By     string `json:"by,omitempty"`
+	Reason string `json:"reason,omitempty"`
 	// At and Until are unix milliseconds: when it was set (or lifted),
 	// until when it holds (a tombstone: until when the lifted record
 	// would have held).
@@ -112,6 +116,7 @@ if old then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], '{"id":' .. cjson.encode(ARGV[1]) .. ',"source":' .. cjson.encode(ARGV[2]) ..
+  ',"by":' .. cjson.encode(ARGV[5]) .. ',"reason":' .. cjson.encode(ARGV[6]) ..
   ',"lifted":true,"at":' .. string.format('%d', tonumber(ARGV[3])) .. ',"until":' .. string.format('%d', u) .. '}')
 return 1
 `)
@@ -139,11 +144,12 @@ func (c *Cluster) Put(ctx context.Context, kind, id string, at, until time.Time,
 }
 
 // Lift lifts kind/id on every node: a tombstone (lifted at, kept at least
-// until the given until), whoever set the record. Queued like Put. The
+// until the given until, by whom and why: the other nodes log them),
+// whoever set the record. Queued like Put. The
 // times are wall-clock times, compared across nodes: a node whose clock
 // is off by d may see a record set within d of a lift taken for after it.
-func (c *Cluster) Lift(ctx context.Context, kind, id string, at, until time.Time) error {
-	rec := Record{ID: id, Source: c.cfg.Node, Lifted: true, At: at.UnixMilli(), Until: until.UnixMilli()}
+func (c *Cluster) Lift(ctx context.Context, kind, id string, at, until time.Time, by, reason string) error {
+	rec := Record{ID: id, Source: c.cfg.Node, Lifted: true, By: by, Reason: reason, At: at.UnixMilli(), Until: until.UnixMilli()}
 	return c.change(ctx, kind, rec)
 }
 
@@ -206,7 +212,7 @@ func (c *Cluster) write(ctx context.Context, kind string, rec Record) error {
 	c.calls.Add(1)
 	var err error
 	if rec.Lifted {
-		err = liftScript.Run(ctx, c.rdb, []string{c.hashKey(kind)}, rec.ID, rec.Source, rec.At, rec.Until).Err()
+		err = liftScript.Run(ctx, c.rdb, []string{c.hashKey(kind)}, rec.ID, rec.Source, rec.At, rec.Until, rec.By, rec.Reason).Err()
 	} else {
 		var b []byte
 		if b, err = json.Marshal(rec); err == nil {
@@ -268,7 +274,7 @@ func (c *Cluster) replay(all bool) bool {
 		for k, o := range recs {
 			r := o.rec
 			if r.Lifted {
-				liftScript.Eval(ctx, pipe, []string{c.hashKey(k.kind)}, r.ID, r.Source, r.At, r.Until)
+				liftScript.Eval(ctx, pipe, []string{c.hashKey(k.kind)}, r.ID, r.Source, r.At, r.Until, r.By, r.Reason)
 			} else if b, err := json.Marshal(r); err == nil {
 				putScript.Eval(ctx, pipe, []string{c.hashKey(k.kind)}, r.ID, b, r.At, r.Until)
 			}
@@ -428,7 +434,7 @@ func sameRecords(a, b map[string]Record) bool {
 	}
 	for k, x := range a {
 		y, ok := b[k]
-		if !ok || x.Source != y.Source || x.Lifted != y.Lifted || x.At != y.At || x.Until != y.Until || !bytes.Equal(x.Data, y.Data) {
+		if !ok || x.Source != y.Source || x.Lifted != y.Lifted || x.By != y.By || x.Reason != y.Reason || x.At != y.At || x.Until != y.Until || !bytes.Equal(x.Data, y.Data) {
 			return false
 		}
 	}

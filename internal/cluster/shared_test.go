@@ -90,7 +90,7 @@ func TestSharedChangesDuringFallback(t *testing.T) {
 	}
 	r.Pause()
 	waitFor(t, "b in fallback", func() bool { down, _ := b.Fallback(); return down })
-	if err := b.Lift(context.Background(), "susp", "s1", time.Now(), now.Add(time.Hour)); !errors.Is(err, ErrPending) {
+	if err := b.Lift(context.Background(), "susp", "s1", time.Now(), now.Add(time.Hour), "", ""); !errors.Is(err, ErrPending) {
 		r.Resume()
 		t.Fatalf("lift in fallback: %v, want ErrPending", err)
 	}
@@ -145,7 +145,7 @@ func TestSharedConditional(t *testing.T) {
 		t.Fatalf("a's expiry removed b's longer record: %+v %v", rec, ok)
 	}
 	lift := now.Add(time.Minute)
-	if err := a.Lift(ctx, "susp", "s1", lift, short); err != nil {
+	if err := a.Lift(ctx, "susp", "s1", lift, short, "", ""); err != nil {
 		t.Fatal(err)
 	}
 	rec, _ := rawRecord(t, r, a, "susp", "s1")
@@ -511,7 +511,7 @@ func TestEndedRecordsSwept(t *testing.T) {
 	if err := gone.Put(ctx, "susp", "s-old", old, old.Add(time.Minute), []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := gone.Lift(ctx, "susp", "t-old", old, old.Add(time.Minute)); err != nil {
+	if err := gone.Lift(ctx, "susp", "t-old", old, old.Add(time.Minute), "", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := gone.Put(ctx, "susp", "s-now", time.Now(), time.Now().Add(time.Hour), []byte(`{}`)); err != nil {

@@ -87,6 +87,34 @@ type Suspensions struct {
 	by     map[scopeKey]*Suspension
 	byID   map[string]*Suspension
 	lastID uint64
+	// prefix is put before every new id ("node1-" with a cluster: ids are
+	// then unique across the nodes, whose suspensions each one holds).
+	prefix string
+}
+
+// SetIDPrefix has new ids start with prefix (a cluster node's "node1-"):
+// each node numbers its own, and a suspension of another node held here
+// keeps the id it got there, so the prefix keeps them apart.
+func (s *Suspensions) SetIDPrefix(prefix string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prefix = prefix
+}
+
+// newID hands out the next id (mu held).
+func (s *Suspensions) newID() string {
+	s.lastID++
+	return s.prefix + "s" + strconv.FormatUint(s.lastID, 10)
+}
+
+// idNumber is the number of one of this set's ids ("node1-s42" → 42).
+func (s *Suspensions) idNumber(id string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(id, s.prefix+"s")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil
 }
 
 // NewSuspensions returns an empty set.
@@ -107,6 +135,19 @@ func (s *Suspensions) Add(sp Suspension) Suspension {
 // scope was suspended until as late already, and that one is returned),
 // so that a rule firing again on a scope it suspended is not logged twice.
 func (s *Suspensions) Put(sp Suspension) (Suspension, bool) {
+	sp.ID = ""
+	return s.put(sp)
+}
+
+// Adopt is Put of a suspension another node put in force, keeping the
+// id it has there (unique across the nodes by its prefix), so that it is
+// lifted by that id on any node. An id held here by another scope's
+// suspension, or none, gets a fresh one.
+func (s *Suspensions) Adopt(sp Suspension) (Suspension, bool) {
+	return s.put(sp)
+}
+
+func (s *Suspensions) put(sp Suspension) (Suspension, bool) {
 	k := keyOf(sp.Kind, sp.Name, sp.Binding)
 	sp.Kind, sp.Name = k.kind, k.name
 	s.mu.Lock()
@@ -117,8 +158,9 @@ func (s *Suspensions) Put(sp Suspension) (Suspension, bool) {
 		}
 		delete(s.byID, old.ID)
 	}
-	s.lastID++
-	sp.ID = "s" + strconv.FormatUint(s.lastID, 10)
+	if o := s.byID[sp.ID]; sp.ID == "" || (o != nil && keyOf(o.Kind, o.Name, o.Binding) != k) {
+		sp.ID = s.newID()
+	}
 	p := &sp
 	s.by[k] = p
 	s.byID[sp.ID] = p
@@ -304,12 +346,11 @@ func (s *Suspensions) Restore(sp Suspension) {
 	sp.Kind, sp.Name = k.kind, k.name
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n, err := strconv.ParseUint(strings.TrimPrefix(sp.ID, "s"), 10, 64); err == nil && n > s.lastID {
+	if n, ok := s.idNumber(sp.ID); ok && n > s.lastID {
 		s.lastID = n
 	}
 	if sp.ID == "" || s.byID[sp.ID] != nil {
-		s.lastID++
-		sp.ID = "s" + strconv.FormatUint(s.lastID, 10)
+		sp.ID = s.newID()
 	}
 	if old := s.by[k]; old != nil {
 		if !sp.Until.After(old.Until) {

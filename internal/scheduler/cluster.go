@@ -198,7 +198,9 @@ func (s *Scheduler) initCluster() {
 }
 
 // suspensionID is a suspension's record id: its scope, the same on every
-// node (the suspension ids themselves are each node's own).
+// node. The suspension ids themselves carry the node that set them
+// ("node1-s4", Suspensions.SetIDPrefix) and are kept by the nodes that
+// adopt them, so one id names one suspension across the cluster.
 func suspensionID(sp policy.Suspension) string {
 	return string(sp.Kind) + ":" + sp.Name + "|" + sp.Binding
 }
@@ -228,14 +230,14 @@ func (s *Scheduler) logShareErr(what, kind, id string, err error) {
 }
 
 // unpublish lifts a record on every node (a tombstone kept until until).
-func (s *Scheduler) unpublish(kind, id string, until time.Time) {
+func (s *Scheduler) unpublish(kind, id string, until time.Time, who, reason string) {
 	if s.cl == nil {
 		return
 	}
 	s.cl.mu.Lock()
 	s.cl.gone[kind+" "+id] = time.Now().Add(3 * time.Second)
 	s.cl.mu.Unlock()
-	s.logShareErr("lift", kind, id, s.cl.c.Lift(context.Background(), kind, id, s.clock.Now(), until))
+	s.logShareErr("lift", kind, id, s.cl.c.Lift(context.Background(), kind, id, s.clock.Now(), until, who, reason))
 }
 
 // republishOwn writes this node's own suspensions restored from the file
@@ -287,7 +289,7 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			if rec.Source != s.cl.c.Node() {
 				sp.Node = rec.Source
 			}
-			got, added := s.suspensions.Put(sp)
+			got, added := s.suspensions.Adopt(sp)
 			if added {
 				changed = true
 				s.logPolicy(logging.Policy{Action: "suspend", Source: got.Source, Rule: got.Rule, Scope: string(got.Kind),
@@ -326,7 +328,7 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			if sp, ok := s.suspensions.LiftScope(kindS, name, b); ok {
 				changed = true
 				s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, Rule: sp.Rule, Scope: string(sp.Kind),
-					Name: sp.Name, Binding: sp.Binding, ID: sp.ID, Reason: "lifted on another node", Node: rec.Source})
+					Name: sp.Name, Binding: sp.Binding, ID: sp.ID, By: rec.By, Reason: liftReason(rec), Node: rec.Source})
 			}
 		case kindThrottle:
 			if o, ok := s.overrides.Lookup(id); !ok || o.Start.After(at) {
@@ -335,7 +337,7 @@ func (s *Scheduler) applyShared(kind string, recs map[string]cluster.Record) {
 			if o, ok := s.overrides.Lift(id); ok {
 				kindS, name, b := splitScopeKey(id)
 				s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, Rule: o.Rule, Scope: kindS,
-					Name: name, Binding: b, Reason: "lifted on another node", Node: rec.Source})
+					Name: name, Binding: b, By: rec.By, Reason: liftReason(rec), Node: rec.Source})
 			}
 		}
 	}
@@ -469,4 +471,77 @@ func (s *Scheduler) unshareEnded(kind, id string, until time.Time) {
 	if err := s.cl.c.Expire(context.Background(), kind, id, until); err != nil {
 		s.log.Debug("cluster: ended record not removed", zap.String("kind", kind), zap.String("id", id), zap.Error(err))
 	}
+}
+
+// liftSharedByID lifts, on every node, the shared suspension whose id is
+// id when this node does not hold it (not read yet, or set while this
+// node was cut off): Resume by id works on any node. It returns the
+// suspension lifted.
+func (s *Scheduler) liftSharedByID(id, who, reason string) (policy.Suspension, bool) {
+	if s.cl == nil || s.cl.c.InFallback() {
+		return policy.Suspension{}, false
+	}
+	recs, err := s.cl.c.Shared(context.Background(), kindSuspension)
+	if err != nil {
+		return policy.Suspension{}, false
+	}
+	now := s.clock.Now()
+	for rid, rec := range recs {
+		var sp policy.Suspension
+		if rec.Lifted || json.Unmarshal(rec.Data, &sp) != nil || sp.ID != id || !now.Before(sp.Until) {
+			continue
+		}
+		s.unpublish(kindSuspension, rid, sp.Until, who, reason)
+		sp.Node = rec.Source
+		return sp, true
+	}
+	return policy.Suspension{}, false
+}
+
+// liftReason is the reason a lift gave, or says where it came from (a
+// tombstone written by a node that did not carry one).
+func liftReason(rec cluster.Record) string {
+	if rec.Reason != "" {
+		return rec.Reason
+	}
+	return "lifted on " + rec.Source
+}
+
+// idleAtCap reports whether a session of pair, whose queue is empty (it
+// would idle), ends now to give back its leases: the pair holds shared
+// leases and one of its capped keys is at its cap across the cluster. A
+// lease held while idling would keep another node's waiting mail out for
+// the whole idle timeout (finding of issue 13). The count is read fresh
+// (one round trip, once per session that would idle): a stale count
+// below the cap would keep the lease for the idle timeout. In fallback the
+// caps are split between the nodes, so an idle session keeps nothing from
+// another node and stays.
+func (g *grantor) idleAtCap(pair *queue.Pair) bool {
+	cs := g.s.cl
+	if cs == nil || !cs.shared || pair.Len() > 0 || cs.c.InFallback() {
+		return false
+	}
+	cs.leaseMu.Lock()
+	held := len(cs.held[pair])
+	cs.leaseMu.Unlock()
+	if held == 0 {
+		return false
+	}
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return false
+	}
+	l := g.s.limitsOf(ps, g.s.clock.Now())
+	for _, kc := range [3]keyCap{{ps.siteKey, l.maxConns}, {ps.domKey, l.domConns}, {ps.provKey, l.provConns}} {
+		if kc.key == "" || kc.cap <= 0 {
+			continue
+		}
+		if total, _, err := cs.c.Snapshot(kc.key); err == nil && total >= kc.cap {
+			// A session of the pair already idling (it found the queue
+			// empty while this one sent the last message) asks too.
+			g.pool.Wake(pair)
+			return true
+		}
+	}
+	return false
 }

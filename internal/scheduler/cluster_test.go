@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -293,4 +294,154 @@ func TestClusterSuspensionsSurviveRedisLoss(t *testing.T) {
 	h2.s.Resume(got[0].ID, "t", "lifted on n2 in fallback")
 	r.Resume()
 	waitHeld(h1, 0, "n1 after n2's lift in fallback and Redis back")
+}
+
+// TestClusterSuspensionIDsUnique: three nodes each suspend a domain while
+// Redis is stalled (each numbers its own first suspension); the ids carry
+// the node name and differ. Once Redis answers, every node holds all
+// three under those ids; resuming n1's id on n2 lifts that one on every
+// node and only it, and n3 logs the resume with n2's operator, reason and
+// node.
+func TestClusterSuspensionIDsUnique(t *testing.T) {
+	r := redistest.Start(t)
+	var cs []*cluster.Cluster
+	var hs []*harness
+	for _, name := range []string{"n1", "n2", "n3"} {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "sch:",
+			Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		cs = append(cs, c)
+		hs = append(hs, newHarness(t, 0, func(o *Options) { o.Cluster = c }))
+	}
+	r.Pause()
+	for i, c := range cs {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if down, _ := c.Fallback(); down {
+				break
+			}
+			if time.Now().After(deadline) {
+				r.Resume()
+				t.Fatalf("node %d not in fallback 5 s after Redis stalled", i+1)
+			}
+		}
+	}
+	ids := map[string]string{} // id → domain
+	for i, h := range hs {
+		now := h.clock.Now()
+		d := fmt.Sprintf("d%d.example", i+1)
+		got := h.s.Suspend(policy.Suspension{Kind: policy.ScopeDomain, Name: d, Source: policy.SourceOperator,
+			Reason: "test", Start: now, Until: now.Add(time.Hour)})
+		if want := fmt.Sprintf("n%d-s1", i+1); got.ID != want {
+			r.Resume()
+			t.Fatalf("node %d gave id %q, want %q", i+1, got.ID, want)
+		}
+		ids[got.ID] = d
+	}
+	r.Resume()
+	held := func(h *harness) map[string]string {
+		m := map[string]string{}
+		for _, sp := range h.s.Suspensions(h.clock.Now()) {
+			m[sp.ID] = sp.Name
+		}
+		return m
+	}
+	waitHeld := func(want map[string]string, what string) {
+		t.Helper()
+		for i, h := range hs {
+			var got map[string]string
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if got = held(h); fmt.Sprint(got) == fmt.Sprint(want) {
+					break
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("%s: node %d holds %v after 5 s, want %v", what, i+1, got, want)
+			}
+		}
+	}
+	waitHeld(ids, "after Redis answered")
+	if sp, ok := hs[1].s.Resume("n1-s1", "alice", "receiver fixed"); !ok || sp.Name != "d1.example" {
+		t.Fatalf("resume of n1-s1 on n2: %+v %v", sp, ok)
+	}
+	delete(ids, "n1-s1")
+	waitHeld(ids, "after n2 resumed n1-s1")
+	for {
+		e := hs[2].next("policy")
+		if e.str("action") != "resume" {
+			continue
+		}
+		if e.str("id") != "n1-s1" || e.str("by") != "alice" || e.str("reason") != "receiver fixed" || e.str("node") != "n2" {
+			t.Fatalf("n3 logged the resume as %v, want id n1-s1 by alice, reason and node n2", e.fields)
+		}
+		break
+	}
+}
+
+// TestClusterIdleLeaseGivenBack: under a shared max_connections of 2, n1
+// holds both leases (two of its twenty messages held in DATA) while n2's
+// mail waits, refused. When n1's queue empties with the key at its cap,
+// its session ends at once, giving its lease back, although n1's idle
+// timeout is an hour; n2's next maintain (one tick) opens a connection
+// and delivers its mail.
+func TestClusterIdleLeaseGivenBack(t *testing.T) {
+	r := redistest.Start(t)
+	node := func(name string) *cluster.Cluster {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "idle:", Heartbeat: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	release := make(chan struct{})
+	var held atomic.Int64
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 12)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(_ string, rcpts []string, _ []byte) error {
+			if len(rcpts) > 0 && strings.Contains(rcpts[0], "n1-") {
+				held.Add(1)
+				<-release
+			}
+			return nil
+		}}
+	})
+	var closeOnce sync.Once
+	open := func() { closeOnce.Do(func() { close(release) }) }
+	defer open()
+	start := func(name string, n int) *harness {
+		h := newHarness(t, port, func(o *Options) {
+			// An idle session that kept its lease would hold it past the test.
+			o.Pool.IdleTimeout = time.Hour
+			o.Cluster = node(name)
+			o.Shaper = testShaper(t, func(s *config.Shaping) {
+				s.Default.MaxConnections = ptr(2)
+				s.Default.IdleTimeout = ptr(time.Hour)
+			})
+		})
+		h.mxFor("idle.test", ip(58, 12))
+		h.resolved("idle.test")
+		for i := range n {
+			injectOn(h, fmt.Sprintf("%s-%d@idle.test", name, i))
+		}
+		return h
+	}
+	h1 := start("n1", 20)
+	h1.until("two n1 messages held in DATA", func() bool { return held.Load() == 2 })
+	h2 := start("n2", 3)
+	h2.s.Tick(h2.clock.Advance(time.Second))
+	if n := h2.s.Pool().Total(); n != 0 {
+		t.Fatalf("n2 opened %d connections while n1 held both leases of the cap of 2", n)
+	}
+	open()
+	sinks[0].WaitMessages(t, 20)
+	// The session that sent n1's last message ends (the other one may
+	// keep its lease while the count is below the cap: n2 has room then).
+	h1.until("an n1 session to end with its queue empty (idle timeout: an hour)", func() bool { return h1.s.Pool().Total() < 2 })
+	h2.s.Tick(h2.clock.Advance(time.Second))
+	msgs := sinks[0].WaitMessages(t, 23)
+	if len(msgs) != 23 {
+		t.Fatalf("%d messages at the sink, want 23", len(msgs))
+	}
 }

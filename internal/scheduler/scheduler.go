@@ -390,6 +390,10 @@ func New(opts Options) (*Scheduler, error) {
 			return nil, fmt.Errorf("scheduler: %w", err)
 		}
 	}
+	if opts.Cluster != nil {
+		// Before the file is read: its ids carry the prefix (cluster.go).
+		s.suspensions.SetIDPrefix(opts.Cluster.Node() + "-")
+	}
 	if err := s.loadSuspensions(opts.Clock.Now()); err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}

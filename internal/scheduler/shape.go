@@ -507,9 +507,16 @@ func (s *Scheduler) Suspend(sp policy.Suspension) policy.Suspension {
 // The pairs it held get their maintenance at the next tick.
 func (s *Scheduler) Resume(id, who, reason string) (policy.Suspension, bool) {
 	sp, ok := s.suspensions.Lift(id)
+	if !ok {
+		if sp, ok = s.liftSharedByID(id, who, reason); ok {
+			s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, By: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
+				Binding: sp.Binding, Reason: reason, ID: sp.ID})
+		}
+		return sp, ok
+	}
 	if ok {
 		s.saveSuspensions()
-		s.unpublish(kindSuspension, suspensionID(sp), sp.Until)
+		s.unpublish(kindSuspension, suspensionID(sp), sp.Until, who, reason)
 		s.logPolicy(logging.Policy{Action: "resume", Source: policy.SourceOperator, By: who, Rule: sp.Rule, Scope: string(sp.Kind), Name: sp.Name,
 			Binding: sp.Binding, Reason: reason, ID: sp.ID})
 	}
@@ -526,7 +533,7 @@ func (s *Scheduler) Throttles(now time.Time) []policy.Override { return s.overri
 func (s *Scheduler) Unthrottle(scope, who, reason string) (policy.Override, bool) {
 	o, ok := s.overrides.Lift(scope)
 	if ok {
-		s.unpublish(kindThrottle, scope, o.Until())
+		s.unpublish(kindThrottle, scope, o.Until(), who, reason)
 		kind, name, b := splitScopeKey(scope)
 		s.logPolicy(logging.Policy{Action: "unthrottle", Source: policy.SourceOperator, By: who, Rule: o.Rule, Scope: kind, Name: name, Binding: b,
 			Reason: reason})
