@@ -439,7 +439,13 @@ func TestClusterIdleLeaseGivenBack(t *testing.T) {
 	// The session that sent n1's last message ends (the other one may
 	// keep its lease while the count is below the cap: n2 has room then).
 	h1.until("an n1 session to end with its queue empty (idle timeout: an hour)", func() bool { return h1.s.Pool().Total() < 2 })
-	h2.s.Tick(h2.clock.Advance(time.Second))
+	// Its lease is given back in Redis just after the pool's count drops
+	// (Released makes the round trip): tick n2 until it gets in, each
+	// tick a second on its clock, far from n1's hour of idle timeout.
+	h2.until("n2 to get a lease and deliver", func() bool {
+		h2.s.Tick(h2.clock.Advance(time.Second))
+		return len(sinks[0].Messages()) >= 23
+	})
 	msgs := sinks[0].WaitMessages(t, 23)
 	if len(msgs) != 23 {
 		t.Fatalf("%d messages at the sink, want 23", len(msgs))
