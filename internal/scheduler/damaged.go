@@ -82,10 +82,17 @@ func damagedDSN(m *spool.Message, host string, now time.Time) *dsn {
 	}
 	var reports []report
 	for _, r := range m.Recipients {
-		if r.State != spool.Pending {
-			continue
+		switch r.State {
+		case spool.Pending:
+			reports = append(reports, report{Addr: r.Addr, Action: actFailed, Enhanced: damagedStatus, Text: damagedText, At: now})
+		case spool.Bounced, spool.Expired:
+			// Bounced (or expired) before the damage, its DSN not yet
+			// sent: the message was kept for it. Reported with its own
+			// reply, as the DSN it was owed would have.
+			reports = append(reports, report{Addr: r.Addr, ORcpt: r.ORcpt, Notify: r.Notify, Action: actFailed,
+				Expired: r.State == spool.Expired, Code: r.LastCode, Enhanced: r.LastEnh, Text: r.LastText,
+				MX: r.LastMX, At: r.UpdatedAt})
 		}
-		reports = append(reports, report{Addr: r.Addr, Action: actFailed, Enhanced: damagedStatus, Text: damagedText, At: now})
 	}
 	reports = wanted(reports, m)
 	if len(reports) == 0 {

@@ -286,3 +286,26 @@ func FuzzDamageNotice(f *testing.F) {
 		}
 	})
 }
+
+// TestDamagedDSNReportsOwedBounce: a damaged message kept for the DSN of a
+// recipient that had bounced gets that DSN (with the recipient's own
+// reply), not silence: its sender was told 250.
+func TestDamagedDSNReportsOwedBounce(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	m := &spool.Message{ID: "01DAMAGED", Sender: "a@origin.test", Received: now.Add(-time.Minute), Recipients: []spool.Recipient{
+		{Addr: "x@dest.test", State: spool.Bounced, LastCode: 550, LastEnh: "5.1.1", LastText: "no such user", UpdatedAt: now},
+		{Addr: "y@dest.test", State: spool.Delivered},
+	}}
+	d := damagedDSN(m, "mta.test", now)
+	if d == nil || len(d.Rcpts) != 1 {
+		t.Fatalf("DSN %+v, want one report for the bounced recipient", d)
+	}
+	if r := d.Rcpts[0]; r.Addr != "x@dest.test" || r.Enhanced != "5.1.1" || r.Code != 550 || r.Action != actFailed {
+		t.Fatalf("report %+v, want x@dest.test failed 550 5.1.1", r)
+	}
+	m.Recipients[0].State = spool.Delivered
+	if d := damagedDSN(m, "mta.test", now); d != nil {
+		t.Fatalf("every recipient delivered: DSN %+v, want none", d)
+	}
+}

@@ -589,7 +589,7 @@ func (s *Spool) salvageFrom(old *pebble.DB, st *SalvageStats) error {
 			return nil
 		}
 		switch {
-		case pendingReadable(recs, id):
+		case pendingReadable(recs, id) || bouncedReadable(recs, id):
 			st.DSNOwed++
 		case recipientsMissing(recs, id, recs[0].v):
 			st.NoticeOwed++
@@ -628,6 +628,22 @@ func pendingReadable(recs []kv, id string) bool {
 			continue
 		}
 		if rc, err := decodeRecipient(r.v); err == nil && rc.State == Pending {
+			return true
+		}
+	}
+	return false
+}
+
+// bouncedReadable reports whether recs hold a recipient that bounced or
+// expired: the message was kept for the DSN reporting it (Recover's
+// owesDSN), which a quarantine must not swallow.
+func bouncedReadable(recs []kv, id string) bool {
+	p := rcptPrefix(id)
+	for _, r := range recs {
+		if !bytes.HasPrefix(r.k, p) {
+			continue
+		}
+		if rc, err := decodeRecipient(r.v); err == nil && (rc.State == Bounced || rc.State == Expired) {
 			return true
 		}
 	}

@@ -561,3 +561,31 @@ func TestSalvageCutShortIsDoneAgain(t *testing.T) {
 		t.Errorf("damaged dirs %v, want one", dirs)
 	}
 }
+
+// TestBouncedReadable: a quarantined message whose readable recipient
+// bounced (kept for its DSN) is owed one.
+func TestBouncedReadable(t *testing.T) {
+	t.Parallel()
+	id := "01M8TEST00000000000000000"
+	rec := func(i int, st State) kv {
+		return kv{k: append(rcptPrefix(id), byte('0'+i)), v: encodeRecipient(&Recipient{Addr: "x@d.test", State: st})}
+	}
+	for _, tc := range []struct {
+		states []State
+		want   bool
+	}{
+		{[]State{Delivered}, false},
+		{[]State{Delivered, Bounced}, true},
+		{[]State{Expired}, true},
+		{[]State{Pending}, false},
+		{nil, false},
+	} {
+		var recs []kv
+		for i, st := range tc.states {
+			recs = append(recs, rec(i, st))
+		}
+		if got := bouncedReadable(recs, id); got != tc.want {
+			t.Errorf("states %v: %v, want %v", tc.states, got, tc.want)
+		}
+	}
+}
