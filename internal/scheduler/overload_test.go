@@ -86,6 +86,9 @@ func TestOverloadWatermark(t *testing.T) {
 	})
 	h := newHarness(t, port, func(o *Options) { o.MaintainInterval = time.Hour })
 	h.mxFor("over.test", ip(52, 10))
+	// Resolved first: with no tick (an hour's interval) the first
+	// attempts must not hang on the lookup's hand-off to a worker.
+	h.resolved("over.test")
 	h.s.Start()
 	wm, err := inject.NewWatermark(high, low, h.s.Queued, nil)
 	if err != nil {
