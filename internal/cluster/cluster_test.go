@@ -473,3 +473,48 @@ func TestSlowReplyNotFallback(t *testing.T) {
 		t.Fatal("still in fallback after a heartbeat answered")
 	}
 }
+
+// TestLeaseWaiters: a refusal marks its node waiting under the key
+// (Acquire, and AcquireAll for the keys that refused); other nodes see it,
+// the node itself does not count as another node waiting, and a key where
+// nobody was refused has no waiters.
+func TestLeaseWaiters(t *testing.T) {
+	r := redistest.Start(t)
+	a, b, c := newNode(t, r, "a"), newNode(t, r, "b"), newNode(t, r, "c")
+	for range 2 {
+		if _, ok, err := a.Acquire("site:x", 2); !ok || err != nil {
+			t.Fatalf("lease under a cap of 2: %v, %v", ok, err)
+		}
+	}
+	if c.OthersWaiting("site:x") {
+		t.Fatal("c sees a node waiting under site:x before any refusal")
+	}
+	if _, ok, _ := a.Acquire("site:x", 2); ok {
+		t.Fatal("a 3rd lease under a cap of 2")
+	}
+	if a.OthersWaiting("site:x") {
+		t.Fatal("a counts its own refusal as another node waiting")
+	}
+	if !b.OthersWaiting("site:x") {
+		t.Fatal("b does not see a waiting under site:x")
+	}
+	// AcquireAll: only the key that refused is marked.
+	if _, ok, _ := c.Acquire("site:w", 1); !ok {
+		t.Fatal("no lease under site:w")
+	}
+	if _, ok, _ := b.AcquireAll([]string{"site:z", "site:w"}, []int{5, 1}); ok {
+		t.Fatal("AcquireAll granted over the cap of site:w")
+	}
+	if a.OthersWaiting("site:y") { // never asked for
+		t.Fatal("a sees a node waiting under site:y")
+	}
+	if c.OthersWaiting("site:z") {
+		t.Fatal("site:z (granted, given back) marked waiting")
+	}
+	if !c.OthersWaiting("site:w") {
+		t.Fatal("c does not see b waiting under site:w")
+	}
+	if n, err := c.Count(context.Background(), "site:z"); err != nil || n != 0 {
+		t.Fatalf("site:z leases after a refused AcquireAll: %d, %v", n, err)
+	}
+}

@@ -66,6 +66,17 @@ type leaseSet struct {
 	// heartbeat that answers removes them (bounded by maxOrphans; past it
 	// they expire within LeaseTTL).
 	orphans []orphan
+
+	// waits is what this node last read of each key's waiting nodes
+	// (OthersWaiting), under mu.
+	waits map[string]*waitSeen
+}
+
+// waitSeen is one key's waiting marker as last read.
+type waitSeen struct {
+	at      time.Time
+	others  bool // a node other than this one waited
+	reading bool // a caller is reading it again
 }
 
 type orphan struct{ key, member string }
@@ -110,10 +121,12 @@ func (c *Cluster) dropOrphans() bool {
 func (s *leaseSet) init() {
 	s.held = map[*Lease]struct{}{}
 	s.local = map[string]int{}
+	s.waits = map[string]*waitSeen{}
 }
 
 // Acquire takes a lease under key's shared cap (connections across all
-// nodes). ok false: the cap is reached. In fallback the count is local,
+// nodes). ok false: the cap is reached, and this node is marked waiting
+// under key (a second round trip, only on refusal; OthersWaiting). In fallback the count is local,
 // at the node's FallbackCap (which may be 0); a
 // lease taken in fallback is added to Redis by the next renewal once Redis
 // answers, so it counts there too. err is only for a closed Cluster.
@@ -135,6 +148,10 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 		c.calls.Add(1)
 		if !c.failed("lease "+key, err) {
 			if n == 0 {
+				ctx, cancel := c.callCtx()
+				defer cancel()
+				c.calls.Add(1)
+				c.failed("lease wait "+key, c.waitOn(ctx, c.rdb, key).Err())
 				return nil, false, nil
 			}
 			s.mu.Lock()
@@ -160,7 +177,8 @@ func (c *Cluster) Acquire(key string, cap int) (*Lease, bool, error) {
 
 // AcquireAll takes a lease under each of keys[i]'s cap caps[i], all or
 // none, for one connection: the scripts go in one pipeline (one round
-// trip; a refusal costs a second, to give back the others). In fallback
+// trip; a refusal costs a second, to give back the others and mark this
+// node waiting under the keys that refused). In fallback
 // it counts locally as Acquire does. err is only for a closed Cluster.
 func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) {
 	if len(keys) != len(caps) {
@@ -199,16 +217,20 @@ func (c *Cluster) AcquireAll(keys []string, caps []int) ([]*Lease, bool, error) 
 				}
 			}
 			if !all {
+				// One round trip gives back the leases taken and marks
+				// this node waiting under the keys that refused.
 				rel := c.rdb.Pipeline()
 				for i, l := range ls {
 					if n, _ := cmds[i].Int(); n == 1 {
 						rel.ZRem(ctx, l.key, l.member)
+					} else {
+						c.waitOn(ctx, rel, keys[i])
 					}
 				}
 				if rel.Len() > 0 {
 					c.calls.Add(int64(rel.Len()))
 					_, err := rel.Exec(ctx)
-					c.failed("lease release", err) // else they expire
+					c.failed("lease release", err) // else they expire, and nobody waits
 				}
 				return nil, false, nil
 			}
@@ -373,4 +395,103 @@ func (s *leaseSet) releaseAll(ctx context.Context, pipe redis.Pipeliner) int {
 		pipe.ZRem(ctx, k, ms...)
 	}
 	return len(byKey)
+}
+
+// Fairness between nodes (finding of issue 13): a node refused a lease
+// under a key marks itself waiting there, a member of a ZSET
+// <prefix>wait:<key> scored by its expiry in Redis's clock (WaitTTL,
+// pushed on each refusal: a node that stops asking stops waiting). A node
+// holding more than its fair share of the key (FairShare) that sees
+// another node waiting (OthersWaiting) ends a session after its current
+// message and takes no more leases there; without the marker a node with
+// a long queue kept every lease of a shared cap until its queue was empty
+// (another node with 78 queued waited some 20 s). One key per marker, not
+// a field of the lease ZSET's script, so that Redis Cluster may put the
+// two in different slots.
+var waitScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+`)
+
+// othersScript counts the nodes other than ARGV[1] waiting under a key.
+var othersScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  if m ~= ARGV[1] then n = n + 1 end
+end
+return n
+`)
+
+// WaitTTL is how long a refusal marks its node waiting under a key.
+const WaitTTL = 2 * time.Second
+
+// waitEvery is how old this node's reading of a key's waiters may be: at
+// most one round trip per key a second per node.
+const waitEvery = time.Second
+
+// waitOn marks this node waiting under key (EVAL: it may go in a
+// pipeline).
+func (c *Cluster) waitOn(ctx context.Context, r redis.Scripter, key string) *redis.Cmd {
+	return waitScript.Eval(ctx, r, []string{c.key("wait", key)}, c.cfg.Node, WaitTTL.Milliseconds())
+}
+
+// OthersWaiting reports whether another node was refused a lease under
+// key within WaitTTL, as read at most waitEvery ago (one caller reads it
+// again, the others use the last reading). In fallback, or when Redis does
+// not answer, nobody is seen waiting: the caps are split then.
+func (c *Cluster) OthersWaiting(key string) bool {
+	if c.local() {
+		return false
+	}
+	now := time.Now() // Redis's markers are in real time
+	s := &c.leases
+	s.mu.Lock()
+	w := s.waits[key]
+	if w == nil {
+		w = &waitSeen{}
+		s.waits[key] = w
+	}
+	if w.reading || (!w.at.IsZero() && now.Sub(w.at) < waitEvery) {
+		v := w.others
+		s.mu.Unlock()
+		return v
+	}
+	w.reading = true
+	s.mu.Unlock()
+	ctx, cancel := c.callCtx()
+	n, err := othersScript.Run(ctx, c.rdb, []string{c.key("wait", key)}, c.cfg.Node).Int()
+	cancel()
+	c.calls.Add(1)
+	failed := c.failed("lease waiters "+key, err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.reading = false
+	if failed {
+		return false
+	}
+	w.at, w.others = now, n > 0
+	if len(s.waits) > 10000 {
+		// Bounded: keys long unread are read again if needed.
+		for k, o := range s.waits {
+			if now.Sub(o.at) > time.Minute && !o.reading {
+				delete(s.waits, k)
+			}
+		}
+	}
+	return w.others
+}
+
+// FairShare is this node's fair part of a shared cap: the cap divided by
+// the nodes last seen, rounded up (so the parts cover the cap; a node
+// never gives up a lease it holds at or below it).
+func (c *Cluster) FairShare(cap int) int {
+	n := int(max(c.members.Load(), 1))
+	return (cap + n - 1) / n
 }

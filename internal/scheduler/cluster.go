@@ -388,6 +388,12 @@ func (g *grantor) takeLeases(pair *queue.Pair, ps *pairShape, l limits, n int) i
 	}
 	got := 0
 	for ; got < n; got++ {
+		if g.yieldsTo(keys[0].key, keys[0].cap) || len(keys) > 1 && g.yieldsTo(keys[1].key, keys[1].cap) ||
+			len(keys) > 2 && g.yieldsTo(keys[2].key, keys[2].cap) {
+			// Another node waits under a key where this one has its
+			// fair share: a lease given back (fairYield) goes to it.
+			break
+		}
 		// One round trip per connection for all its keys.
 		set, ok, _ := cs.c.AcquireAll(ka[:len(keys)], ca[:len(keys)])
 		if !ok {
@@ -542,6 +548,59 @@ func (g *grantor) idleAtCap(pair *queue.Pair) bool {
 			g.pool.Wake(pair)
 			return true
 		}
+	}
+	return false
+}
+
+// yieldsTo reports whether this node, holding its fair share of key's cap
+// or more, leaves the next lease under it to another node that waits
+// (cluster.OthersWaiting: a cached read, at most a round trip per key a
+// second).
+func (g *grantor) yieldsTo(key string, cap int) bool {
+	c := g.s.cl.c
+	return c.Held(key) >= c.FairShare(cap) && c.OthersWaiting(key)
+}
+
+// fairYield reports whether a session of pair, which has mail queued,
+// ends after its current message to give its leases back to another
+// node: this node holds more than its fair share of one of the pair's
+// capped keys (leaving those already told to end) and another node was
+// refused a lease under it (finding of issue 13: a node with a long queue
+// kept every lease of a cap until its queue was empty). The session counts
+// as leaving, so no more than the excess over the fair share ends. A pair
+// with no mail queued is idleAtCap's.
+func (g *grantor) fairYield(pair *queue.Pair) bool {
+	cs := g.s.cl
+	if cs == nil || !cs.shared || pair.Len() == 0 || cs.c.InFallback() {
+		return false
+	}
+	ps := g.s.shapeOf(pair)
+	if ps == nil {
+		return false
+	}
+	l := g.s.limitsOf(ps, g.s.clock.Now())
+	for _, kc := range [3]keyCap{{ps.siteKey, l.maxConns}, {ps.domKey, l.domConns}, {ps.provKey, l.provConns}} {
+		if kc.key == "" || kc.cap <= 0 {
+			continue
+		}
+		fair := cs.c.FairShare(kc.cap)
+		g.mu.Lock()
+		over := cs.c.Held(kc.key)-g.leaving[kc.key] > fair
+		g.mu.Unlock()
+		if !over || !cs.c.OthersWaiting(kc.key) { // a round trip: not under g.mu
+			continue
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		c := g.counts[pair]
+		if c == nil || cs.c.Held(kc.key)-g.leaving[kc.key] <= fair {
+			return false // another session left meanwhile
+		}
+		c.leaving++
+		for _, k := range c.keys() {
+			g.leaving[k]++
+		}
+		return true
 	}
 	return false
 }

@@ -451,3 +451,113 @@ func TestClusterIdleLeaseGivenBack(t *testing.T) {
 		t.Fatalf("%d messages at the sink, want 23", len(msgs))
 	}
 }
+
+// TestClusterFairShareYield: under a shared max_connections of 2, n1
+// holds both leases with a long queue; n2, refused, marks itself waiting.
+// n1's messages pass the sink one token at a time: after one, n1 (over its
+// fair share of 1 of 2 nodes, another node waiting) ends one session,
+// gives its lease back and takes no other, so n2 gets in and delivers
+// while n1 still has mail queued. n1 never drops below its fair share:
+// its other session keeps delivering throughout.
+func TestClusterFairShareYield(t *testing.T) {
+	r := redistest.Start(t)
+	node := func(name string) *cluster.Cluster {
+		c, err := cluster.New(cluster.Config{Addrs: []string{r.Addr()}, Node: name, Prefix: "fair:", Heartbeat: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	const n1Msgs, n2Msgs = 200, 3
+	tokens := make(chan struct{})
+	release := make(chan struct{})
+	var n1Held atomic.Int64
+	sinks, port := loopbacktest.StartSinks(t, []string{ip(58, 13)}, func(int) loopbacktest.Config {
+		return loopbacktest.Config{Data: func(_ string, rcpts []string, _ []byte) error {
+			if len(rcpts) > 0 && strings.Contains(rcpts[0], "n1-") {
+				n1Held.Add(1)
+				defer n1Held.Add(-1)
+				select {
+				case <-tokens:
+				case <-release:
+				}
+			}
+			return nil
+		}}
+	})
+	var closeOnce sync.Once
+	open := func() { closeOnce.Do(func() { close(release) }) }
+	defer open()
+	start := func(name string, n int) *harness {
+		h := newHarness(t, port, func(o *Options) {
+			o.Pool.IdleTimeout = time.Hour
+			o.Cluster = node(name)
+			o.Shaper = testShaper(t, func(s *config.Shaping) {
+				s.Default.MaxConnections = ptr(2)
+				s.Default.IdleTimeout = ptr(time.Hour)
+				// No session ends for its count of deliveries: one
+				// that ends does so for fairness.
+				s.Default.MaxDeliveriesPerConnection = ptr(1000)
+			})
+		})
+		h.mxFor("fair.test", ip(58, 13))
+		h.resolved("fair.test")
+		for i := range n {
+			injectOn(h, fmt.Sprintf("%s-%d@fair.test", name, i))
+		}
+		return h
+	}
+	count := func(prefix string) int {
+		n := 0
+		for _, m := range sinks[0].Messages() {
+			if len(m.To) > 0 && strings.HasPrefix(m.To[0], prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	h1 := start("n1", n1Msgs)
+	h1.until("two n1 messages held in DATA", func() bool { return n1Held.Load() == 2 })
+	h2 := start("n2", n2Msgs)
+	h2.s.Tick(h2.clock.Advance(time.Second))
+	if n := h2.s.Pool().Total(); n != 0 {
+		t.Fatalf("n2 opened %d connections while n1 held both leases of the cap of 2", n)
+	}
+	// Let n1's messages through one at a time (paced, so that n1's
+	// reading of the waiters, cached a second, is read again well before
+	// its queue empties) while n2 asks again at each tick, until n2 has
+	// delivered its mail.
+	h2.until("n2 to get a lease and deliver while n1 has mail queued", func() bool {
+		// Sessions first: the sink counts a message before its session
+		// can end.
+		n := h1.s.Pool().Total()
+		if got := count("n1-"); got >= n1Msgs {
+			t.Fatalf("n2 got in only after n1 sent all its %d messages", got)
+		}
+		if n < 1 {
+			t.Fatalf("n1 dropped to %d sessions with mail queued (fair share 1)", n)
+		}
+		h2.s.Tick(h2.clock.Advance(time.Second))
+		if count("n2-") >= n2Msgs {
+			return true
+		}
+		select {
+		case tokens <- struct{}{}:
+		case <-time.After(20 * time.Millisecond):
+		}
+		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if got := count("n1-"); got >= n1Msgs {
+		t.Fatalf("n2 got in only after n1 sent all its %d messages", got)
+	}
+	if n := h1.s.Pool().Total(); n < 1 {
+		t.Fatalf("n1 dropped to %d sessions with mail queued (fair share 1)", n)
+	}
+	open()
+	msgs := sinks[0].WaitMessages(t, n1Msgs+n2Msgs)
+	if len(msgs) != n1Msgs+n2Msgs {
+		t.Fatalf("%d messages at the sink, want %d", len(msgs), n1Msgs+n2Msgs)
+	}
+}

@@ -431,7 +431,7 @@ func (g *grantor) removeLocked(w *waiter) {
 // transaction when a pair in first waits and pair can spare the session
 // (it keeps another one, or has no work left).
 func (g *grantor) Yield(pair *queue.Pair) bool {
-	if g.overCap(pair) || g.idleAtCap(pair) {
+	if g.overCap(pair) || g.idleAtCap(pair) || g.fairYield(pair) {
 		return true
 	}
 	if g.nfirst.Load() == 0 {
