@@ -300,25 +300,8 @@ func (a *app) quarantineCmd() *cobra.Command {
 	list.Flags().IntVar(&limit, "limit", 100, "at most this many (the API's cap is 1000)")
 	list.Flags().StringVar(&after, "after", "", "the messages after this queue id (the last one listed: paging)")
 	parent.AddCommand(list)
-	var body bool
-	show := &cobra.Command{
-		Use:   "show ID [--body]",
-		Short: "one quarantined message: what is readable of it (--body: its content)",
-		Args:  nargs(1, 1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			p := "/api/v1/quarantine/" + url.PathEscape(args[0])
-			if body {
-				return a.stream(p + "/body")
-			}
-			b, done, err := a.get(p)
-			if done {
-				return err
-			}
-			return printDoc(a.out, "quarantine", b)
-		},
-	}
-	show.Flags().BoolVar(&body, "body", false, "print the message's content as stored")
-	parent.AddCommand(show)
+	parent.AddCommand(a.showCmd("/api/v1/quarantine/", "quarantine",
+		"one quarantined message: what is readable of it (--body: its content)", "print the message's content as stored"))
 	for _, v := range []struct{ verb, past, method, short string }{
 		{"reinject", "reinjected", http.MethodPost, "restore a quarantined message to the queue, to be delivered"},
 		{"delete", "deleted", http.MethodDelete, "remove a quarantined message from the spool for good"},

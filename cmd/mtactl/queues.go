@@ -341,13 +341,22 @@ func (a *app) messageCmd() *cobra.Command {
 	f.StringVar(&after, "after", "", "the messages after this queue id (the last one listed: paging)")
 	parent.AddCommand(list)
 
+	parent.AddCommand(a.showCmd("/api/v1/messages/", "message",
+		"one queued message: envelope, recipients, attempts, headers (--body: the message)", "print the message itself (RFC 5322), streamed"))
+	return parent
+}
+
+// showCmd is "show ID [--body]" under a listing's parent (message,
+// quarantine): the document at prefix+ID for people (--json: as the API
+// gives it), or with --body the message streamed from prefix+ID+"/body".
+func (a *app) showCmd(prefix, kind, short, bodyHelp string) *cobra.Command {
 	var body bool
 	show := &cobra.Command{
 		Use:   "show ID [--body]",
-		Short: "one queued message: envelope, recipients, attempts, headers (--body: the message)",
+		Short: short,
 		Args:  nargs(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p := "/api/v1/messages/" + url.PathEscape(args[0])
+			p := prefix + url.PathEscape(args[0])
 			if body {
 				return a.stream(p + "/body")
 			}
@@ -355,12 +364,11 @@ func (a *app) messageCmd() *cobra.Command {
 			if done {
 				return err
 			}
-			return printDoc(a.out, "message", b)
+			return printDoc(a.out, kind, b)
 		},
 	}
-	show.Flags().BoolVar(&body, "body", false, "print the message itself (RFC 5322), streamed")
-	parent.AddCommand(show)
-	return parent
+	show.Flags().BoolVar(&body, "body", false, bodyHelp)
+	return show
 }
 
 // printMessages renders GET /api/v1/messages's page:

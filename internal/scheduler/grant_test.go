@@ -168,6 +168,23 @@ func TestHeldPairStopsWaiting(t *testing.T) {
 // more round), and the last is served before the big domains are done (without
 // the grantor's queue of first connections they keep every slot until
 // their mail is gone).
+// slotHighWater records, in the grantor's observe hook, the most slots in
+// use as the pool counts them when each is taken (a sink's own count may
+// briefly include sessions that have given their slot back and are still
+// closing); also, when set, it calls each (for a test's own observing).
+func (h *harness) slotHighWater(also func(*queue.Pair)) *atomic.Int64 {
+	var hw atomic.Int64
+	h.s.grant.observe = func(p *queue.Pair) {
+		n := int64(h.s.Pool().Total())
+		for m := hw.Load(); n > m && !hw.CompareAndSwap(m, n); m = hw.Load() {
+		}
+		if also != nil {
+			also(p)
+		}
+	}
+	return &hw
+}
+
 func TestManyDomainsFewSlots(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -229,19 +246,7 @@ func TestManyDomainsFewSlots(t *testing.T) {
 			}
 		}
 	}
-	// The slots in use, as the pool counts them when each is taken (the
-	// sink's own count may briefly include sessions that have given their
-	// slot back and are still closing).
-	var inUse atomic.Int64
-	h.s.grant.observe = func(p *queue.Pair) {
-		for n := h.s.Pool().Total(); ; {
-			m := inUse.Load()
-			if int64(n) <= m || inUse.CompareAndSwap(m, int64(n)) {
-				break
-			}
-		}
-		rank(p)
-	}
+	inUse := h.slotHighWater(rank)
 	h.s.grant.observeHand = rank
 	if first, _ := h.s.grant.waiting(); first != small {
 		t.Errorf("%d pairs waiting for a first connection, want %d", first, small)

@@ -269,18 +269,7 @@ func TestReserve(t *testing.T) {
 					return connpool.Policy{MaxConnections: 10, MaxConnectionsPerBinding: 10, MaxDeliveriesPerConnection: 1}
 				}
 			})
-			// Slots in use as the pool counts them when each is taken: the
-			// sink's own count may briefly include sessions that have given
-			// their slot back and are still closing.
-			var inUse atomic.Int64
-			h.s.grant.observe = func(*queue.Pair) {
-				for n := int64(h.s.Pool().Total()); ; {
-					m := inUse.Load()
-					if n <= m || inUse.CompareAndSwap(m, n) {
-						break
-					}
-				}
-			}
+			inUse := h.slotHighWater(nil)
 			if spend {
 				h.reg.MailQueueMaintain.RegisterFirst(func(dr *queue.DomainRecord, slot int, _ *queue.Pair, _ time.Time, goal, _ int) int {
 					n := h.s.Opener().Open(dr, slot, goal)
