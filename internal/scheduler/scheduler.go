@@ -1204,17 +1204,17 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 		st.mu.Unlock()
 	}
 
-	// Counted before the log records, so that whoever has read a record
-	// finds it in the summary.
-	s.countOutcomesSummary(verdicts, now)
-	s.noteView(domain, slot, rcpts, verdicts, classes, updates, now)
-
 	binding := at.Binding
 	if binding == "" {
 		if b := s.opts.Bindings.Get(slot); b != nil {
 			binding = b.Name
 		}
 	}
+	// Counted before the log records, so that whoever has read a record
+	// finds it in the summary, the queue view and the metrics.
+	s.countOutcomesSummary(verdicts, now)
+	s.noteView(domain, slot, rcpts, verdicts, classes, updates, now)
+	s.countOutcomes(domain, binding, verdicts, classes, now.Sub(time.Unix(0, arrival)))
 	for i, r := range rcpts {
 		rec := updates[int(r.Idx)]
 		lr := logging.Delivery{
@@ -1246,11 +1246,10 @@ func (s *Scheduler) settleRuled(d *queue.Delivery, at connpool.Attempt, v []*out
 			lr = logging.Expired(lr)
 		}
 		if verdicts[i] != vDelivered {
-			lr.Log(s.log)
 			s.countClass(classes[i], lr.Event)
+			lr.Log(s.log)
 		}
 	}
-	s.countOutcomes(domain, binding, verdicts, classes, now.Sub(time.Unix(0, arrival)))
 
 	s.submitDSN(dsnMsg)
 }
