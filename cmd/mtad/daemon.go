@@ -291,13 +291,25 @@ func runDaemon(cfgPath string, cfg *config.Config) (err error) {
 	if err != nil {
 		return fmt.Errorf("log: %w", err)
 	}
-	defer func() { _ = log.Sync(); _ = logOut.Close() }()
+	defer func() {
+		if err == nil {
+			// The last record of a clean stop, after the spool closed: an
+			// operator reading the log knows the drain ended.
+			log.Info("stopped")
+		}
+		_ = log.Sync()
+		_ = logOut.Close()
+	}()
 	// Until the signal loop runs (after recovery, which can take minutes),
 	// a SIGHUP or logrotate's SIGUSR1 must not kill the daemon by their
 	// default action: they are ignored until then (signal.Notify below
 	// takes them over).
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR1)
 	log.Info("starting", zap.String("version", version), zap.String("config", cfgPath), zap.Int("pid", os.Getpid()))
+	if os.Geteuid() == 0 {
+		// Reached only with --allow-root (main refuses otherwise).
+		log.Warn("running as root (--allow-root): the systemd unit runs mtad as the mtad user")
+	}
 	gc, limit := applyRuntime(cfg.Runtime, os.Getenv)
 	log.Info("go runtime", zap.String("gc_percent", gc), zap.String("memory_limit", limit))
 
